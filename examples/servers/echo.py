@@ -1,0 +1,69 @@
+"""A small MCP server for the demo, the tests and the benchmarks.
+
+Its tools cover what a gateway must carry: a trivial call (echo), typed
+arguments (add), a slow call with progress (slow), a tool that always fails
+(fail), and a counter that tells tests how often the backend really ran.
+"""
+
+from __future__ import annotations
+
+import os
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+
+server = MCPServer("echo")
+_runs: dict[str, int] = {}
+
+
+def _count(tool: str) -> None:
+    _runs[tool] = _runs.get(tool, 0) + 1
+
+
+@server.tool()
+def echo(text: str) -> str:
+    """Return the text unchanged."""
+    _count("echo")
+    return text
+
+
+@server.tool()
+def add(a: float, b: float) -> float:
+    """Add two numbers."""
+    _count("add")
+    return a + b
+
+
+@server.tool()
+async def slow(seconds: float = 1.0, steps: int = 4, ctx: Context | None = None) -> str:
+    """Sleep for `seconds`, reporting progress `steps` times."""
+    _count("slow")
+    steps = max(1, steps)
+    for step in range(1, steps + 1):
+        await anyio.sleep(seconds / steps)
+        if ctx is not None:
+            await ctx.report_progress(step, steps, f"step {step}/{steps}")
+    return f"slept {seconds}s"
+
+
+@server.tool()
+def fail(message: str = "this tool always fails") -> str:
+    """Always raise: the client must see isError, never a retry."""
+    _count("fail")
+    raise RuntimeError(message)
+
+
+@server.tool()
+def runs(tool: str = "") -> dict[str, int]:
+    """How many times each tool ran in this process (or one tool's count)."""
+    return {tool: _runs.get(tool, 0)} if tool else dict(_runs)
+
+
+@server.tool()
+def whoami() -> dict[str, int | str]:
+    """The backend's pid and an env var, so tests can see which process answered."""
+    return {"pid": os.getpid(), "marker": os.environ.get("ECHO_MARKER", "")}
+
+
+if __name__ == "__main__":
+    server.run("stdio")
