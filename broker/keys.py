@@ -1,0 +1,34 @@
+"""Every Redis key and channel name the broker uses, in one place.
+
+Web processes and workers meet only through these names, so they live in one
+module that both sides import; a prefix lets several brokers share one Redis.
+"""
+
+from __future__ import annotations
+
+import os
+
+PREFIX = os.environ.get("MCP_BROKER_PREFIX", "mcpb")
+
+CATALOG_VERSION = f"{PREFIX}:catalog:version"
+CATALOG_CHANGED = f"{PREFIX}:catalog:changed"
+
+
+def catalog(server: str) -> str:
+    """JSON document: the server's tools (and later resources/prompts), as the backend listed them."""
+    return f"{PREFIX}:catalog:{server}"
+
+
+def result(call_id: str) -> str:
+    """The one stored answer of a call (written with SET NX: first writer wins)."""
+    return f"{PREFIX}:result:{call_id}"
+
+
+def cancelled(call_id: str) -> str:
+    """Set when a client cancelled the call; workers check it before and during a run."""
+    return f"{PREFIX}:cancel:{call_id}"
+
+
+def replies(web_id: str) -> str:
+    """Pub/sub channel of one web process: results of the calls its clients made."""
+    return f"{PREFIX}:replies:{web_id}"

@@ -1,0 +1,164 @@
+"""The web process's side of result delivery: one Redis listener for all its sockets.
+
+Each web process subscribes once to its own channel; workers publish each
+call's outcome there and the hub hands it to the waiting connection by call
+id. No thread or connection per waiting call (the notes measured ~2,000 Redis
+connections for 1,000 sockets with `AsyncResult.get`). A call whose publish
+was missed (pub/sub reconnect) is still found: pending calls older than a few
+seconds are looked up in the stored results every tick, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from mcp_types import REQUEST_TIMEOUT
+
+from broker import keys
+
+log = logging.getLogger(__name__)
+
+OutcomeHandler = Callable[[dict[str, Any]], None]
+ProgressHandler = Callable[[dict[str, Any]], None]
+
+TICK_S = 0.5
+POLL_AFTER_S = 3.0
+
+
+@dataclass
+class PendingCall:
+    call_id: str
+    on_outcome: OutcomeHandler
+    on_progress: ProgressHandler | None
+    deadline: float
+    created: float
+
+
+class ReplyHub:
+    """Routes outcomes and progress published by workers to the connections waiting for them."""
+
+    def __init__(self, r: redis.Redis, web_id: str | None = None) -> None:
+        self._r = r
+        self.web_id = web_id or uuid.uuid4().hex
+        self.channel = keys.replies(self.web_id)
+        self._pending: dict[str, PendingCall] = {}
+        self._lock = threading.Lock()
+        self._started = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.listeners: list[Callable[[str, str], None]] = []  # extra channels' messages (channel, data)
+        self.extra_channels: list[str] = [keys.CATALOG_CHANGED]
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Subscribe (once) and wait until the subscription is live, so no early result is missed."""
+        if self._started.is_set():
+            return
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="reply-hub", daemon=True)
+                self._thread.start()
+        if not self._started.wait(10):
+            raise RuntimeError("could not subscribe to the reply channel in Redis")
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    # ------------------------------------------------------------ API
+    def expect(
+        self, call_id: str, on_outcome: OutcomeHandler, on_progress: ProgressHandler | None, timeout_s: float
+    ) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._pending[call_id] = PendingCall(call_id, on_outcome, on_progress, now + timeout_s, now)
+
+    def forget(self, call_id: str) -> bool:
+        with self._lock:
+            return self._pending.pop(call_id, None) is not None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    # ------------------------------------------------------------ delivery
+    def _dispatch(self, data: str) -> None:
+        try:
+            message = json.loads(data)
+            call_id = message["call_id"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("reply hub: ignoring malformed message %.200s", data)
+            return
+        if "progress" in message:
+            pending = self._pending.get(call_id)
+            if pending is not None and pending.on_progress is not None:
+                self._safely(pending.on_progress, message["progress"])
+            return
+        with self._lock:
+            pending = self._pending.pop(call_id, None)
+        if pending is not None:
+            self._safely(pending.on_outcome, message)
+
+    @staticmethod
+    def _safely(handler: Callable[[dict[str, Any]], None], arg: dict[str, Any]) -> None:
+        try:
+            handler(arg)
+        except Exception:  # one broken socket must not stop delivery to the others
+            log.debug("reply hub: handler failed", exc_info=True)
+
+    def _sweep(self) -> None:
+        """Time out overdue calls and pick up results whose publish was missed."""
+        now = time.monotonic()
+        with self._lock:
+            overdue = [p for p in self._pending.values() if p.deadline <= now]
+            for p in overdue:
+                del self._pending[p.call_id]
+            stale = [p.call_id for p in self._pending.values() if now - p.created >= POLL_AFTER_S]
+        for p in overdue:
+            error = {"code": REQUEST_TIMEOUT, "message": "Request timed out waiting for a worker"}
+            message = {"call_id": p.call_id, "error": error}
+            self._safely(p.on_outcome, message)
+        if stale:
+            for data in self._r.mget([keys.result(c) for c in stale]):
+                if data:
+                    self._dispatch(data)
+
+    def _run(self) -> None:
+        last_sweep = 0.0
+        while not self._stopping:
+            pubsub = self._r.pubsub()
+            try:
+                channels = [self.channel, *self.extra_channels]
+                pubsub.subscribe(*channels)
+                confirmed = 0
+                while confirmed < len(channels):
+                    ack = pubsub.get_message(timeout=1.0)
+                    if ack is not None and ack["type"] == "subscribe":
+                        confirmed += 1
+                self._started.set()
+                while not self._stopping:
+                    message = pubsub.get_message(timeout=TICK_S)
+                    if message is not None and message["type"] == "message":
+                        if message["channel"] == self.channel:
+                            self._dispatch(message["data"])
+                        else:
+                            for listener in self.listeners:
+                                listener(message["channel"], message["data"])
+                    now = time.monotonic()
+                    if now - last_sweep >= TICK_S:
+                        last_sweep = now
+                        self._sweep()
+            except redis.RedisError:
+                log.warning("reply hub: Redis connection lost; resubscribing", exc_info=True)
+                time.sleep(0.5)
+            finally:
+                with contextlib.suppress(redis.RedisError):
+                    pubsub.close()

@@ -1,0 +1,154 @@
+"""Marshmallow schemas: everything that enters the broker is validated here.
+
+One module so a reader sees every accepted shape at once: the server config,
+the JSON-RPC envelope and the params of the methods the broker handles itself.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from marshmallow import (
+    EXCLUDE,
+    INCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    validate,
+    validates_schema,
+)
+
+SERVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TOOL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+# ---------------------------------------------------------------- config
+class CacheTTLs(fields.Dict):
+    """`{"tool": ttl_seconds}`; 0 means never cached."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            keys=fields.String(validate=validate.Regexp(TOOL_NAME)),
+            values=fields.Float(validate=validate.Range(min=0)),
+            **kwargs,
+        )
+
+
+class BrokerSettingsSchema(Schema):
+    """The broker's own per-server keys, under `"broker"` in a server entry."""
+
+    class Meta:
+        unknown = "raise"
+
+    concurrency = fields.Integer(load_default=8, validate=validate.Range(min=1, max=1024))
+    timeout_s = fields.Float(load_default=30.0, validate=validate.Range(min=0.1, max=3000))
+    max_timeout_s = fields.Float(load_default=300.0, validate=validate.Range(min=0.1, max=3000))
+    retries = fields.Integer(load_default=3, validate=validate.Range(min=0, max=20))
+    cache = CacheTTLs(load_default=dict)
+    protocol = fields.String(load_default="legacy", validate=validate.OneOf(("legacy", "auto", "2026-07-28")))
+
+
+class ServerEntrySchema(Schema):
+    """One entry of `mcpServers`: the keys every MCP client understands, plus `broker`."""
+
+    class Meta:
+        unknown = EXCLUDE  # other clients' keys (e.g. "disabled", "type") are tolerated
+
+    command = fields.String(validate=validate.Length(min=1))
+    args = fields.List(fields.String(), load_default=list)
+    env = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+    cwd = fields.String(load_default=None, allow_none=True)
+    url = fields.Url(schemes={"http", "https"}, require_tld=False)
+    headers = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+    broker = fields.Nested(BrokerSettingsSchema, load_default=lambda: BrokerSettingsSchema().load({}))
+
+    @validates_schema
+    def _one_transport(self, data: dict[str, Any], **_: Any) -> None:
+        if ("command" in data) == ("url" in data):
+            raise ValidationError("exactly one of 'command' (stdio) or 'url' (Streamable HTTP) is required", "command")
+
+
+class ConfigFileSchema(Schema):
+    """The whole file: `{"mcpServers": {...}, "broker": {...}}`."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    mcpServers = fields.Dict(
+        keys=fields.String(validate=validate.Regexp(SERVER_NAME, error="server names must match [A-Za-z0-9_-]{{1,64}}")),
+        values=fields.Nested(ServerEntrySchema),
+        required=True,
+    )
+    broker = fields.Dict(load_default=dict)
+
+
+# ---------------------------------------------------------------- JSON-RPC
+class JSONRPCMessageSchema(Schema):
+    """A JSON-RPC 2.0 request, notification or response from a client."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    jsonrpc = fields.String(required=True, validate=validate.Equal("2.0"))
+    id = fields.Raw(allow_none=False)
+    method = fields.String(validate=validate.Length(min=1))
+    params = fields.Raw(allow_none=True)
+    result = fields.Raw()
+    error = fields.Dict()
+
+    @validates_schema
+    def _shape(self, data: dict[str, Any], **_: Any) -> None:
+        if "id" in data and (isinstance(data["id"], bool) or not isinstance(data["id"], (str, int))):
+            raise ValidationError("id must be a string or an integer", "id")
+        if "method" in data:
+            if "params" in data and data["params"] is not None and not isinstance(data["params"], dict):
+                raise ValidationError("params must be an object", "params")
+        elif "id" not in data or ("result" in data) == ("error" in data):
+            raise ValidationError("a message needs 'method' (request/notification) or 'id' with 'result' or 'error'")
+
+
+class CallToolParamsSchema(Schema):
+    """`tools/call` params."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    name = fields.String(required=True, validate=validate.Length(min=1, max=300))
+    arguments = fields.Dict(load_default=dict, allow_none=True)
+    _meta = fields.Dict(data_key="_meta", load_default=dict, allow_none=True)
+
+
+class InitializeParamsSchema(Schema):
+    """`initialize` params (only what the broker reads; the rest is kept as sent)."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    protocolVersion = fields.String(required=True)
+    capabilities = fields.Dict(load_default=dict)
+    clientInfo = fields.Dict(load_default=dict)
+
+
+class PaginatedParamsSchema(Schema):
+    """`*/list` params."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    cursor = fields.String(load_default=None, allow_none=True)
+
+
+def first_error(err: ValidationError) -> str:
+    """Flatten marshmallow's nested messages into one readable line."""
+
+    def walk(node: Any, path: list[str]) -> str:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                return walk(value, path if key == "_schema" else [*path, str(key)])
+        if isinstance(node, list) and node:
+            return walk(node[0], path)
+        where = ".".join(path)
+        return f"{where}: {node}" if where else str(node)
+
+    return walk(err.messages, [])

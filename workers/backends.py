@@ -1,0 +1,222 @@
+"""Warm MCP client sessions, one per backend server, owned by a worker process.
+
+Opening a session costs ~0.5 s (the server's start-up and the handshake) while
+a call over a warm one costs under a millisecond, so a worker opens each
+backend once, at first use, and keeps it. The SDK is asyncio; Celery's pool
+threads are not, so the process runs ONE event-loop thread (an anyio blocking
+portal) that owns every session, and pool threads submit calls into it. Many
+calls run concurrently over one session: the SDK matches replies by id.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
+
+from broker.config import BrokerConfig, ServerSpec
+
+log = logging.getLogger(__name__)
+
+ProgressHook = Callable[[float, float | None, str | None], None]
+
+
+class BackendUnavailable(Exception):
+    """The backend could not be reached or its session broke: transient, worth a retry on a fresh session."""
+
+
+class BackendTimeout(BackendUnavailable):
+    """The backend did not answer within the call's time limit (the call was cancelled on the backend)."""
+
+
+class BackendRPCError(Exception):
+    """The backend answered with a JSON-RPC error: a definite answer, passed to the client as is."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.data = code, message, data
+
+
+def _dump(model: Any) -> dict[str, Any]:
+    return model.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _resolve_command(command: str) -> str:
+    """`python` in a config means the broker's own interpreter, where the demo servers' packages are installed."""
+    return sys.executable if command in ("python", "python3") else command
+
+
+class BackendSession:
+    """One backend server's warm session: opened lazily, restarted when it breaks."""
+
+    def __init__(self, spec: ServerSpec, portal: BlockingPortal, base_dir: str) -> None:
+        self.spec = spec
+        self._portal = portal
+        self._base_dir = base_dir
+        self._lock = threading.Lock()
+        self._cm: AbstractContextManager[Client] | None = None
+        self._client: Client | None = None
+        self.generation = 0  # bumped on every (re)start, so a caller knows whether someone already restarted it
+
+    # ------------------------------------------------------------ lifecycle
+    def _new_client(self) -> Client:
+        spec = self.spec
+        mode = spec.settings.protocol
+        if spec.command:
+            params = StdioServerParameters(
+                command=_resolve_command(spec.command),
+                args=list(spec.args),
+                env=dict(spec.env) or None,
+                cwd=spec.cwd or self._base_dir,
+            )
+            return Client(params, mode=mode, cache=None)
+        assert spec.url is not None
+        if spec.headers:
+            transport = streamable_http_client(spec.url, http_client=httpx2.AsyncClient(headers=spec.headers))
+            return Client(transport, mode=mode, cache=None)
+        return Client(spec.url, mode=mode, cache=None)
+
+    def open(self) -> Client:
+        """The live client, opening the backend if needed (thread-safe; one opener at a time)."""
+        client = self._client
+        if client is not None:
+            return client
+        with self._lock:
+            if self._client is None:
+                cm = self._portal.wrap_async_context_manager(self._new_client())
+                try:
+                    self._client = cm.__enter__()
+                except Exception as err:  # the backend failed to start or to shake hands
+                    raise BackendUnavailable(f"server {self.spec.name!r} failed to start: {err!r}") from err
+                self._cm = cm
+                self.generation += 1
+                log.info("backend %s: session open (generation %d)", self.spec.name, self.generation)
+            return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            cm, self._cm, self._client = self._cm, None, None
+        if cm is not None:
+            try:
+                cm.__exit__(None, None, None)
+            except Exception:  # a dead backend often fails its own shutdown; it is gone either way
+                log.debug("backend %s: error while closing", self.spec.name, exc_info=True)
+
+    def restart_if(self, generation: int) -> None:
+        """Close the session if it is still the one that failed (another thread may have restarted it)."""
+        if self.generation == generation and self._client is not None:
+            log.warning("backend %s: restarting broken session (generation %d)", self.spec.name, generation)
+            self.close()
+
+    # ------------------------------------------------------------ calls
+    def _run(self, fn: Callable[[Client], Any], timeout: float) -> Any:
+        client = self.open()
+        generation = self.generation
+
+        async def bounded() -> Any:
+            with anyio.fail_after(timeout):
+                return await fn(client)
+
+        try:
+            return self._portal.call(bounded)
+        except TimeoutError as err:
+            raise BackendTimeout(f"server {self.spec.name!r} did not answer within {timeout:g}s") from err
+        except MCPError as err:
+            if err.code in (CONNECTION_CLOSED, REQUEST_TIMEOUT):
+                self.restart_if(generation)
+                raise BackendUnavailable(f"server {self.spec.name!r}: {err.error.message}") from err
+            raise BackendRPCError(err.code, err.error.message, err.error.data) from err
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError) as err:
+            self.restart_if(generation)
+            raise BackendUnavailable(f"server {self.spec.name!r}: connection lost ({err!r})") from err
+
+    def call_tool(
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        timeout: float,
+        progress: ProgressHook | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Run one tool call; the result as its JSON wire dict (camelCase keys)."""
+
+        async def on_progress(value: float, total: float | None, message: str | None) -> None:
+            if progress is not None:
+                await anyio.to_thread.run_sync(progress, value, total, message)
+
+        async def call(client: Client) -> Any:
+            return await client.call_tool(
+                tool, arguments, progress_callback=on_progress if progress else None, meta=meta or None
+            )
+
+        return _dump(self._run(call, timeout))
+
+    def list_catalog(self, timeout: float) -> dict[str, Any]:
+        """Everything the backend offers, each list walked to its last page."""
+
+        async def walk(client: Client) -> dict[str, Any]:
+            caps = client.server_capabilities
+            out: dict[str, Any] = {"tools": [], "resources": [], "resourceTemplates": [], "prompts": []}
+            listings = [("tools", client.list_tools, caps.tools)]
+            listings += [("resources", client.list_resources, caps.resources)]
+            listings += [("resourceTemplates", client.list_resource_templates, caps.resources)]
+            listings += [("prompts", client.list_prompts, caps.prompts)]
+            for key, lister, supported in listings:
+                if supported is None:
+                    continue
+                cursor: str | None = None
+                for _ in range(1000):
+                    page = await lister(cursor=cursor)
+                    attribute = "resource_templates" if key == "resourceTemplates" else key
+                    out[key] += [_dump(item) for item in getattr(page, attribute)]
+                    cursor = page.next_cursor
+                    if not cursor:
+                        break
+            info = client.session.initialize_result
+            out["serverInfo"] = _dump(info.server_info) if info is not None else {}
+            return out
+
+        return self._run(walk, timeout)
+
+
+class BackendPool:
+    """The process's backend sessions and the one event-loop thread that runs them."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self._portal_cm = start_blocking_portal(name="mcp-backends")
+        self._portal = self._portal_cm.__enter__()  # kept: a collected portal stops its loop
+        self._sessions: dict[str, BackendSession] = {}
+        self._lock = threading.Lock()
+        self._base_dir = str(Path(config.path).resolve().parent) if config.path else os.getcwd()
+
+    def session(self, server: str) -> BackendSession:
+        found = self._sessions.get(server)
+        if found is not None:
+            return found
+        with self._lock:
+            if server not in self._sessions:
+                self._sessions[server] = BackendSession(self.config.server(server), self._portal, self._base_dir)
+            return self._sessions[server]
+
+    def close(self) -> None:
+        for session in list(self._sessions.values()):
+            session.close()
+        self._sessions.clear()
+        try:
+            self._portal_cm.__exit__(None, None, None)
+        except Exception:
+            log.debug("backend pool: error while stopping the event loop", exc_info=True)
