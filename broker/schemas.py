@@ -21,6 +21,7 @@ from marshmallow import (
 
 SERVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TOOL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+PROTOCOL_MODES = ("legacy", "auto", "2026-07-28")  # how a worker's backend session negotiates (mcp.Client mode)
 
 
 # ---------------------------------------------------------------- config
@@ -46,7 +47,7 @@ class BrokerSettingsSchema(Schema):
     max_timeout_s = fields.Float(load_default=300.0, validate=validate.Range(min=0.1, max=3000))
     retries = fields.Integer(load_default=3, validate=validate.Range(min=0, max=20))
     cache = CacheTTLs(load_default=dict)
-    protocol = fields.String(load_default="legacy", validate=validate.OneOf(("legacy", "auto", "2026-07-28")))
+    protocol = fields.String(load_default="legacy", validate=validate.OneOf(PROTOCOL_MODES))
 
 
 class ServerEntrySchema(Schema):

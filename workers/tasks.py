@@ -13,6 +13,7 @@ import random
 import time
 from typing import Any
 
+from celery import Task
 from mcp_types import INTERNAL_ERROR, REQUEST_TIMEOUT
 
 from broker.catalog import store_server_catalog
@@ -76,8 +77,8 @@ def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, Any] |
                 return None
 
 
-@app.task(name="mcp.call_tool", ignore_result=True)
-def call_tool(call: dict[str, Any]) -> None:
+@app.task(name="mcp.call_tool", ignore_result=True, bind=True)
+def call_tool(self: Task, call: dict[str, Any]) -> None:
     """One tool call; the outcome goes to Redis (stored once, published to the caller's web process)."""
     writer = ResultWriter(get_redis())
     try:
@@ -86,6 +87,7 @@ def call_tool(call: dict[str, Any]) -> None:
         log.exception("call %s crashed in the worker", call.get("call_id"))
         outcome = rpc_error(INTERNAL_ERROR, f"Internal error in the broker's worker: {err!r}")
     if outcome is not None:
+        outcome["worker"] = self.request.hostname  # who answered: for logs and for tests of queue pinning
         writer.deliver(call["call_id"], call.get("reply_to"), outcome)
 
 

