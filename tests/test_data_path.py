@@ -130,7 +130,8 @@ BAD_FRAMES = [
     ("no tool name", json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {}}), -32602),
     ("arguments not object", json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                                          "params": {"name": "echo__echo", "arguments": "hi"}}), -32602),
-    ("bad cursor", json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"cursor": "zzz"}}), -32602),
+    ("bad cursor", json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list",
+                               "params": {"cursor": "zzz"}}), -32602),
 ]
 
 

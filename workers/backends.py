@@ -154,8 +154,10 @@ class BackendSession:
         """Run one tool call; the result as its JSON wire dict (camelCase keys)."""
 
         async def on_progress(value: float, total: float | None, message: str | None) -> None:
+            # Published right here on the loop thread (one fast PUBLISH): a hop to a thread pool
+            # would let two notifications of the same call overtake each other.
             if progress is not None:
-                await anyio.to_thread.run_sync(progress, value, total, message)
+                progress(value, total, message)
 
         async def call(client: Client) -> Any:
             return await client.call_tool(

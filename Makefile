@@ -1,0 +1,68 @@
+# mcp-broker: `make run` (whole system locally), `make test`, `make lint`.
+# Needs only python3 (>= 3.11) and make; everything else goes into .venv.
+
+VENV        := .venv
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed
+PYTEST_ARGS ?= -q
+# Interpreter used to create the venv: $(PYTHON) if given, else the first python3.x >= 3.11 found.
+PYTHON      ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv deps run test lint procfile bench clean distclean
+
+help:
+	@echo "make run        web + one worker per server (embedded Redis if none answers at \$$REDIS_URL)"
+	@echo "make test       pytest (PYTEST_ARGS='-x -k name' to narrow)"
+	@echo "make lint       ruff check"
+	@echo "make procfile   regenerate Procfile from mcp_servers.json"
+	@echo "make bench      benchmarks"
+	@echo "make venv       create .venv and install requirements.txt (only when it changed)"
+	@echo "make clean      caches; make distclean also removes .venv"
+
+venv deps: $(STAMP)
+
+# Create the venv once. `python3 -m venv` can fail where ensurepip is missing
+# (Debian/Ubuntu without python3-venv): fall back to virtualenv.
+$(PY):
+	@set -e; py="$(PYTHON)"; \
+	if [ -z "$$py" ]; then \
+	  for c in python3 python3.14 python3.13 python3.12 python3.11; do \
+	    if command -v $$c >/dev/null 2>&1 && $$c -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then py=$$c; break; fi; \
+	  done; \
+	fi; \
+	if [ -z "$$py" ] || ! $$py -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
+	  echo "mcp-broker needs Python >= 3.11 (python3 is $$(python3 --version 2>&1)); install one or set PYTHON=" >&2; exit 1; fi; \
+	echo "creating $(VENV) with $$py ($$($$py --version))"; \
+	if ! $$py -m venv $(VENV); then \
+	  echo "python -m venv failed; falling back to virtualenv" >&2; rm -rf $(VENV); \
+	  $$py -m pip install --user virtualenv || $$py -m pip install --user --break-system-packages virtualenv; \
+	  $$py -m virtualenv $(VENV); \
+	fi
+
+# Reinstall only when requirements.txt is newer than the stamp: a second `make test` is instant.
+$(STAMP): requirements.txt | $(PY)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	@touch $(STAMP)
+
+run: deps
+	$(PY) -m broker run
+
+test: deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: deps
+	$(PY) -m ruff check .
+
+procfile: deps
+	$(PY) -m broker procfile
+
+bench: deps
+	$(PY) -m bench
+
+clean:
+	rm -rf .pytest_cache .ruff_cache .run
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
