@@ -32,3 +32,34 @@ def cancelled(call_id: str) -> str:
 def replies(web_id: str) -> str:
     """Pub/sub channel of one web process: results of the calls its clients made."""
     return f"{PREFIX}:replies:{web_id}"
+
+
+CANCEL_CHANNEL = f"{PREFIX}:cancel"  # call ids published here; every worker process cancels its running copy
+
+
+def batch(batch_id: str) -> str:
+    """Hash: total, created, state, tool counts; counters done/failed/cancelled (HINCRBY by workers)."""
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def batch_results(batch_id: str) -> str:
+    """Stream: one entry per finished call, in completion order (field `data` = the outcome JSON)."""
+    return f"{PREFIX}:batch:{batch_id}:results"
+
+
+def batch_started(batch_id: str) -> str:
+    """Set of call ids a worker has started (running = started - finished)."""
+    return f"{PREFIX}:batch:{batch_id}:started"
+
+
+def worker_alive(node: str) -> str:
+    """Heartbeat of one worker process (expires when it dies)."""
+    return f"{PREFIX}:worker:{node}:alive"
+
+
+def worker_tags(node: str) -> str:
+    """Delivery tags of the messages a worker process holds (restored to their queue if it dies)."""
+    return f"{PREFIX}:worker:{node}:tags"
+
+
+WORKERS = f"{PREFIX}:workers"  # set of worker process names that hold leases

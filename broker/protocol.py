@@ -26,7 +26,8 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERS
 
 from broker import keys
 from broker.catalog import Catalog, CursorError
-from broker.config import BrokerConfig
+from broker.config import BrokerConfig, BrokerSettings
+from broker.outbox import Outbox
 from broker.replies import ReplyHub
 from broker.router import Router, UnknownTool
 from broker.schemas import (
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 SERVER_INFO = {"name": "mcp-broker", "version": "0.1.0"}
 SESSION_META_KEY = "io.mcp-broker/sessionId"
+TIMEOUT_META_KEY = "io.mcp-broker/timeoutS"  # a client's own time limit for one call (capped by max_timeout_s)
 QUEUE_GRACE_S = 60.0  # how long a call may wait in its queue on top of its own time limit
 CATALOG_REQUEST_INTERVAL_S = 10.0
 
@@ -80,7 +82,7 @@ class BrokerServices:
     catalog: Catalog
     router: Router
     hub: ReplyHub
-    submit: Callable[[str, dict[str, Any]], None]
+    outbox: Outbox
     request_catalog: Callable[[str, str], None]
     page_size: int = 500
     _last_catalog_request: float = 0.0
@@ -93,6 +95,21 @@ class BrokerServices:
         self._last_catalog_request = now
         for server in self.catalog.missing:
             self.request_catalog(server, self.config.server(server).queue)
+
+
+def call_timeout(settings: BrokerSettings, requested: Any) -> float:
+    """The server's `timeout_s`, or the client's own limit for this call, capped at `max_timeout_s`."""
+    if isinstance(requested, (int, float)) and not isinstance(requested, bool) and requested > 0:
+        return float(min(requested, settings.max_timeout_s))
+    return settings.timeout_s
+
+
+def cancel_call(r: redis.Redis, call_id: str) -> None:
+    """Mark the call cancelled (a queued copy is skipped) and tell the workers (a running copy is cancelled)."""
+    pipe = r.pipeline(transaction=False)
+    pipe.set(keys.cancelled(call_id), "1", ex=3600)
+    pipe.publish(keys.CANCEL_CHANNEL, call_id)
+    pipe.execute()
 
 
 def _dumps(message: dict[str, Any]) -> str:
@@ -265,10 +282,10 @@ class ClientConnection:
         if request_id in self._in_flight:
             raise RPCError(INVALID_REQUEST, f"Invalid Request: request id {request_id!r} is already in flight")
 
-        settings = route.spec.settings
-        timeout = settings.timeout_s
+        timeout = call_timeout(route.spec.settings, meta.get(TIMEOUT_META_KEY))
         progress_token = meta.get("progressToken")
         call_id = uuid.uuid4().hex
+        now = time.time()
         call = {
             "call_id": call_id,
             "server": route.entry.server,
@@ -276,10 +293,13 @@ class ClientConnection:
             "arguments": arguments,
             "reply_to": self.services.hub.channel,
             "timeout_s": timeout,
+            "expires_at": now + timeout + QUEUE_GRACE_S,
             "progress": progress_token is not None,
             "session": self.session_id,
-            "submitted_at": time.time(),
         }
+        forwarded_meta = {k: v for k, v in meta.items() if k not in (TIMEOUT_META_KEY, "progressToken")}
+        if forwarded_meta:
+            call["meta"] = forwarded_meta
 
         def on_outcome(message: dict[str, Any]) -> None:
             self._in_flight.pop(request_id, None)
@@ -299,14 +319,9 @@ class ClientConnection:
         hub = self.services.hub
         hub.start()
         self._in_flight[request_id] = call_id
-        hub.expect(call_id, on_outcome, on_progress if progress_token is not None else None, timeout + QUEUE_GRACE_S)
-        try:
-            self.services.submit(route.queue, call)
-        except Exception as err:
-            hub.forget(call_id)
-            self._in_flight.pop(request_id, None)
-            log.exception("could not enqueue call to %s", route.entry.server)
-            raise RPCError(INTERNAL_ERROR, f"Could not enqueue the call: {type(err).__name__}") from None
+        hub.expect(call_id, on_outcome, on_progress if progress_token is not None else None,
+                   timeout * 2 + QUEUE_GRACE_S + 5)
+        self.services.outbox.put(route.queue, call)
         return DEFERRED
 
     def _client_result(self, result: dict[str, Any]) -> dict[str, Any]:
@@ -321,7 +336,7 @@ class ClientConnection:
         if call_id is None:
             return
         self.services.hub.forget(call_id)
-        self.services.redis.set(keys.cancelled(call_id), "1", ex=3600)
+        cancel_call(self.services.redis, call_id)
 
     # ------------------------------------------------------------ end
     def close(self) -> None:

@@ -90,6 +90,13 @@ class ReplyHub:
         return len(self._pending)
 
     # ------------------------------------------------------------ delivery
+    def deliver_local(self, message: dict[str, Any]) -> None:
+        """An outcome produced in this process (e.g. the call could not be enqueued)."""
+        with self._lock:
+            pending = self._pending.pop(message["call_id"], None)
+        if pending is not None:
+            self._safely(pending.on_outcome, message)
+
     def _dispatch(self, data: str) -> None:
         try:
             message = json.loads(data)

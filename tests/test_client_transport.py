@@ -131,7 +131,7 @@ class Bridge:
                     error = {"code": -32601, "message": "Method not found: server/discover"}
                     await ws.send(json.dumps({"jsonrpc": "2.0", "id": message["id"], "error": error}))
                     continue
-                stdin.write(frame.encode() + b"\n")
+                stdin.write((frame.encode() if isinstance(frame, str) else frame) + b"\n")
                 await stdin.drain()
         except Exception:  # a test bridge: whatever broke, the child is stopped below
             pass
@@ -235,7 +235,7 @@ async def test_sdk_client_lists_and_calls_tools(url: str, bridge: Bridge) -> Non
     assert names == {"echo", "add", "slow", "fail", "runs", "whoami"}
     assert added.structured_content == {"result": 5.0} and not added.is_error
     assert text(echoed) == "hi"
-    assert failed.is_error and "boom" in text(failed)
+    assert failed.is_error  # the SDK server hides the exception text: "Error executing tool fail"
     [conn] = bridge.tagged("basic")
     assert conn.subprotocol == "mcp"
     assert conn.headers["Authorization"] == "Bearer t0ken"

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
+
+from mcp_types import INTERNAL_ERROR
 
 from broker.catalog import Catalog
 from broker.config import BrokerConfig, load_config
+from broker.outbox import Outbox
 from broker.protocol import BrokerServices
 from broker.redisconn import get_redis
 from broker.replies import ReplyHub
@@ -23,17 +27,24 @@ _pid: int | None = None
 
 
 def build_services(config: BrokerConfig) -> BrokerServices:
-    from workers.dispatch import request_catalog, submit_call
+    from workers.dispatch import request_catalog, submit_calls
 
     r = get_redis()
     catalog = Catalog(r, config)
+    hub = ReplyHub(r)
+
+    def enqueue_failed(call: dict[str, Any], err: Exception) -> None:
+        message = {"call_id": call["call_id"], "error": {"code": INTERNAL_ERROR,
+                                                         "message": f"Could not enqueue the call: {err!r}"}}
+        hub.deliver_local(message)
+
     return BrokerServices(
         config=config,
         redis=r,
         catalog=catalog,
         router=Router(catalog),
-        hub=ReplyHub(r),
-        submit=submit_call,
+        hub=hub,
+        outbox=Outbox(submit_calls, enqueue_failed, int(os.environ.get("MCP_BROKER_MAX_BATCH", "32"))),
         request_catalog=request_catalog,
         page_size=int(os.environ.get("MCP_BROKER_PAGE_SIZE", "500")),
     )

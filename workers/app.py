@@ -71,3 +71,12 @@ def _warm_up(sender: Any = None, **_: Any) -> None:
 def _close_backends(**_: Any) -> None:
     if _pool is not None and _pool_pid == os.getpid():
         _pool.close()
+
+
+def _install_control() -> None:
+    from workers import control
+
+    control.connect_signals(app, backend_pool)
+
+
+_install_control()

@@ -4,8 +4,10 @@ Opening a session costs ~0.5 s (the server's start-up and the handshake) while
 a call over a warm one costs under a millisecond, so a worker opens each
 backend once, at first use, and keeps it. The SDK is asyncio; Celery's pool
 threads are not, so the process runs ONE event-loop thread (an anyio blocking
-portal) that owns every session, and pool threads submit calls into it. Many
-calls run concurrently over one session: the SDK matches replies by id.
+portal) that owns every session. Calls run as coroutines on that loop, many
+at once over one session (the SDK matches replies by id), bounded per server
+by its `concurrency`; each running call has a cancel scope so a client's
+cancellation reaches the backend as MCP `notifications/cancelled`.
 """
 
 from __future__ import annotations
@@ -38,8 +40,12 @@ class BackendUnavailable(Exception):
     """The backend could not be reached or its session broke: transient, worth a retry on a fresh session."""
 
 
-class BackendTimeout(BackendUnavailable):
+class BackendTimeout(Exception):
     """The backend did not answer within the call's time limit (the call was cancelled on the backend)."""
+
+
+class CallCancelled(Exception):
+    """The client cancelled the call while it ran (the backend was told)."""
 
 
 class BackendRPCError(Exception):
@@ -69,7 +75,10 @@ class BackendSession:
         self._lock = threading.Lock()
         self._cm: AbstractContextManager[Client] | None = None
         self._client: Client | None = None
+        self._slots: anyio.Semaphore | None = None  # created on the loop
+        self.running: dict[str, anyio.CancelScope] = {}  # call id → its scope (loop thread only)
         self.generation = 0  # bumped on every (re)start, so a caller knows whether someone already restarted it
+        self.restarts = 0
 
     # ------------------------------------------------------------ lifecycle
     def _new_client(self) -> Client:
@@ -90,7 +99,7 @@ class BackendSession:
         return Client(spec.url, mode=mode, cache=None)
 
     def open(self) -> Client:
-        """The live client, opening the backend if needed (thread-safe; one opener at a time)."""
+        """The live client, opening the backend if needed (thread-safe; call from a non-loop thread)."""
         client = self._client
         if client is not None:
             return client
@@ -116,38 +125,53 @@ class BackendSession:
                 log.debug("backend %s: error while closing", self.spec.name, exc_info=True)
 
     def restart_if(self, generation: int) -> None:
-        """Close the session if it is still the one that failed (another thread may have restarted it)."""
+        """Close the session if it is still the one that failed (another call may have restarted it)."""
         if self.generation == generation and self._client is not None:
             log.warning("backend %s: restarting broken session (generation %d)", self.spec.name, generation)
+            self.restarts += 1
             self.close()
 
-    # ------------------------------------------------------------ calls
-    def _run(self, fn: Callable[[Client], Any], timeout: float) -> Any:
-        client = self.open()
-        generation = self.generation
+    # ------------------------------------------------------------ calls (on the loop)
+    async def _client_async(self) -> tuple[Client, int]:
+        client = self._client
+        if client is None:
+            client = await anyio.to_thread.run_sync(self.open)
+        return client, self.generation
 
-        async def bounded() -> Any:
-            with anyio.fail_after(timeout):
-                return await fn(client)
+    async def _guarded(self, fn: Callable[[Client], Any], timeout: float, call_id: str | None = None) -> Any:
+        """Run `fn(client)` within `timeout`, mapping failures to the broker's exception kinds."""
+        if self._slots is None:
+            self._slots = anyio.Semaphore(self.spec.settings.concurrency)
+        client, generation = None, self.generation
+        with anyio.CancelScope() as scope:
+            if call_id is not None:
+                self.running[call_id] = scope
+            try:
+                with anyio.fail_after(timeout):
+                    async with self._slots:
+                        client, generation = await self._client_async()
+                        return await fn(client)
+            except TimeoutError as err:
+                raise BackendTimeout(f"server {self.spec.name!r} did not answer within {timeout:g}s") from err
+            except MCPError as err:
+                if err.code in (CONNECTION_CLOSED, REQUEST_TIMEOUT):
+                    await anyio.to_thread.run_sync(self.restart_if, generation)
+                    raise BackendUnavailable(f"server {self.spec.name!r}: {err.error.message}") from err
+                raise BackendRPCError(err.code, err.error.message, err.error.data) from err
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError) as err:
+                await anyio.to_thread.run_sync(self.restart_if, generation)
+                raise BackendUnavailable(f"server {self.spec.name!r}: connection lost ({err!r})") from err
+            finally:
+                if call_id is not None:
+                    self.running.pop(call_id, None)
+        raise CallCancelled(call_id)  # the scope was cancelled from outside
 
-        try:
-            return self._portal.call(bounded)
-        except TimeoutError as err:
-            raise BackendTimeout(f"server {self.spec.name!r} did not answer within {timeout:g}s") from err
-        except MCPError as err:
-            if err.code in (CONNECTION_CLOSED, REQUEST_TIMEOUT):
-                self.restart_if(generation)
-                raise BackendUnavailable(f"server {self.spec.name!r}: {err.error.message}") from err
-            raise BackendRPCError(err.code, err.error.message, err.error.data) from err
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError) as err:
-            self.restart_if(generation)
-            raise BackendUnavailable(f"server {self.spec.name!r}: connection lost ({err!r})") from err
-
-    def call_tool(
+    async def call_tool(
         self,
         tool: str,
         arguments: dict[str, Any],
         timeout: float,
+        call_id: str | None = None,
         progress: ProgressHook | None = None,
         meta: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
@@ -164,9 +188,17 @@ class BackendSession:
                 tool, arguments, progress_callback=on_progress if progress else None, meta=meta or None
             )
 
-        return _dump(self._run(call, timeout))
+        return _dump(await self._guarded(call, timeout, call_id))
 
-    def list_catalog(self, timeout: float) -> dict[str, Any]:
+    def cancel(self, call_id: str) -> bool:
+        """Cancel a running call (loop thread only); the SDK tells the backend."""
+        scope = self.running.get(call_id)
+        if scope is None:
+            return False
+        scope.cancel()
+        return True
+
+    async def list_catalog(self, timeout: float) -> dict[str, Any]:
         """Everything the backend offers, each list walked to its last page."""
 
         async def walk(client: Client) -> dict[str, Any]:
@@ -191,7 +223,7 @@ class BackendSession:
             out["serverInfo"] = _dump(info.server_info) if info is not None else {}
             return out
 
-        return self._run(walk, timeout)
+        return await self._guarded(walk, timeout)
 
 
 class BackendPool:
@@ -200,7 +232,7 @@ class BackendPool:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
         self._portal_cm = start_blocking_portal(name="mcp-backends")
-        self._portal = self._portal_cm.__enter__()  # kept: a collected portal stops its loop
+        self.portal = self._portal_cm.__enter__()  # kept: a collected portal stops its loop
         self._sessions: dict[str, BackendSession] = {}
         self._lock = threading.Lock()
         self._base_dir = str(Path(config.path).resolve().parent) if config.path else os.getcwd()
@@ -211,8 +243,16 @@ class BackendPool:
             return found
         with self._lock:
             if server not in self._sessions:
-                self._sessions[server] = BackendSession(self.config.server(server), self._portal, self._base_dir)
+                self._sessions[server] = BackendSession(self.config.server(server), self.portal, self._base_dir)
             return self._sessions[server]
+
+    def cancel(self, call_id: str) -> bool:
+        """Cancel the call wherever it runs in this process (any thread)."""
+
+        def on_loop() -> bool:
+            return any(session.cancel(call_id) for session in list(self._sessions.values()))
+
+        return bool(self.portal.call(on_loop))
 
     def close(self) -> None:
         for session in list(self._sessions.values()):

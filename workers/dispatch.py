@@ -1,19 +1,24 @@
 """Sending calls to the per-server queues (the web tier's only use of Celery).
 
-`call_tool` is declared with `ignore_result=True`, so sending it does not
-subscribe to a Celery result channel: the answer comes back on the web
-process's own Redis channel instead.
+`run_calls` is declared with `ignore_result=True`, so sending it does not
+subscribe to a Celery result channel: answers come back on the web process's
+own Redis channel (and, for batch jobs, the batch's result stream).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from workers.tasks import call_tool, refresh_catalog
+from workers.tasks import refresh_catalog, run_calls
+
+
+def submit_calls(queue: str, calls: list[dict[str, Any]]) -> None:
+    """One Celery message carrying these calls (all for the server behind `queue`)."""
+    run_calls.apply_async(args=[calls], queue=queue)
 
 
 def submit_call(queue: str, call: dict[str, Any]) -> None:
-    call_tool.apply_async(args=[call], queue=queue)
+    submit_calls(queue, [call])
 
 
 def request_catalog(server: str, queue: str) -> None:

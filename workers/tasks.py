@@ -1,9 +1,19 @@
-"""Celery tasks: run a tool call on the warm backend session, answer exactly once.
+"""Celery tasks: run tool calls on the warm backend session, answer each exactly once.
+
+One message carries one or more calls of one server (the web tier coalesces
+calls that arrive together; batch jobs send chunks). The worker runs them all
+concurrently on its event loop over the one warm session, bounded by the
+server's `concurrency`, and delivers each outcome the moment it is ready.
+
+A call payload: `call_id`, `server`, `tool`, `arguments`, and optionally
+`reply_to` (web process channel), `timeout_s`, `expires_at` (epoch: past it a
+still-queued call is answered with a timeout, not run), `progress` (bool),
+`meta`, `batch` and `id` (batch jobs), `session`.
 
 Transient failures (backend crashed, session broken) are retried inside the
-task, on a restarted session, with exponential backoff and jitter, within the
-call's deadline; a Celery-level retry would re-enqueue behind other calls and
-lose the deadline. Tool errors (`isError`) are answers, never retried.
+task, on a restarted session, with exponential backoff and full jitter,
+within the call's deadline; a Celery-level retry would re-enqueue behind other
+calls and lose the deadline. Tool errors (`isError`) are answers, never retried.
 """
 
 from __future__ import annotations
@@ -13,14 +23,14 @@ import random
 import time
 from typing import Any
 
-from celery import Task
-from mcp_types import INTERNAL_ERROR, REQUEST_TIMEOUT
+import anyio
+from mcp_types import INTERNAL_ERROR
 
 from broker.catalog import store_server_catalog
 from broker.redisconn import get_redis
-from broker.results import ResultWriter, rpc_error
+from broker.results import ResultWriter, cancelled_outcome, rpc_error, timeout_outcome
 from workers.app import app, backend_pool, broker_config
-from workers.backends import BackendRPCError, BackendTimeout, BackendUnavailable
+from workers.backends import BackendRPCError, BackendTimeout, BackendUnavailable, CallCancelled
 
 log = logging.getLogger(__name__)
 
@@ -29,25 +39,21 @@ BACKOFF_MAX_S = 5.0
 
 
 def backoff(attempt: int) -> float:
-    """Full-jitter exponential backoff (AWS architecture blog): spreads a thundering herd of retries."""
+    """Full-jitter exponential backoff: spreads a herd of retries after a backend restart."""
     return random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt))
 
 
-def timed_out(server: str, timeout: float) -> dict[str, Any]:
-    return rpc_error(REQUEST_TIMEOUT, f"Request timed out: server {server!r} did not answer within {timeout:g}s")
-
-
-def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, Any] | None:
-    """Run one call to completion; the outcome to deliver, or None if it must not be answered."""
+async def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, Any]:
+    """Run one call to its outcome (result, error, timeout or cancellation)."""
     call_id, server, tool = call["call_id"], call["server"], call["tool"]
-    if writer.cancelled(call_id) or writer.answered(call_id):
-        return None
     spec = broker_config().server(server)
     timeout = float(call.get("timeout_s") or spec.settings.timeout_s)
+    if call.get("expires_at") and time.time() > float(call["expires_at"]):
+        return timeout_outcome(server, timeout, queued=True)
     deadline = time.monotonic() + timeout
     reply_to = call.get("reply_to")
     progress = None
-    if call.get("progress"):
+    if call.get("progress") and reply_to:
 
         def progress(value: float, total: float | None, message: str | None) -> None:
             writer.progress(call_id, reply_to, value, total, message)
@@ -57,12 +63,15 @@ def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, Any] |
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return timed_out(server, timeout)
+            return timeout_outcome(server, timeout)
         try:
-            result = session.call_tool(tool, call.get("arguments") or {}, remaining, progress, call.get("meta"))
+            result = await session.call_tool(tool, call.get("arguments") or {}, remaining, call_id, progress,
+                                             call.get("meta"))
             return {"result": result}
         except BackendTimeout:
-            return timed_out(server, timeout)
+            return timeout_outcome(server, timeout)
+        except CallCancelled:
+            return cancelled_outcome()
         except BackendRPCError as err:
             return rpc_error(err.code, err.message, err.data)
         except BackendUnavailable as err:
@@ -71,24 +80,45 @@ def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, Any] |
                                  {"server": server, "reason": "backend_unavailable"})
             delay = min(backoff(attempt), max(0.0, deadline - time.monotonic()))
             log.warning("call %s on %s failed (%s); retry %d in %.2fs", call_id, server, err, attempt + 1, delay)
-            time.sleep(delay)
+            await anyio.sleep(delay)
             attempt += 1
             if writer.cancelled(call_id):
-                return None
+                return cancelled_outcome()
 
 
-@app.task(name="mcp.call_tool", ignore_result=True, bind=True)
-def call_tool(self: Task, call: dict[str, Any]) -> None:
-    """One tool call; the outcome goes to Redis (stored once, published to the caller's web process)."""
+def run_calls_now(calls: list[dict[str, Any]], worker: str) -> None:
+    """Run a message's calls concurrently on the backend loop; each answered as soon as it is done."""
     writer = ResultWriter(get_redis())
-    try:
-        outcome = execute_call(call, writer)
-    except Exception as err:  # a bug of ours must still answer the client, never leave it waiting
-        log.exception("call %s crashed in the worker", call.get("call_id"))
-        outcome = rpc_error(INTERNAL_ERROR, f"Internal error in the broker's worker: {err!r}")
-    if outcome is not None:
-        outcome["worker"] = self.request.hostname  # who answered: for logs and for tests of queue pinning
-        writer.deliver(call["call_id"], call.get("reply_to"), outcome)
+    verdicts = writer.triage(calls)
+    for call, verdict in zip(calls, verdicts, strict=True):
+        if verdict == "cancelled":
+            writer.deliver(call, {**cancelled_outcome(), "worker": worker})
+    runnable = [c for c, v in zip(calls, verdicts, strict=True) if v == "run"]
+    if not runnable:
+        return
+    writer.started(runnable)
+
+    async def one(call: dict[str, Any]) -> None:
+        try:
+            outcome = await execute_call(call, writer)
+        except Exception as err:  # a bug of ours must still answer the client, never leave it waiting
+            log.exception("call %s crashed in the worker", call.get("call_id"))
+            outcome = rpc_error(INTERNAL_ERROR, f"Internal error in the broker's worker: {err!r}")
+        outcome["worker"] = worker  # who answered: for logs and for tests of queue pinning
+        writer.deliver(call, outcome)
+
+    async def all_of_them() -> None:
+        async with anyio.create_task_group() as group:
+            for call in runnable:
+                group.start_soon(one, call)
+
+    backend_pool().portal.call(all_of_them)
+
+
+@app.task(name="mcp.run_calls", ignore_result=True, bind=True)
+def run_calls(self: Any, calls: list[dict[str, Any]]) -> None:
+    """One or more calls of one server; outcomes go to Redis (stored once, published to their caller)."""
+    run_calls_now(calls, self.request.hostname or "")
 
 
 @app.task(name="mcp.refresh_catalog", ignore_result=True)
@@ -98,11 +128,11 @@ def refresh_catalog(server: str) -> None:
     session = backend_pool().session(server)
     for attempt in range(spec.settings.retries + 1):
         try:
-            listing = session.list_catalog(spec.settings.timeout_s)
+            listing = backend_pool().portal.call(session.list_catalog, spec.settings.timeout_s)
             store_server_catalog(get_redis(), server, listing)
             log.info("catalog of %s published: %d tools", server, len(listing["tools"]))
             return
-        except (BackendUnavailable, BackendRPCError) as err:
+        except (BackendUnavailable, BackendRPCError, BackendTimeout) as err:
             log.warning("listing %s failed (attempt %d): %s", server, attempt + 1, err)
             time.sleep(backoff(attempt))
     log.error("catalog of %s could not be listed", server)

@@ -1,0 +1,135 @@
+"""The broker under test: Redis (reused or embedded), one gunicorn web, Celery workers per server.
+
+Built on `tests.stack.Stack`, so the bench runs exactly the processes the tests and the
+Procfile run (gunicorn -k gevent -w 1 --worker-connections 3000; celery -P threads), and on
+`broker.devrun.ensure_redis`, so a box without Redis still gets one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from bench.wsclient import RawSession
+from broker.config import load_config
+from broker.devrun import ensure_redis
+from tests.stack import Proc, Stack
+
+BENCH_DIR = Path(__file__).resolve().parent
+BENCH_CONFIG = BENCH_DIR / "mcp_servers.bench.json"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
+"""A database of its own (tests use 15, `make run` 0): the bench flushes it at start."""
+
+
+@dataclass
+class BenchStack:
+    """A running broker plus the knobs the scenarios turn (how many workers serve a server)."""
+
+    stack: Stack
+    workers: dict[str, list[Proc]] = field(default_factory=dict)
+
+    @property
+    def ws_url(self) -> str:
+        return self.stack.ws_url()
+
+    @property
+    def http_url(self) -> str:
+        return self.stack.http_url()
+
+    def concurrency(self, server: str) -> int:
+        return load_config(self.stack.config_path).server(server).settings.concurrency
+
+    def scale(self, server: str, count: int) -> None:
+        """Run exactly `count` worker processes for `server` (starting or stopping the newest ones)."""
+        procs = self.workers.setdefault(server, [])
+        while len(procs) > count:
+            proc = procs.pop()
+            proc.stop()
+            self.stack.procs.remove(proc)
+        while len(procs) < count:
+            procs.append(self.stack.start_worker(server, concurrency=self.concurrency(server)))
+
+    def web_processes(self) -> list[psutil.Process]:
+        """The gunicorn master and its workers (the whole web tier)."""
+        web = [p for p in self.stack.procs if p.name.startswith("web-")]
+        out: list[psutil.Process] = []
+        for proc in web:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                parent = psutil.Process(proc.popen.pid)
+                out += [parent, *parent.children(recursive=True)]
+        return out
+
+    def web_rss_bytes(self) -> int:
+        total = 0
+        for proc in self.web_processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += proc.memory_info().rss
+        return total
+
+    def worker_pids(self, server: str) -> list[int]:
+        return [p.popen.pid for p in self.workers.get(server, [])]
+
+    def warm(self, server: str, timeout_s: float = 60.0) -> int:
+        """Wait until every worker of `server` has a warm backend session (distinct `whoami` pids).
+
+        A worker opens its backend at its first call (~0.5 s of Python start-up), so a
+        measurement started before then would time a cold start, not the broker.
+        """
+        wanted = len(self.workers.get(server, [])) or 1
+        return asyncio.run(_warm(self.ws_url, server, wanted, timeout_s))
+
+    def stop(self) -> None:
+        self.stack.stop()
+        self.workers.clear()
+
+
+async def _warm(url: str, server: str, wanted: int, timeout_s: float) -> int:
+    seen: set[int] = set()
+    try:
+        async with asyncio.timeout(timeout_s):
+            while len(seen) < wanted:
+                results = await asyncio.gather(*[session_call(url, f"{server}__whoami") for _ in range(4 * wanted)])
+                seen.update(results)
+    except TimeoutError:
+        raise RuntimeError(f"only {len(seen)} of {wanted} {server} workers answered within {timeout_s:g}s") from None
+    return len(seen)
+
+
+async def session_call(url: str, tool: str) -> int:
+    """One call on a fresh socket (so calls spread over workers instead of queuing behind each other)."""
+    session = await RawSession.open(url)
+    try:
+        result = await session.call(tool, {})
+        return int(result["structuredContent"]["pid"])
+    finally:
+        await session.close()
+
+
+@contextlib.contextmanager
+def running_stack(redis_url: str | None = None, config: Path = BENCH_CONFIG, workers: dict[str, int] | None = None,
+                  announce: bool = True) -> Iterator[BenchStack]:
+    """Redis + web + workers, ready (catalogs published, backends warm) when yielded; all stopped after."""
+    url = redis_url or os.environ.get("MCP_BROKER_BENCH_REDIS_URL") or DEFAULT_REDIS_URL
+    say = print if announce else (lambda _msg: None)
+    with ensure_redis(url, announce=say) as live_url:
+        import redis
+
+        redis.Redis.from_url(live_url).flushdb()
+        stack = Stack(live_url, config_path=config)
+        bench = BenchStack(stack)
+        try:
+            for server in stack.servers:
+                bench.scale(server, (workers or {}).get(server, 1))
+            stack.start_web()
+            stack.wait_for_catalog()
+            for server in stack.servers:
+                bench.warm(server)
+            yield bench
+        finally:
+            bench.stop()

@@ -1,0 +1,152 @@
+"""Per-process background duties of a worker: cancellation and leases on held messages.
+
+Cancellation: `revoke(terminate=True)` would kill a pool process and the warm
+session with it, and does nothing on the threads pool. Instead every worker
+process listens on one Redis channel; a cancelled call id found running here
+has its cancel scope cancelled, and the SDK sends the backend MCP
+`notifications/cancelled`.
+
+Leases: with late acks on Redis, a SIGKILLed worker's messages come back only
+after the transport's visibility timeout (an hour). Each worker process keeps
+a heartbeat and the set of delivery tags it holds; any live worker that sees a
+heartbeat expire puts that worker's messages back on their queues with
+kombu's own `restore_by_tag`, so a killed worker's calls are redelivered in
+seconds. Results are written once per call id, so a rerun answers nobody twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import redis
+from celery import signals
+
+from broker import keys
+from broker.redisconn import get_redis
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 2.0
+LEASE_TTL_S = 10
+_state: dict[str, Any] = {"node": None, "started": False}
+_lock = threading.Lock()
+
+
+def node_name() -> str:
+    """This worker process's lease name (host + pid: unique per process, even for pool children)."""
+    if _state["node"] is None:
+        _state["node"] = f"{socket.gethostname()}:{os.getpid()}"
+    return str(_state["node"])
+
+
+def hold(delivery_tag: str) -> None:
+    r = get_redis()
+    r.sadd(keys.worker_tags(node_name()), delivery_tag)
+
+
+def release(delivery_tag: str) -> None:
+    get_redis().srem(keys.worker_tags(node_name()), delivery_tag)
+
+
+def reclaim_dead_workers(app: Any) -> int:
+    """Restore the held messages of every worker whose heartbeat has expired; how many were restored."""
+    r = get_redis()
+    restored = 0
+    for node in r.smembers(keys.WORKERS):
+        if node == node_name() or r.exists(keys.worker_alive(node)):
+            continue
+        # claim the dead worker's tags atomically, so two reapers never restore the same message twice
+        claimed = f"{keys.worker_tags(node)}:reaping:{node_name()}"
+        try:
+            r.rename(keys.worker_tags(node), claimed)
+        except redis.ResponseError:  # no such key: nothing held, or another reaper took it
+            r.srem(keys.WORKERS, node)
+            continue
+        tags = r.smembers(claimed)
+        with app.connection_for_write() as conn:
+            qos = conn.default_channel.qos
+            for tag in tags:
+                qos.restore_by_tag(tag)
+                restored += 1
+        r.delete(claimed)
+        r.srem(keys.WORKERS, node)
+        log.warning("worker %s died: %d held message(s) restored to their queues", node, len(tags))
+    return restored
+
+
+def _cancel_listener(pool_getter: Any) -> None:
+    while True:
+        pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(keys.CANCEL_CHANNEL)
+            for message in pubsub.listen():
+                if message.get("type") == "message":
+                    with contextlib.suppress(Exception):
+                        pool_getter().cancel(message["data"])
+        except redis.RedisError:
+            log.warning("cancel listener: Redis connection lost; resubscribing")
+            time.sleep(0.5)
+        finally:
+            with contextlib.suppress(redis.RedisError):
+                pubsub.close()
+
+
+def _heartbeat(app: Any) -> None:
+    r = get_redis()
+    while True:
+        try:
+            r.set(keys.worker_alive(node_name()), "1", ex=LEASE_TTL_S)
+            r.sadd(keys.WORKERS, node_name())
+            reclaim_dead_workers(app)
+        except Exception:
+            log.warning("lease heartbeat failed", exc_info=True)
+        time.sleep(HEARTBEAT_S)
+
+
+def start(app: Any, pool_getter: Any) -> None:
+    """Start the listener and the heartbeat once per process."""
+    with _lock:
+        if _state["started"] and _state.get("pid") == os.getpid():
+            return
+        _state.update(started=True, pid=os.getpid(), node=None)
+    get_redis().set(keys.worker_alive(node_name()), "1", ex=LEASE_TTL_S)
+    get_redis().sadd(keys.WORKERS, node_name())
+    threading.Thread(target=_cancel_listener, args=(pool_getter,), name="cancel-listener", daemon=True).start()
+    threading.Thread(target=_heartbeat, args=(app,), name="lease-heartbeat", daemon=True).start()
+
+
+def connect_signals(app: Any, pool_getter: Any) -> None:
+    def _tag(request: Any) -> str | None:
+        info = getattr(request, "delivery_info", None) or {}
+        tag = info.get("delivery_tag")
+        return str(tag) if tag else None
+
+    @signals.task_received.connect(weak=False)
+    def _on_received(request: Any = None, **_: Any) -> None:
+        start(app, pool_getter)
+        tag = _tag(request)
+        if tag:
+            hold(tag)
+
+    @signals.task_postrun.connect(weak=False)
+    def _on_done(task: Any = None, **_: Any) -> None:
+        tag = _tag(getattr(task, "request", None))
+        if tag:
+            release(tag)
+
+    @signals.worker_ready.connect(weak=False)
+    def _on_ready(**_: Any) -> None:
+        start(app, pool_getter)
+
+    @signals.worker_shutdown.connect(weak=False)
+    def _on_shutdown(**_: Any) -> None:
+        with contextlib.suppress(redis.RedisError):
+            r = get_redis()
+            r.delete(keys.worker_alive(node_name()))
+            r.srem(keys.WORKERS, node_name())
