@@ -58,7 +58,7 @@ def worker_alive(node: str) -> str:
 
 
 def worker_tags(node: str) -> str:
-    """Delivery tags of the messages a worker process holds (restored to their queue if it dies)."""
+    """Hash task id → delivery tag of the messages a worker process holds (restored to their queue if it dies)."""
     return f"{PREFIX}:worker:{node}:tags"
 
 

@@ -153,3 +153,76 @@ def first_error(err: ValidationError) -> str:
         return f"{where}: {node}" if where else str(node)
 
     return walk(err.messages, [])
+
+
+# ---------------------------------------------------------------- HTTP API (/v1)
+# Strict (unknown keys raise): a batch of 100,000 calls with a misspelt "argumnets" must fail before it
+# runs, not run 100,000 times with empty arguments.
+CLIENT_ID_MAX_CHARS = 200
+STREAM_ENTRY_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")  # a Redis stream entry id, as sent in each result's `seq`
+MAX_REQUESTED_TIMEOUT_S = 86400.0  # a sanity bound only; the server's max_timeout_s caps it further
+
+
+def _client_id(value: Any) -> None:
+    """A call's own id is echoed back in its result: a string or an integer, like a JSON-RPC id."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValidationError("must be a string or an integer")
+    if isinstance(value, str) and len(value) > CLIENT_ID_MAX_CHARS:
+        raise ValidationError(f"must be at most {CLIENT_ID_MAX_CHARS} characters")
+
+
+def _timeout_field() -> fields.Float:
+    return fields.Float(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Range(min=0, min_inclusive=False, max=MAX_REQUESTED_TIMEOUT_S),
+    )
+
+
+class ToolCallRequestSchema(Schema):
+    """`POST /v1/calls`: one namespaced tool call, answered in the HTTP response."""
+
+    class Meta:
+        unknown = "raise"
+
+    tool = fields.String(required=True, validate=validate.Length(min=1, max=300))
+    arguments = fields.Dict(load_default=dict, allow_none=True)
+    timeout_s = _timeout_field()
+
+
+class BatchCallSchema(ToolCallRequestSchema):
+    """One call of a batch (`calls[i]` of a JSON body, or one line of JSON Lines)."""
+
+    id = fields.Raw(load_default=None, allow_none=True, validate=_client_id)
+
+
+class BatchRequestSchema(Schema):
+    """`POST /v1/batches` with a JSON object body; each call is then checked with `BatchCallSchema`
+    one by one, so an error names its index and the web process can yield between calls."""
+
+    class Meta:
+        unknown = "raise"
+
+    calls = fields.List(fields.Raw(), required=True)
+    timeout_s = _timeout_field()
+
+
+class BatchSubmitQuerySchema(Schema):
+    """Query string of `POST /v1/batches`: a default per-call time limit (handy for JSON Lines bodies)."""
+
+    class Meta:
+        unknown = EXCLUDE  # proxies and cache busters add parameters of their own
+
+    timeout_s = _timeout_field()
+
+
+class BatchResultsQuerySchema(Schema):
+    """Query string of `GET /v1/batches/<id>/results`."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    after = fields.String(load_default=None, validate=validate.Regexp(STREAM_ENTRY_ID, error="not a stream entry id"))
+    wait = fields.Boolean(load_default=True)

@@ -45,13 +45,12 @@ def node_name() -> str:
     return str(_state["node"])
 
 
-def hold(delivery_tag: str) -> None:
-    r = get_redis()
-    r.sadd(keys.worker_tags(node_name()), delivery_tag)
+def hold(task_id: str, delivery_tag: str) -> None:
+    get_redis().hset(keys.worker_tags(node_name()), task_id, delivery_tag)
 
 
-def release(delivery_tag: str) -> None:
-    get_redis().srem(keys.worker_tags(node_name()), delivery_tag)
+def release(task_id: str) -> None:
+    get_redis().hdel(keys.worker_tags(node_name()), task_id)
 
 
 def reclaim_dead_workers(app: Any) -> int:
@@ -68,7 +67,7 @@ def reclaim_dead_workers(app: Any) -> int:
         except redis.ResponseError:  # no such key: nothing held, or another reaper took it
             r.srem(keys.WORKERS, node)
             continue
-        tags = r.smembers(claimed)
+        tags = r.hvals(claimed)
         with app.connection_for_write() as conn:
             qos = conn.default_channel.qos
             for tag in tags:
@@ -122,23 +121,18 @@ def start(app: Any, pool_getter: Any) -> None:
 
 
 def connect_signals(app: Any, pool_getter: Any) -> None:
-    def _tag(request: Any) -> str | None:
-        info = getattr(request, "delivery_info", None) or {}
-        tag = info.get("delivery_tag")
-        return str(tag) if tag else None
-
     @signals.task_received.connect(weak=False)
     def _on_received(request: Any = None, **_: Any) -> None:
         start(app, pool_getter)
-        tag = _tag(request)
-        if tag:
-            hold(tag)
+        # Celery's Request.delivery_info drops the tag; the kombu message keeps it
+        tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+        if tag and request.id:
+            hold(request.id, str(tag))
 
     @signals.task_postrun.connect(weak=False)
-    def _on_done(task: Any = None, **_: Any) -> None:
-        tag = _tag(getattr(task, "request", None))
-        if tag:
-            release(tag)
+    def _on_done(task_id: str | None = None, **_: Any) -> None:
+        if task_id:
+            release(task_id)
 
     @signals.worker_ready.connect(weak=False)
     def _on_ready(**_: Any) -> None:
