@@ -10,6 +10,7 @@ costs no extra Redis round trip).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import threading
 import time
@@ -23,16 +24,31 @@ from broker import keys
 from broker.config import BrokerConfig
 
 VERSION_CHECK_INTERVAL_S = 1.0
+URI_SEPARATOR = "+"
 
 
-def store_server_catalog(r: redis.Redis, server: str, listing: dict[str, Any]) -> None:
-    """Worker-side: publish what a backend offers (replaces the previous document)."""
-    doc = {"server": server, "updatedAt": time.time(), **listing}
-    pipe = r.pipeline()
-    pipe.set(keys.catalog(server), json.dumps(doc, separators=(",", ":")))
-    pipe.incr(keys.CATALOG_VERSION)
-    pipe.publish(keys.CATALOG_CHANGED, server)
-    pipe.execute()
+_STORE_IF_CHANGED = """
+local old = redis.call('GET', KEYS[1])
+if old then
+  local ok, decoded = pcall(cjson.decode, old)
+  if ok and decoded['digest'] == ARGV[2] then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', KEYS[3], ARGV[3])
+return 1
+"""
+
+
+def store_server_catalog(r: redis.Redis, server: str, listing: dict[str, Any]) -> bool:
+    """Worker-side: publish what a backend offers; only a real change bumps the version and tells
+    the web processes (every worker start or backend restart re-lists, mostly to the same result)."""
+    digest = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
+    doc = {"server": server, "updatedAt": time.time(), "digest": digest, **listing}
+    script = r.register_script(_STORE_IF_CHANGED)
+    changed = script(keys=[keys.catalog(server), keys.CATALOG_VERSION, keys.CATALOG_CHANGED],
+                     args=[json.dumps(doc, separators=(",", ":")), digest, server])
+    return bool(changed)
 
 
 @dataclass
@@ -97,12 +113,32 @@ class Catalog:
         self._version: str | None = None
         self._checked_at = 0.0
         self.tools: list[dict[str, Any]] = []
+        self.prompts: list[dict[str, Any]] = []
+        self.resources: list[dict[str, Any]] = []
+        self.resource_templates: list[dict[str, Any]] = []
         self._by_name: dict[str, ToolEntry] = {}
+        self._prompts: dict[str, tuple[str, str]] = {}
         self.missing: list[str] = list(config.servers)
         self.documents: dict[str, dict[str, Any]] = {}
 
     def namespaced(self, server: str, name: str) -> str:
         return f"{server}{self.config.separator}{name}"
+
+    @staticmethod
+    def namespaced_uri(server: str, uri: str) -> str:
+        """`notes+notes://all`: the server becomes a scheme prefix, so the result is still a URI."""
+        return f"{server}{URI_SEPARATOR}{uri}"
+
+    def split_uri(self, uri: str) -> tuple[str, str] | None:
+        """(server, backend uri) of a namespaced URI, or None if it names no configured server."""
+        server, sep, rest = uri.partition(URI_SEPARATOR)
+        if sep and rest and server in self.config.servers:
+            return server, rest
+        return None
+
+    def lookup_prompt(self, name: str) -> tuple[str, str] | None:
+        self.ensure_fresh()
+        return self._prompts.get(name)
 
     def ensure_fresh(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -124,15 +160,30 @@ class Catalog:
                 documents[server] = json.loads(text)
         tools: list[dict[str, Any]] = []
         by_name: dict[str, ToolEntry] = {}
+        prompts: list[dict[str, Any]] = []
+        prompt_index: dict[str, tuple[str, str]] = {}
+        resources: list[dict[str, Any]] = []
+        templates: list[dict[str, Any]] = []
         for server in names:
-            for tool in documents.get(server, {}).get("tools", []):
+            doc = documents.get(server, {})
+            for tool in doc.get("tools", []):
                 name = self.namespaced(server, tool["name"])
-                exposed = {**tool, "name": name}
-                tools.append(exposed)
+                tools.append({**tool, "name": name})
                 previous = self._by_name.get(name)
                 same = previous is not None and previous.definition == tool
                 by_name[name] = previous if same else ToolEntry(name, server, tool["name"], tool)  # type: ignore[assignment]
+            for prompt in doc.get("prompts", []):
+                name = self.namespaced(server, prompt["name"])
+                prompts.append({**prompt, "name": name})
+                prompt_index[name] = (server, prompt["name"])
+            for resource in doc.get("resources", []):
+                resources.append({**resource, "uri": self.namespaced_uri(server, resource["uri"]),
+                                  "name": self.namespaced(server, resource.get("name", ""))})
+            for template in doc.get("resourceTemplates", []):
+                templates.append({**template, "uriTemplate": self.namespaced_uri(server, template["uriTemplate"]),
+                                  "name": self.namespaced(server, template.get("name", ""))})
         self.documents, self.tools, self._by_name = documents, tools, by_name
+        self.prompts, self._prompts, self.resources, self.resource_templates = prompts, prompt_index, resources, templates
         self.missing = [s for s in names if s not in documents]
         self._version = version
 

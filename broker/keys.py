@@ -63,3 +63,19 @@ def worker_tags(node: str) -> str:
 
 
 WORKERS = f"{PREFIX}:workers"  # set of worker process names that hold leases
+
+CACHE_STATS = f"{PREFIX}:cache:stats"  # hash "<server>__<tool>:hits|misses" → count
+
+
+def cache_entry(digest: str) -> str:
+    return f"{PREFIX}:cache:{digest}"
+
+
+def session(session_id: str) -> str:
+    """Hash: a client session's negotiated state (protocolVersion, clientInfo, capabilities, created, seen)."""
+    return f"{PREFIX}:session:{session_id}"
+
+
+def session_calls(session_id: str) -> str:
+    """Hash: call id → {"rid": the client's request id, ...} for calls the session still waits for."""
+    return f"{PREFIX}:session:{session_id}:calls"

@@ -24,8 +24,15 @@ OnFailure = Callable[[dict[str, Any], Exception], None]
 
 
 class Outbox:
-    def __init__(self, submit_many: SubmitMany, on_failure: OnFailure, max_batch: int = 32) -> None:
+    def __init__(
+        self,
+        submit_many: SubmitMany,
+        on_failure: OnFailure,
+        max_batch: int = 32,
+        before_send: Callable[[list[dict[str, Any]]], None] | None = None,
+    ) -> None:
         self._submit_many = submit_many
+        self._before_send = before_send
         self._on_failure = on_failure
         self.max_batch = max(1, max_batch)
         self._queues: dict[str, deque[dict[str, Any]]] = {}
@@ -57,6 +64,8 @@ class Outbox:
             while pending:
                 chunk = [pending.popleft() for _ in range(min(self.max_batch, len(pending)))]
                 try:
+                    if self._before_send is not None:
+                        self._before_send(chunk)
                     self._submit_many(queue, chunk)
                     self.messages_sent += 1
                     self.calls_sent += len(chunk)

@@ -1,22 +1,27 @@
 """MCP, the client side of the broker: one JSON-RPC conversation, transport-agnostic.
 
 The broker is ONE MCP server to its client. It answers the handshake, `ping`
-and the list methods itself (from the Redis catalog) and turns each
-`tools/call` into a queued call whose answer arrives later, out of order, on
-the reply hub. A transport (WebSocket now, Streamable HTTP later) only feeds
-frames in and takes frames out. Bad input gets the JSON-RPC error MCP
-prescribes and the conversation goes on.
+and the list methods itself (from the Redis catalog), answers cached tool
+results itself, and turns every other request it forwards (`tools/call`,
+`resources/read`, `prompts/get`, `completion/complete`) into a queued call
+whose answer arrives later, out of order, on the reply hub. A transport
+(WebSocket now, Streamable HTTP later) only feeds frames in and takes frames
+out. Bad input gets the JSON-RPC error MCP prescribes and the conversation
+goes on. The conversation's state lives in Redis (`sessions.py`), so a client
+that reconnects anywhere resumes it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -25,6 +30,7 @@ from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NO
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, is_version_at_least
 
 from broker import keys
+from broker.cache import BYPASS_META_KEY, ResultCache
 from broker.catalog import Catalog, CursorError
 from broker.config import BrokerConfig, BrokerSettings
 from broker.outbox import Outbox
@@ -32,11 +38,15 @@ from broker.replies import ReplyHub
 from broker.router import Router, UnknownTool
 from broker.schemas import (
     CallToolParamsSchema,
+    CompleteParamsSchema,
+    GetPromptParamsSchema,
     InitializeParamsSchema,
     JSONRPCMessageSchema,
     PaginatedParamsSchema,
+    ReadResourceParamsSchema,
     first_error,
 )
+from broker.sessions import SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +55,23 @@ SESSION_META_KEY = "io.mcp-broker/sessionId"
 TIMEOUT_META_KEY = "io.mcp-broker/timeoutS"  # a client's own time limit for one call (capped by max_timeout_s)
 QUEUE_GRACE_S = 60.0  # how long a call may wait in its queue on top of its own time limit
 CATALOG_REQUEST_INTERVAL_S = 10.0
+TOUCH_INTERVAL_S = 10.0
+RESOURCE_NOT_FOUND = -32002
 
 _envelope = JSONRPCMessageSchema()
 _call_params = CallToolParamsSchema()
 _init_params = InitializeParamsSchema()
 _page_params = PaginatedParamsSchema()
+_read_params = ReadResourceParamsSchema()
+_prompt_params = GetPromptParamsSchema()
+_complete_params = CompleteParamsSchema()
+
+LISTS = {  # list method → (catalog attribute, result key, list_changed notification)
+    "tools/list": ("tools", "tools", "notifications/tools/list_changed"),
+    "prompts/list": ("prompts", "prompts", "notifications/prompts/list_changed"),
+    "resources/list": ("resources", "resources", "notifications/resources/list_changed"),
+    "resources/templates/list": ("resource_templates", "resourceTemplates", "notifications/resources/list_changed"),
+}
 
 
 class RPCError(Exception):
@@ -84,8 +106,11 @@ class BrokerServices:
     hub: ReplyHub
     outbox: Outbox
     request_catalog: Callable[[str, str], None]
+    sessions: SessionStore
+    cache: ResultCache
     page_size: int = 500
     _last_catalog_request: float = 0.0
+    connections: weakref.WeakSet[ClientConnection] = field(default_factory=weakref.WeakSet)
 
     def request_missing_catalogs(self) -> None:
         """Ask workers to (re)publish catalogs that are missing, at most every few seconds."""
@@ -95,6 +120,19 @@ class BrokerServices:
         self._last_catalog_request = now
         for server in self.catalog.missing:
             self.request_catalog(server, self.config.server(server).queue)
+
+    def on_catalog_changed(self) -> None:
+        """A backend's offer changed: reload, and tell every connected client which lists moved."""
+        before = {name: getattr(self.catalog, attr) for name, (attr, _, _) in LISTS.items()}
+        self.catalog.ensure_fresh(force=True)
+        notices = {LISTS[name][2] for name, items in before.items() if getattr(self.catalog, LISTS[name][0]) != items}
+        for connection in list(self.connections):
+            for notice in sorted(notices):
+                connection.notify(notice)
+
+
+def _dumps(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
 
 
 def call_timeout(settings: BrokerSettings, requested: Any) -> float:
@@ -112,34 +150,49 @@ def cancel_call(r: redis.Redis, call_id: str) -> None:
     pipe.execute()
 
 
-def _dumps(message: dict[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+def _invalid(err: ValidationError) -> RPCError:
+    return RPCError(INVALID_PARAMS, f"Invalid params: {first_error(err)}")
 
 
 class ClientConnection:
     """One client's conversation with the broker."""
 
-    def __init__(self, services: BrokerServices, send: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        services: BrokerServices,
+        send: Callable[[str], None],
+        session_id: str | None = None,
+        resume: dict[str, Any] | None = None,
+    ) -> None:
         self.services = services
         self._send_text = send
         self._send_lock = threading.Lock()
-        self.session_id = uuid.uuid4().hex
+        self.session_id = session_id or uuid.uuid4().hex
         self.protocol_version = LATEST_HANDSHAKE_VERSION
         self.initialized = False
         self.client_info: dict[str, Any] = {}
         self.client_capabilities: dict[str, Any] = {}
         self._in_flight: dict[Any, str] = {}  # client request id → call id
         self._closed = False
+        self._touched = time.monotonic()
         self._methods: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
             "initialize": self._initialize,
             "ping": lambda _id, _p: {},
-            "tools/list": self._tools_list,
+            **{name: functools.partial(self._list, name) for name in LISTS},
             "tools/call": self._tools_call,
+            "resources/read": self._resources_read,
+            "prompts/get": self._prompts_get,
+            "completion/complete": self._complete,
         }
         self._notifications: dict[str, Callable[[dict[str, Any]], None]] = {
             "notifications/initialized": self._on_initialized,
             "notifications/cancelled": self._on_cancelled,
         }
+        if resume is not None:
+            self._restore(resume)
+        else:
+            services.sessions.save(self.session_id, self._state())
+        services.connections.add(self)
 
     # ------------------------------------------------------------ output
     def send(self, message: dict[str, Any]) -> None:
@@ -148,6 +201,9 @@ class ClientConnection:
         text = _dumps(message)
         with self._send_lock:
             self._send_text(text)
+
+    def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
+        self.send({"jsonrpc": "2.0", "method": method, **({"params": params} if params else {})})
 
     def _respond(self, request_id: Any, result: dict[str, Any]) -> None:
         self.send({"jsonrpc": "2.0", "id": request_id, "result": result})
@@ -169,6 +225,7 @@ class ClientConnection:
         except (ValueError, RecursionError) as err:
             self._error(None, PARSE_ERROR, f"Parse error: {err}")
             return
+        self._keep_session_alive()
         if isinstance(decoded, list):
             if not decoded:
                 self._error(None, INVALID_REQUEST, "Invalid Request: empty batch")
@@ -220,52 +277,99 @@ class ClientConnection:
         if result is not DEFERRED:
             self._respond(request_id, result)
 
+    # ------------------------------------------------------------ session
+    def _state(self) -> dict[str, Any]:
+        return {"protocolVersion": self.protocol_version, "clientInfo": self.client_info,
+                "capabilities": self.client_capabilities, "initialized": self.initialized}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.protocol_version = state.get("protocolVersion") or LATEST_HANDSHAKE_VERSION
+        self.client_info = state.get("clientInfo") or {}
+        self.client_capabilities = state.get("capabilities") or {}
+        self.initialized = bool(state.get("initialized"))
+
+    def _keep_session_alive(self) -> None:
+        now = time.monotonic()
+        if now - self._touched >= TOUCH_INTERVAL_S:
+            self._touched = now
+            self.services.sessions.touch(self.session_id)
+
+    def resume(self) -> int:
+        """Deliver what finished while the client was away; keep waiting for the rest. How many were pending."""
+        pending = self.services.sessions.pending(self.session_id)
+        if not pending:
+            return 0
+        call_ids = list(pending)
+        stored = self.services.redis.mget([keys.result(c) for c in call_ids])
+        hub = self.services.hub
+        hub.start()
+        for call_id, data in zip(call_ids, stored, strict=True):
+            entry = pending[call_id]
+            on_outcome, on_progress = self._callbacks(entry["rid"], call_id, entry["method"], entry["server"],
+                                                      entry.get("progressToken"))
+            self._in_flight[entry["rid"]] = call_id
+            if data:
+                on_outcome(json.loads(data))
+            else:
+                hub.expect(call_id, on_outcome, on_progress, self.services.config.server(entry["server"])
+                           .settings.max_timeout_s * 2 + QUEUE_GRACE_S)
+        return len(pending)
+
     # ------------------------------------------------------------ lifecycle methods
     def _initialize(self, _id: Any, params: dict[str, Any]) -> dict[str, Any]:
         try:
             loaded = _init_params.load(params)
         except ValidationError as err:
-            raise RPCError(INVALID_PARAMS, f"Invalid params: {first_error(err)}") from None
+            raise _invalid(err) from None
         requested = loaded["protocolVersion"]
         self.protocol_version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
         self.client_info = loaded["clientInfo"]
         self.client_capabilities = loaded["capabilities"]
+        self.services.sessions.save(self.session_id, self._state())
         return {
             "protocolVersion": self.protocol_version,
-            "capabilities": {"tools": {"listChanged": False}},
+            "capabilities": {
+                "tools": {"listChanged": True},
+                "prompts": {"listChanged": True},
+                "resources": {"listChanged": True, "subscribe": False},
+                "completions": {},
+            },
             "serverInfo": SERVER_INFO,
-            "instructions": "mcp-broker: the tools of several MCP servers, named <server>"
+            "instructions": "mcp-broker: the tools and prompts of several MCP servers, named <server>"
             + self.services.config.separator
-            + "<tool>.",
+            + "<name>; their resources as <server>+<uri>.",
             "_meta": {SESSION_META_KEY: self.session_id},
         }
 
     def _on_initialized(self, _params: dict[str, Any]) -> None:
         self.initialized = True
+        self.services.sessions.save(self.session_id, {"initialized": True})
 
-    # ------------------------------------------------------------ tools
-    def _tools_list(self, _id: Any, params: dict[str, Any]) -> dict[str, Any]:
+    # ------------------------------------------------------------ lists
+    def _list(self, method: str, _id: Any, params: dict[str, Any]) -> dict[str, Any]:
+        attribute, result_key, _ = LISTS[method]
         try:
             cursor = _page_params.load(params)["cursor"]
         except ValidationError as err:
-            raise RPCError(INVALID_PARAMS, f"Invalid params: {first_error(err)}") from None
+            raise _invalid(err) from None
         catalog = self.services.catalog
         catalog.ensure_fresh()
         self.services.request_missing_catalogs()
         try:
-            page = catalog.page(catalog.tools, cursor, self.services.page_size)
+            page = catalog.page(getattr(catalog, attribute), cursor, self.services.page_size)
         except CursorError as err:
             raise RPCError(INVALID_PARAMS, f"Invalid params: {err}") from None
-        result: dict[str, Any] = {"tools": page["items"]}
+        result: dict[str, Any] = {result_key: page["items"]}
         if "nextCursor" in page:
             result["nextCursor"] = page["nextCursor"]
         return result
 
+    # ------------------------------------------------------------ forwarded requests
     def _tools_call(self, request_id: Any, params: dict[str, Any]) -> Any:
         try:
             loaded = _call_params.load(params)
         except ValidationError as err:
-            raise RPCError(INVALID_PARAMS, f"Invalid params: {first_error(err)}") from None
+            raise _invalid(err) from None
         name, arguments, meta = loaded["name"], loaded["arguments"] or {}, loaded["_meta"] or {}
         try:
             route = self.services.router.route_tool(name)
@@ -279,34 +383,109 @@ class ClientConnection:
                 # 2025-11-25 (SEP-1303): input validation errors are tool execution errors the model can read.
                 return {"content": [{"type": "text", "text": message}], "isError": True}
             raise RPCError(INVALID_PARAMS, message)
+        server, tool = route.entry.server, route.entry.tool
+        cache = self.services.cache
+        ttl = cache.ttl(server, tool)
+        if ttl > 0 and meta.get(BYPASS_META_KEY) is not False:
+            hit = cache.lookup(server, tool, arguments)
+            if hit is not None:
+                return self._client_result("tools/call", server, hit[0])
+        call = {"tool": tool, "arguments": arguments}
+        if ttl > 0:
+            call["cache_ttl"] = ttl
+        return self._forward(request_id, "tools/call", server, call, meta)
+
+    def _resources_read(self, request_id: Any, params: dict[str, Any]) -> Any:
+        try:
+            loaded = _read_params.load(params)
+        except ValidationError as err:
+            raise _invalid(err) from None
+        target = self.services.catalog.split_uri(loaded["uri"])
+        if target is None:
+            raise RPCError(RESOURCE_NOT_FOUND, f"Resource not found: {loaded['uri']} (expected <server>+<uri>)",
+                           {"uri": loaded["uri"]})
+        server, uri = target
+        return self._forward(request_id, "resources/read", server, {"params": {"uri": uri}}, loaded["_meta"] or {})
+
+    def _prompts_get(self, request_id: Any, params: dict[str, Any]) -> Any:
+        try:
+            loaded = _prompt_params.load(params)
+        except ValidationError as err:
+            raise _invalid(err) from None
+        target = self.services.catalog.lookup_prompt(loaded["name"])
+        if target is None:
+            raise RPCError(INVALID_PARAMS, f"Unknown prompt: {loaded['name']}")
+        server, name = target
+        forwarded = {"params": {"name": name, "arguments": loaded["arguments"] or {}}}
+        return self._forward(request_id, "prompts/get", server, forwarded, loaded["_meta"] or {})
+
+    def _complete(self, request_id: Any, params: dict[str, Any]) -> Any:
+        try:
+            loaded = _complete_params.load(params)
+        except ValidationError as err:
+            raise _invalid(err) from None
+        ref = dict(loaded["ref"])
+        if ref.get("type") == "ref/prompt":
+            target = self.services.catalog.lookup_prompt(str(ref.get("name", "")))
+            if target is None:
+                raise RPCError(INVALID_PARAMS, f"Unknown prompt: {ref.get('name')}")
+            server, ref["name"] = target
+        elif ref.get("type") == "ref/resource":
+            split = self.services.catalog.split_uri(str(ref.get("uri", "")))
+            if split is None:
+                raise RPCError(INVALID_PARAMS, f"Unknown resource template: {ref.get('uri')}")
+            server, ref["uri"] = split
+        else:
+            raise RPCError(INVALID_PARAMS, "Invalid params: ref.type must be ref/prompt or ref/resource")
+        forwarded = {"params": {"ref": ref, "argument": loaded["argument"], "context": loaded["context"]}}
+        return self._forward(request_id, "completion/complete", server, forwarded, {})
+
+    def _forward(self, request_id: Any, method: str, server: str, body: dict[str, Any], meta: dict[str, Any]) -> Any:
+        """Queue a request for `server`'s workers; the answer is sent when it arrives."""
         if request_id in self._in_flight:
             raise RPCError(INVALID_REQUEST, f"Invalid Request: request id {request_id!r} is already in flight")
-
-        timeout = call_timeout(route.spec.settings, meta.get(TIMEOUT_META_KEY))
+        spec = self.services.config.server(server)
+        timeout = call_timeout(spec.settings, meta.get(TIMEOUT_META_KEY))
         progress_token = meta.get("progressToken")
         call_id = uuid.uuid4().hex
-        now = time.time()
         call = {
             "call_id": call_id,
-            "server": route.entry.server,
-            "tool": route.entry.tool,
-            "arguments": arguments,
+            "method": method,
+            "server": server,
+            **body,
             "reply_to": self.services.hub.channel,
             "timeout_s": timeout,
-            "expires_at": now + timeout + QUEUE_GRACE_S,
+            "expires_at": time.time() + timeout + QUEUE_GRACE_S,
             "progress": progress_token is not None,
             "session": self.session_id,
+            "rid": request_id,
         }
-        forwarded_meta = {k: v for k, v in meta.items() if k not in (TIMEOUT_META_KEY, "progressToken")}
+        if progress_token is not None:
+            call["progress_token"] = progress_token
+        ours = (TIMEOUT_META_KEY, "progressToken", BYPASS_META_KEY)
+        forwarded_meta = {k: v for k, v in meta.items() if k not in ours}
         if forwarded_meta:
             call["meta"] = forwarded_meta
+        on_outcome, on_progress = self._callbacks(request_id, call_id, method, server, progress_token)
+        hub = self.services.hub
+        hub.start()
+        self._in_flight[request_id] = call_id
+        hub.expect(call_id, on_outcome, on_progress, timeout * 2 + QUEUE_GRACE_S + 5)
+        self.services.outbox.put(spec.queue, call)
+        return DEFERRED
 
+    def _callbacks(
+        self, request_id: Any, call_id: str, method: str, server: str, progress_token: Any
+    ) -> tuple[Callable[[dict[str, Any]], None], Callable[[dict[str, Any]], None] | None]:
         def on_outcome(message: dict[str, Any]) -> None:
-            self._in_flight.pop(request_id, None)
+            if self._in_flight.get(request_id) != call_id:
+                return  # cancelled, or answered already
+            del self._in_flight[request_id]
             if "error" in message:
                 self.send({"jsonrpc": "2.0", "id": request_id, "error": message["error"]})
             else:
-                self._respond(request_id, self._client_result(message["result"]))
+                self._respond(request_id, self._client_result(method, server, message["result"]))
+            self.services.sessions.forget(self.session_id, [call_id])
 
         def on_progress(note: dict[str, Any]) -> None:
             notification = {"progressToken": progress_token, "progress": note["progress"]}
@@ -314,20 +493,19 @@ class ClientConnection:
                 notification["total"] = note["total"]
             if note.get("message"):
                 notification["message"] = note["message"]
-            self.send({"jsonrpc": "2.0", "method": "notifications/progress", "params": notification})
+            self.notify("notifications/progress", notification)
 
-        hub = self.services.hub
-        hub.start()
-        self._in_flight[request_id] = call_id
-        hub.expect(call_id, on_outcome, on_progress if progress_token is not None else None,
-                   timeout * 2 + QUEUE_GRACE_S + 5)
-        self.services.outbox.put(route.queue, call)
-        return DEFERRED
+        return on_outcome, (on_progress if progress_token is not None else None)
 
-    def _client_result(self, result: dict[str, Any]) -> dict[str, Any]:
-        """A backend's result as this client's protocol revision expects it."""
+    def _client_result(self, method: str, server: str, result: dict[str, Any]) -> dict[str, Any]:
+        """A backend's result as this client's protocol revision and namespace expect it."""
         if "resultType" in result and not is_version_at_least(self.protocol_version, "2026-07-28"):
             result = {k: v for k, v in result.items() if k != "resultType"}
+        if method == "resources/read":
+            catalog = self.services.catalog
+            contents = [{**c, "uri": catalog.namespaced_uri(server, c["uri"])} if "uri" in c else c
+                        for c in result.get("contents", [])]
+            result = {**result, "contents": contents}
         return result
 
     def _on_cancelled(self, params: dict[str, Any]) -> None:
@@ -336,12 +514,14 @@ class ClientConnection:
         if call_id is None:
             return
         self.services.hub.forget(call_id)
+        self.services.sessions.forget(self.session_id, [call_id])
         cancel_call(self.services.redis, call_id)
 
     # ------------------------------------------------------------ end
     def close(self) -> None:
-        """The transport is gone: stop waiting for this connection's calls (their results stay stored)."""
+        """The transport is gone: stop waiting here. The session keeps its calls, so a reconnect resumes them."""
         self._closed = True
         for call_id in list(self._in_flight.values()):
             self.services.hub.forget(call_id)
         self._in_flight.clear()
+        self.services.connections.discard(self)

@@ -226,3 +226,35 @@ class BatchResultsQuerySchema(Schema):
 
     after = fields.String(load_default=None, validate=validate.Regexp(STREAM_ENTRY_ID, error="not a stream entry id"))
     wait = fields.Boolean(load_default=True)
+
+
+class ReadResourceParamsSchema(Schema):
+    """`resources/read` params."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    uri = fields.String(required=True, validate=validate.Length(min=1, max=8192))
+    _meta = fields.Dict(data_key="_meta", load_default=dict, allow_none=True)
+
+
+class GetPromptParamsSchema(Schema):
+    """`prompts/get` params."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    name = fields.String(required=True, validate=validate.Length(min=1, max=300))
+    arguments = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict, allow_none=True)
+    _meta = fields.Dict(data_key="_meta", load_default=dict, allow_none=True)
+
+
+class CompleteParamsSchema(Schema):
+    """`completion/complete` params."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    ref = fields.Dict(required=True)
+    argument = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    context = fields.Dict(load_default=dict, allow_none=True)

@@ -99,12 +99,14 @@ class Stack:
         argv += extra or []
         return self._spawn(f"worker-{server}-{len(self.procs)}", argv)
 
-    def start_web(self, port: int | None = None) -> Proc:
+    def start_web(self, port: int | None = None, env: dict[str, str] | None = None) -> Proc:
+        """A gunicorn+gevent web process; `env` adds to (or overrides) the stack's environment."""
         port = port or free_port()
         argv = [str(VENV_BIN / "gunicorn"), "-k", "gevent", "-w", "1", "--worker-connections", "3000",
                 "-b", f"127.0.0.1:{port}", "--graceful-timeout", "3", "web.app:create_app()"]
-        proc = self._spawn(f"web-{port}", argv)
-        self.web_ports.append(port)
+        proc = self._spawn(f"web-{port}", argv, {**self.env, **(env or {})})
+        if port not in self.web_ports:
+            self.web_ports.append(port)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -116,6 +118,9 @@ class Stack:
 
     def ws_url(self, index: int = 0) -> str:
         return f"ws://127.0.0.1:{self.web_ports[index]}/mcp"
+
+    def web_proc(self, port: int) -> Proc:
+        return [p for p in self.procs if p.name == f"web-{port}" and p.alive()][0]
 
     def http_url(self, index: int = 0) -> str:
         return f"http://127.0.0.1:{self.web_ports[index]}"

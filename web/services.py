@@ -13,6 +13,8 @@ from typing import Any
 
 from mcp_types import INTERNAL_ERROR
 
+from broker import keys
+from broker.cache import ResultCache
 from broker.catalog import Catalog
 from broker.config import BrokerConfig, load_config
 from broker.outbox import Outbox
@@ -20,6 +22,7 @@ from broker.protocol import BrokerServices
 from broker.redisconn import get_redis
 from broker.replies import ReplyHub
 from broker.router import Router
+from broker.sessions import DEFAULT_TTL_S, SessionStore
 
 _lock = threading.Lock()
 _services: BrokerServices | None = None
@@ -32,22 +35,33 @@ def build_services(config: BrokerConfig) -> BrokerServices:
     r = get_redis()
     catalog = Catalog(r, config)
     hub = ReplyHub(r)
+    sessions = SessionStore(r, int(os.environ.get("MCP_BROKER_SESSION_TTL_S", str(DEFAULT_TTL_S))))
 
     def enqueue_failed(call: dict[str, Any], err: Exception) -> None:
         message = {"call_id": call["call_id"], "error": {"code": INTERNAL_ERROR,
                                                          "message": f"Could not enqueue the call: {err!r}"}}
         hub.deliver_local(message)
 
-    return BrokerServices(
+    services = BrokerServices(
         config=config,
         redis=r,
         catalog=catalog,
         router=Router(catalog),
         hub=hub,
-        outbox=Outbox(submit_calls, enqueue_failed, int(os.environ.get("MCP_BROKER_MAX_BATCH", "32"))),
+        outbox=Outbox(submit_calls, enqueue_failed, int(os.environ.get("MCP_BROKER_MAX_BATCH", "32")),
+                      before_send=sessions.remember),
         request_catalog=request_catalog,
+        sessions=sessions,
+        cache=ResultCache(r, config),
         page_size=int(os.environ.get("MCP_BROKER_PAGE_SIZE", "500")),
     )
+
+    def on_channel_message(channel: str, _data: str) -> None:
+        if channel == keys.CATALOG_CHANGED:  # off the hub's thread: telling every client may take a while
+            threading.Thread(target=services.on_catalog_changed, name="catalog-changed", daemon=True).start()
+
+    hub.listeners.append(on_channel_message)
+    return services
 
 
 def get_services(config: BrokerConfig | None = None) -> BrokerServices:

@@ -44,7 +44,9 @@ def backend_pool() -> BackendPool:
     if _pool is None or _pool_pid != os.getpid():
         with _lock:
             if _pool is None or _pool_pid != os.getpid():
-                _pool = BackendPool(broker_config())
+                from workers.tasks import refresh_catalog_now
+
+                _pool = BackendPool(broker_config(), on_catalog_change=refresh_catalog_now)
                 _pool_pid = os.getpid()
     return _pool
 

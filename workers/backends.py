@@ -27,13 +27,26 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
+from mcp_types import (
+    CONNECTION_CLOSED,
+    INVALID_PARAMS,
+    METHOD_NOT_FOUND,
+    REQUEST_TIMEOUT,
+    PromptListChangedNotification,
+    PromptReference,
+    ResourceListChangedNotification,
+    ResourceTemplateReference,
+    ToolListChangedNotification,
+)
 
 from broker.config import BrokerConfig, ServerSpec
 
 log = logging.getLogger(__name__)
 
 ProgressHook = Callable[[float, float | None, str | None], None]
+CatalogHook = Callable[[str], None]  # server name: its catalog must be re-listed
+LIST_CHANGED = (ToolListChangedNotification, ResourceListChangedNotification, PromptListChangedNotification)
+FORWARDED_METHODS = ("tools/call", "resources/read", "prompts/get", "completion/complete")
 
 
 class BackendUnavailable(Exception):
@@ -68,8 +81,11 @@ def _resolve_command(command: str) -> str:
 class BackendSession:
     """One backend server's warm session: opened lazily, restarted when it breaks."""
 
-    def __init__(self, spec: ServerSpec, portal: BlockingPortal, base_dir: str) -> None:
+    def __init__(
+        self, spec: ServerSpec, portal: BlockingPortal, base_dir: str, on_catalog_change: CatalogHook | None = None
+    ) -> None:
         self.spec = spec
+        self._on_catalog_change = on_catalog_change
         self._portal = portal
         self._base_dir = base_dir
         self._lock = threading.Lock()
@@ -81,9 +97,16 @@ class BackendSession:
         self.restarts = 0
 
     # ------------------------------------------------------------ lifecycle
+    async def _on_message(self, message: Any) -> None:
+        """A backend's list_changed means the catalog must be re-listed (in another thread: listing from
+        inside the session's receive loop would wait on itself)."""
+        if isinstance(message, LIST_CHANGED) and self._on_catalog_change is not None:
+            log.info("backend %s: %s", self.spec.name, message.method)
+            threading.Thread(target=self._on_catalog_change, args=(self.spec.name,), daemon=True).start()
+
     def _new_client(self) -> Client:
         spec = self.spec
-        mode = spec.settings.protocol
+        options: dict[str, Any] = {"mode": spec.settings.protocol, "cache": None, "message_handler": self._on_message}
         if spec.command:
             params = StdioServerParameters(
                 command=_resolve_command(spec.command),
@@ -91,12 +114,12 @@ class BackendSession:
                 env=dict(spec.env) or None,
                 cwd=spec.cwd or self._base_dir,
             )
-            return Client(params, mode=mode, cache=None)
+            return Client(params, **options)
         assert spec.url is not None
         if spec.headers:
             transport = streamable_http_client(spec.url, http_client=httpx2.AsyncClient(headers=spec.headers))
-            return Client(transport, mode=mode, cache=None)
-        return Client(spec.url, mode=mode, cache=None)
+            return Client(transport, **options)
+        return Client(spec.url, **options)
 
     def open(self) -> Client:
         """The live client, opening the backend if needed (thread-safe; call from a non-loop thread)."""
@@ -113,6 +136,9 @@ class BackendSession:
                 self._cm = cm
                 self.generation += 1
                 log.info("backend %s: session open (generation %d)", self.spec.name, self.generation)
+                if self.generation > 1 and self._on_catalog_change is not None:
+                    # a restarted backend may offer something else now
+                    threading.Thread(target=self._on_catalog_change, args=(self.spec.name,), daemon=True).start()
             return self._client
 
     def close(self) -> None:
@@ -190,6 +216,36 @@ class BackendSession:
 
         return _dump(await self._guarded(call, timeout, call_id))
 
+    async def request(
+        self,
+        method: str,
+        params: dict[str, Any],
+        timeout: float,
+        call_id: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A forwarded request other than tools/call (resources/read, prompts/get, completion/complete)."""
+
+        async def send(client: Client) -> Any:
+            if method == "resources/read":
+                return await client.read_resource(params["uri"], meta=meta or None)
+            if method == "prompts/get":
+                return await client.get_prompt(params["name"], params.get("arguments") or None, meta=meta or None)
+            if method == "completion/complete":
+                ref_data = params["ref"]
+                ref: ResourceTemplateReference | PromptReference = (
+                    PromptReference.model_validate(ref_data)
+                    if ref_data.get("type") == "ref/prompt"
+                    else ResourceTemplateReference.model_validate(ref_data)
+                )
+                return await client.complete(ref, params["argument"], (params.get("context") or {}).get("arguments"))
+            raise BackendRPCError(METHOD_NOT_FOUND, f"Method not forwarded: {method}")
+
+        try:
+            return _dump(await self._guarded(send, timeout, call_id))
+        except (KeyError, TypeError, ValueError) as err:
+            raise BackendRPCError(INVALID_PARAMS, f"Invalid params for {method}: {err}") from err
+
     def cancel(self, call_id: str) -> bool:
         """Cancel a running call (loop thread only); the SDK tells the backend."""
         scope = self.running.get(call_id)
@@ -229,8 +285,9 @@ class BackendSession:
 class BackendPool:
     """The process's backend sessions and the one event-loop thread that runs them."""
 
-    def __init__(self, config: BrokerConfig) -> None:
+    def __init__(self, config: BrokerConfig, on_catalog_change: CatalogHook | None = None) -> None:
         self.config = config
+        self._on_catalog_change = on_catalog_change
         self._portal_cm = start_blocking_portal(name="mcp-backends")
         self.portal = self._portal_cm.__enter__()  # kept: a collected portal stops its loop
         self._sessions: dict[str, BackendSession] = {}
@@ -243,8 +300,39 @@ class BackendPool:
             return found
         with self._lock:
             if server not in self._sessions:
-                self._sessions[server] = BackendSession(self.config.server(server), self.portal, self._base_dir)
+                spec = self.config.server(server)
+                self._sessions[server] = BackendSession(spec, self.portal, self._base_dir, self._on_catalog_change)
             return self._sessions[server]
+
+    async def request(
+        self,
+        method: str,
+        params: dict[str, Any],
+        timeout: float,
+        call_id: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A forwarded request other than tools/call (resources/read, prompts/get, completion/complete)."""
+
+        async def send(client: Client) -> Any:
+            if method == "resources/read":
+                return await client.read_resource(params["uri"], meta=meta or None)
+            if method == "prompts/get":
+                return await client.get_prompt(params["name"], params.get("arguments") or None, meta=meta or None)
+            if method == "completion/complete":
+                ref_data = params["ref"]
+                ref: ResourceTemplateReference | PromptReference = (
+                    PromptReference.model_validate(ref_data)
+                    if ref_data.get("type") == "ref/prompt"
+                    else ResourceTemplateReference.model_validate(ref_data)
+                )
+                return await client.complete(ref, params["argument"], (params.get("context") or {}).get("arguments"))
+            raise BackendRPCError(METHOD_NOT_FOUND, f"Method not forwarded: {method}")
+
+        try:
+            return _dump(await self._guarded(send, timeout, call_id))
+        except (KeyError, TypeError, ValueError) as err:
+            raise BackendRPCError(INVALID_PARAMS, f"Invalid params for {method}: {err}") from err
 
     def cancel(self, call_id: str) -> bool:
         """Cancel the call wherever it runs in this process (any thread)."""

@@ -26,6 +26,7 @@ from typing import Any
 import anyio
 from mcp_types import INTERNAL_ERROR
 
+from broker.cache import store_result
 from broker.catalog import store_server_catalog
 from broker.redisconn import get_redis
 from broker.results import ResultWriter, cancelled_outcome, rpc_error, timeout_outcome
@@ -45,7 +46,7 @@ def backoff(attempt: int) -> float:
 
 async def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, Any]:
     """Run one call to its outcome (result, error, timeout or cancellation)."""
-    call_id, server, tool = call["call_id"], call["server"], call["tool"]
+    call_id, server, tool = call["call_id"], call["server"], call.get("tool", "")
     spec = broker_config().server(server)
     timeout = float(call.get("timeout_s") or spec.settings.timeout_s)
     if call.get("expires_at") and time.time() > float(call["expires_at"]):
@@ -59,14 +60,20 @@ async def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, 
             writer.progress(call_id, reply_to, value, total, message)
 
     session = backend_pool().session(server)
+    method = call.get("method", "tools/call")
     attempt = 0
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return timeout_outcome(server, timeout)
         try:
-            result = await session.call_tool(tool, call.get("arguments") or {}, remaining, call_id, progress,
-                                             call.get("meta"))
+            if method == "tools/call":
+                arguments = call.get("arguments") or {}
+                result = await session.call_tool(tool, arguments, remaining, call_id, progress, call.get("meta"))
+                if call.get("cache_ttl"):
+                    store_result(get_redis(), server, tool, arguments, result, float(call["cache_ttl"]))
+            else:
+                result = await session.request(method, call.get("params") or {}, remaining, call_id, call.get("meta"))
             return {"result": result}
         except BackendTimeout:
             return timeout_outcome(server, timeout)
@@ -121,8 +128,7 @@ def run_calls(self: Any, calls: list[dict[str, Any]]) -> None:
     run_calls_now(calls, self.request.hostname or "")
 
 
-@app.task(name="mcp.refresh_catalog", ignore_result=True)
-def refresh_catalog(server: str) -> None:
+def refresh_catalog_now(server: str) -> None:
     """List everything the backend offers and publish it as the server's catalog document."""
     spec = broker_config().server(server)
     session = backend_pool().session(server)
@@ -136,3 +142,8 @@ def refresh_catalog(server: str) -> None:
             log.warning("listing %s failed (attempt %d): %s", server, attempt + 1, err)
             time.sleep(backoff(attempt))
     log.error("catalog of %s could not be listed", server)
+
+
+@app.task(name="mcp.refresh_catalog", ignore_result=True)
+def refresh_catalog(server: str) -> None:
+    refresh_catalog_now(server)

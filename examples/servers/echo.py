@@ -2,7 +2,8 @@
 
 Its tools cover what a gateway must carry: a trivial call (echo), typed
 arguments (add), a slow call with progress (slow), a tool that always fails
-(fail), and a counter that tells tests how often the backend really ran.
+(fail), a counter that tells tests how often the backend really ran (runs,
+stamp), and a tool that changes the tool list at run time (grow).
 """
 
 from __future__ import annotations
@@ -57,6 +58,25 @@ def fail(message: str = "this tool always fails") -> str:
 def runs(tool: str = "") -> dict[str, int]:
     """How many times each tool ran in this process (or one tool's count)."""
     return {tool: _runs.get(tool, 0)} if tool else dict(_runs)
+
+
+@server.tool()
+def stamp(key: str) -> dict[str, int | str]:
+    """A result that differs on every real run: shows whether an answer came from a cache."""
+    _count("stamp")
+    return {"key": key, "run": _runs["stamp"], "pid": os.getpid()}
+
+
+@server.tool()
+async def grow(name: str, ctx: Context) -> str:
+    """Add a tool named `name` and tell the client the tool list changed."""
+
+    def grown(text: str = "") -> str:
+        return f"{name}: {text}"
+
+    server.add_tool(grown, name=name, description=f"A tool grown at run time: {name}")
+    await ctx.session.send_tool_list_changed()
+    return f"added {name}"
 
 
 @server.tool()

@@ -1,0 +1,126 @@
+"""Sessions survive reconnects: to another web process, across a web restart; unknown ids are refused."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from tests.stack import Stack, free_port
+from tests.wsclient import RawClient
+
+
+@pytest.fixture(scope="module")
+def two_webs(stack: Stack) -> Stack:
+    if len(stack.web_ports) < 2:
+        stack.start_web()
+    return stack
+
+
+def session_of(client: RawClient) -> str:
+    header = client.ws.response.headers["Mcp-Session-Id"]
+    assert client.init_result is not None
+    assert client.init_result["_meta"]["io.mcp-broker/sessionId"] == header
+    return header
+
+
+def resume(stack: Stack, index: int, session_id: str, via: str = "header") -> RawClient:
+    if via == "header":
+        return RawClient(stack.ws_url(index), initialize=False, additional_headers={"Mcp-Session-Id": session_id})
+    return RawClient(f"{stack.ws_url(index)}?session={session_id}", initialize=False)
+
+
+def test_a_call_finished_while_away_is_delivered_on_another_web_process(two_webs: Stack) -> None:
+    with RawClient(two_webs.ws_url(0)) as client:
+        session_id = session_of(client)
+        client.send({"jsonrpc": "2.0", "id": "away", "method": "tools/call",
+                     "params": {"name": "echo__slow", "arguments": {"seconds": 0.5, "steps": 1}}})
+        time.sleep(0.1)  # it reached the queue
+    time.sleep(1.5)  # ... and finished while nobody was connected
+    with resume(two_webs, 1, session_id) as again:
+        assert again.ws.response.headers["Mcp-Session-Id"] == session_id
+        message = again.recv()
+        assert message["id"] == "away" and message["result"]["structuredContent"]["result"] == "slept 0.5s"
+        # the resumed session keeps its negotiated state and serves new calls
+        assert again.call("echo__echo", {"text": "after"})["result"]["structuredContent"]["result"] == "after"
+
+
+def test_an_in_flight_call_is_delivered_when_done_after_reconnecting(two_webs: Stack) -> None:
+    with RawClient(two_webs.ws_url(1)) as client:
+        session_id = session_of(client)
+        client.send({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                     "params": {"name": "echo__slow", "arguments": {"seconds": 2.0, "steps": 1}}})
+        time.sleep(0.2)
+    with resume(two_webs, 0, session_id, via="query") as again:
+        message = again.recv(timeout=20)
+        assert message["id"] == 7 and message["result"]["structuredContent"]["result"] == "slept 2.0s"
+        # delivered once: nothing more is pending for this session
+        assert two_webs.redis().hlen(f"mcpb:session:{session_id}:calls") == 0
+
+
+def test_session_survives_a_restart_of_its_web_process(stack: Stack) -> None:
+    port = free_port()
+    web = stack.start_web(port)
+    index = stack.web_ports.index(port)
+    with RawClient(stack.ws_url(index), version="2025-06-18") as client:
+        session_id = session_of(client)
+        client.send({"jsonrpc": "2.0", "id": "r1", "method": "tools/call",
+                     "params": {"name": "echo__slow", "arguments": {"seconds": 1, "steps": 1}}})
+        time.sleep(0.2)
+    web.stop()
+    stack.procs.remove(web)
+    stack.start_web(port)
+    with resume(stack, index, session_id) as again:
+        message = again.recv(timeout=20)
+        assert message["id"] == "r1" and message["result"]["structuredContent"]["result"] == "slept 1.0s"
+        # the negotiated revision came back from Redis: 2025-06-18 rules still apply to bad arguments
+        assert again.call("echo__add", {"a": "x", "b": 1})["error"]["code"] == -32602
+
+
+def test_unknown_session_is_refused_before_the_upgrade(stack: Stack) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        resume(stack, 0, "no-such-session")
+    assert refused.value.response.status_code == 404
+    assert b"Unknown or expired session" in refused.value.response.body
+
+
+def test_idle_session_expires_after_its_ttl(stack: Stack) -> None:
+    port = free_port()
+    stack.start_web(port, env={"MCP_BROKER_SESSION_TTL_S": "1"})
+    index = stack.web_ports.index(port)
+    with RawClient(stack.ws_url(index)) as client:
+        session_id = session_of(client)
+    time.sleep(2.5)
+    with pytest.raises(InvalidStatus) as refused:
+        resume(stack, index, session_id)
+    assert refused.value.response.status_code == 404
+
+
+def test_heartbeat_closes_a_dead_peer(stack: Stack) -> None:
+    """A peer that completes the handshake but never answers pings is dropped; its session stays resumable."""
+    port = free_port()
+    stack.start_web(port, env={"MCP_BROKER_PING_INTERVAL": "0.5"})
+    raw = socket.create_connection(("127.0.0.1", port))
+    raw.sendall(b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                b"Sec-WebSocket-Protocol: mcp\r\n\r\n")
+    handshake = raw.recv(4096)
+    assert b"101" in handshake.split(b"\r\n")[0]
+    session_id = [line.split(b":", 1)[1].strip() for line in handshake.split(b"\r\n")
+                  if line.lower().startswith(b"mcp-session-id")][0].decode()
+    raw.settimeout(10)
+    received = b""
+    deadline = time.monotonic() + 10
+    closed = False
+    while time.monotonic() < deadline:  # pings arrive; we never pong; the server must close
+        chunk = raw.recv(4096)
+        if not chunk:
+            closed = True
+            break
+        received += chunk
+    raw.close()
+    assert closed, "the server kept a peer that never answered its pings"
+    assert b"\x89" in received  # it did ping us (opcode 0x9)
+    assert stack.redis().exists(f"mcpb:session:{session_id}")
