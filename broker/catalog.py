@@ -183,7 +183,8 @@ class Catalog:
                 templates.append({**template, "uriTemplate": self.namespaced_uri(server, template["uriTemplate"]),
                                   "name": self.namespaced(server, template.get("name", ""))})
         self.documents, self.tools, self._by_name = documents, tools, by_name
-        self.prompts, self._prompts, self.resources, self.resource_templates = prompts, prompt_index, resources, templates
+        self.prompts, self._prompts = prompts, prompt_index
+        self.resources, self.resource_templates = resources, templates
         self.missing = [s for s in names if s not in documents]
         self._version = version
 

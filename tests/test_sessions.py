@@ -108,8 +108,8 @@ def test_heartbeat_closes_a_dead_peer(stack: Stack) -> None:
                 b"Sec-WebSocket-Protocol: mcp\r\n\r\n")
     handshake = raw.recv(4096)
     assert b"101" in handshake.split(b"\r\n")[0]
-    session_id = [line.split(b":", 1)[1].strip() for line in handshake.split(b"\r\n")
-                  if line.lower().startswith(b"mcp-session-id")][0].decode()
+    session_id = next(line.split(b":", 1)[1].strip() for line in handshake.split(b"\r\n")
+                      if line.lower().startswith(b"mcp-session-id")).decode()
     raw.settimeout(10)
     received = b""
     deadline = time.monotonic() + 10

@@ -1,0 +1,43 @@
+"""Smoke test of the benchmarks: `python -m bench --quick --only overhead` runs and writes sane JSON.
+
+No timing assertions (the box is shared and small): only that every variant produced positive
+latencies without errors, that the cache verdict is recorded, and that the table renders.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.stack import ROOT
+
+BENCH_REDIS_URL = "redis://127.0.0.1:6379/13"  # not the tests' db: the bench flushes its own
+
+
+def test_overhead_scenario_writes_results(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "overhead", "--out", str(out),
+         "--redis-url", BENCH_REDIS_URL],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert results["meta"]["mode"] == "quick"
+    assert results["meta"]["machine"]["nproc"] >= 1
+    overhead = results["overhead"]
+    assert "error" not in overhead, overhead
+    for variant in ("direct_sdk", "direct_raw", "broker_raw", "broker_sdk"):
+        summary = overhead[variant]
+        assert summary["n"] == results["meta"]["counts"]["sequential"], variant
+        assert summary["errors"] == 0, (variant, summary.get("first_error"))
+        assert 0 < summary["p50_ms"] <= summary["p99_ms"] <= summary["max_ms"], (variant, summary)
+    cache = overhead["cache"]
+    assert cache["same_answer"] is True
+    cached = overhead["broker_cached_raw"]
+    assert ("na" in cached) != cache["implemented"]
+    if cache["implemented"]:
+        assert cached["p50_ms"] > 0 and cached["errors"] == 0
+    assert "1. Overhead" in proc.stdout and "Targets" in proc.stdout
