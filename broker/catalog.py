@@ -136,6 +136,12 @@ class Catalog:
             return server, rest
         return None
 
+    def server_items(self, attribute: str, server: str) -> list[dict[str, Any]]:
+        """One backend's own items, unprefixed (for its per-server endpoint)."""
+        self.ensure_fresh()
+        key = {"resource_templates": "resourceTemplates"}.get(attribute, attribute)
+        return list(self.documents.get(server, {}).get(key, []))
+
     def lookup_prompt(self, name: str) -> tuple[str, str] | None:
         self.ensure_fresh()
         return self._prompts.get(name)

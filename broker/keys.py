@@ -79,3 +79,8 @@ def session(session_id: str) -> str:
 def session_calls(session_id: str) -> str:
     """Hash: call id → {"rid": the client's request id, ...} for calls the session still waits for."""
     return f"{PREFIX}:session:{session_id}:calls"
+
+
+def sse_stream(session_id: str, stream_id: str) -> str:
+    """Stream: the SSE events of one HTTP response stream of a session (for Last-Event-ID resumption)."""
+    return f"{PREFIX}:sse:{session_id}:{stream_id}"

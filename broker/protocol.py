@@ -131,8 +131,20 @@ class BrokerServices:
                 connection.notify(notice)
 
 
-def _dumps(message: dict[str, Any]) -> str:
+def dumps(message: Any) -> str:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+
+
+def text_emitter(write: Callable[[str], None]) -> Callable[[dict[str, Any]], None]:
+    """An emit function for a stream transport: one serialised message per write, writes never interleaved."""
+    lock = threading.Lock()
+
+    def emit(message: dict[str, Any]) -> None:
+        text = dumps(message)
+        with lock:
+            write(text)
+
+    return emit
 
 
 def call_timeout(settings: BrokerSettings, requested: Any) -> float:
@@ -160,13 +172,14 @@ class ClientConnection:
     def __init__(
         self,
         services: BrokerServices,
-        send: Callable[[str], None],
+        emit: Callable[[dict[str, Any]], None],
         session_id: str | None = None,
         resume: dict[str, Any] | None = None,
+        scope: str | None = None,
     ) -> None:
         self.services = services
-        self._send_text = send
-        self._send_lock = threading.Lock()
+        self._emit = emit  # the transport's: serialise and write (thread-safe), or route to an HTTP stream
+        self.scope = scope  # a per-server endpoint: that one backend, names unprefixed
         self.session_id = session_id or uuid.uuid4().hex
         self.protocol_version = LATEST_HANDSHAKE_VERSION
         self.initialized = False
@@ -196,11 +209,8 @@ class ClientConnection:
 
     # ------------------------------------------------------------ output
     def send(self, message: dict[str, Any]) -> None:
-        if self._closed:
-            return
-        text = _dumps(message)
-        with self._send_lock:
-            self._send_text(text)
+        if not self._closed:
+            self._emit(message)
 
     def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
         self.send({"jsonrpc": "2.0", "method": method, **({"params": params} if params else {})})
@@ -326,20 +336,34 @@ class ClientConnection:
         self.client_info = loaded["clientInfo"]
         self.client_capabilities = loaded["capabilities"]
         self.services.sessions.save(self.session_id, self._state())
-        return {
+        result: dict[str, Any] = {
             "protocolVersion": self.protocol_version,
-            "capabilities": {
-                "tools": {"listChanged": True},
-                "prompts": {"listChanged": True},
-                "resources": {"listChanged": True, "subscribe": False},
-                "completions": {},
-            },
+            "capabilities": self._capabilities(),
             "serverInfo": SERVER_INFO,
             "instructions": "mcp-broker: the tools and prompts of several MCP servers, named <server>"
             + self.services.config.separator
             + "<name>; their resources as <server>+<uri>.",
             "_meta": {SESSION_META_KEY: self.session_id},
         }
+        if self.scope:
+            doc = self.services.catalog.documents.get(self.scope, {})
+            result["serverInfo"] = {**SERVER_INFO, "name": f"mcp-broker/{self.scope}"}
+            if doc.get("instructions"):
+                result["instructions"] = doc["instructions"]
+            else:
+                result.pop("instructions")
+        return result
+
+    def _capabilities(self) -> dict[str, Any]:
+        """What the broker offers: everything for the aggregate; a backend's own capabilities on its endpoint
+        (a client must not be told of, say, prompts a server does not have)."""
+        relayed = {"tools": {"listChanged": True}, "prompts": {"listChanged": True},
+                   "resources": {"listChanged": True, "subscribe": False}, "completions": {}}
+        if not self.scope:
+            return relayed
+        self.services.catalog.ensure_fresh()
+        backend = self.services.catalog.documents.get(self.scope, {}).get("capabilities") or {}
+        return {name: relayed[name] for name in relayed if name in backend}
 
     def _on_initialized(self, _params: dict[str, Any]) -> None:
         self.initialized = True
@@ -355,8 +379,9 @@ class ClientConnection:
         catalog = self.services.catalog
         catalog.ensure_fresh()
         self.services.request_missing_catalogs()
+        items = catalog.server_items(attribute, self.scope) if self.scope else getattr(catalog, attribute)
         try:
-            page = catalog.page(getattr(catalog, attribute), cursor, self.services.page_size)
+            page = catalog.page(items, cursor, self.services.page_size)
         except CursorError as err:
             raise RPCError(INVALID_PARAMS, f"Invalid params: {err}") from None
         result: dict[str, Any] = {result_key: page["items"]}
@@ -372,7 +397,7 @@ class ClientConnection:
             raise _invalid(err) from None
         name, arguments, meta = loaded["name"], loaded["arguments"] or {}, loaded["_meta"] or {}
         try:
-            route = self.services.router.route_tool(name)
+            route = self.services.router.route_tool(self._qualified(name))
         except UnknownTool as err:
             self.services.request_missing_catalogs()
             raise RPCError(INVALID_PARAMS, str(err)) from None
@@ -400,7 +425,7 @@ class ClientConnection:
             loaded = _read_params.load(params)
         except ValidationError as err:
             raise _invalid(err) from None
-        target = self.services.catalog.split_uri(loaded["uri"])
+        target = (self.scope, loaded["uri"]) if self.scope else self.services.catalog.split_uri(loaded["uri"])
         if target is None:
             raise RPCError(RESOURCE_NOT_FOUND, f"Resource not found: {loaded['uri']} (expected <server>+<uri>)",
                            {"uri": loaded["uri"]})
@@ -412,7 +437,7 @@ class ClientConnection:
             loaded = _prompt_params.load(params)
         except ValidationError as err:
             raise _invalid(err) from None
-        target = self.services.catalog.lookup_prompt(loaded["name"])
+        target = self.services.catalog.lookup_prompt(self._qualified(loaded["name"]))
         if target is None:
             raise RPCError(INVALID_PARAMS, f"Unknown prompt: {loaded['name']}")
         server, name = target
@@ -426,12 +451,13 @@ class ClientConnection:
             raise _invalid(err) from None
         ref = dict(loaded["ref"])
         if ref.get("type") == "ref/prompt":
-            target = self.services.catalog.lookup_prompt(str(ref.get("name", "")))
+            target = self.services.catalog.lookup_prompt(self._qualified(str(ref.get("name", ""))))
             if target is None:
                 raise RPCError(INVALID_PARAMS, f"Unknown prompt: {ref.get('name')}")
             server, ref["name"] = target
         elif ref.get("type") == "ref/resource":
-            split = self.services.catalog.split_uri(str(ref.get("uri", "")))
+            uri = str(ref.get("uri", ""))
+            split = (self.scope, uri) if self.scope else self.services.catalog.split_uri(uri)
             if split is None:
                 raise RPCError(INVALID_PARAMS, f"Unknown resource template: {ref.get('uri')}")
             server, ref["uri"] = split
@@ -501,12 +527,16 @@ class ClientConnection:
         """A backend's result as this client's protocol revision and namespace expect it."""
         if "resultType" in result and not is_version_at_least(self.protocol_version, "2026-07-28"):
             result = {k: v for k, v in result.items() if k != "resultType"}
-        if method == "resources/read":
+        if method == "resources/read" and not self.scope:
             catalog = self.services.catalog
             contents = [{**c, "uri": catalog.namespaced_uri(server, c["uri"])} if "uri" in c else c
                         for c in result.get("contents", [])]
             result = {**result, "contents": contents}
         return result
+
+    def _qualified(self, name: str) -> str:
+        """The catalog's name for what the client calls `name` (unprefixed on a per-server endpoint)."""
+        return self.services.catalog.namespaced(self.scope, name) if self.scope else name
 
     def _on_cancelled(self, params: dict[str, Any]) -> None:
         request_id = params.get("requestId")

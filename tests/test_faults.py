@@ -40,7 +40,7 @@ def test_backend_killed_mid_call_is_restarted_and_the_call_retried(stack: Stack)
                      "params": {"name": "crashy__slow", "arguments": {"seconds": 1.0, "steps": 1}}})
         time.sleep(0.4)
         backend.kill()
-        response = client.recv(timeout=20)
+        response = client.response(timeout=20)
         assert response["id"] == "victim"
         assert response["result"]["structuredContent"]["result"] == "slept 1.0s"
         [restarted] = backend_processes(stack, "crashy")
@@ -81,7 +81,7 @@ def test_cancelling_a_running_call_frees_its_slot(stack: Stack) -> None:
         assert quick["result"]["structuredContent"]["result"] == "next"
         # and no answer ever comes for the cancelled request
         client.send({"jsonrpc": "2.0", "id": "probe", "method": "ping"})
-        assert client.recv()["id"] == "probe"
+        assert client.response()["id"] == "probe"
 
 
 def test_cancelling_a_queued_call_means_it_never_runs(stack: Stack) -> None:
@@ -93,7 +93,7 @@ def test_cancelling_a_queued_call_means_it_never_runs(stack: Stack) -> None:
                      "params": {"name": "solo__add", "arguments": {"a": 1, "b": 1}}})
         time.sleep(0.3)
         client.notify("notifications/cancelled", {"requestId": "queued"})
-        assert client.recv(timeout=20)["id"] == "blocker"
+        assert client.response(timeout=20)["id"] == "blocker"
         assert runs(client, "solo", "add") == before
 
 

@@ -41,7 +41,7 @@ def test_a_call_finished_while_away_is_delivered_on_another_web_process(two_webs
     time.sleep(1.5)  # ... and finished while nobody was connected
     with resume(two_webs, 1, session_id) as again:
         assert again.ws.response.headers["Mcp-Session-Id"] == session_id
-        message = again.recv()
+        message = again.response()
         assert message["id"] == "away" and message["result"]["structuredContent"]["result"] == "slept 0.5s"
         # the resumed session keeps its negotiated state and serves new calls
         assert again.call("echo__echo", {"text": "after"})["result"]["structuredContent"]["result"] == "after"
@@ -54,7 +54,7 @@ def test_an_in_flight_call_is_delivered_when_done_after_reconnecting(two_webs: S
                      "params": {"name": "echo__slow", "arguments": {"seconds": 2.0, "steps": 1}}})
         time.sleep(0.2)
     with resume(two_webs, 0, session_id, via="query") as again:
-        message = again.recv(timeout=20)
+        message = again.response(timeout=20)
         assert message["id"] == 7 and message["result"]["structuredContent"]["result"] == "slept 2.0s"
         # delivered once: nothing more is pending for this session
         assert two_webs.redis().hlen(f"mcpb:session:{session_id}:calls") == 0
@@ -73,7 +73,7 @@ def test_session_survives_a_restart_of_its_web_process(stack: Stack) -> None:
     stack.procs.remove(web)
     stack.start_web(port)
     with resume(stack, index, session_id) as again:
-        message = again.recv(timeout=20)
+        message = again.response(timeout=20)
         assert message["id"] == "r1" and message["result"]["structuredContent"]["result"] == "slept 1.0s"
         # the negotiated revision came back from Redis: 2025-06-18 rules still apply to bad arguments
         assert again.call("echo__add", {"a": "x", "b": 1})["error"]["code"] == -32602

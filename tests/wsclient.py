@@ -15,6 +15,7 @@ class RawClient:
         self.ws: ClientConnection = self._connect.__enter__()
         self._ids = itertools.count(1)
         self.init_result: dict[str, Any] | None = None
+        self.notifications: list[dict[str, Any]] = []
         if initialize:
             self.init_result = self.request("initialize", {
                 "protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "tests", "version": "1"},
@@ -26,6 +27,14 @@ class RawClient:
 
     def recv(self, timeout: float = 15) -> dict[str, Any]:
         return json.loads(self.ws.recv(timeout=timeout))
+
+    def response(self, timeout: float = 15) -> dict[str, Any]:
+        """The next response, setting notifications aside (list_changed may arrive at any time)."""
+        while True:
+            message = self.recv(timeout)
+            if "id" in message and "method" not in message:
+                return message
+            self.notifications.append(message)
 
     def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
         self.send({"jsonrpc": "2.0", "method": method, **({"params": params} if params is not None else {})})

@@ -24,7 +24,8 @@ from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 from wsproto.events import AcceptConnection
 
-from broker.protocol import ClientConnection
+from broker.protocol import ClientConnection, text_emitter
+from web.http_mcp import origin_allowed
 from web.services import get_services
 
 log = logging.getLogger(__name__)
@@ -65,15 +66,26 @@ class SessionWebSocket(simple_websocket.Server):
 flask_sock.Server = SessionWebSocket  # type: ignore[misc]
 
 
+def _is_upgrade() -> bool:
+    return request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"
+
+
 def register_websocket(app: Flask, sock: Sock) -> None:
     @app.before_request
-    def _check_session() -> Any:
-        if request.path != "/mcp" or request.method != "GET":
+    def _check_upgrade() -> Any:
+        """Refuse before the upgrade: a foreign origin (DNS rebinding), an unknown server, an unknown session."""
+        if not _is_upgrade() or not (request.path == "/mcp" or request.path.startswith("/servers/")):
             return None
+        allowed = [o.strip() for o in app.config.get("ALLOWED_ORIGINS", []) if o.strip()]
+        if not origin_allowed(request.headers.get("Origin"), allowed):
+            return jsonify({"error": {"code": "forbidden_origin", "message": "Forbidden: origin not allowed"}}), 403
+        services = get_services(app.config.get("BROKER_CONFIG"))
+        scope = (request.view_args or {}).get("scope")
+        if scope is not None and scope not in services.config.servers:
+            return jsonify({"error": {"code": "unknown_server", "message": f"Unknown server {scope!r}"}}), 404
         wanted = requested_session(request.environ)
         if wanted is None:
             return None
-        services = get_services(app.config.get("BROKER_CONFIG"))
         if not services.sessions.exists(wanted):
             body = {"error": {"code": "unknown_session",
                               "message": f"Unknown or expired session {wanted!r}: initialize a new one"}}
@@ -83,11 +95,18 @@ def register_websocket(app: Flask, sock: Sock) -> None:
 
     @sock.route("/mcp")
     def mcp_socket(ws: SessionWebSocket) -> None:
+        serve(ws, None)
+
+    @sock.route("/servers/<scope>/mcp")
+    def server_socket(ws: SessionWebSocket, scope: str) -> None:
+        serve(ws, scope)
+
+    def serve(ws: SessionWebSocket, scope: str | None) -> None:
         services = get_services(app.config.get("BROKER_CONFIG"))
         services.hub.start()
         resumed = request.environ.get(SESSION_ENVIRON_KEY)
         state = services.sessions.load(ws.session_id) if resumed else None
-        connection = ClientConnection(services, ws.send, ws.session_id, resume=state)
+        connection = ClientConnection(services, text_emitter(ws.send), ws.session_id, resume=state, scope=scope)
         try:
             if state is not None:
                 log.info("session %s resumed (%d call(s) pending)", ws.session_id, connection.resume())

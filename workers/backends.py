@@ -277,6 +277,8 @@ class BackendSession:
                         break
             info = client.session.initialize_result
             out["serverInfo"] = _dump(info.server_info) if info is not None else {}
+            out["capabilities"] = _dump(caps)
+            out["instructions"] = getattr(info, "instructions", None) if info is not None else None
             return out
 
         return await self._guarded(walk, timeout)

@@ -1,0 +1,60 @@
+"""SSE event log for the Streamable HTTP transport: every event of a response stream, in Redis.
+
+Each HTTP response stream (one per POST that carries requests, plus a
+session's standalone GET stream) is a Redis stream. The SSE generator reads
+it like any reader, so live delivery and `Last-Event-ID` resumption are the
+same code, and a client can resume on any web process: an event id names its
+stream and its position (`<stream>.<entry id>`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from broker import keys
+
+EVENT_TTL_S = 600
+
+
+class EventLog:
+    def __init__(self, r: redis.Redis, ttl_s: int = EVENT_TTL_S) -> None:
+        self._r = r
+        self.ttl_s = ttl_s
+
+    def append(self, session_id: str, stream_id: str, message: dict[str, Any]) -> str:
+        key = keys.sse_stream(session_id, stream_id)
+        pipe = self._r.pipeline(transaction=False)
+        pipe.xadd(key, {"data": json.dumps(message, separators=(",", ":"), ensure_ascii=False)})
+        pipe.expire(key, self.ttl_s)
+        entry_id, _ = pipe.execute()
+        return f"{stream_id}.{entry_id}"
+
+    def read(
+        self, session_id: str, stream_id: str, after: str, block_ms: int
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Events after `after` (an entry id, "0" for all, "$" for only new ones), waiting up to block_ms."""
+        found = self._r.xread({keys.sse_stream(session_id, stream_id): after}, count=100, block=block_ms)
+        out: list[tuple[str, dict[str, Any]]] = []
+        for _key, entries in found or []:
+            for entry_id, fields in entries:
+                out.append((entry_id, json.loads(fields["data"])))
+        return out
+
+    def last_id(self, session_id: str, stream_id: str) -> str:
+        info = self._r.xinfo_stream(keys.sse_stream(session_id, stream_id)) if self._r.exists(
+            keys.sse_stream(session_id, stream_id)) else None
+        return str(info["last-generated-id"]) if info else "0"
+
+    def drop_session(self, session_id: str, stream_ids: list[str]) -> None:
+        if stream_ids:
+            self._r.delete(*[keys.sse_stream(session_id, s) for s in stream_ids])
+
+
+def parse_event_id(event_id: str) -> tuple[str, str] | None:
+    stream_id, sep, entry_id = event_id.partition(".")
+    if not sep or not stream_id or not entry_id:
+        return None
+    return stream_id, entry_id

@@ -1,0 +1,151 @@
+"""The Streamable HTTP front end and the per-server endpoints, on the same sessions, queues and cache."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+import httpx2
+import pytest
+from mcp import Client
+from websockets.exceptions import InvalidStatus
+
+from tests.stack import Stack
+from tests.wsclient import RawClient
+
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+INIT = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+
+
+def sse_messages(text: str) -> list[tuple[str, dict]]:
+    events = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":"))
+        if "data" in fields:
+            events.append((fields.get("id", ""), json.loads(fields["data"])))
+    return events
+
+
+def open_session(http: httpx2.Client, url: str) -> str:
+    response = http.post(url, json=INIT, headers=ACCEPT)
+    assert response.status_code == 200
+    session_id = response.headers["Mcp-Session-Id"]
+    http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+              headers={**ACCEPT, "Mcp-Session-Id": session_id})
+    return session_id
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+def test_sdk_streamable_http_client_on_aggregate_and_per_server_endpoints(stack: Stack, mode: str) -> None:
+    async def scenario() -> None:
+        async with Client(f"{stack.http_url()}/mcp", mode=mode) as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            assert {"echo__echo", "time__get_current_time", "notes__add_note"} <= names
+            result = await client.call_tool("echo__add", {"a": 1, "b": 2})
+            assert result.structured_content == {"result": 3}
+            seen: list[float] = []
+
+            async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                seen.append(progress)
+
+            slow = await client.call_tool("echo__slow", {"seconds": 0.3, "steps": 3}, progress_callback=on_progress)
+            assert slow.structured_content == {"result": "slept 0.3s"} and seen == [1, 2, 3]
+        async with Client(f"{stack.http_url()}/servers/notes/mcp", mode=mode) as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            assert names == {"add_note", "list_notes", "clear_notes"}
+            await client.call_tool("add_note", {"text": "via the per-server endpoint"})
+            read = await client.read_resource("notes://all")
+            assert "via the per-server endpoint" in read.contents[0].text  # type: ignore[union-attr]
+            prompts = {p.name for p in (await client.list_prompts()).prompts}
+            assert prompts == {"summarize"}
+
+    anyio.run(scenario)
+
+
+def test_per_server_websocket_endpoint_is_unprefixed(stack: Stack) -> None:
+    with RawClient(stack.ws_url().replace("/mcp", "/servers/echo/mcp")) as client:
+        tools = {t["name"] for t in client.request("tools/list")["result"]["tools"]}
+        assert "echo" in tools and not any("__" in t for t in tools)
+        assert client.call("echo", {"text": "scoped"})["result"]["structuredContent"]["result"] == "scoped"
+        assert client.call("echo__echo", {"text": "x"})["error"]["code"] == -32602
+    with pytest.raises(InvalidStatus) as refused:
+        RawClient(stack.ws_url().replace("/mcp", "/servers/nope/mcp"))
+    assert refused.value.response.status_code == 404
+
+
+def test_transport_rules(stack: Stack) -> None:
+    url = f"{stack.http_url()}/mcp"
+    with httpx2.Client(timeout=20) as http:
+        assert http.post(url, json=INIT, headers={"Accept": "text/html", "Content-Type": "application/json"}
+                         ).status_code == 406
+        assert http.post(url, content=b"x=1", headers={**ACCEPT, "Content-Type": "text/plain"}).status_code == 415
+        parse = http.post(url, content=b"{nope", headers=ACCEPT)
+        assert parse.status_code == 400 and parse.json()["error"]["code"] == -32700
+        missing = http.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=ACCEPT)
+        assert missing.status_code == 400 and "Missing session" in missing.json()["error"]["message"]
+        unknown = http.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                            headers={**ACCEPT, "Mcp-Session-Id": "nope"})
+        assert unknown.status_code == 404
+        session_id = open_session(http, url)
+        headers = {**ACCEPT, "Mcp-Session-Id": session_id}
+        accepted = http.post(url, json={"jsonrpc": "2.0", "method": "notifications/cancelled",
+                                        "params": {"requestId": 99}}, headers=headers)
+        assert accepted.status_code == 202
+        bad_version = http.post(url, json={"jsonrpc": "2.0", "id": 2, "method": "ping"},
+                                headers={**headers, "MCP-Protocol-Version": "1999-01-01"})
+        assert bad_version.status_code == 400
+        # JSON-only clients get one JSON body instead of a stream
+        plain = http.post(url, json={"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                                     "params": {"name": "echo__echo", "arguments": {"text": "json"}}},
+                          headers={**headers, "Accept": "application/json"})
+        assert plain.headers["content-type"].startswith("application/json")
+        assert plain.json()["result"]["structuredContent"]["result"] == "json"
+        foreign = http.post(url, json=INIT, headers={**ACCEPT, "Origin": "http://evil.example"})
+        assert foreign.status_code == 403
+        assert http.post(url, json=INIT, headers={**ACCEPT, "Origin": "http://localhost:3000"}).status_code == 200
+        assert http.post(f"{stack.http_url()}/servers/nope/mcp", json=INIT, headers=ACCEPT).status_code == 404
+        assert http.delete(url, headers={"Mcp-Session-Id": session_id}).status_code == 200
+        gone = http.post(url, json={"jsonrpc": "2.0", "id": 4, "method": "ping"}, headers=headers)
+        assert gone.status_code == 404
+    with pytest.raises(InvalidStatus) as refused:
+        RawClient(stack.ws_url(), additional_headers={"Origin": "http://evil.example"})
+    assert refused.value.response.status_code == 403
+
+
+def test_http_session_lives_in_the_same_store_and_resumes_over_websocket(stack: Stack) -> None:
+    url = f"{stack.http_url()}/mcp"
+    with httpx2.Client(timeout=20) as http:
+        session_id = open_session(http, url)
+    assert stack.redis().exists(f"mcpb:session:{session_id}")
+    with RawClient(stack.ws_url(), initialize=False, additional_headers={"Mcp-Session-Id": session_id}) as ws:
+        assert ws.ws.response.headers["Mcp-Session-Id"] == session_id
+        assert ws.call("echo__echo", {"text": "same session"})["result"]["structuredContent"]["result"] == (
+            "same session")
+
+
+def test_a_cut_sse_stream_resumes_with_last_event_id_and_loses_nothing(stack: Stack) -> None:
+    url = f"{stack.http_url()}/mcp"
+    with httpx2.Client(timeout=30) as http:
+        session_id = open_session(http, url)
+        headers = {**ACCEPT, "Mcp-Session-Id": session_id}
+        call = {"jsonrpc": "2.0", "id": "cut", "method": "tools/call",
+                "params": {"name": "echo__slow", "arguments": {"seconds": 1.2, "steps": 4},
+                           "_meta": {"progressToken": "p"}}}
+        first_id = None
+        with http.stream("POST", url, json=call, headers=headers) as response:
+            buffer = ""
+            for chunk in response.iter_text():
+                buffer += chunk
+                events = sse_messages(buffer)
+                if events:
+                    first_id, first = events[0]
+                    assert first["method"] == "notifications/progress" and first["params"]["progress"] == 1
+                    break
+        assert first_id  # the stream was cut after the first event
+        resumed = http.get(url, headers={"Accept": "text/event-stream", "Mcp-Session-Id": session_id,
+                                         "Last-Event-ID": first_id})
+        assert resumed.status_code == 200
+        rest = [message for _, message in sse_messages(resumed.text)]
+        assert [m["params"]["progress"] for m in rest if m.get("method") == "notifications/progress"] == [2, 3, 4]
+        assert rest[-1]["id"] == "cut" and rest[-1]["result"]["structuredContent"]["result"] == "slept 1.2s"
