@@ -84,3 +84,8 @@ def session_calls(session_id: str) -> str:
 def sse_stream(session_id: str, stream_id: str) -> str:
     """Stream: the SSE events of one HTTP response stream of a session (for Last-Event-ID resumption)."""
     return f"{PREFIX}:sse:{session_id}:{stream_id}"
+
+
+def answer(request_id: str) -> str:
+    """List: the client's answer to a backend's server-to-client request (the worker BLPOPs it)."""
+    return f"{PREFIX}:answer:{request_id}"

@@ -66,6 +66,21 @@ _read_params = ReadResourceParamsSchema()
 _prompt_params = GetPromptParamsSchema()
 _complete_params = CompleteParamsSchema()
 
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+CLIENT_CAPABILITY_OF = {  # a backend's request → the capability its client must have declared
+    "sampling/createMessage": "sampling",
+    "elicitation/create": "elicitation",
+    "roots/list": "roots",
+}
+
+
+def level_passes(level: Any, threshold: str | None) -> bool:
+    """RFC 5424 order: a message passes when it is at least as severe as the client's chosen level."""
+    if threshold is None or level not in LOG_LEVELS:
+        return True
+    return LOG_LEVELS.index(level) >= LOG_LEVELS.index(threshold)
+
+
 LISTS = {  # list method → (catalog attribute, result key, list_changed notification)
     "tools/list": ("tools", "tools", "notifications/tools/list_changed"),
     "prompts/list": ("prompts", "prompts", "notifications/prompts/list_changed"),
@@ -135,11 +150,11 @@ def dumps(message: Any) -> str:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
 
 
-def text_emitter(write: Callable[[str], None]) -> Callable[[dict[str, Any]], None]:
+def text_emitter(write: Callable[[str], None]) -> Callable[[dict[str, Any], Any], None]:
     """An emit function for a stream transport: one serialised message per write, writes never interleaved."""
     lock = threading.Lock()
 
-    def emit(message: dict[str, Any]) -> None:
+    def emit(message: dict[str, Any], _related: Any = None) -> None:
         text = dumps(message)
         with lock:
             write(text)
@@ -172,13 +187,13 @@ class ClientConnection:
     def __init__(
         self,
         services: BrokerServices,
-        emit: Callable[[dict[str, Any]], None],
+        emit: Callable[[dict[str, Any], Any], None],
         session_id: str | None = None,
         resume: dict[str, Any] | None = None,
         scope: str | None = None,
     ) -> None:
         self.services = services
-        self._emit = emit  # the transport's: serialise and write (thread-safe), or route to an HTTP stream
+        self._emit = emit  # the transport's (message, related request id): write it, or route it to an HTTP stream
         self.scope = scope  # a per-server endpoint: that one backend, names unprefixed
         self.session_id = session_id or uuid.uuid4().hex
         self.protocol_version = LATEST_HANDSHAKE_VERSION
@@ -186,6 +201,8 @@ class ClientConnection:
         self.client_info: dict[str, Any] = {}
         self.client_capabilities: dict[str, Any] = {}
         self._in_flight: dict[Any, str] = {}  # client request id → call id
+        self._asked: dict[str, str] = {}  # our id of a server-to-client request → the backend request's id
+        self.log_level: str | None = None  # set by logging/setLevel; None = what the backend sends
         self._closed = False
         self._touched = time.monotonic()
         self._methods: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
@@ -196,6 +213,7 @@ class ClientConnection:
             "resources/read": self._resources_read,
             "prompts/get": self._prompts_get,
             "completion/complete": self._complete,
+            "logging/setLevel": self._set_level,
         }
         self._notifications: dict[str, Callable[[dict[str, Any]], None]] = {
             "notifications/initialized": self._on_initialized,
@@ -208,12 +226,12 @@ class ClientConnection:
         services.connections.add(self)
 
     # ------------------------------------------------------------ output
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any], related: Any = None) -> None:
         if not self._closed:
-            self._emit(message)
+            self._emit(message, related)
 
-    def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
-        self.send({"jsonrpc": "2.0", "method": method, **({"params": params} if params else {})})
+    def notify(self, method: str, params: dict[str, Any] | None = None, related: Any = None) -> None:
+        self.send({"jsonrpc": "2.0", "method": method, **({"params": params} if params else {})}, related)
 
     def _respond(self, request_id: Any, result: dict[str, Any]) -> None:
         self.send({"jsonrpc": "2.0", "id": request_id, "result": result})
@@ -258,7 +276,8 @@ class ClientConnection:
             return
         method = message.get("method")
         if method is None:
-            return  # a response to a server-to-client request; none are sent yet
+            self._on_client_answer(message)
+            return
         params = message.get("params") or {}
         if "id" not in message:
             handler = self._notifications.get(method)
@@ -315,13 +334,13 @@ class ClientConnection:
         hub.start()
         for call_id, data in zip(call_ids, stored, strict=True):
             entry = pending[call_id]
-            on_outcome, on_progress = self._callbacks(entry["rid"], call_id, entry["method"], entry["server"],
-                                                      entry.get("progressToken"))
+            on_outcome, on_event = self._callbacks(entry["rid"], call_id, entry["method"], entry["server"],
+                                                   entry.get("progressToken"))
             self._in_flight[entry["rid"]] = call_id
             if data:
                 on_outcome(json.loads(data))
             else:
-                hub.expect(call_id, on_outcome, on_progress, self.services.config.server(entry["server"])
+                hub.expect(call_id, on_outcome, on_event, self.services.config.server(entry["server"])
                            .settings.max_timeout_s * 2 + QUEUE_GRACE_S)
         return len(pending)
 
@@ -358,7 +377,7 @@ class ClientConnection:
         """What the broker offers: everything for the aggregate; a backend's own capabilities on its endpoint
         (a client must not be told of, say, prompts a server does not have)."""
         relayed = {"tools": {"listChanged": True}, "prompts": {"listChanged": True},
-                   "resources": {"listChanged": True, "subscribe": False}, "completions": {}}
+                   "resources": {"listChanged": True, "subscribe": False}, "completions": {}, "logging": {}}
         if not self.scope:
             return relayed
         self.services.catalog.ensure_fresh()
@@ -492,17 +511,17 @@ class ClientConnection:
         forwarded_meta = {k: v for k, v in meta.items() if k not in ours}
         if forwarded_meta:
             call["meta"] = forwarded_meta
-        on_outcome, on_progress = self._callbacks(request_id, call_id, method, server, progress_token)
+        on_outcome, on_event = self._callbacks(request_id, call_id, method, server, progress_token)
         hub = self.services.hub
         hub.start()
         self._in_flight[request_id] = call_id
-        hub.expect(call_id, on_outcome, on_progress, timeout * 2 + QUEUE_GRACE_S + 5)
+        hub.expect(call_id, on_outcome, on_event, timeout * 2 + QUEUE_GRACE_S + 5)
         self.services.outbox.put(spec.queue, call)
         return DEFERRED
 
     def _callbacks(
         self, request_id: Any, call_id: str, method: str, server: str, progress_token: Any
-    ) -> tuple[Callable[[dict[str, Any]], None], Callable[[dict[str, Any]], None] | None]:
+    ) -> tuple[Callable[[dict[str, Any]], None], Callable[[dict[str, Any]], None]]:
         def on_outcome(message: dict[str, Any]) -> None:
             if self._in_flight.get(request_id) != call_id:
                 return  # cancelled, or answered already
@@ -513,15 +532,22 @@ class ClientConnection:
                 self._respond(request_id, self._client_result(method, server, message["result"]))
             self.services.sessions.forget(self.session_id, [call_id])
 
-        def on_progress(note: dict[str, Any]) -> None:
-            notification = {"progressToken": progress_token, "progress": note["progress"]}
-            if note.get("total") is not None:
-                notification["total"] = note["total"]
-            if note.get("message"):
-                notification["message"] = note["message"]
-            self.notify("notifications/progress", notification)
+        def on_event(event: dict[str, Any]) -> None:
+            if "progress" in event and progress_token is not None:
+                note = event["progress"]
+                notification = {"progressToken": progress_token, "progress": note["progress"]}
+                if note.get("total") is not None:
+                    notification["total"] = note["total"]
+                if note.get("message"):
+                    notification["message"] = note["message"]
+                self.notify("notifications/progress", notification, related=request_id)
+            elif "log" in event:
+                if level_passes(event["log"].get("level"), self.log_level):
+                    self.notify("notifications/message", event["log"], related=request_id)
+            elif "server_request" in event:
+                self._ask_client(event["server_request"], request_id)
 
-        return on_outcome, (on_progress if progress_token is not None else None)
+        return on_outcome, on_event
 
     def _client_result(self, method: str, server: str, result: dict[str, Any]) -> dict[str, Any]:
         """A backend's result as this client's protocol revision and namespace expect it."""
@@ -533,6 +559,43 @@ class ClientConnection:
                         for c in result.get("contents", [])]
             result = {**result, "contents": contents}
         return result
+
+    # ------------------------------------------------------------ backend → client
+    def _ask_client(self, backend_request: dict[str, Any], related: Any) -> None:
+        """Relay a backend's sampling/elicitation/roots request; a client without the capability gets the
+        error it would have answered itself."""
+        method, answer_key = backend_request["method"], keys.answer(backend_request["id"])
+        needed = CLIENT_CAPABILITY_OF.get(method)
+        if needed is None or needed not in self.client_capabilities:
+            error = {"code": METHOD_NOT_FOUND, "message": f"Client does not support {method} "
+                                                         f"(it did not declare the {needed!r} capability)"}
+            self._answer_backend(answer_key, {"error": error})
+            return
+        our_id = f"mcpb-{backend_request['id']}"
+        self._asked[our_id] = answer_key
+        request = {"jsonrpc": "2.0", "id": our_id, "method": method}
+        if backend_request.get("params"):
+            request["params"] = backend_request["params"]
+        self.send(request, related)
+
+    def _on_client_answer(self, message: dict[str, Any]) -> None:
+        answer_key = self._asked.pop(message["id"], None) if isinstance(message.get("id"), str) else None
+        if answer_key is None:
+            return  # an answer to nothing we asked
+        self._answer_backend(answer_key, {k: message[k] for k in ("result", "error") if k in message})
+
+    def _answer_backend(self, answer_key: str, answer: dict[str, Any]) -> None:
+        pipe = self.services.redis.pipeline(transaction=False)
+        pipe.rpush(answer_key, dumps(answer))
+        pipe.expire(answer_key, 600)
+        pipe.execute()
+
+    def _set_level(self, _id: Any, params: dict[str, Any]) -> dict[str, Any]:
+        level = params.get("level")
+        if level not in LOG_LEVELS:
+            raise RPCError(INVALID_PARAMS, f"Invalid params: level must be one of {', '.join(LOG_LEVELS)}")
+        self.log_level = level
+        return {}
 
     def _qualified(self, name: str) -> str:
         """The catalog's name for what the client calls `name` (unprefixed on a per-server endpoint)."""

@@ -28,7 +28,8 @@ from broker import keys
 log = logging.getLogger(__name__)
 
 OutcomeHandler = Callable[[dict[str, Any]], None]
-ProgressHandler = Callable[[dict[str, Any]], None]
+EventHandler = Callable[[dict[str, Any]], None]  # progress, log, server_request: the whole message
+EVENT_KINDS = ("progress", "log", "server_request")
 
 TICK_S = 0.5
 POLL_AFTER_S = 3.0
@@ -38,7 +39,7 @@ POLL_AFTER_S = 3.0
 class PendingCall:
     call_id: str
     on_outcome: OutcomeHandler
-    on_progress: ProgressHandler | None
+    on_event: EventHandler | None
     deadline: float
     created: float
 
@@ -75,11 +76,11 @@ class ReplyHub:
 
     # ------------------------------------------------------------ API
     def expect(
-        self, call_id: str, on_outcome: OutcomeHandler, on_progress: ProgressHandler | None, timeout_s: float
+        self, call_id: str, on_outcome: OutcomeHandler, on_event: EventHandler | None, timeout_s: float
     ) -> None:
         now = time.monotonic()
         with self._lock:
-            self._pending[call_id] = PendingCall(call_id, on_outcome, on_progress, now + timeout_s, now)
+            self._pending[call_id] = PendingCall(call_id, on_outcome, on_event, now + timeout_s, now)
 
     def forget(self, call_id: str) -> bool:
         with self._lock:
@@ -104,10 +105,10 @@ class ReplyHub:
         except (ValueError, KeyError, TypeError):
             log.warning("reply hub: ignoring malformed message %.200s", data)
             return
-        if "progress" in message:
+        if any(kind in message for kind in EVENT_KINDS):
             pending = self._pending.get(call_id)
-            if pending is not None and pending.on_progress is not None:
-                self._safely(pending.on_progress, message["progress"])
+            if pending is not None and pending.on_event is not None:
+                self._safely(pending.on_event, message)
             return
         with self._lock:
             pending = self._pending.pop(call_id, None)

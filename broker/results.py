@@ -101,6 +101,16 @@ class ResultWriter:
                 verdicts.append("cancelled" if cancelled or batch_state == "cancelled" else "run")
         return verdicts
 
+    def event(self, call_id: str, reply_to: str | None, kind: str, payload: dict[str, Any]) -> None:
+        """A call's side message to its client (`log`, `server_request`), on the caller's web-process channel."""
+        if reply_to:
+            self._r.publish(reply_to, json.dumps({"call_id": call_id, kind: payload}, separators=(",", ":")))
+
+    def await_answer(self, request_id: str, timeout: float) -> dict[str, Any] | None:
+        """The client's answer to a server-to-client request, pushed by the web process (None on timeout)."""
+        found = self._r.blpop([keys.answer(request_id)], timeout=max(0.01, timeout))
+        return json.loads(found[1]) if found else None
+
     def cancelled(self, call_id: str) -> bool:
         return bool(self._r.exists(keys.cancelled(call_id)))
 

@@ -44,8 +44,9 @@ class RawClient:
         self.send({"jsonrpc": "2.0", "id": request_id, "method": method, **({"params": params} if params else {})})
         while True:
             message = self.recv(timeout)
-            if message.get("id") == request_id:
+            if message.get("id") == request_id and "method" not in message:
                 return message
+            self.notifications.append(message)
 
     def call(self, name: str, arguments: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
         return self.request("tools/call", {"name": name, "arguments": arguments or {}}, **kwargs)

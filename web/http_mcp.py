@@ -77,11 +77,15 @@ class HttpConversation:
             if token is not None:
                 self._tokens[json.dumps(token)] = stream_id
 
-    def route(self, message: dict[str, Any]) -> None:
+    def route(self, message: dict[str, Any], related: Any = None) -> None:
+        """The stream a message belongs on: its request's (a response, or anything sent on behalf of a
+        request: progress, log messages, the backend's sampling/elicitation requests), else the GET stream."""
         stream_id = GET_STREAM
         with self._lock:
             if "id" in message and ("result" in message or "error" in message):
                 stream_id = self._routes.pop(json.dumps(message["id"]), GET_STREAM)
+            elif related is not None:
+                stream_id = self._routes.get(json.dumps(related), GET_STREAM)
             elif message.get("method") == "notifications/progress":
                 token = json.dumps((message.get("params") or {}).get("progressToken"))
                 stream_id = self._tokens.get(token, GET_STREAM)

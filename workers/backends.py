@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import httpx2
@@ -30,8 +30,14 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import (
     CONNECTION_CLOSED,
     INVALID_PARAMS,
+    INVALID_REQUEST,
     METHOD_NOT_FOUND,
     REQUEST_TIMEOUT,
+    CreateMessageResult,
+    CreateMessageResultWithTools,
+    ElicitResult,
+    ErrorData,
+    ListRootsResult,
     PromptListChangedNotification,
     PromptReference,
     ResourceListChangedNotification,
@@ -44,6 +50,19 @@ from broker.config import BrokerConfig, ServerSpec
 log = logging.getLogger(__name__)
 
 ProgressHook = Callable[[float, float | None, str | None], None]
+
+
+class CallChannel(Protocol):
+    """What a running call can send back to its client, besides its result (implemented in workers/tasks.py)."""
+
+    def progress(self, value: float, total: float | None, message: str | None) -> None: ...
+
+    def log(self, params: dict[str, Any]) -> None: ...
+
+    def ask(self, method: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """A server-to-client request (sampling, elicitation, roots); blocks until `{"result"|"error"}`."""
+        ...
+
 CatalogHook = Callable[[str], None]  # server name: its catalog must be re-listed
 LIST_CHANGED = (ToolListChangedNotification, ResourceListChangedNotification, PromptListChangedNotification)
 FORWARDED_METHODS = ("tools/call", "resources/read", "prompts/get", "completion/complete")
@@ -93,6 +112,7 @@ class BackendSession:
         self._client: Client | None = None
         self._slots: anyio.Semaphore | None = None  # created on the loop
         self.running: dict[str, anyio.CancelScope] = {}  # call id → its scope (loop thread only)
+        self.channels: dict[str, CallChannel] = {}  # call id → its way back to the client, in start order
         self.generation = 0  # bumped on every (re)start, so a caller knows whether someone already restarted it
         self.restarts = 0
 
@@ -104,9 +124,48 @@ class BackendSession:
             log.info("backend %s: %s", self.spec.name, message.method)
             threading.Thread(target=self._on_catalog_change, args=(self.spec.name,), daemon=True).start()
 
+    # ------------------------------------------------------------ backend → client
+    def _asking_channel(self) -> CallChannel | None:
+        """Whose client a backend's request is for. The wire carries no related request id, so: the call
+        running on this session, or with several, the most recently started (exact under per-client isolation)."""
+        return next(reversed(self.channels.values()), None)
+
+    async def _relay(self, method: str, params: Any, result_type: Any) -> Any:
+        channel = self._asking_channel()
+        if channel is None:
+            return ErrorData(code=INVALID_REQUEST, message=f"{method}: no client call is running to ask")
+        payload = params.model_dump(by_alias=True, exclude_none=True, mode="json") if params is not None else {}
+        answer = await anyio.to_thread.run_sync(channel.ask, method, payload, self.spec.settings.timeout_s)
+        if "error" in answer:
+            return ErrorData.model_validate(answer["error"])
+        return result_type.model_validate(answer.get("result") or {})
+
+    async def _on_sampling(self, _context: Any, params: Any) -> Any:
+        result_type = CreateMessageResultWithTools if getattr(params, "tools", None) else CreateMessageResult
+        return await self._relay("sampling/createMessage", params, result_type)
+
+    async def _on_elicitation(self, _context: Any, params: Any) -> Any:
+        return await self._relay("elicitation/create", params, ElicitResult)
+
+    async def _on_list_roots(self, _context: Any) -> Any:
+        return await self._relay("roots/list", None, ListRootsResult)
+
+    async def _on_log(self, params: Any) -> None:
+        payload = params.model_dump(by_alias=True, exclude_none=True, mode="json")
+        for channel in list(self.channels.values()):  # the calls that may have caused it
+            channel.log(payload)
+
     def _new_client(self) -> Client:
         spec = self.spec
-        options: dict[str, Any] = {"mode": spec.settings.protocol, "cache": None, "message_handler": self._on_message}
+        options: dict[str, Any] = {
+            "mode": spec.settings.protocol,
+            "cache": None,
+            "message_handler": self._on_message,
+            "sampling_callback": self._on_sampling,
+            "elicitation_callback": self._on_elicitation,
+            "list_roots_callback": self._on_list_roots,
+            "logging_callback": self._on_log,
+        }
         if spec.command:
             params = StdioServerParameters(
                 command=_resolve_command(spec.command),
@@ -164,7 +223,13 @@ class BackendSession:
             client = await anyio.to_thread.run_sync(self.open)
         return client, self.generation
 
-    async def _guarded(self, fn: Callable[[Client], Any], timeout: float, call_id: str | None = None) -> Any:
+    async def _guarded(
+        self,
+        fn: Callable[[Client], Any],
+        timeout: float,
+        call_id: str | None = None,
+        channel: CallChannel | None = None,
+    ) -> Any:
         """Run `fn(client)` within `timeout`, mapping failures to the broker's exception kinds."""
         if self._slots is None:
             self._slots = anyio.Semaphore(self.spec.settings.concurrency)
@@ -172,6 +237,8 @@ class BackendSession:
         with anyio.CancelScope() as scope:
             if call_id is not None:
                 self.running[call_id] = scope
+                if channel is not None:
+                    self.channels[call_id] = channel
             try:
                 with anyio.fail_after(timeout):
                     async with self._slots:
@@ -190,6 +257,7 @@ class BackendSession:
             finally:
                 if call_id is not None:
                     self.running.pop(call_id, None)
+                    self.channels.pop(call_id, None)
         raise CallCancelled(call_id)  # the scope was cancelled from outside
 
     async def call_tool(
@@ -198,23 +266,24 @@ class BackendSession:
         arguments: dict[str, Any],
         timeout: float,
         call_id: str | None = None,
-        progress: ProgressHook | None = None,
+        channel: CallChannel | None = None,
         meta: dict[str, Any] | None = None,
+        progress: bool = False,
     ) -> dict[str, Any]:
         """Run one tool call; the result as its JSON wire dict (camelCase keys)."""
 
         async def on_progress(value: float, total: float | None, message: str | None) -> None:
             # Published right here on the loop thread (one fast PUBLISH): a hop to a thread pool
             # would let two notifications of the same call overtake each other.
-            if progress is not None:
-                progress(value, total, message)
+            if channel is not None:
+                channel.progress(value, total, message)
 
         async def call(client: Client) -> Any:
             return await client.call_tool(
-                tool, arguments, progress_callback=on_progress if progress else None, meta=meta or None
+                tool, arguments, progress_callback=on_progress if progress and channel else None, meta=meta or None
             )
 
-        return _dump(await self._guarded(call, timeout, call_id))
+        return _dump(await self._guarded(call, timeout, call_id, channel))
 
     async def request(
         self,
@@ -223,6 +292,7 @@ class BackendSession:
         timeout: float,
         call_id: str | None = None,
         meta: dict[str, Any] | None = None,
+        channel: CallChannel | None = None,
     ) -> dict[str, Any]:
         """A forwarded request other than tools/call (resources/read, prompts/get, completion/complete)."""
 
@@ -242,7 +312,7 @@ class BackendSession:
             raise BackendRPCError(METHOD_NOT_FOUND, f"Method not forwarded: {method}")
 
         try:
-            return _dump(await self._guarded(send, timeout, call_id))
+            return _dump(await self._guarded(send, timeout, call_id, channel))
         except (KeyError, TypeError, ValueError) as err:
             raise BackendRPCError(INVALID_PARAMS, f"Invalid params for {method}: {err}") from err
 
@@ -313,6 +383,7 @@ class BackendPool:
         timeout: float,
         call_id: str | None = None,
         meta: dict[str, Any] | None = None,
+        channel: CallChannel | None = None,
     ) -> dict[str, Any]:
         """A forwarded request other than tools/call (resources/read, prompts/get, completion/complete)."""
 
@@ -332,7 +403,7 @@ class BackendPool:
             raise BackendRPCError(METHOD_NOT_FOUND, f"Method not forwarded: {method}")
 
         try:
-            return _dump(await self._guarded(send, timeout, call_id))
+            return _dump(await self._guarded(send, timeout, call_id, channel))
         except (KeyError, TypeError, ValueError) as err:
             raise BackendRPCError(INVALID_PARAMS, f"Invalid params for {method}: {err}") from err
 

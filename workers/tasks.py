@@ -21,10 +21,11 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid
 from typing import Any
 
 import anyio
-from mcp_types import INTERNAL_ERROR
+from mcp_types import INTERNAL_ERROR, REQUEST_TIMEOUT
 
 from broker.cache import store_result
 from broker.catalog import store_server_catalog
@@ -37,6 +38,31 @@ log = logging.getLogger(__name__)
 
 BACKOFF_BASE_S = 0.2
 BACKOFF_MAX_S = 5.0
+
+
+class RedisCallChannel:
+    """A running call's way back to its client: events on the caller's web-process channel, answers to
+    server-to-client requests on a per-request Redis list (the web process pushes the client's reply there)."""
+
+    def __init__(self, call: dict[str, Any], writer: ResultWriter) -> None:
+        self.call_id = call["call_id"]
+        self.reply_to = call["reply_to"]
+        self.writer = writer
+
+    def progress(self, value: float, total: float | None, message: str | None) -> None:
+        self.writer.progress(self.call_id, self.reply_to, value, total, message)
+
+    def log(self, params: dict[str, Any]) -> None:
+        self.writer.event(self.call_id, self.reply_to, "log", params)
+
+    def ask(self, method: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
+        request_id = uuid.uuid4().hex
+        self.writer.event(self.call_id, self.reply_to, "server_request",
+                          {"id": request_id, "method": method, "params": params})
+        answer = self.writer.await_answer(request_id, timeout)
+        if answer is None:
+            return rpc_error(REQUEST_TIMEOUT, f"The client did not answer {method} within {timeout:g}s")
+        return answer
 
 
 def backoff(attempt: int) -> float:
@@ -52,13 +78,7 @@ async def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, 
     if call.get("expires_at") and time.time() > float(call["expires_at"]):
         return timeout_outcome(server, timeout, queued=True)
     deadline = time.monotonic() + timeout
-    reply_to = call.get("reply_to")
-    progress = None
-    if call.get("progress") and reply_to:
-
-        def progress(value: float, total: float | None, message: str | None) -> None:
-            writer.progress(call_id, reply_to, value, total, message)
-
+    channel = RedisCallChannel(call, writer) if call.get("reply_to") else None
     session = backend_pool().session(server)
     method = call.get("method", "tools/call")
     attempt = 0
@@ -69,11 +89,13 @@ async def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, 
         try:
             if method == "tools/call":
                 arguments = call.get("arguments") or {}
-                result = await session.call_tool(tool, arguments, remaining, call_id, progress, call.get("meta"))
+                result = await session.call_tool(tool, arguments, remaining, call_id, channel, call.get("meta"),
+                                                 progress=bool(call.get("progress")))
                 if call.get("cache_ttl"):
                     store_result(get_redis(), server, tool, arguments, result, float(call["cache_ttl"]))
             else:
-                result = await session.request(method, call.get("params") or {}, remaining, call_id, call.get("meta"))
+                result = await session.request(method, call.get("params") or {}, remaining, call_id, call.get("meta"),
+                                               channel)
             return {"result": result}
         except BackendTimeout:
             return timeout_outcome(server, timeout)

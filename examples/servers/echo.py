@@ -3,7 +3,9 @@
 Its tools cover what a gateway must carry: a trivial call (echo), typed
 arguments (add), a slow call with progress (slow), a tool that always fails
 (fail), a counter that tells tests how often the backend really ran (runs,
-stamp), and a tool that changes the tool list at run time (grow).
+stamp), a tool that changes the tool list at run time (grow), and tools that
+talk back to the client mid-call: log messages (chatty), sampling (ask_model)
+and elicitation (ask_user).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import os
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import SamplingMessage, TextContent
+from pydantic import BaseModel
 
 server = MCPServer("echo")
 _runs: dict[str, int] = {}
@@ -77,6 +81,36 @@ async def grow(name: str, ctx: Context) -> str:
     server.add_tool(grown, name=name, description=f"A tool grown at run time: {name}")
     await ctx.session.send_tool_list_changed()
     return f"added {name}"
+
+
+@server.tool()
+async def chatty(count: int = 3, ctx: Context | None = None) -> str:
+    """Send `count` log messages (info, then warning), then answer: logging passthrough."""
+    assert ctx is not None
+    for i in range(count):
+        await ctx.log("warning" if i == count - 1 else "info", f"message {i + 1} of {count}", logger_name="chatty")
+    return f"sent {count}"
+
+
+@server.tool()
+async def ask_model(question: str, ctx: Context) -> str:
+    """Ask the CLIENT's model (sampling/createMessage) and return its answer."""
+    result = await ctx.session.create_message(
+        [SamplingMessage(role="user", content=TextContent(type="text", text=question))], max_tokens=50
+    )
+    content = result.content
+    return content.text if isinstance(content, TextContent) else str(content)
+
+
+class Preference(BaseModel):
+    colour: str
+
+
+@server.tool()
+async def ask_user(question: str, ctx: Context) -> str:
+    """Ask the CLIENT's user (elicitation/create) and return what they chose."""
+    answer = await ctx.elicit(question, Preference)
+    return f"{answer.action}: {answer.data.colour}" if answer.action == "accept" and answer.data else answer.action
 
 
 @server.tool()
