@@ -16,12 +16,13 @@ from pathlib import Path
 
 import psutil
 
-from bench.wsclient import RawSession
+from bench.wsclient import RawSession, RPCFailure
 from broker.config import load_config
 from broker.devrun import ensure_redis
 from tests.stack import Proc, Stack
 
 BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
 BENCH_CONFIG = BENCH_DIR / "mcp_servers.bench.json"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
 """A database of its own (tests use 15, `make run` 0): the bench flushes it at start."""
@@ -55,6 +56,24 @@ class BenchStack:
         while len(procs) < count:
             procs.append(self.stack.start_worker(server, concurrency=self.concurrency(server)))
 
+    def restart_web(self, env: dict[str, str] | None = None) -> None:
+        """Replace the web process by a new one started with `env` on top of the usual environment
+        (e.g. MCP_BROKER_MAX_BATCH=1 to measure the broker without web-side coalescing)."""
+        for proc in [p for p in self.stack.procs if p.name.startswith("web-")]:
+            proc.stop()
+            self.stack.procs.remove(proc)
+        self.stack.web_ports.clear()
+        saved = {key: os.environ.get(key) for key in env or {}}
+        os.environ.update(env or {})
+        try:
+            self.stack.start_web()  # Stack.env is read from os.environ at spawn time
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
     def web_processes(self) -> list[psutil.Process]:
         """The gunicorn master and its workers (the whole web tier)."""
         web = [p for p in self.stack.procs if p.name.startswith("web-")]
@@ -70,6 +89,18 @@ class BenchStack:
         for proc in self.web_processes():
             with contextlib.suppress(psutil.NoSuchProcess):
                 total += proc.memory_info().rss
+        return total
+
+    def queue_messages(self, server: str) -> int:
+        """Celery messages the server's workers have received so far (from their `-l info` logs).
+
+        With calls per message = calls / messages, this shows whether the web's coalescing
+        outbox really packs calls together, which is what the workers' per-message cost hinges on.
+        """
+        total = 0
+        for path in self.stack.log_dir.glob(f"worker-{server}-*.log"):
+            with contextlib.suppress(OSError), open(path, errors="replace") as log:
+                total += sum(1 for line in log if "mcp.run_calls[" in line and line.rstrip().endswith("received"))
         return total
 
     def worker_pids(self, server: str) -> list[int]:
@@ -93,6 +124,15 @@ async def _warm(url: str, server: str, wanted: int, timeout_s: float) -> int:
     seen: set[int] = set()
     try:
         async with asyncio.timeout(timeout_s):
+            # One call first, alone: concurrent first requests to a fresh web process can see an empty
+            # catalog (broker/catalog.py marks it checked before it has loaded), so retry until it routes.
+            while not seen:
+                try:
+                    seen.add(await session_call(url, f"{server}__whoami"))
+                except RPCFailure as err:
+                    if "not published" not in str(err):
+                        raise
+                    await asyncio.sleep(0.2)
             while len(seen) < wanted:
                 results = await asyncio.gather(*[session_call(url, f"{server}__whoami") for _ in range(4 * wanted)])
                 seen.update(results)

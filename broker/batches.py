@@ -47,6 +47,7 @@ JSONL_MIMETYPES = frozenset(
 BATCH_ID = re.compile(r"^[0-9a-f]{32}$")  # what `prepare_batch` issues; anything else is not a batch of ours
 MAX_DETAILS = 20  # problems listed in a rejected batch's error (the count says how many there were in all)
 CANCELLED_STATE = "cancelled"
+YIELD_EVERY = 200  # calls decoded or checked between two cooperative yields (~2-4 ms of work)
 
 
 def _cooperate() -> None:
@@ -65,7 +66,6 @@ class BatchSettings:
     chunk_size: int = 32  # MCP_BROKER_MAX_BATCH: calls per queue message
     result_ttl_s: int = 3600  # MCP_BROKER_RESULT_TTL_S: how long a finished batch stays readable
     queue_window_s: float = 86400.0  # MCP_BROKER_BATCH_QUEUE_S: a call still queued after this is timed out
-    yield_every: int = 500  # calls checked between two cooperative yields
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> BatchSettings:
@@ -135,7 +135,7 @@ def decode_json_body(data: bytes, settings: BatchSettings) -> RawBatch:
     return RawBatch(loaded["calls"], loaded["timeout_s"])
 
 
-def decode_jsonl_body(data: bytes, settings: BatchSettings) -> RawBatch:
+def decode_jsonl_body(data: bytes, settings: BatchSettings, cooperate: Callable[[], None] = _cooperate) -> RawBatch:
     """One call object per line; blank lines are ignored. Split on `\\n` only: a JSON string may hold U+2028."""
     try:
         text = data.decode("utf-8-sig")
@@ -145,7 +145,9 @@ def decode_jsonl_body(data: bytes, settings: BatchSettings) -> RawBatch:
     if len(numbered) > settings.max_calls:
         raise _too_large(len(numbered), settings)
     calls: list[Any] = []
-    for n, line in numbered:
+    for i, (n, line) in enumerate(numbered):
+        if i and i % YIELD_EVERY == 0:
+            cooperate()
         try:
             calls.append(json.loads(line))
         except (ValueError, RecursionError) as err:
@@ -191,6 +193,7 @@ class PreparedBatch:
 class _Problems:
     found: list[str] = field(default_factory=list)
     count: int = 0
+    forbidden: bool = False
 
     def add(self, message: str) -> None:
         self.count += 1
@@ -201,7 +204,7 @@ class _Problems:
         message = self.found[0]
         if self.count > 1:
             message += f" (and {self.count - 1} more problem{'s' if self.count > 2 else ''}; see details)"
-        return BatchError("invalid_batch", message, self.found)
+        return BatchError("forbidden" if self.forbidden else "invalid_batch", message, self.found)
 
 
 def prepare_batch(
@@ -209,10 +212,12 @@ def prepare_batch(
     router: Router,
     settings: BatchSettings,
     default_timeout_s: float | None = None,
+    may: Callable[[str], bool] | None = None,
     cooperate: Callable[[], None] = _cooperate,
 ) -> PreparedBatch:
-    """Check every call (schema, tool exists, arguments fit the tool's input schema, ids unique) and build
-    the queue payloads; raise `BatchError` listing the problems if any call is bad, so nothing is queued."""
+    """Check every call (schema, tool exists and `may` be used by the caller, arguments fit the tool's input
+    schema, ids unique) and build the queue payloads; raise `BatchError` listing the problems if any call is
+    bad, so nothing is queued (code `forbidden` if a tool is not allowed, else `invalid_batch`)."""
     if not raw.calls:
         raise BatchError("invalid_batch", "the batch has no calls")
     if len(raw.calls) > settings.max_calls:
@@ -230,7 +235,7 @@ def prepare_batch(
     max_timeout = 0.0
     router.catalog.ensure_fresh()
     for index, item in enumerate(raw.calls):
-        if index and index % settings.yield_every == 0:
+        if index and index % YIELD_EVERY == 0:
             cooperate()
         if not isinstance(item, dict):
             problems.add(f"{raw.at(index)}: a call must be a JSON object, not {type(item).__name__}")
@@ -244,10 +249,14 @@ def prepare_batch(
         name = loaded["tool"]
         route = routes.get(name)
         if route is None:
-            try:
-                route = router.route_tool(name)
-            except UnknownTool as err:
-                route = str(err)
+            if may is not None and not may(name):
+                route = f"Forbidden: this key may not use tool {name}"
+                problems.forbidden = True
+            else:
+                try:
+                    route = router.route_tool(name)
+                except UnknownTool as err:
+                    route = str(err)
             routes[name] = route
         if isinstance(route, str):
             problems.add(f"{raw.at(index, 'tool')}: {route}")
@@ -292,6 +301,7 @@ def submit_batch(
     prepared: PreparedBatch,
     submit: SubmitMany,
     settings: BatchSettings,
+    owner: str = "",
     cooperate: Callable[[], None] = _cooperate,
 ) -> None:
     """Write the batch hash, then queue its calls in chunks (the hash must exist first: workers check its state).
@@ -309,6 +319,7 @@ def submit_batch(
         "done": 0,
         "failed": 0,
         "cancelled": 0,
+        "owner": owner,  # the API key id that submitted it: only that key (or an admin) may read or cancel it
     }
     record.update({f"tool:{name}": count for name, count in prepared.tools.items()})
     pipe = r.pipeline(transaction=True)
@@ -360,6 +371,12 @@ def _mark_finished(r: redis.Redis, batch_id: str, settings: BatchSettings) -> fl
         pipe.execute()
         return finished_at
     return float(r.hget(keys.batch(batch_id), "finished_at") or finished_at)
+
+
+def batch_owner(r: redis.Redis, batch_id: str) -> str | None:
+    """The key id that submitted the batch ("" when keys are off), or None if there is no such batch."""
+    record = r.hmget(keys.batch(batch_id), ["total", "owner"])
+    return None if record[0] is None else (record[1] or "")
 
 
 def batch_status(r: redis.Redis, batch_id: str, settings: BatchSettings) -> dict[str, Any] | None:
@@ -467,6 +484,7 @@ def iter_results(
     block_ms: int = 1000,
     heartbeat_s: float = 15.0,
     read_count: int = 1000,
+    client_gone: Callable[[], bool] | None = None,
 ) -> Iterator[str]:
     """Yield the batch's results as JSON lines in completion order, from after `after` (a `seq`).
 
@@ -474,14 +492,18 @@ def iter_results(
     silence keeps proxies from closing the connection and lets the server notice a client that left);
     without it, yield what is there now and stop. Counters and stream entries are written in one Lua step
     by the worker, so once the counters say "all finished", one last non-blocking read gets the rest.
+    `client_gone` is asked after each quiet `block_ms`: a server only learns of a disconnect when a write
+    fails, and a slow batch may have nothing to write for minutes.
     """
     stream = keys.batch_results(batch_id)
     last = after or "0-0"
     sent = 0
     silent_since = time.monotonic()
     finishing = False
+    first = True  # never block on the first read: a finished batch read again must not wait `block_ms`
     while True:
-        block = block_ms if (wait and not finishing) else None
+        block = block_ms if (wait and not finishing and not first) else None
+        first = False
         entries = _entries(r.xread({stream: last}, count=read_count, block=block))
         for entry_id, fields_ in entries:
             last = entry_id
@@ -500,6 +522,8 @@ def iter_results(
         if sum(_int(c) for c in counts) >= total:
             finishing = True  # all written: drain once more without blocking, then stop
             continue
+        if client_gone is not None and client_gone():
+            return
         if time.monotonic() - silent_since >= heartbeat_s:
             silent_since = time.monotonic()
             yield "\n"

@@ -89,3 +89,8 @@ def sse_stream(session_id: str, stream_id: str) -> str:
 def answer(request_id: str) -> str:
     """List: the client's answer to a backend's server-to-client request (the worker BLPOPs it)."""
     return f"{PREFIX}:answer:{request_id}"
+
+
+def rate(principal_id: str) -> str:
+    """Hash: the token bucket of one API key (tokens, at)."""
+    return f"{PREFIX}:rate:{principal_id}"

@@ -46,6 +46,7 @@ from broker.schemas import (
     ReadResourceParamsSchema,
     first_error,
 )
+from broker.security import ANONYMOUS, Principal, RateLimiter
 from broker.sessions import SessionStore
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,10 @@ QUEUE_GRACE_S = 60.0  # how long a call may wait in its queue on top of its own 
 CATALOG_REQUEST_INTERVAL_S = 10.0
 TOUCH_INTERVAL_S = 10.0
 RESOURCE_NOT_FOUND = -32002
+FORBIDDEN = -32003  # implementation-defined server errors (-32000..-32099) of the broker
+RATE_LIMITED = -32005
+TOO_MANY_IN_FLIGHT = -32006
+FORWARDED = ("tools/call", "resources/read", "prompts/get", "completion/complete")
 
 _envelope = JSONRPCMessageSchema()
 _call_params = CallToolParamsSchema()
@@ -124,6 +129,9 @@ class BrokerServices:
     sessions: SessionStore
     cache: ResultCache
     page_size: int = 500
+    limiter: RateLimiter | None = None
+    max_frame_bytes: int = 4 * 1024 * 1024
+    max_argument_bytes: int = 1024 * 1024
     _last_catalog_request: float = 0.0
     connections: weakref.WeakSet[ClientConnection] = field(default_factory=weakref.WeakSet)
 
@@ -191,8 +199,10 @@ class ClientConnection:
         session_id: str | None = None,
         resume: dict[str, Any] | None = None,
         scope: str | None = None,
+        principal: Principal = ANONYMOUS,
     ) -> None:
         self.services = services
+        self.principal = principal
         self._emit = emit  # the transport's (message, related request id): write it, or route it to an HTTP stream
         self.scope = scope  # a per-server endpoint: that one backend, names unprefixed
         self.session_id = session_id or uuid.uuid4().hex
@@ -242,6 +252,10 @@ class ClientConnection:
     # ------------------------------------------------------------ input
     def handle_text(self, data: str | bytes) -> None:
         """One frame from the client: a JSON-RPC message or a batch (array) of them."""
+        if len(data) > self.services.max_frame_bytes:
+            self._error(None, INVALID_REQUEST, f"Invalid Request: message of {len(data)} bytes is over the limit of "
+                                               f"{self.services.max_frame_bytes} bytes")
+            return
         if isinstance(data, bytes):
             try:
                 data = data.decode("utf-8")
@@ -295,6 +309,8 @@ class ClientConnection:
             self._error(request_id, METHOD_NOT_FOUND, f"Method not found: {method}")
             return
         try:
+            if method in FORWARDED:
+                self._admit()
             result = handler(request_id, params)
         except RPCError as err:
             self.send({"jsonrpc": "2.0", "id": request_id, "error": err.to_error()})
@@ -309,7 +325,8 @@ class ClientConnection:
     # ------------------------------------------------------------ session
     def _state(self) -> dict[str, Any]:
         return {"protocolVersion": self.protocol_version, "clientInfo": self.client_info,
-                "capabilities": self.client_capabilities, "initialized": self.initialized}
+                "capabilities": self.client_capabilities, "initialized": self.initialized,
+                "principal": self.principal.id}
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.protocol_version = state.get("protocolVersion") or LATEST_HANDSHAKE_VERSION
@@ -399,6 +416,7 @@ class ClientConnection:
         catalog.ensure_fresh()
         self.services.request_missing_catalogs()
         items = catalog.server_items(attribute, self.scope) if self.scope else getattr(catalog, attribute)
+        items = [item for item in items if self._visible(attribute, item)]
         try:
             page = catalog.page(items, cursor, self.services.page_size)
         except CursorError as err:
@@ -415,6 +433,11 @@ class ClientConnection:
         except ValidationError as err:
             raise _invalid(err) from None
         name, arguments, meta = loaded["name"], loaded["arguments"] or {}, loaded["_meta"] or {}
+        self._check_allowed("tool", self._qualified(name))
+        size = len(dumps(arguments))
+        if size > self.services.max_argument_bytes:
+            raise RPCError(INVALID_PARAMS, f"Invalid params: arguments of {size} bytes are over the limit of "
+                                           f"{self.services.max_argument_bytes} bytes")
         try:
             route = self.services.router.route_tool(self._qualified(name))
         except UnknownTool as err:
@@ -449,6 +472,7 @@ class ClientConnection:
             raise RPCError(RESOURCE_NOT_FOUND, f"Resource not found: {loaded['uri']} (expected <server>+<uri>)",
                            {"uri": loaded["uri"]})
         server, uri = target
+        self._check_allowed("resources of server", self.services.catalog.namespaced(server, "*"))
         return self._forward(request_id, "resources/read", server, {"params": {"uri": uri}}, loaded["_meta"] or {})
 
     def _prompts_get(self, request_id: Any, params: dict[str, Any]) -> Any:
@@ -456,6 +480,7 @@ class ClientConnection:
             loaded = _prompt_params.load(params)
         except ValidationError as err:
             raise _invalid(err) from None
+        self._check_allowed("prompt", self._qualified(loaded["name"]))
         target = self.services.catalog.lookup_prompt(self._qualified(loaded["name"]))
         if target is None:
             raise RPCError(INVALID_PARAMS, f"Unknown prompt: {loaded['name']}")
@@ -596,6 +621,34 @@ class ClientConnection:
             raise RPCError(INVALID_PARAMS, f"Invalid params: level must be one of {', '.join(LOG_LEVELS)}")
         self.log_level = level
         return {}
+
+    # ------------------------------------------------------------ limits and permissions
+    def _admit(self) -> None:
+        """Rate limit (per key, across web processes) and the cap on calls in flight (per session)."""
+        principal = self.principal
+        if principal.max_in_flight and len(self._in_flight) >= principal.max_in_flight:
+            raise RPCError(TOO_MANY_IN_FLIGHT, f"Too many calls in flight: this session may have "
+                                               f"{principal.max_in_flight} at once", {"retryAfterMs": 100})
+        limiter = self.services.limiter
+        wait_ms = limiter.acquire(principal) if limiter is not None else 0
+        if wait_ms:
+            raise RPCError(RATE_LIMITED, f"Rate limit exceeded for key {principal.id!r} "
+                                         f"({principal.rate_per_s:g} calls/s): retry after {wait_ms} ms",
+                           {"retryAfterMs": wait_ms})
+
+    def _check_allowed(self, kind: str, name: str) -> None:
+        if not self.principal.may(name):
+            raise RPCError(FORBIDDEN, f"Forbidden: key {self.principal.id!r} may not use {kind} {name}")
+
+    def _visible(self, attribute: str, item: dict[str, Any]) -> bool:
+        """Whether the key may see a listed item (lists show a key only what it may use)."""
+        if self.principal.allow == ("*",):
+            return True
+        if attribute == "resources" or attribute == "resource_templates":
+            uri = item.get("uri") or item.get("uriTemplate") or ""
+            server = self.scope or uri.partition("+")[0]
+            return self.principal.may(self.services.catalog.namespaced(server, "*"))
+        return self.principal.may(self._qualified(item["name"]))
 
     def _qualified(self, name: str) -> str:
         """The catalog's name for what the client calls `name` (unprefixed on a per-server endpoint)."""

@@ -258,3 +258,26 @@ class CompleteParamsSchema(Schema):
     ref = fields.Dict(required=True)
     argument = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
     context = fields.Dict(load_default=dict, allow_none=True)
+
+
+class KeyEntrySchema(Schema):
+    """One key of the keys file: only its hash is stored (`python -m broker hash-key KEY`)."""
+
+    class Meta:
+        unknown = "raise"
+
+    id = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9_.-]{1,64}$"))
+    hash = fields.String(required=True, validate=validate.Regexp(r"^sha256:[0-9a-f]{64}$",
+                                                                  error="must be sha256:<64 hex digits>"))
+    allow = fields.List(fields.String(validate=validate.Length(min=1, max=200)), load_default=lambda: ["*"])
+    rate_per_s = fields.Float(load_default=0, validate=validate.Range(min=0))
+    burst = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    max_in_flight = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    admin = fields.Boolean(load_default=False)
+
+
+class KeysFileSchema(Schema):
+    class Meta:
+        unknown = "raise"
+
+    keys = fields.List(fields.Nested(KeyEntrySchema), required=True)

@@ -7,6 +7,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from http.client import HTTPConnection
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ JSONL = "application/x-ndjson"
 
 # ---------------------------------------------------------------- helpers
 def http(base: str, method: str, path: str, body: Any = None, ctype: str = "application/json",
-         timeout: float = 60) -> tuple[int, Any]:
+         timeout: float = 60, key: str | None = None) -> tuple[int, Any]:
     """(status, JSON body); `body` is sent as is if bytes/str/iterable of bytes, else JSON-encoded."""
     if body is None or isinstance(body, bytes) or hasattr(body, "__next__"):
         data = body
@@ -29,8 +30,10 @@ def http(base: str, method: str, path: str, body: Any = None, ctype: str = "appl
         data = body.encode()
     else:
         data = json.dumps(body).encode()
-    request = urllib.request.Request(base + path, data=data, method=method,
-                                     headers={"Content-Type": ctype} if data is not None else {})
+    headers = {"Content-Type": ctype} if data is not None else {}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())
@@ -115,6 +118,19 @@ def limited(stack: Stack) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.stop()
+        stack.web_ports.remove(port)  # other tests pick web processes by index
+
+
+@pytest.fixture(scope="module")
+def with_keys(stack: Stack) -> Iterator[str]:
+    """A web process that requires API keys: alice may use two echo tools, bob anything."""
+    port = free_port()
+    proc = stack.start_web(port, env={"MCP_BROKER_API_KEYS": "alice:key-a:echo__echo|echo__add,bob:key-b"})
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.stop()
+        stack.web_ports.remove(port)
 
 
 # ---------------------------------------------------------------- batches
@@ -285,6 +301,32 @@ def test_cancel_a_batch_of_slow_calls(stack: Stack) -> None:
     assert time.monotonic() - t0 < 2
 
 
+def test_a_client_that_leaves_stops_its_results_stream(stack: Stack) -> None:
+    r = stack.redis()
+
+    def blocked_readers() -> int:
+        return sum(1 for c in r.client_list() if c["cmd"] == "xread" and "b" in c["flags"])
+
+    def wait_for(predicate: Any, timeout: float) -> float:
+        t0 = time.monotonic()
+        while not predicate():
+            assert time.monotonic() - t0 < timeout
+            time.sleep(0.05)
+        return time.monotonic() - t0
+
+    base = stack.http_url()
+    batch_id = submit(base, [{"tool": "echo__slow", "arguments": {"seconds": 5, "steps": 1}} for _ in range(4)])[
+        "batch_id"]
+    conn = HTTPConnection("127.0.0.1", int(base.rsplit(":", 1)[1]), timeout=10)
+    conn.request("GET", f"/v1/batches/{batch_id}/results")
+    response = conn.getresponse()
+    assert response.status == 200  # headers at once, long before the first result
+    wait_for(lambda: blocked_readers() == 1, timeout=3)
+    conn.close()  # nothing was written since: only the disconnect probe can notice
+    assert wait_for(lambda: blocked_readers() == 0, timeout=3) < 2.5
+    assert http(base, "DELETE", f"/v1/batches/{batch_id}")[0] == 202
+
+
 def test_unknown_batches_are_404(stack: Stack) -> None:
     base = stack.http_url()
     for method, path in [("GET", "/v1/batches/0123456789abcdef0123456789abcdef"), ("GET", "/v1/batches/x:y"),
@@ -331,3 +373,24 @@ def test_api_errors_are_json(stack: Stack) -> None:
     assert code == 405 and answer["error"]["code"] == "method_not_allowed"
     code, answer = http(base, "GET", "/v1/calls")
     assert code == 405 and set(answer) == {"error"} and set(answer["error"]) == {"code", "message"}
+
+
+def test_keys_allow_lists_and_batch_ownership(stack: Stack, with_keys: str) -> None:
+    code, answer = http(with_keys, "POST", "/v1/calls", {"tool": "echo__echo", "arguments": {"text": "x"}})
+    assert code == 401 and answer["error"]["code"] == "unauthorized"
+    code, answer = http(with_keys, "POST", "/v1/calls", {"tool": "echo__slow"}, key="key-a")
+    assert code == 403 and answer["error"]["code"] == "forbidden" and "echo__slow" in answer["error"]["message"]
+    with NothingQueued(stack):
+        code, answer = http(with_keys, "POST", "/v1/batches", [VALID, {"tool": "echo__slow"}], key="key-a")
+    assert code == 403 and answer["error"]["message"].startswith("calls[1].tool: Forbidden"), answer
+
+    code, accepted = http(with_keys, "POST", "/v1/batches", echo_calls(3), key="key-a")
+    assert code == 202
+    path = f"/v1/batches/{accepted['batch_id']}"
+    assert http(with_keys, "GET", path, key="key-b")[0] == 404  # another key's batch does not exist for it
+    assert http(with_keys, "DELETE", path, key="key-b")[0] == 404
+    assert http(with_keys, "GET", path + "/results?wait=0", key="key-b")[0] == 404
+    request = urllib.request.Request(f"{with_keys}{path}/results", headers={"Authorization": "Bearer key-a"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert len([line for line in response if line.strip()]) == 3
+    assert http(with_keys, "GET", path, key="key-a")[1]["done"] == 3

@@ -9,9 +9,14 @@ from flask import Flask, jsonify
 from flask_sock import Sock
 
 from broker.config import load_config
+from broker.security import load_keyring
+from web.api import register_api
+from web.auth import register_auth
+from web.http_mcp import register_http_mcp
 from web.ws import SUBPROTOCOL, register_websocket
 
-MAX_FRAME_BYTES = 16 * 1024 * 1024
+MAX_FRAME_BYTES = 4 * 1024 * 1024  # a bigger message is refused with -32600 and the socket stays open
+HARD_FRAME_FACTOR = 4  # a frame this many times bigger closes the socket (1009): it is not read at all
 
 
 def create_app() -> Flask:
@@ -21,13 +26,19 @@ def create_app() -> Flask:
     config = load_config()
     app = Flask("mcp_broker")
     app.config["BROKER_CONFIG"] = config
+    max_frame = int(os.environ.get("MCP_BROKER_MAX_FRAME_BYTES", str(MAX_FRAME_BYTES)))
     app.config["SOCK_SERVER_OPTIONS"] = {
         "subprotocols": [SUBPROTOCOL],
         "ping_interval": float(os.environ.get("MCP_BROKER_PING_INTERVAL", "25")),
-        "max_message_size": int(os.environ.get("MCP_BROKER_MAX_FRAME_BYTES", str(MAX_FRAME_BYTES))),
+        "max_message_size": max_frame * HARD_FRAME_FACTOR,
     }
+    app.config["MAX_CONTENT_LENGTH"] = max_frame * HARD_FRAME_FACTOR
+    register_auth(app, load_keyring())  # first: nothing is looked at before the caller is known
+    app.config["ALLOWED_ORIGINS"] = [o for o in os.environ.get("MCP_BROKER_ALLOWED_ORIGINS", "").split(",") if o]
     sock = Sock(app)
     register_websocket(app, sock)
+    register_http_mcp(app)
+    register_api(app)
 
     @app.get("/healthz")
     def healthz():  # type: ignore[no-untyped-def]

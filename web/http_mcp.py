@@ -27,6 +27,8 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from broker.events import EventLog, parse_event_id
 from broker.protocol import BrokerServices, ClientConnection, dumps
+from broker.security import ANONYMOUS, Principal
+from web.auth import current_principal
 from web.services import get_services
 
 log = logging.getLogger(__name__)
@@ -59,13 +61,14 @@ class HttpConversation:
     """One session in this web process: its protocol state and where each of its messages must go."""
 
     def __init__(self, services: BrokerServices, events: EventLog, session_id: str | None, scope: str | None,
-                 resume: dict[str, Any] | None = None) -> None:
+                 resume: dict[str, Any] | None = None, principal: Principal = ANONYMOUS) -> None:
         self.events = events
         self._routes: dict[str, str] = {}  # JSON of a request id → stream id
         self._tokens: dict[str, str] = {}  # JSON of a progress token → stream id
         self._lock = threading.Lock()
         self.streams: set[str] = {GET_STREAM}
-        self.connection = ClientConnection(services, self.route, session_id, resume=resume, scope=scope)
+        self.connection = ClientConnection(services, self.route, session_id, resume=resume, scope=scope,
+                                           principal=principal)
         self.session_id = self.connection.session_id
         self.used = time.monotonic()
 
@@ -114,16 +117,20 @@ class HttpEndpoint:
 
     def conversation(self, session_id: str, scope: str | None) -> HttpConversation | None:
         """This process's conversation for the session, rebuilt from Redis if another process started it."""
+        principal = current_principal()
         found = self._conversations.get((session_id, scope))
         if found is None:
             state = self.services.sessions.load(session_id)
-            if state is None:
+            if state is None or state.get("principal", principal.id) != principal.id:
                 return None
             with self._lock:
                 found = self._conversations.get((session_id, scope))
                 if found is None:
-                    found = HttpConversation(self.services, self.events, session_id, scope, resume=state)
+                    found = HttpConversation(self.services, self.events, session_id, scope, resume=state,
+                                             principal=principal)
                     self._conversations[(session_id, scope)] = found
+        elif found.connection.principal.id != principal.id:
+            return None  # a session belongs to the key that opened it
         found.used = time.monotonic()
         return found
 
@@ -169,7 +176,7 @@ class HttpEndpoint:
             return _rpc_error_response(400, INVALID_REQUEST, "Invalid Request: expected JSON-RPC message(s)")
         initializing = any(m.get("method") == "initialize" and "id" in m for m in messages)
         if initializing:
-            conversation = HttpConversation(self.services, self.events, None, scope)
+            conversation = HttpConversation(self.services, self.events, None, scope, principal=current_principal())
             with self._lock:
                 self._conversations[(conversation.session_id, scope)] = conversation
         else:

@@ -22,6 +22,7 @@ from broker.protocol import BrokerServices
 from broker.redisconn import get_redis
 from broker.replies import ReplyHub
 from broker.router import Router
+from broker.security import RateLimiter
 from broker.sessions import DEFAULT_TTL_S, SessionStore
 
 _lock = threading.Lock()
@@ -54,6 +55,9 @@ def build_services(config: BrokerConfig) -> BrokerServices:
         sessions=sessions,
         cache=ResultCache(r, config),
         page_size=int(os.environ.get("MCP_BROKER_PAGE_SIZE", "500")),
+        limiter=RateLimiter(r),
+        max_frame_bytes=int(os.environ.get("MCP_BROKER_MAX_FRAME_BYTES", str(4 * 1024 * 1024))),
+        max_argument_bytes=int(os.environ.get("MCP_BROKER_MAX_ARGUMENT_BYTES", str(1024 * 1024))),
     )
 
     def on_channel_message(channel: str, _data: str) -> None:

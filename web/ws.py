@@ -25,6 +25,7 @@ from simple_websocket import ConnectionClosed
 from wsproto.events import AcceptConnection
 
 from broker.protocol import ClientConnection, text_emitter
+from web.auth import current_principal
 from web.http_mcp import origin_allowed
 from web.services import get_services
 
@@ -86,7 +87,8 @@ def register_websocket(app: Flask, sock: Sock) -> None:
         wanted = requested_session(request.environ)
         if wanted is None:
             return None
-        if not services.sessions.exists(wanted):
+        state = services.sessions.load(wanted)
+        if state is None or state.get("principal", current_principal().id) != current_principal().id:
             body = {"error": {"code": "unknown_session",
                               "message": f"Unknown or expired session {wanted!r}: initialize a new one"}}
             return jsonify(body), 404
@@ -106,7 +108,8 @@ def register_websocket(app: Flask, sock: Sock) -> None:
         services.hub.start()
         resumed = request.environ.get(SESSION_ENVIRON_KEY)
         state = services.sessions.load(ws.session_id) if resumed else None
-        connection = ClientConnection(services, text_emitter(ws.send), ws.session_id, resume=state, scope=scope)
+        connection = ClientConnection(services, text_emitter(ws.send), ws.session_id, resume=state, scope=scope,
+                                      principal=current_principal())
         try:
             if state is not None:
                 log.info("session %s resumed (%d call(s) pending)", ws.session_id, connection.resume())

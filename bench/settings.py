@@ -1,0 +1,44 @@
+"""How much each scenario does: the full run (under 10 minutes here) and `--quick` (CI smoke, ~1-2 min)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Every count and duration the scenarios use; nothing else in the bench picks a number."""
+
+    # 1. overhead: sequential calls per variant (after `warmup` unmeasured ones)
+    sequential: int = 2000
+    warmup: int = 100
+    # 2. throughput: calls per run, calls in flight on the one socket, worker processes tried
+    throughput_calls: int = 10_000
+    windows: tuple[int, ...] = (64, 256)
+    worker_counts: tuple[int, ...] = (1, 2, 4)
+    direct_window: int = 64
+    batch_size: int = 2500
+    batch_concurrency: int = 2
+    # 3. connections: sockets held, for how long, one call per socket every `interval_s` on average
+    sockets: tuple[int, ...] = (500, 1000, 2000)
+    hold_s: float = 30.0
+    call_interval_s: float = 10.0
+    # 4. peers: sequential calls, then pipelined calls with `direct_window` in flight
+    peer_sequential: int = 1000
+    peer_calls: int = 5000
+
+
+FULL = Counts()
+QUICK = Counts(
+    sequential=200,
+    warmup=20,
+    throughput_calls=1000,
+    windows=(64,),
+    worker_counts=(1, 2),
+    batch_size=250,
+    sockets=(100, 200),
+    hold_s=8.0,
+    call_interval_s=2.0,
+    peer_sequential=100,
+    peer_calls=500,
+)

@@ -1,0 +1,148 @@
+"""Who may call what, and how fast: API keys, allow-lists, rate limits.
+
+Keys come from `MCP_BROKER_API_KEYS` (plain keys, e.g. from a platform's
+secret store) and/or a keys file (`MCP_BROKER_KEYS_FILE`, validated by a
+schema) that holds only sha256 hashes. Either way only hashes are kept in
+memory, and a key is never logged: a principal is known by its id. Each key
+may carry an allow-list of glob patterns over namespaced names (`time__*`),
+a rate (token bucket in Redis, so it holds across web processes) and a cap on
+calls in flight per session.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from marshmallow import ValidationError
+
+from broker import keys
+from broker.schemas import KeysFileSchema, first_error
+
+
+class KeysConfigError(Exception):
+    """The keys file or variable cannot be used."""
+
+
+def hash_key(key: str) -> str:
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller (or the anonymous one when no keys are configured)."""
+
+    id: str
+    allow: tuple[str, ...] = ("*",)
+    rate_per_s: float = 0.0  # 0 = unlimited
+    burst: int = 0
+    max_in_flight: int = 0  # per session; 0 = unlimited
+    admin: bool = False
+
+    def may(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.allow)
+
+
+ANONYMOUS = Principal(id="anonymous", admin=True)
+
+
+@dataclass
+class KeyRing:
+    """The configured keys, by hash."""
+
+    principals: dict[str, Principal] = field(default_factory=dict)
+    defaults: Principal = ANONYMOUS
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.principals)
+
+    def authenticate(self, authorization: str | None) -> Principal | None:
+        """The principal of an `Authorization: Bearer <key>` header; None if keys are on and it is wrong."""
+        if not self.enabled:
+            return ANONYMOUS
+        if not authorization or not authorization.lower().startswith("bearer "):
+            return None
+        digest = hash_key(authorization[7:].strip())
+        for known, principal in self.principals.items():
+            if hmac.compare_digest(known, digest):
+                return principal
+        return None
+
+
+def _principal(entry: dict[str, Any], index: int) -> Principal:
+    return Principal(
+        id=entry.get("id") or f"key{index}",
+        allow=tuple(entry.get("allow") or ("*",)),
+        rate_per_s=float(entry.get("rate_per_s") or 0),
+        burst=int(entry.get("burst") or max(1, int(entry.get("rate_per_s") or 0))),
+        max_in_flight=int(entry.get("max_in_flight") or 0),
+        admin=bool(entry.get("admin", False)),
+    )
+
+
+def load_keyring(env: dict[str, str] | None = None) -> KeyRing:
+    """Keys from the environment: `MCP_BROKER_API_KEYS` ("key" or "id:key" or "id:key:pattern|pattern", comma
+    separated) and `MCP_BROKER_KEYS_FILE` (JSON: {"keys": [{"id", "hash", "allow", "rate_per_s", ...}]})."""
+    env = dict(os.environ) if env is None else env
+    ring = KeyRing()
+    for index, raw in enumerate(filter(None, (k.strip() for k in env.get("MCP_BROKER_API_KEYS", "").split(",")))):
+        parts = raw.split(":")
+        key_id, key, allow = ("", raw, "") if len(parts) == 1 else (parts[0], parts[1], ":".join(parts[2:]))
+        if not key:
+            raise KeysConfigError(f"MCP_BROKER_API_KEYS entry {index + 1}: empty key")
+        entry = {"id": key_id or f"env{index + 1}", "allow": [p for p in allow.split("|") if p] or ["*"],
+                 "admin": key_id == "admin"}
+        ring.principals[hash_key(key)] = _principal(entry, index)
+    path = env.get("MCP_BROKER_KEYS_FILE")
+    if path:
+        try:
+            data = json.loads(Path(path).read_text())
+            loaded = KeysFileSchema().load(data)
+        except OSError as err:
+            raise KeysConfigError(f"{path}: cannot read the keys file: {err.strerror}") from None
+        except ValueError as err:
+            raise KeysConfigError(f"{path}: not valid JSON: {err}") from None
+        except ValidationError as err:
+            raise KeysConfigError(f"{path}: invalid keys file: {first_error(err)}") from None
+        for index, entry in enumerate(loaded["keys"]):
+            ring.principals[entry["hash"]] = _principal(entry, index)
+    return ring
+
+
+_TOKEN_BUCKET = """
+local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens, at = tonumber(state[1]) or burst, tonumber(state[2]) or now
+tokens = math.min(burst, tokens + (now - at) * rate)
+if tokens >= 1 then
+  redis.call('HSET', KEYS[1], 'tokens', tokens - 1, 'at', now)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+  return 0
+end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return math.ceil((1 - tokens) / rate * 1000)
+"""
+
+
+class RateLimiter:
+    """Token buckets in Redis: one per key id, shared by every web process."""
+
+    def __init__(self, r: redis.Redis) -> None:
+        self._script = r.register_script(_TOKEN_BUCKET)
+
+    def acquire(self, principal: Principal) -> int:
+        """0 when the call may go; otherwise the milliseconds after which it may be retried."""
+        if principal.rate_per_s <= 0:
+            return 0
+        return int(self._script(keys=[keys.rate(principal.id)],
+                                args=[principal.rate_per_s, max(1, principal.burst), time.time()]))

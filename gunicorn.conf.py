@@ -1,0 +1,28 @@
+"""gunicorn settings for the web tier (`gunicorn -c gunicorn.conf.py 'web.app:create_app()'`).
+
+gevent: one OS thread serves thousands of sockets (measured in ../shared/ENGINEERING_NOTES.md);
+`worker_connections` must exceed the socket count or HTTP requests starve. With no API keys
+configured the broker must not be reachable from other machines, so it binds 127.0.0.1 and says so.
+"""
+
+import os
+
+_keys = os.environ.get("MCP_BROKER_API_KEYS") or os.environ.get("MCP_BROKER_KEYS_FILE")
+_port = os.environ.get("PORT", "8000")
+_host = os.environ.get("MCP_BROKER_BIND_HOST") or ("0.0.0.0" if _keys else "127.0.0.1")
+
+bind = f"{_host}:{_port}"
+worker_class = "gevent"
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+worker_connections = int(os.environ.get("MCP_BROKER_WORKER_CONNECTIONS", "3000"))
+graceful_timeout = 10
+timeout = 60
+
+
+def when_ready(server):
+    if not _keys:
+        server.log.warning(
+            "mcp-broker: no API keys configured (MCP_BROKER_API_KEYS / MCP_BROKER_KEYS_FILE): listening on "
+            "%s only; set keys to serve other machines", bind)
+    else:
+        server.log.info("mcp-broker: API keys required; listening on %s", bind)

@@ -1,0 +1,365 @@
+"""The HTTP API under `/v1`, for callers that are not MCP clients (scripts, pipelines, curl).
+
+    POST   /v1/calls                   one call, answered in the response (waits for the worker)
+    POST   /v1/batches                 many calls (JSON or JSON Lines), checked whole, then queued → 202
+    GET    /v1/batches/<id>            counts and state
+    GET    /v1/batches/<id>/results    results as JSON Lines in completion order, streamed while it runs
+    DELETE /v1/batches/<id>            cancel what has not finished
+
+It rides on the same machinery as the WebSocket: the catalog and router decide
+where a call goes, single calls take the coalescing outbox and come back on the
+process's reply hub, batches go through `broker.batches`. Every error is JSON
+`{"error": {"code", "message"}}` with a fitting status, never an HTML page or a
+stack trace, because the callers are programs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import redis
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from marshmallow import Schema, ValidationError
+from mcp_types import INVALID_PARAMS, REQUEST_TIMEOUT
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
+
+from broker.batches import (
+    BatchError,
+    BatchSettings,
+    SubmitMany,
+    batch_owner,
+    batch_status,
+    cancel_batch,
+    decode_body,
+    is_batch_id,
+    iter_results,
+    prepare_batch,
+    submit_batch,
+)
+from broker.protocol import BrokerServices, call_timeout, cancel_call
+from broker.results import REQUEST_CANCELLED
+from broker.router import UnknownTool
+from broker.schemas import (
+    BatchResultsQuerySchema,
+    BatchSubmitQuerySchema,
+    ToolCallRequestSchema,
+    first_error,
+)
+from broker.security import Principal
+from web.auth import current_principal
+from web.services import get_services
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/v1"
+MAX_CALL_BODY_BYTES = 16 * 1024 * 1024
+CALL_QUEUE_S = 60.0  # MCP_BROKER_CALL_QUEUE_S: how long a synchronous call may wait in its queue
+BATCH_STATUS = {"invalid_batch": 400, "forbidden": 403, "batch_too_large": 413, "enqueue_failed": 503}
+RESULTS_MIMETYPE = "application/x-ndjson"
+
+api = Blueprint("api", __name__, url_prefix=PREFIX)
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, a stable machine-readable code and a message naming the problem."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> Response:
+    response = jsonify(error={"code": code, "message": message, **extra})
+    response.status_code = status
+    return response
+
+
+# ---------------------------------------------------------------- helpers
+def _services() -> BrokerServices:
+    return get_services(current_app.config.get("BROKER_CONFIG"))
+
+
+def _settings() -> BatchSettings:
+    return current_app.config["BATCH_SETTINGS"]  # type: ignore[no-any-return]
+
+
+def _load(schema: Schema, data: Any, code: str, where: str = "") -> dict[str, Any]:
+    try:
+        return schema.load(data)  # type: ignore[no-any-return]
+    except ValidationError as err:
+        raise ApiError(400, code, f"{where}{first_error(err)}") from None
+
+
+def _read_body(limit: int, code: str) -> bytes:
+    """The request body, refused (413, connection closed) as soon as it is known to exceed `limit`: a
+    declared Content-Length is checked before reading anything, a chunked body while it is read.
+    `limit` replaces the app-wide MAX_CONTENT_LENGTH (sized for MCP messages) for this request."""
+    request.max_content_length = limit
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise ApiError(413, code, f"the body is {declared} bytes; the limit is {limit}")
+    parts: list[bytes] = []
+    size = 0
+    try:
+        while True:
+            part = request.stream.read(min(1 << 20, limit + 1 - size))
+            if not part:
+                break
+            parts.append(part)
+            size += len(part)
+            if size > limit:
+                raise RequestEntityTooLarge()
+    except RequestEntityTooLarge:
+        raise ApiError(413, code, f"the body is over the limit of {limit} bytes") from None
+    return b"".join(parts)
+
+
+def _admit(services: BrokerServices, tool: str | None = None) -> Principal:
+    """The caller (authenticated by `web.auth` before any view runs): may it use `tool`, and is it within
+    its rate? One token per request: a batch counts once, its calls are paced by the workers."""
+    principal = current_principal()
+    if tool is not None and not principal.may(tool):
+        raise ApiError(403, "forbidden", f"Forbidden: key {principal.id!r} may not use tool {tool}")
+    limiter = services.limiter
+    wait_ms = limiter.acquire(principal) if limiter is not None else 0
+    if wait_ms:
+        raise ApiError(429, "rate_limited", f"Rate limit exceeded for key {principal.id!r} "
+                       f"({principal.rate_per_s:g} requests/s): retry after {wait_ms} ms", retry_after_ms=wait_ms)
+    return principal
+
+
+def _batch_urls(batch_id: str) -> dict[str, str]:
+    return {"status_url": f"{PREFIX}/batches/{batch_id}", "results_url": f"{PREFIX}/batches/{batch_id}/results"}
+
+
+def _no_such_batch(batch_id: str) -> ApiError:
+    return ApiError(404, "not_found", f"no batch {batch_id!r} (unknown, or its results expired)")
+
+
+def _own_batch(services: BrokerServices, batch_id: str) -> None:
+    """404 unless the batch exists and is the caller's (or the caller is an admin): another key's batch
+    is indistinguishable from a missing one."""
+    owner = batch_owner(services.redis, batch_id) if is_batch_id(batch_id) else None
+    principal = current_principal()
+    if owner is None or (owner and owner != principal.id and not principal.admin):
+        raise _no_such_batch(batch_id)
+
+
+# ---------------------------------------------------------------- one call
+@api.post("/calls")
+def post_call() -> tuple[Response, int]:
+    """Run one call and answer with its outcome: the caller holds the HTTP request instead of a socket."""
+    data = _read_body(MAX_CALL_BODY_BYTES, "request_too_large")
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError) as err:
+        raise ApiError(400, "invalid_call", f"the body is not valid JSON: {err}") from None
+    loaded = _load(ToolCallRequestSchema(), body, "invalid_call")
+    services = _services()
+    name, arguments = loaded["tool"], loaded["arguments"] or {}
+    _admit(services, name)
+    try:
+        route = services.router.route_tool(name)
+    except UnknownTool as err:
+        services.request_missing_catalogs()
+        raise ApiError(400, "unknown_tool", str(err)) from None
+    problem = route.entry.argument_errors(arguments)
+    if problem is not None:
+        raise ApiError(400, "invalid_arguments", f"invalid arguments for tool {name}: {problem}")
+
+    timeout = call_timeout(route.spec.settings, loaded["timeout_s"])
+    queue_s = float(current_app.config["CALL_QUEUE_S"])
+    call_id = uuid.uuid4().hex
+    call = {
+        "call_id": call_id,
+        "server": route.entry.server,
+        "tool": route.entry.tool,
+        "arguments": arguments,
+        "reply_to": services.hub.channel,
+        "timeout_s": timeout,
+        "expires_at": time.time() + queue_s,
+    }
+    answered = threading.Event()  # gevent-patched under gunicorn: waiting costs a greenlet, not a thread
+    outcome: dict[str, Any] = {}
+
+    def on_outcome(message: dict[str, Any]) -> None:
+        outcome.update(message)
+        answered.set()
+
+    services.hub.start()
+    wait_s = queue_s + timeout + 5  # the hub answers with a timeout error itself once this passes
+    services.hub.expect(call_id, on_outcome, None, wait_s)
+    services.outbox.put(route.queue, call)
+    if not answered.wait(wait_s + 5):
+        services.hub.forget(call_id)
+        cancel_call(services.redis, call_id)
+        raise ApiError(504, "timeout", f"no answer from server {route.entry.server!r} within {wait_s:g}s")
+    if "result" in outcome:
+        return jsonify(result=outcome["result"], call_id=call_id), 200
+    error = outcome.get("error") or {}
+    code, message = error.get("code"), str(error.get("message", "unknown error"))
+    if code == REQUEST_TIMEOUT:
+        raise ApiError(504, "timeout", message, rpc_code=code)
+    if code == INVALID_PARAMS:
+        raise ApiError(400, "invalid_params", message, rpc_code=code)
+    if code == REQUEST_CANCELLED:
+        raise ApiError(409, "cancelled", message, rpc_code=code)
+    raise ApiError(502, "backend_error", message, rpc_code=code)
+
+
+# ---------------------------------------------------------------- batches
+@api.post("/batches")
+def post_batch() -> tuple[Response, int, dict[str, str]]:
+    """Check the whole batch, then queue it; 202 with where to follow it. On any problem nothing is queued."""
+    settings = _settings()
+    query = _load(BatchSubmitQuerySchema(), request.args, "invalid_batch", "query string: ")
+    data = _read_body(settings.max_bytes, "batch_too_large")
+    services = _services()
+    principal = _admit(services)
+    started = time.perf_counter()
+    try:
+        raw = decode_body(data, request.mimetype, settings)
+        prepared = prepare_batch(raw, services.router, settings, query["timeout_s"], principal.may)
+        checked = time.perf_counter()
+        submit_batch(services.redis, prepared, _submit_calls(), settings, principal.id)
+    except BatchError as err:
+        services.request_missing_catalogs()  # an unknown tool may be a server that has not published yet
+        extra = {"details": err.details} if len(err.details) > 1 else {}
+        raise ApiError(BATCH_STATUS.get(err.code, 400), err.code, err.message, **extra) from None
+    log.info("batch %s: %d calls checked in %.2fs, queued in %.2fs", prepared.batch_id, prepared.total,
+             checked - started, time.perf_counter() - checked)
+    urls = _batch_urls(prepared.batch_id)
+    body = jsonify(batch_id=prepared.batch_id, total=prepared.total, state="running", **urls)
+    return body, 202, {"Location": urls["status_url"]}
+
+
+def _submit_calls() -> SubmitMany:
+    from workers.dispatch import submit_calls  # the Celery app is built on first use, never at import
+
+    return submit_calls
+
+
+@api.get("/batches/<batch_id>")
+def get_batch(batch_id: str) -> Response:
+    services = _services()
+    _own_batch(services, batch_id)
+    status = batch_status(services.redis, batch_id, _settings())
+    if status is None:
+        raise _no_such_batch(batch_id)
+    return jsonify(status)
+
+
+@api.delete("/batches/<batch_id>")
+def delete_batch(batch_id: str) -> tuple[Response, int]:
+    """Cancel: queued calls are skipped, running ones cancelled; 202 with the counts (they settle shortly),
+    or 200 if the batch had already finished and there was nothing to cancel."""
+    services = _services()
+    _own_batch(services, batch_id)
+    status = cancel_batch(services.redis, batch_id, _settings())
+    if status is None:
+        raise _no_such_batch(batch_id)
+    return jsonify(status), 200 if status["state"] == "done" else 202
+
+
+@api.get("/batches/<batch_id>/results")
+def get_batch_results(batch_id: str) -> Response:
+    """JSON Lines, one per finished call in completion order, each with `seq` to resume from (`?after=`).
+    Streams until every call has a result; `?wait=0` returns only what is there now."""
+    services, settings = _services(), _settings()
+    _own_batch(services, batch_id)
+    status = batch_status(services.redis, batch_id, settings)
+    if status is None:
+        raise _no_such_batch(batch_id)
+    query = _load(BatchResultsQuerySchema(), request.args, "invalid_request", "query string: ")
+    lines = iter_results(services.redis, batch_id, status["total"], query["after"], query["wait"],
+                         client_gone=_disconnect_probe(request.environ))
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no", "X-Batch-Total": str(status["total"])}
+    return Response(_guarded(lines, batch_id), mimetype=RESULTS_MIMETYPE, headers=headers)
+
+
+def _disconnect_probe(environ: dict[str, Any]) -> Callable[[], bool] | None:
+    """A check that the client closed its end, where the server exposes the socket (gunicorn does): readable
+    with nothing to read means EOF. Anything else readable (a pipelined request) counts as still there."""
+    sock = environ.get("gunicorn.socket")
+    if sock is None:
+        return None
+
+    def gone() -> bool:
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+    return gone
+
+
+def _guarded(lines: Iterator[str], batch_id: str) -> Iterator[str]:
+    """Once streaming has begun no error status can be sent: end the stream (the client resumes with
+    `?after=` its last `seq`) and log. A client that leaves closes this generator at its next write.
+    The empty first chunk makes the server send the headers now, not with the first result (minutes away
+    for a slow batch), so the client knows at once that its stream is open."""
+    yield ""
+    try:
+        yield from lines
+    except redis.RedisError:
+        log.warning("results stream of batch %s ended: Redis error", batch_id, exc_info=True)
+    except Exception:
+        log.exception("results stream of batch %s failed", batch_id)
+
+
+# ---------------------------------------------------------------- errors
+@api.errorhandler(ApiError)
+def _api_error(err: ApiError) -> Response:
+    response = error_response(err.status, err.code, err.message, **err.extra)
+    if "retry_after_ms" in err.extra:
+        response.headers["Retry-After"] = str(max(1, -(-int(err.extra["retry_after_ms"]) // 1000)))
+    if err.status == 413:
+        response.headers["Connection"] = "close"  # the unread rest of the body must not be parsed as a request
+    return response
+
+
+@api.errorhandler(HTTPException)
+def _http_error(err: HTTPException) -> Response:
+    return _http_error_response(err)
+
+
+@api.errorhandler(Exception)
+def _internal_error(err: Exception) -> Response:
+    log.exception("%s %s failed", request.method, request.path)
+    return error_response(500, "internal_error", f"Internal error: {type(err).__name__}")
+
+
+def _http_error_response(err: HTTPException) -> Response:
+    code = (err.name or "error").lower().replace(" ", "_")
+    response = error_response(err.code or 500, code, err.description or err.name or "error")
+    if isinstance(err, MethodNotAllowed) and err.valid_methods:
+        response.headers["Allow"] = ", ".join(err.valid_methods)
+    return response
+
+
+def _routing_error(err: HTTPException) -> Response | HTTPException:
+    """404/405 raised by URL matching never reach a blueprint's handlers: answer them in JSON under /v1 only,
+    and leave every other path to Flask's defaults."""
+    if request.path == PREFIX or request.path.startswith(PREFIX + "/"):
+        return _http_error_response(err)
+    return err
+
+
+def register_api(app: Flask, environ: Mapping[str, str] | None = None) -> None:
+    """Mount `/v1` on the app; limits come from the environment, read once here."""
+    env = os.environ if environ is None else environ
+    app.config.setdefault("BATCH_SETTINGS", BatchSettings.from_env(env))
+    app.config.setdefault("CALL_QUEUE_S", float(env.get("MCP_BROKER_CALL_QUEUE_S", CALL_QUEUE_S)))
+    app.register_blueprint(api)
+    app.register_error_handler(404, _routing_error)
+    app.register_error_handler(405, _routing_error)
