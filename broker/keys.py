@@ -94,3 +94,17 @@ def answer(request_id: str) -> str:
 def rate(principal_id: str) -> str:
     """Hash: the token bucket of one API key (tokens, at)."""
     return f"{PREFIX}:rate:{principal_id}"
+
+
+METRICS = f"{PREFIX}:metrics"  # hash: every process's counters and histogram buckets, summed (broker.metrics)
+METRICS_PROCS = f"{PREFIX}:metrics:procs"  # set of processes that publish gauges
+
+
+def metrics_proc(proc_id: str) -> str:
+    """Hash: one process's gauges (open sockets, sessions), expiring when it stops flushing."""
+    return f"{PREFIX}:metrics:proc:{proc_id}"
+
+
+def metrics_recent(slot: int) -> str:
+    """Hash: per-server counts and latency sums of one 10-second slot (recent rates on the status page)."""
+    return f"{PREFIX}:metrics:recent:{slot}"

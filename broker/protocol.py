@@ -29,7 +29,7 @@ from marshmallow import ValidationError
 from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, is_version_at_least
 
-from broker import keys
+from broker import keys, observe
 from broker.cache import BYPASS_META_KEY, ResultCache
 from broker.catalog import Catalog, CursorError
 from broker.config import BrokerConfig, BrokerSettings
@@ -308,12 +308,15 @@ class ClientConnection:
         if handler is None:
             self._error(request_id, METHOD_NOT_FOUND, f"Method not found: {method}")
             return
+        started = time.perf_counter()
         try:
             if method in FORWARDED:
                 self._admit()
             result = handler(request_id, params)
         except RPCError as err:
             self.send({"jsonrpc": "2.0", "id": request_id, "error": err.to_error()})
+            if method == "tools/call":
+                observe.immediate_call(self, params, "rejected", time.perf_counter() - started, err.code)
             return
         except Exception as err:
             log.exception("method %s failed", method)
@@ -321,6 +324,9 @@ class ClientConnection:
             return
         if result is not DEFERRED:
             self._respond(request_id, result)
+            if method == "tools/call":  # answered here: from the cache, or arguments refused as an isError result
+                outcome = "rejected" if isinstance(result, dict) and result.get("isError") else "cached"
+                observe.immediate_call(self, params, outcome, time.perf_counter() - started)
 
     # ------------------------------------------------------------ session
     def _state(self) -> dict[str, Any]:
@@ -529,6 +535,7 @@ class ClientConnection:
             "progress": progress_token is not None,
             "session": self.session_id,
             "rid": request_id,
+            "key": self.principal.id,
         }
         if progress_token is not None:
             call["progress_token"] = progress_token
@@ -540,7 +547,7 @@ class ClientConnection:
         hub = self.services.hub
         hub.start()
         self._in_flight[request_id] = call_id
-        hub.expect(call_id, on_outcome, on_event, timeout * 2 + QUEUE_GRACE_S + 5)
+        hub.expect(call_id, on_outcome, on_event, timeout * 2 + QUEUE_GRACE_S + 5, call)
         self.services.outbox.put(spec.queue, call)
         return DEFERRED
 

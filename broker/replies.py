@@ -42,6 +42,7 @@ class PendingCall:
     on_event: EventHandler | None
     deadline: float
     created: float
+    info: dict[str, Any] | None = None  # the queued call, for the observer (metrics, the call's log line)
 
 
 class ReplyHub:
@@ -58,6 +59,8 @@ class ReplyHub:
         self._thread: threading.Thread | None = None
         self.listeners: list[Callable[[str, str], None]] = []  # extra channels' messages (channel, data)
         self.extra_channels: list[str] = [keys.CATALOG_CHANGED]
+        # (call, outcome message, seconds waited): every answered call of this process passes here once
+        self.observer: Callable[[dict[str, Any], dict[str, Any], float], None] | None = None
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -76,11 +79,12 @@ class ReplyHub:
 
     # ------------------------------------------------------------ API
     def expect(
-        self, call_id: str, on_outcome: OutcomeHandler, on_event: EventHandler | None, timeout_s: float
+        self, call_id: str, on_outcome: OutcomeHandler, on_event: EventHandler | None, timeout_s: float,
+        info: dict[str, Any] | None = None,
     ) -> None:
         now = time.monotonic()
         with self._lock:
-            self._pending[call_id] = PendingCall(call_id, on_outcome, on_event, now + timeout_s, now)
+            self._pending[call_id] = PendingCall(call_id, on_outcome, on_event, now + timeout_s, now, info)
 
     def forget(self, call_id: str) -> bool:
         with self._lock:
@@ -96,7 +100,7 @@ class ReplyHub:
         with self._lock:
             pending = self._pending.pop(message["call_id"], None)
         if pending is not None:
-            self._safely(pending.on_outcome, message)
+            self._answer(pending, message)
 
     def _dispatch(self, data: str) -> None:
         try:
@@ -113,7 +117,15 @@ class ReplyHub:
         with self._lock:
             pending = self._pending.pop(call_id, None)
         if pending is not None:
-            self._safely(pending.on_outcome, message)
+            self._answer(pending, message)
+
+    def _answer(self, pending: PendingCall, message: dict[str, Any]) -> None:
+        self._safely(pending.on_outcome, message)
+        if self.observer is not None and pending.info is not None:
+            try:
+                self.observer(pending.info, message, time.monotonic() - pending.created)
+            except Exception:  # observing must never cost a client its answer
+                log.debug("reply hub: observer failed", exc_info=True)
 
     @staticmethod
     def _safely(handler: Callable[[dict[str, Any]], None], arg: dict[str, Any]) -> None:
@@ -133,7 +145,7 @@ class ReplyHub:
         for p in overdue:
             error = {"code": REQUEST_TIMEOUT, "message": "Request timed out waiting for a worker"}
             message = {"call_id": p.call_id, "error": error}
-            self._safely(p.on_outcome, message)
+            self._answer(p, message)
         if stale:
             for data in self._r.mget([keys.result(c) for c in stale]):
                 if data:

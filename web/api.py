@@ -187,6 +187,7 @@ def post_call() -> tuple[Response, int]:
         "reply_to": services.hub.channel,
         "timeout_s": timeout,
         "expires_at": time.time() + queue_s,
+        "key": current_principal().id,
     }
     answered = threading.Event()  # gevent-patched under gunicorn: waiting costs a greenlet, not a thread
     outcome: dict[str, Any] = {}
@@ -197,7 +198,7 @@ def post_call() -> tuple[Response, int]:
 
     services.hub.start()
     wait_s = queue_s + timeout + 5  # the hub answers with a timeout error itself once this passes
-    services.hub.expect(call_id, on_outcome, None, wait_s)
+    services.hub.expect(call_id, on_outcome, None, wait_s, call)
     services.outbox.put(route.queue, call)
     if not answered.wait(wait_s + 5):
         services.hub.forget(call_id)

@@ -9,10 +9,12 @@ from flask import Flask, jsonify
 from flask_sock import Sock
 
 from broker.config import load_config
+from broker.observe import configure_call_log
 from broker.security import load_keyring
 from web.api import register_api
 from web.auth import register_auth
 from web.http_mcp import register_http_mcp
+from web.status import register_status
 from web.ws import SUBPROTOCOL, register_websocket
 
 MAX_FRAME_BYTES = 4 * 1024 * 1024  # a bigger message is refused with -32600 and the socket stays open
@@ -23,6 +25,7 @@ def create_app() -> Flask:
     """Validate the config now (a bad file stops start-up with a clear message), wire the endpoints."""
     log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format=log_format)
+    configure_call_log("web")  # one bare JSON line per call, apart from the text log
     config = load_config()
     app = Flask("mcp_broker")
     app.config["BROKER_CONFIG"] = config
@@ -39,6 +42,7 @@ def create_app() -> Flask:
     register_websocket(app, sock)
     register_http_mcp(app)
     register_api(app)
+    register_status(app)
 
     @app.get("/healthz")
     def healthz():  # type: ignore[no-untyped-def]

@@ -13,10 +13,11 @@ from typing import Any
 
 from mcp_types import INTERNAL_ERROR
 
-from broker import keys
+from broker import keys, observe
 from broker.cache import ResultCache
 from broker.catalog import Catalog
 from broker.config import BrokerConfig, load_config
+from broker.metrics import RECORDER
 from broker.outbox import Outbox
 from broker.protocol import BrokerServices
 from broker.redisconn import get_redis
@@ -65,6 +66,10 @@ def build_services(config: BrokerConfig) -> BrokerServices:
             threading.Thread(target=services.on_catalog_changed, name="catalog-changed", daemon=True).start()
 
     hub.listeners.append(on_channel_message)
+    hub.observer = observe.web_outcome  # one metrics update and one JSON log line per answered call
+    RECORDER.sample("mcp_broker_sessions_open", lambda: {(): float(len(services.connections))})
+    RECORDER.sample("mcp_broker_calls_in_flight", lambda: {(): float(hub.in_flight)})
+    RECORDER.start()
     return services
 
 

@@ -24,6 +24,7 @@ from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 from wsproto.events import AcceptConnection
 
+from broker.metrics import RECORDER
 from broker.protocol import ClientConnection, text_emitter
 from web.auth import current_principal
 from web.http_mcp import origin_allowed
@@ -110,6 +111,7 @@ def register_websocket(app: Flask, sock: Sock) -> None:
         state = services.sessions.load(ws.session_id) if resumed else None
         connection = ClientConnection(services, text_emitter(ws.send), ws.session_id, resume=state, scope=scope,
                                       principal=current_principal())
+        RECORDER.level("mcp_broker_open_sockets", ("ws",), 1)
         try:
             if state is not None:
                 log.info("session %s resumed (%d call(s) pending)", ws.session_id, connection.resume())
@@ -121,4 +123,5 @@ def register_websocket(app: Flask, sock: Sock) -> None:
         except ConnectionClosed:
             pass
         finally:
+            RECORDER.level("mcp_broker_open_sockets", ("ws",), -1)
             connection.close()

@@ -214,6 +214,9 @@ class BackendSession:
         if self.generation == generation and self._client is not None:
             log.warning("backend %s: restarting broken session (generation %d)", self.spec.name, generation)
             self.restarts += 1
+            from broker.observe import backend_restart
+
+            backend_restart(self.spec.name)  # mcp_broker_backend_restarts_total
             self.close()
 
     # ------------------------------------------------------------ calls (on the loop)

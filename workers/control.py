@@ -28,6 +28,7 @@ import redis
 from celery import signals
 
 from broker import keys
+from broker.fleet import lease_value
 from broker.redisconn import get_redis
 
 log = logging.getLogger(__name__)
@@ -96,11 +97,21 @@ def _cancel_listener(pool_getter: Any) -> None:
                 pubsub.close()
 
 
+def _lease(app: Any) -> str:
+    """The heartbeat's value: the queues this process consumes, so `/readyz` and the status page can tell
+    which servers have a live worker (`broker.fleet`)."""
+    try:
+        queues = sorted(app.amqp.queues.consume_from)
+    except Exception:  # outside a worker (tests calling the tasks directly): no queues to name
+        queues = []
+    return lease_value(queues, socket.gethostname(), os.getpid(), float(_state.get("started_at") or time.time()))
+
+
 def _heartbeat(app: Any) -> None:
     r = get_redis()
     while True:
         try:
-            r.set(keys.worker_alive(node_name()), "1", ex=LEASE_TTL_S)
+            r.set(keys.worker_alive(node_name()), _lease(app), ex=LEASE_TTL_S)
             r.sadd(keys.WORKERS, node_name())
             reclaim_dead_workers(app)
         except Exception:
@@ -114,7 +125,8 @@ def start(app: Any, pool_getter: Any) -> None:
         if _state["started"] and _state.get("pid") == os.getpid():
             return
         _state.update(started=True, pid=os.getpid(), node=None)
-    get_redis().set(keys.worker_alive(node_name()), "1", ex=LEASE_TTL_S)
+    _state["started_at"] = time.time()
+    get_redis().set(keys.worker_alive(node_name()), _lease(app), ex=LEASE_TTL_S)
     get_redis().sadd(keys.WORKERS, node_name())
     threading.Thread(target=_cancel_listener, args=(pool_getter,), name="cancel-listener", daemon=True).start()
     threading.Thread(target=_heartbeat, args=(app,), name="lease-heartbeat", daemon=True).start()

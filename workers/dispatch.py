@@ -7,6 +7,7 @@ own Redis channel (and, for batch jobs, the batch's result stream).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from workers.tasks import refresh_catalog, run_calls
@@ -14,6 +15,9 @@ from workers.tasks import refresh_catalog, run_calls
 
 def submit_calls(queue: str, calls: list[dict[str, Any]]) -> None:
     """One Celery message carrying these calls (all for the server behind `queue`)."""
+    now = time.time()
+    for call in calls:
+        call.setdefault("queued_at", now)  # the worker measures the queue wait from here
     run_calls.apply_async(args=[calls], queue=queue)
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import anyio
 from mcp_types import INTERNAL_ERROR, REQUEST_TIMEOUT
 
+from broker import observe
 from broker.cache import store_result
 from broker.catalog import store_server_catalog
 from broker.redisconn import get_redis
@@ -109,25 +110,31 @@ async def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, 
                                  {"server": server, "reason": "backend_unavailable"})
             delay = min(backoff(attempt), max(0.0, deadline - time.monotonic()))
             log.warning("call %s on %s failed (%s); retry %d in %.2fs", call_id, server, err, attempt + 1, delay)
+            observe.retry(server)
             await anyio.sleep(delay)
             attempt += 1
+            call["attempts"] = attempt + 1  # for the call's log line
             if writer.cancelled(call_id):
                 return cancelled_outcome()
 
 
 def run_calls_now(calls: list[dict[str, Any]], worker: str) -> None:
     """Run a message's calls concurrently on the backend loop; each answered as soon as it is done."""
+    observe.configure_call_log("worker")
     writer = ResultWriter(get_redis())
     verdicts = writer.triage(calls)
     for call, verdict in zip(calls, verdicts, strict=True):
         if verdict == "cancelled":
             writer.deliver(call, {**cancelled_outcome(), "worker": worker})
+            observe.worker_outcome(call, cancelled_outcome(), worker, observe.queue_wait(call), 0.0)
     runnable = [c for c, v in zip(calls, verdicts, strict=True) if v == "run"]
     if not runnable:
         return
     writer.started(runnable)
 
     async def one(call: dict[str, Any]) -> None:
+        wait = observe.queue_wait(call)
+        started = time.perf_counter()
         try:
             outcome = await execute_call(call, writer)
         except Exception as err:  # a bug of ours must still answer the client, never leave it waiting
@@ -135,6 +142,7 @@ def run_calls_now(calls: list[dict[str, Any]], worker: str) -> None:
             outcome = rpc_error(INTERNAL_ERROR, f"Internal error in the broker's worker: {err!r}")
         outcome["worker"] = worker  # who answered: for logs and for tests of queue pinning
         writer.deliver(call, outcome)
+        observe.worker_outcome(call, outcome, worker, wait, time.perf_counter() - started)
 
     async def all_of_them() -> None:
         async with anyio.create_task_group() as group:

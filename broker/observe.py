@@ -1,0 +1,163 @@
+"""What is recorded about each call, on the web side and the worker side: metrics and one JSON log line.
+
+Each call gets exactly one structured log line per side, `{"event": "call", "side": "web"|"worker",
+"call_id", "session", "key", "server", "tool", "outcome", ...timings}`, so an operator can follow a
+call across processes (and machines) by its `call_id`, which both lines carry. The lines go to the
+`mcp_broker.calls` logger, written as bare JSON (no prefix) to stderr, or to the file named by
+`MCP_BROKER_CALL_LOG` (`off` silences them). Keys are named by their id, never by their secret.
+
+Outcomes: `ok`, `tool_error` (a result with `isError`), `timeout`, `cancelled`, `error` (any other
+JSON-RPC error); the web side adds `cached` (answered from the shared cache) and `rejected` (refused
+before it was queued: rate limit, allow-list, arguments, unknown tool).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from mcp_types import REQUEST_TIMEOUT
+
+from broker.metrics import RECORDER
+from broker.results import REQUEST_CANCELLED
+
+CALL_LOGGER = "mcp_broker.calls"
+
+log = logging.getLogger(CALL_LOGGER)
+_configured = {"pid": 0, "enabled": True}
+
+
+def configure_call_log(role: str) -> None:
+    """Give the call logger its own bare-JSON handler (once per process); `role` names the side."""
+    if _configured["pid"] == os.getpid():
+        return
+    _configured["pid"] = os.getpid()
+    RECORDER.role = role
+    target = os.environ.get("MCP_BROKER_CALL_LOG", "stderr").strip()
+    _configured["enabled"] = target.lower() not in ("off", "0", "none", "false")
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    if not _configured["enabled"]:
+        return
+    handler: logging.Handler
+    handler = logging.StreamHandler(sys.stderr) if target in ("", "stderr") else logging.FileHandler(target)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+
+
+def call_line(side: str, fields: dict[str, Any]) -> None:
+    if not _configured["enabled"] or not log.handlers:
+        return
+    line = {"ts": round(time.time(), 6), "event": "call", "side": side, **fields}
+    log.info(json.dumps(line, separators=(",", ":"), ensure_ascii=False, default=str))
+
+
+def outcome_of(message: dict[str, Any]) -> tuple[str, int | None]:
+    """(outcome, JSON-RPC error code or None) of an outcome message `{"result"|"error", ...}`."""
+    error = message.get("error")
+    if error is not None:
+        code = error.get("code") if isinstance(error, dict) else None
+        if message.get("cancelled") or code == REQUEST_CANCELLED:
+            return "cancelled", code
+        if code == REQUEST_TIMEOUT:
+            return "timeout", code
+        return "error", code
+    result = message.get("result")
+    if isinstance(result, dict) and result.get("isError"):
+        return "tool_error", None
+    return "ok", None
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+# ---------------------------------------------------------------- web side
+def web_outcome(call: dict[str, Any], message: dict[str, Any], seconds: float) -> None:
+    """A queued call was answered (or timed out waiting): count it and log it. Called by the reply hub."""
+    server, tool = str(call.get("server", "")), str(call.get("tool") or call.get("method") or "")
+    outcome, code = outcome_of(message)
+    RECORDER.inc("mcp_broker_calls", (server, tool, outcome))
+    RECORDER.observe("mcp_broker_end_to_end_seconds", (server,), seconds)
+    fields: dict[str, Any] = {"call_id": call.get("call_id"), "session": call.get("session"), "key": call.get("key"),
+                              "server": server, "tool": tool, "outcome": outcome, "total_ms": _ms(seconds)}
+    if call.get("method") and call.get("method") != "tools/call":
+        fields["method"] = call["method"]
+    if code is not None:
+        fields["code"] = code
+    if message.get("worker"):
+        fields["worker"] = message["worker"]
+    call_line("web", fields)
+
+
+def web_immediate(server: str, tool: str, outcome: str, seconds: float, session: str | None, key: str | None,
+                  code: int | None = None) -> None:
+    """A call answered without a worker: from the cache, or refused before it was queued."""
+    RECORDER.inc("mcp_broker_calls", (server, tool, outcome))
+    if outcome == "cached":
+        RECORDER.observe("mcp_broker_end_to_end_seconds", (server,), seconds)
+    fields: dict[str, Any] = {"call_id": None, "session": session, "key": key, "server": server, "tool": tool,
+                              "outcome": outcome, "total_ms": _ms(seconds)}
+    if code is not None:
+        fields["code"] = code
+    call_line("web", fields)
+
+
+# ---------------------------------------------------------------- worker side
+def worker_outcome(call: dict[str, Any], outcome_message: dict[str, Any], worker: str, wait_s: float | None,
+                   exec_s: float) -> None:
+    """A worker finished a call (or skipped it as cancelled): count, time and log it."""
+    server, tool = str(call.get("server", "")), str(call.get("tool") or call.get("method") or "")
+    outcome, code = outcome_of(outcome_message)
+    RECORDER.inc("mcp_broker_executions", (server, tool, outcome))
+    RECORDER.observe("mcp_broker_execution_seconds", (server, tool), exec_s)
+    if wait_s is not None:
+        RECORDER.observe("mcp_broker_queue_wait_seconds", (server,), wait_s)
+    fields: dict[str, Any] = {"call_id": call.get("call_id"), "session": call.get("session"), "key": call.get("key"),
+                              "server": server, "tool": tool, "outcome": outcome, "exec_ms": _ms(exec_s),
+                              "queue_ms": None if wait_s is None else _ms(wait_s), "attempts": call.get("attempts", 1),
+                              "worker": worker}
+    if call.get("batch"):
+        fields["batch"] = call["batch"]
+    if code is not None:
+        fields["code"] = code
+    call_line("worker", fields)
+
+
+def queue_wait(call: dict[str, Any], now: float | None = None) -> float | None:
+    """Seconds since the web tier queued the call (wall clocks of two machines: clamped at 0)."""
+    queued_at = call.get("queued_at")
+    if not isinstance(queued_at, (int, float)):
+        return None
+    return max(0.0, (time.time() if now is None else now) - float(queued_at))
+
+
+def retry(server: str) -> None:
+    RECORDER.inc("mcp_broker_retries", (server,))
+
+
+def backend_restart(server: str) -> None:
+    RECORDER.inc("mcp_broker_backend_restarts", (server,))
+
+
+def immediate_call(connection: Any, params: Any, outcome: str, seconds: float, code: int | None = None) -> None:
+    """A `tools/call` a client connection answered itself (cache hit, or refused). Labels come from the
+    catalog, never from the client's text: a made-up tool name must not mint a new time series."""
+    name = params.get("name") if isinstance(params, dict) else None
+    server = tool = ""
+    if isinstance(name, str):
+        catalog = connection.services.catalog
+        qualified = catalog.namespaced(connection.scope, name) if connection.scope else name
+        entry = catalog.lookup_tool(qualified)
+        if entry is not None:
+            server, tool = entry.server, entry.tool
+        else:
+            prefix, sep, _ = qualified.partition(catalog.config.separator)
+            server = prefix if sep and prefix in catalog.config.servers else ""
+    web_immediate(server, tool, outcome, seconds, connection.session_id, connection.principal.id, code)

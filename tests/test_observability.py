@@ -1,0 +1,244 @@
+"""Metrics, readiness and the structured call log, against the real stack (gunicorn web, Celery workers)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.stack import ROOT, VENV_BIN, Stack, free_port
+from tests.test_faults import backend_processes
+from tests.wsclient import RawClient
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(base: str, headers: dict[str, str] | None = None) -> Samples:
+    response = httpx2.get(f"{base}/metrics", headers=headers or {}, timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 20, every: float = 0.25) -> Any:
+    """Poll until `check()` is truthy (metrics are flushed to Redis once a second); its last value otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(every)
+
+
+def test_metrics_counters_move_after_real_calls(stack: Stack) -> None:
+    base = stack.http_url()
+    before = scrape(base)
+    with RawClient(stack.ws_url()) as client:
+        for i in range(5):
+            assert client.call("echo__echo", {"text": f"m{i}"})["result"]["isError"] is False
+        assert client.call("echo__fail", {"message": "expected"})["result"]["isError"] is True
+        key = f"k{time.time_ns()}"
+        client.call("echo__stamp", {"key": key})
+        client.call("echo__stamp", {"key": key})  # cached (ttl 2 s)
+        assert client.call("echo__no_such_tool", {})["error"]["code"] == -32602
+        # a backend killed mid-call: restarted, the call retried
+        assert client.call("crashy__echo", {"text": "warm"})["result"]["isError"] is False
+        [backend] = backend_processes(stack, "crashy")
+        client.send({"jsonrpc": "2.0", "id": "victim", "method": "tools/call",
+                     "params": {"name": "crashy__slow", "arguments": {"seconds": 1.0, "steps": 1}}})
+        time.sleep(0.4)
+        backend.kill()
+        assert client.response(timeout=20)["id"] == "victim"
+
+        def moved() -> Samples | None:
+            now = scrape(base)
+            delta = {
+                "ok": value(now, "mcp_broker_calls_total", server="echo", tool="echo", outcome="ok")
+                - value(before, "mcp_broker_calls_total", server="echo", tool="echo", outcome="ok"),
+                "tool_error": value(now, "mcp_broker_calls_total", server="echo", tool="fail", outcome="tool_error")
+                - value(before, "mcp_broker_calls_total", server="echo", tool="fail", outcome="tool_error"),
+                "cached": value(now, "mcp_broker_calls_total", server="echo", outcome="cached")
+                - value(before, "mcp_broker_calls_total", server="echo", outcome="cached"),
+                "rejected": value(now, "mcp_broker_calls_total", server="echo", outcome="rejected")
+                - value(before, "mcp_broker_calls_total", server="echo", outcome="rejected"),
+                "runs": value(now, "mcp_broker_executions_total", server="echo", tool="echo", outcome="ok")
+                - value(before, "mcp_broker_executions_total", server="echo", tool="echo", outcome="ok"),
+                "wait": value(now, "mcp_broker_queue_wait_seconds_count", server="echo")
+                - value(before, "mcp_broker_queue_wait_seconds_count", server="echo"),
+                "exec": value(now, "mcp_broker_execution_seconds_count", server="echo", tool="echo")
+                - value(before, "mcp_broker_execution_seconds_count", server="echo", tool="echo"),
+                "e2e": value(now, "mcp_broker_end_to_end_seconds_count", server="echo")
+                - value(before, "mcp_broker_end_to_end_seconds_count", server="echo"),
+                "hits": value(now, "mcp_broker_cache_hits_total", server="echo", tool="stamp")
+                - value(before, "mcp_broker_cache_hits_total", server="echo", tool="stamp"),
+                "retries": value(now, "mcp_broker_retries_total", server="crashy")
+                - value(before, "mcp_broker_retries_total", server="crashy"),
+                "restarts": value(now, "mcp_broker_backend_restarts_total", server="crashy")
+                - value(before, "mcp_broker_backend_restarts_total", server="crashy"),
+                "sockets": value(now, "mcp_broker_open_sockets", transport="ws"),
+                "sessions": value(now, "mcp_broker_sessions_open"),
+            }
+            complete = (delta["ok"] >= 5 and delta["tool_error"] >= 1 and delta["cached"] >= 1
+                        and delta["rejected"] >= 1 and delta["runs"] >= 5 and delta["wait"] >= 5
+                        and delta["exec"] >= 5 and delta["e2e"] >= 6 and delta["hits"] >= 1
+                        and delta["retries"] >= 1 and delta["restarts"] >= 1 and delta["sockets"] >= 1
+                        and delta["sessions"] >= 1)
+            return now if complete else None
+
+        after = wait_until(moved)
+        assert after, f"counters did not move: {scrape(base)}"
+    # read at scrape time: queue depth and live workers for every configured server
+    for server in stack.servers:
+        assert ("mcp_broker_queue_depth", (("server", server),)) in after
+        assert value(after, "mcp_broker_workers", server=server) >= 1
+    # the histogram is well formed: cumulative buckets ending at +Inf == count
+    inf = value(after, "mcp_broker_execution_seconds_bucket", server="echo", tool="echo", le="+Inf")
+    assert inf == value(after, "mcp_broker_execution_seconds_count", server="echo", tool="echo")
+    # a made-up tool name never becomes a label
+    assert not any(("tool", "no_such_tool") in labels for _, labels in after)
+
+
+def test_the_call_log_has_one_json_line_per_side_correlated_by_call_id(stack: Stack) -> None:
+    response = httpx2.post(f"{stack.http_url()}/v1/calls", json={"tool": "echo__echo", "arguments": {"text": "log"}},
+                           timeout=20)
+    assert response.status_code == 200, response.text
+    call_id = response.json()["call_id"]
+
+    def lines(prefix: str) -> list[dict[str, Any]]:
+        found = []
+        for proc in stack.procs:
+            if proc.name.startswith(prefix):
+                for line in proc.log().splitlines():
+                    if call_id in line and line.startswith("{"):
+                        found.append(json.loads(line))
+        return found
+
+    web = wait_until(lambda: lines("web-"), timeout=10)
+    worker = wait_until(lambda: lines("worker-echo-"), timeout=10)
+    assert len(web) == 1 and len(worker) == 1, (web, worker)
+    for line in (web[0], worker[0]):
+        assert line["event"] == "call" and line["call_id"] == call_id
+        assert (line["server"], line["tool"], line["outcome"]) == ("echo", "echo", "ok")
+        assert line["key"] == "anonymous"
+    assert web[0]["side"] == "web" and web[0]["total_ms"] >= 0 and web[0]["worker"] == worker[0]["worker"]
+    assert worker[0]["side"] == "worker" and worker[0]["exec_ms"] >= 0 and worker[0]["queue_ms"] >= 0
+
+
+def test_ws_call_log_names_the_session(stack: Stack) -> None:
+    with RawClient(stack.ws_url()) as client:
+        session = client.ws.response.headers["Mcp-Session-Id"]
+        client.call("echo__echo", {"text": "session"})
+
+    def found() -> list[dict[str, Any]]:
+        out = []
+        for proc in stack.procs:
+            for line in proc.log().splitlines():
+                if session in line and line.startswith("{"):
+                    out.append(json.loads(line))
+        return out
+
+    lines = wait_until(lambda: len(found()) >= 2 and found(), timeout=10)
+    assert {line["side"] for line in lines} == {"web", "worker"}
+    assert len({line["call_id"] for line in lines}) == 1
+
+
+@pytest.fixture
+def ghost_config(tmp_path: Path) -> Path:
+    """The test servers plus `ghost`, which no worker of the session's stack serves."""
+    config = json.loads((ROOT / "tests" / "mcp_servers.test.json").read_text())
+    config["mcpServers"] = {"echo": config["mcpServers"]["echo"],
+                            "ghost": {"command": "python", "args": [str(ROOT / "examples" / "servers" / "echo.py")]}}
+    config["mcpServers"]["echo"]["args"] = [str(ROOT / "examples" / "servers" / "echo.py")]
+    path = tmp_path / "ghost.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture
+def ghost_web(stack: Stack, ghost_config: Path) -> Iterator[str]:
+    port = free_port()
+    proc = stack.start_web(port, env={"MCP_BROKER_CONFIG": str(ghost_config)})
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.stop()
+        stack.web_ports.remove(port)
+
+
+def test_readyz_is_ready_when_every_server_has_a_worker(stack: Stack) -> None:
+    response = httpx2.get(f"{stack.http_url()}/readyz", timeout=10)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "ready" and body["redis"]["ok"] is True
+    assert set(body["servers"]) == set(stack.servers)
+    assert all(s["ready"] and s["workers"] >= 1 for s in body["servers"].values())
+
+
+def test_readyz_turns_unready_when_a_server_has_no_worker(stack: Stack, ghost_web: str, ghost_config: Path) -> None:
+    response = httpx2.get(f"{ghost_web}/readyz", timeout=10)
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unready"
+    assert body["servers"]["echo"]["ready"] is True
+    ghost = body["servers"]["ghost"]
+    assert ghost["ready"] is False and ghost["workers"] == 0 and "mcp.ghost" in ghost["reason"]
+    # a worker for ghost comes up: ready; it stops: unready again
+    argv = [str(VENV_BIN / "celery"), "-A", "workers.app", "worker", "-Q", "mcp.ghost", "-P", "threads", "-c", "2",
+            "-n", f"ghost.{free_port()}@%h", "--without-gossip", "--without-mingle", "-l", "info"]
+    worker = stack._spawn("worker-ghost", argv, {**stack.env, "MCP_BROKER_CONFIG": str(ghost_config)})
+    try:
+        ready = wait_until(lambda: httpx2.get(f"{ghost_web}/readyz", timeout=10).status_code == 200, timeout=60)
+        assert ready, worker.log()[-3000:]
+        assert httpx2.get(f"{ghost_web}/readyz", timeout=10).json()["servers"]["ghost"]["workers"] == 1
+    finally:
+        worker.stop()
+    assert wait_until(lambda: httpx2.get(f"{ghost_web}/readyz", timeout=10).status_code == 503, timeout=30)
+
+
+def test_status_json_reports_servers_workers_and_totals(stack: Stack) -> None:
+    with RawClient(stack.ws_url()) as client:
+        client.call("echo__echo", {"text": "status"})
+        body = wait_until(lambda: (b := httpx2.get(f"{stack.http_url()}/status.json", timeout=10).json())
+                          and b["totals"]["open_sockets"] >= 1 and b)
+    assert body["ready"] is True
+    servers = {s["name"]: s for s in body["servers"]}
+    assert set(servers) == set(stack.servers)
+    echo = servers["echo"]
+    assert echo["workers"] and echo["workers"][0]["node"]
+    assert echo["executions_total"] >= 1 and echo["calls_per_s"] > 0
+    assert echo["latency_ms"]["execution_mean"] is not None
+    assert body["totals"]["open_sessions"] >= 1
+
+
+def test_ops_pages_need_an_admin_key_when_keys_are_on(stack: Stack) -> None:
+    port = free_port()
+    proc = stack.start_web(port, env={"MCP_BROKER_API_KEYS": "admin:k-admin-1,reader:k-reader-1"})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for path in ("/metrics", "/status", "/status.json"):
+            assert httpx2.get(base + path, timeout=10).status_code == 401
+            refused = httpx2.get(base + path, headers={"Authorization": "Bearer k-reader-1"}, timeout=10)
+            assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+            ok = httpx2.get(base + path, headers={"Authorization": "Bearer k-admin-1"}, timeout=10)
+            assert ok.status_code == 200
+        assert httpx2.get(base + "/status", timeout=10).headers["WWW-Authenticate"].startswith("Basic")
+        assert httpx2.get(base + "/readyz", timeout=10).status_code == 200  # probes need no key
+    finally:
+        proc.stop()
+        stack.web_ports.remove(port)

@@ -1,0 +1,104 @@
+"""Operations endpoints: `/metrics` (Prometheus), `/readyz`, `/status` (HTML) and `/status.json`.
+
+All of them read the broker-wide state from Redis (`broker.metrics`, `broker.fleet`), so every web
+process gives the same answer. `/readyz` is public, like `/healthz` (load balancers and
+orchestrators probe it without a key); with API keys configured the others need an admin key
+(they show every server and tool), sent as `Authorization: Bearer` (Prometheus' `authorization`)
+or as the password of HTTP Basic (a browser opening the status page).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import redis
+from flask import Flask, Response, current_app, jsonify
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from broker.config import BrokerConfig
+from broker.fleet import readiness, scrape_time_metrics, status
+from broker.metrics import BrokerCollector
+from broker.redisconn import get_redis
+from web.auth import current_principal
+
+log = logging.getLogger(__name__)
+
+STATUS_PAGE = Path(__file__).with_name("status.html")
+_registries: dict[int, CollectorRegistry] = {}
+_lock = threading.Lock()
+
+
+def _config() -> BrokerConfig:
+    return current_app.config["BROKER_CONFIG"]  # type: ignore[no-any-return]
+
+
+def _forbidden_unless_admin() -> Response | None:
+    keyring = current_app.config.get("KEYRING")
+    if keyring is not None and keyring.enabled and not current_principal().admin:
+        response = jsonify(error={"code": "forbidden", "message": "Forbidden: this page needs an admin key"})
+        response.status_code = 403
+        return response
+    return None
+
+
+def _unavailable(err: Exception) -> Response:
+    log.warning("ops endpoint: Redis unavailable: %s", err)
+    response = jsonify(error={"code": "redis_unavailable", "message": f"Redis is unavailable: {type(err).__name__}"})
+    response.status_code = 503
+    return response
+
+
+def _registry(config: BrokerConfig) -> CollectorRegistry:
+    """One registry per config object (the app's), whose collector reads Redis at every scrape."""
+    key = id(config)
+    with _lock:
+        if key not in _registries:
+            r = get_redis()
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(BrokerCollector(r, extra=lambda: scrape_time_metrics(r, config)))
+            _registries[key] = registry
+        return _registries[key]
+
+
+def register_status(app: Flask) -> None:
+    page = STATUS_PAGE.read_text(encoding="utf-8")
+
+    @app.get("/readyz")
+    def readyz() -> tuple[Response, int]:
+        ready, detail = readiness(get_redis(), _config())
+        return jsonify(detail), 200 if ready else 503
+
+    @app.get("/metrics")
+    def metrics() -> Any:
+        refused = _forbidden_unless_admin()
+        if refused is not None:
+            return refused
+        try:
+            body = generate_latest(_registry(_config()))
+        except (redis.RedisError, OSError) as err:
+            return _unavailable(err)
+        return Response(body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
+
+    @app.get("/status.json")
+    def status_json() -> Any:
+        refused = _forbidden_unless_admin()
+        if refused is not None:
+            return refused
+        try:
+            body = status(get_redis(), _config())
+        except (redis.RedisError, OSError) as err:
+            return _unavailable(err)
+        response = jsonify(body)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.get("/status")
+    def status_page() -> Any:
+        refused = _forbidden_unless_admin()
+        if refused is not None:
+            return refused
+        return Response(page, mimetype="text/html", headers={"Cache-Control": "no-store"})
