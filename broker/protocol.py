@@ -463,6 +463,8 @@ class ClientConnection:
             hit = cache.lookup(server, tool, arguments)
             if hit is not None:
                 return self._client_result("tools/call", server, hit[0])
+        elif ttl > 0:
+            cache.forget_local(server, tool, arguments)  # the fresh result replaces it; don't serve the old copy
         call = {"tool": tool, "arguments": arguments}
         if ttl > 0:
             call["cache_ttl"] = ttl
