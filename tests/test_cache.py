@@ -69,3 +69,20 @@ def test_uncached_tools_always_run(stack: Stack) -> None:
         client.call("echo__echo", {"text": "x"})
         client.call("echo__echo", {"text": "x"})
         assert runs(client, "echo") == before + 2
+
+
+def test_hits_answered_from_the_web_process_memory_are_counted_too(stack: Stack) -> None:
+    """Hot entries are served from the web process's copy; every hit still reaches the Redis counter."""
+    r = stack.redis()
+    key = uuid.uuid4().hex
+    with RawClient(stack.ws_url()) as client:
+        before_runs = runs(client, "stamp")
+        hits_before = int(r.hget("mcpb:cache:stats", "echo__stamp:hits") or 0)
+        answers = [stamp(client, key) for _ in range(6)]
+        assert all(a == answers[0] for a in answers)
+        assert runs(client, "stamp") == before_runs + 1
+        deadline = time.monotonic() + 10
+        while int(r.hget("mcpb:cache:stats", "echo__stamp:hits") or 0) < hits_before + 5:
+            assert time.monotonic() < deadline, "local hits were not flushed to the shared counter"
+            time.sleep(0.1)
+        assert int(r.hget("mcpb:cache:stats", "echo__stamp:hits")) == hits_before + 5
