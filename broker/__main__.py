@@ -92,7 +92,7 @@ def cmd_procfile(args: argparse.Namespace) -> int:
     arg("file", nargs="?", help="config file (default: $MCP_BROKER_CONFIG or mcp_servers.json)"),
 )
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from broker.config import ConfigError, load_config
+    from broker.config import ConfigError, expand_all, load_config
 
     try:
         config = load_config(args.file)
@@ -101,12 +101,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 1
     print(f"{config.path}: OK, {len(config.servers)} server(s)")
     for name, spec in config.servers.items():
-        target = " ".join([spec.command or "", *spec.args]) if spec.transport == "stdio" else spec.url
+        target = " | ".join(endpoint.describe() for endpoint in spec.endpoints)
         s = spec.settings
         print(
             f"  {name:<16} {spec.transport:<5} queue={spec.queue} concurrency={s.concurrency} "
-            f"timeout_s={s.timeout_s:g} retries={s.retries} cache={len(s.cache)} tool(s)  {target}"
+            f"timeout_s={s.timeout_s:g} retries={s.retries} cache={len(s.cache)} tool(s) "
+            f"isolation={s.isolation}  {target}"
         )
+        for endpoint in spec.endpoints:  # a secret missing here is missing for this shell's workers too
+            for what, values in (("env", endpoint.env), ("header", endpoint.headers)):
+                try:
+                    expand_all(values, f"server {name}: {what}")
+                except ConfigError as err:
+                    print(f"  warning: {err}", file=sys.stderr)
     return 0
 
 

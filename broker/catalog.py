@@ -121,6 +121,10 @@ class Catalog:
         self.missing: list[str] = list(config.servers)
         self.documents: dict[str, dict[str, Any]] = {}
 
+    @property
+    def redis(self) -> redis.Redis:
+        return self._r
+
     def namespaced(self, server: str, name: str) -> str:
         return f"{server}{self.config.separator}{name}"
 

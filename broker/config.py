@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,65 @@ class BrokerSettings:
     retries: int = 3
     cache: dict[str, float] = field(default_factory=dict)
     protocol: str = "legacy"
+    isolation: str = "shared"  # or "per_client": a backend session per client session
+    eager: bool = False  # start the backend when the worker starts, and keep it (never idle-closed)
+    idle_s: float = 600.0  # close a backend session unused this long (0 = never)
+    forward_headers: tuple[str, ...] = ()  # client request headers passed on to HTTP backends
+    health_interval_s: float = 15.0  # MCP ping of every open (and every down) replica; 0 = no pings
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class MissingVariable(KeyError):
+    """A `${VAR}` in env or headers names a variable the broker's environment does not have."""
+
+
+def expand(value: str, environ: Mapping[str, str] | None = None) -> str:
+    """`${VAR}` (or `${VAR:-default}`) from the broker's environment, so secrets stay out of the config
+    file; `$${` is a literal `${`. Done where the backend is started, never stored expanded."""
+    environ = os.environ if environ is None else environ
+
+    def one(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        raise MissingVariable(name)
+
+    parts = value.split("$${")
+    return "${".join(_VAR.sub(one, part) for part in parts)
+
+
+def expand_all(values: Mapping[str, str], what: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Expand every value; a missing variable raises `ConfigError` naming the key (never the other values)."""
+    out: dict[str, str] = {}
+    for key, value in values.items():
+        try:
+            out[key] = expand(value, environ)
+        except MissingVariable as err:
+            raise ConfigError(f"{what} {key}: ${{{err.args[0]}}} is not set in the broker's environment") from None
+    return out
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How to reach one backend process: a stdio command or a Streamable HTTP URL (one replica)."""
+
+    command: str | None = None
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)  # raw: `${VAR}` expanded at start (`expand_all`)
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # raw, like env
+
+    @property
+    def transport(self) -> str:
+        return "stdio" if self.command else "http"
+
+    def describe(self) -> str:
+        return " ".join([self.command or "", *self.args]) if self.command else str(self.url)
 
 
 @dataclass(frozen=True)
@@ -49,6 +110,7 @@ class ServerSpec:
     url: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     settings: BrokerSettings = field(default_factory=BrokerSettings)
+    replicas: tuple[Endpoint, ...] = ()  # several interchangeable endpoints (the top-level keys then are unset)
 
     @property
     def queue(self) -> str:
@@ -57,7 +119,14 @@ class ServerSpec:
 
     @property
     def transport(self) -> str:
-        return "stdio" if self.command else "http"
+        return self.endpoints[0].transport
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """The replicas, or the one endpoint the top-level keys describe."""
+        if self.replicas:
+            return self.replicas
+        return (Endpoint(self.command, self.args, self.env, self.cwd, self.url, self.headers),)
 
 
 @dataclass(frozen=True)
@@ -104,7 +173,12 @@ def parse_config(data: Any, source: str = "<config>") -> BrokerConfig:
     for name, entry in loaded["mcpServers"].items():
         if separator in name:
             raise ConfigError(f"{source}: server {name}: the name must not contain the separator {separator!r}")
-        settings = BrokerSettings(**entry["broker"])
+        settings = BrokerSettings(**{**entry["broker"],
+                                     "forward_headers": tuple(entry["broker"]["forward_headers"])})
+        replicas = tuple(
+            Endpoint(r.get("command"), tuple(r["args"]), dict(r["env"]), r["cwd"], r.get("url"), dict(r["headers"]))
+            for r in entry.get("replicas") or ()
+        )
         servers[name] = ServerSpec(
             name=name,
             command=entry.get("command"),
@@ -114,6 +188,7 @@ def parse_config(data: Any, source: str = "<config>") -> BrokerConfig:
             url=entry.get("url"),
             headers=dict(entry["headers"]),
             settings=settings,
+            replicas=replicas,
         )
     return BrokerConfig(servers=servers, path=source, separator=separator)
 

@@ -96,6 +96,28 @@ def rate(principal_id: str) -> str:
     return f"{PREFIX}:rate:{principal_id}"
 
 
+def health(server: str) -> str:
+    """Hash: replica index ("0", "1", ...) → JSON health of that backend endpoint, written by workers:
+    {"state": "healthy"|"failing"|"unhealthy", "healthy": bool, "failures": consecutive failures,
+     "error": last error or null, "retry_at": epoch before which no worker restarts it (unhealthy) or null,
+     "checked_at": epoch, "endpoint": command line or URL, "worker": lease name of the writer}."""
+    return f"{PREFIX}:health:{server}"
+
+
+def owner(server: str, client_key: str) -> str:
+    """String: lease name of the worker process holding a per_client backend session for this client."""
+    return f"{PREFIX}:owner:{server}:{client_key}"
+
+
+def direct_queue(node: str) -> str:
+    """The Celery queue only one worker process consumes (calls that must reach its per_client sessions)."""
+    return f"mcp.direct.{node}"
+
+
+CONFIG = f"{PREFIX}:config"  # hash: version, source (file path), document (JSON): the last reloaded config
+CONFIG_CHANGED = f"{PREFIX}:config:changed"  # pub/sub: a reload was published (data = version)
+
+
 METRICS = f"{PREFIX}:metrics"  # hash: every process's counters and histogram buckets, summed (broker.metrics)
 METRICS_PROCS = f"{PREFIX}:metrics:procs"  # set of processes that publish gauges
 

@@ -229,6 +229,8 @@ class ClientConnection:
             "notifications/initialized": self._on_initialized,
             "notifications/cancelled": self._on_cancelled,
         }
+        self.client_headers: dict[str, str] = {}  # the transport's request headers (lower-case names), for
+        # servers that pass some on (`broker.forward_headers`); set by the transport
         if resume is not None:
             self._restore(resume)
         else:
@@ -550,7 +552,13 @@ class ClientConnection:
         hub.start()
         self._in_flight[request_id] = call_id
         hub.expect(call_id, on_outcome, on_event, timeout * 2 + QUEUE_GRACE_S + 5, call)
-        self.services.outbox.put(spec.queue, call)
+        if spec.settings.forward_headers:
+            wanted = [name.lower() for name in spec.settings.forward_headers]
+            call["headers"] = {name: self.client_headers[name] for name in wanted if name in self.client_headers}
+        queue = spec.queue
+        if spec.settings.isolation == "per_client":  # to the worker holding this client's backend session
+            queue = self.services.router.queue_for(spec, self.session_id)
+        self.services.outbox.put(queue, call)
         return DEFERRED
 
     def _callbacks(

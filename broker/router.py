@@ -1,13 +1,24 @@
-"""Tool name → backend server → Celery queue.
+"""Tool name → backend server → Celery queue; and which replica of a server takes a call.
 
-Kept apart from the catalog because routing grows its own policy (replicas,
-health, load) while the catalog only knows what exists.
+Kept apart from the catalog because routing has its own policy (replicas,
+health, load, per-client stickiness) while the catalog only knows what exists.
+
+- A `per_client` server's calls go to the direct queue of the worker process
+  that holds the client's backend session (recorded in Redis by that worker),
+  while that worker lives; otherwise to the server's queue, where whichever
+  worker takes the call creates the session and records itself as the owner.
+- Among replicas, `choose_replica` picks the healthiest, then least loaded.
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import redis
+
+from broker import health, keys
 from broker.catalog import Catalog, ToolEntry
 from broker.config import ServerSpec
 
@@ -26,6 +37,50 @@ class Route:
         return self.spec.queue
 
 
+@dataclass(frozen=True)
+class ReplicaState:
+    """What the choice among replicas looks at."""
+
+    index: int
+    healthy: bool
+    in_flight: int = 0
+    backoff_left: float = 0.0  # seconds before an unhealthy replica may be started again
+
+
+def choose_replica(replicas: Sequence[ReplicaState], exclude: frozenset[int] = frozenset()) -> int:
+    """The healthiest, least-loaded replica (ties broken at random, so equal replicas share the load).
+
+    Healthy ones first; when none is healthy, the one whose backoff ends first (a call then fails fast
+    with the reason, or gets through if the replica recovered). `exclude` holds replicas that just
+    failed this call; they are used only if nothing else is left."""
+    pool = [r for r in replicas if r.index not in exclude] or list(replicas)
+    healthy = [r for r in pool if r.healthy]
+    if healthy:
+        least = min(r.in_flight for r in healthy)
+        return random.choice([r for r in healthy if r.in_flight == least]).index
+    return min(pool, key=lambda r: (r.backoff_left, r.in_flight, random.random())).index
+
+
+def client_key(call: dict[str, object]) -> str | None:
+    """Whose backend session a call of a `per_client` server uses: the client session, else the batch
+    job (its calls share one); None for a lone call without either (it gets a one-shot session)."""
+    if call.get("session"):
+        return str(call["session"])
+    if call.get("batch"):
+        return f"batch:{call['batch']}"
+    return None
+
+
+def sticky_queue(r: redis.Redis, spec: ServerSpec, key: str | None) -> str:
+    """The queue for a call: the owner's direct queue for a `per_client` session whose worker lives."""
+    if spec.settings.isolation != "per_client" or key is None:
+        return spec.queue
+    node = r.get(keys.owner(spec.name, key))
+    if node and r.exists(keys.worker_alive(node)):
+        return keys.direct_queue(node)
+    return spec.queue
+
+
 class Router:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
@@ -36,6 +91,19 @@ class Router:
             servers = self.catalog.config.servers
             prefix, sep, _ = name.partition(self.catalog.config.separator)
             if sep and prefix in servers and prefix in self.catalog.missing:
-                raise UnknownTool(f"Unknown tool: {name} (server {prefix!r} has not published its tools yet)")
+                raise UnknownTool(f"Unknown tool: {name} (server {prefix!r} has not published its tools yet"
+                                  f"{self._health_note(prefix)})")
             raise UnknownTool(f"Unknown tool: {name}")
         return Route(entry, self.catalog.config.server(entry.server))
+
+    def queue_for(self, spec: ServerSpec, session_id: str | None) -> str:
+        return sticky_queue(self.catalog.redis, spec, session_id)
+
+    def _health_note(self, server: str) -> str:
+        """Why a server has no tools yet, when its workers know (it fails to start, say)."""
+        records = health.read(self.catalog.redis, server)
+        broken = [rec for rec in records.values() if not rec.get("healthy", True)]
+        if records and len(broken) == len(records):
+            worst = broken[0]
+            return f"; it is {worst.get('state')}: {worst.get('error')}"
+        return ""

@@ -22,6 +22,8 @@ from marshmallow import (
 SERVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TOOL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 PROTOCOL_MODES = ("legacy", "auto", "2026-07-28")  # how a worker's backend session negotiates (mcp.Client mode)
+ISOLATION_MODES = ("shared", "per_client")  # one warm backend session per worker, or one per client session
+HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")  # an HTTP header field name (RFC 9110 token)
 
 
 # ---------------------------------------------------------------- config
@@ -48,10 +50,16 @@ class BrokerSettingsSchema(Schema):
     retries = fields.Integer(load_default=3, validate=validate.Range(min=0, max=20))
     cache = CacheTTLs(load_default=dict)
     protocol = fields.String(load_default="legacy", validate=validate.OneOf(PROTOCOL_MODES))
+    isolation = fields.String(load_default="shared", validate=validate.OneOf(ISOLATION_MODES))
+    eager = fields.Boolean(load_default=False)
+    idle_s = fields.Float(load_default=600.0, validate=validate.Range(min=0))
+    forward_headers = fields.List(fields.String(validate=validate.Regexp(HEADER_NAME, error="not an HTTP header name")),
+                                  load_default=list)
+    health_interval_s = fields.Float(load_default=15.0, validate=validate.Range(min=0))
 
 
-class ServerEntrySchema(Schema):
-    """One entry of `mcpServers`: the keys every MCP client understands, plus `broker`."""
+class EndpointSchema(Schema):
+    """How to reach one backend process: the transport keys of an mcpServers entry (or of one replica)."""
 
     class Meta:
         unknown = EXCLUDE  # other clients' keys (e.g. "disabled", "type") are tolerated
@@ -61,13 +69,31 @@ class ServerEntrySchema(Schema):
     env = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
     cwd = fields.String(load_default=None, allow_none=True)
     url = fields.Url(schemes={"http", "https"}, require_tld=False)
-    headers = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
-    broker = fields.Nested(BrokerSettingsSchema, load_default=lambda: BrokerSettingsSchema().load({}))
+    headers = fields.Dict(keys=fields.String(validate=validate.Regexp(HEADER_NAME, error="not an HTTP header name")),
+                          values=fields.String(), load_default=dict)
 
     @validates_schema
     def _one_transport(self, data: dict[str, Any], **_: Any) -> None:
         if ("command" in data) == ("url" in data):
             raise ValidationError("exactly one of 'command' (stdio) or 'url' (Streamable HTTP) is required", "command")
+
+
+class ServerEntrySchema(EndpointSchema):
+    """One entry of `mcpServers`: the keys every MCP client understands, plus `broker` and `replicas`
+    (several interchangeable endpoints of one logical server, each with its own transport keys)."""
+
+    replicas = fields.List(fields.Nested(EndpointSchema), validate=validate.Length(min=1, max=64))
+    broker = fields.Nested(BrokerSettingsSchema, load_default=lambda: BrokerSettingsSchema().load({}))
+
+    @validates_schema
+    def _one_transport(self, data: dict[str, Any], **_: Any) -> None:
+        if "replicas" in data:
+            if "command" in data or "url" in data:
+                raise ValidationError("give either 'replicas' or one of 'command'/'url', not both", "replicas")
+            return
+        if ("command" in data) == ("url" in data):
+            raise ValidationError("exactly one of 'command' (stdio), 'url' (Streamable HTTP) or 'replicas' "
+                                  "is required", "command")
 
 
 class ConfigFileSchema(Schema):

@@ -11,6 +11,7 @@ from flask_sock import Sock
 from broker.config import load_config
 from broker.observe import configure_call_log
 from broker.security import load_keyring
+from web.admin import register_admin
 from web.api import register_api
 from web.auth import register_auth
 from web.http_mcp import register_http_mcp
@@ -43,6 +44,7 @@ def create_app() -> Flask:
     register_http_mcp(app)
     register_api(app)
     register_status(app)
+    register_admin(app)
 
     @app.get("/healthz")
     def healthz():  # type: ignore[no-untyped-def]

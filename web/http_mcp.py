@@ -184,6 +184,7 @@ class HttpEndpoint:
             if isinstance(found, Response):
                 return found
             conversation = found
+        conversation.connection.client_headers = {name.lower(): value for name, value in request.headers.items()}
         requests = [m for m in messages if "method" in m and "id" in m]
         if not requests:
             for message in messages:

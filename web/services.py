@@ -13,7 +13,7 @@ from typing import Any
 
 from mcp_types import INTERNAL_ERROR
 
-from broker import keys, observe
+from broker import keys, observe, reload
 from broker.cache import ResultCache
 from broker.catalog import Catalog
 from broker.config import BrokerConfig, load_config
@@ -27,6 +27,7 @@ from broker.security import RateLimiter
 from broker.sessions import DEFAULT_TTL_S, SessionStore
 
 _lock = threading.Lock()
+_applied: dict[str, int] = {"version": 0}  # the reload version this process serves
 _services: BrokerServices | None = None
 _pid: int | None = None
 
@@ -66,11 +67,27 @@ def build_services(config: BrokerConfig) -> BrokerServices:
             threading.Thread(target=services.on_catalog_changed, name="catalog-changed", daemon=True).start()
 
     hub.listeners.append(on_channel_message)
+    hub.extra_channels.append(keys.CONFIG_CHANGED)
+    hub.listeners.append(lambda channel, _data: channel == keys.CONFIG_CHANGED and threading.Thread(
+        target=apply_published_config, args=(services,), name="config-reload", daemon=True).start())
     hub.observer = observe.web_outcome  # one metrics update and one JSON log line per answered call
     RECORDER.sample("mcp_broker_sessions_open", lambda: {(): float(len(services.connections))})
     RECORDER.sample("mcp_broker_calls_in_flight", lambda: {(): float(hub.in_flight)})
     RECORDER.start()
     return services
+
+
+def apply_published_config(services: BrokerServices) -> None:
+    """A reload was published (broker/reload.py): serve the new server set. Removed servers vanish from
+    every list and route, added ones appear when a worker lists them; clients hear list_changed."""
+    found = reload.published(services.redis)
+    if found is None or found[0] <= _applied["version"]:
+        return
+    _applied["version"], new = found
+    services.config = new
+    services.catalog.config = new
+    services.cache.config = new
+    services.on_catalog_changed()
 
 
 def get_services(config: BrokerConfig | None = None) -> BrokerServices:

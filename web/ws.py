@@ -111,6 +111,7 @@ def register_websocket(app: Flask, sock: Sock) -> None:
         state = services.sessions.load(ws.session_id) if resumed else None
         connection = ClientConnection(services, text_emitter(ws.send), ws.session_id, resume=state, scope=scope,
                                       principal=current_principal())
+        connection.client_headers = {name.lower(): value for name, value in request.headers.items()}
         RECORDER.level("mcp_broker_open_sockets", ("ws",), 1)
         try:
             if state is not None:

@@ -6,15 +6,19 @@ holds that server's warm session; scaling a server is scaling its workers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import threading
 from typing import Any
 
 from celery import Celery, signals
 from kombu import Queue
 
-from broker.config import BrokerConfig, load_config
+from broker import keys, reload
+from broker.config import BrokerConfig, ConfigError, load_config
+from broker.redisconn import get_redis
 from workers.backends import BackendPool
 
 log = logging.getLogger(__name__)
@@ -26,6 +30,7 @@ _config: BrokerConfig | None = None
 _pool: BackendPool | None = None
 _pool_pid: int | None = None
 _lock = threading.Lock()
+_worker: dict[str, Any] = {"hostname": None, "version": 0}  # this worker's Celery node name, config version
 
 
 def broker_config() -> BrokerConfig:
@@ -44,11 +49,68 @@ def backend_pool() -> BackendPool:
     if _pool is None or _pool_pid != os.getpid():
         with _lock:
             if _pool is None or _pool_pid != os.getpid():
-                from workers.tasks import refresh_catalog_now
+                from workers.tasks import refresh_catalog_now, release_owner
 
-                _pool = BackendPool(broker_config(), on_catalog_change=refresh_catalog_now)
+                _pool = BackendPool(broker_config(), on_catalog_change=refresh_catalog_now,
+                                    client_gone=client_gone, on_client_closed=release_owner)
                 _pool_pid = os.getpid()
     return _pool
+
+
+def client_gone(key: str) -> bool:
+    """Whether a per_client session's client is over: its client session (or batch job) left Redis."""
+    r = get_redis()
+    if key.startswith("batch:"):
+        return not r.exists(keys.batch(key[6:]))
+    return not r.exists(keys.session(key))
+
+
+def known_server(name: str) -> bool:
+    """A server of the running config; a name we do not know may come from a reload not applied here yet."""
+    if name in broker_config().servers:
+        return True
+    apply_published_config()
+    return name in broker_config().servers
+
+
+def apply_published_config() -> None:
+    """Switch to the config published by a reload (see broker/reload.py), if it is newer than ours:
+    sessions of removed/changed servers close, this worker consumes added servers' queues (until they get
+    workers of their own) and stops consuming removed ones, and catalogs of added/changed ones are listed."""
+    global _config
+    from workers.tasks import refresh_catalog
+
+    with _lock:
+        found = reload.published(get_redis())
+        if found is None or found[0] <= _worker["version"]:
+            return
+        version, new = found
+        old, _config = broker_config(), new
+        _worker["version"] = version
+    changes = reload.diff(old, new)
+    if _pool is not None and _pool_pid == os.getpid():
+        _pool.apply_config(new)
+        _pool.served |= set(changes.added)
+    hostname = _worker["hostname"]
+    for server in changes.added:
+        if hostname:
+            app.control.add_consumer(new.server(server).queue, destination=[hostname], reply=False)
+    for server in changes.removed:
+        if hostname:
+            app.control.cancel_consumer(old.server(server).queue, destination=[hostname], reply=False)
+    for server in changes.added + changes.changed:
+        refresh_catalog.apply_async(args=[server], queue=new.server(server).queue)
+    log.warning("worker applied config version %d: %s", version, changes.as_dict())
+
+
+def reload_config_file() -> None:
+    """SIGHUP: validate the file and publish it to every process; a bad file changes nothing."""
+    try:
+        result = reload.reload_from_file(get_redis(), broker_config())
+    except ConfigError as err:
+        log.error("config reload rejected; the running config keeps serving:\n%s", err)
+        return
+    log.warning("config reload published: %s", result)
 
 
 def served_servers(consumer: Any) -> list[str]:
@@ -60,12 +122,27 @@ def served_servers(consumer: Any) -> list[str]:
 
 @signals.worker_ready.connect
 def _warm_up(sender: Any = None, **_: Any) -> None:
-    """Ask our own queue to list each served backend: the pool process that takes it opens the session
-    (never the prefork parent) and publishes the catalog, so clients see the tools before the first call."""
+    """Backends start lazily: only an `eager` server, or one whose catalog nobody has published yet (its
+    tools must be listed before clients can see them), is started now, by asking our own queue to list
+    it (the pool process that takes it opens the session, never a prefork parent). Also: consume this
+    process's direct queue (per_client calls that must reach the sessions held here) and take SIGHUP."""
+    from workers.control import node_name
     from workers.tasks import refresh_catalog
 
-    for server in served_servers(sender):
-        refresh_catalog.apply_async(args=[server], queue=broker_config().server(server).queue)
+    _worker["hostname"] = getattr(sender, "hostname", None)
+    with contextlib.suppress(Exception):
+        _worker["version"] = int(get_redis().hget(keys.CONFIG, "version") or 0)
+    served = served_servers(sender)
+    backend_pool().served |= set(served)
+    r = get_redis()
+    for server in served:
+        spec = broker_config().server(server)
+        if spec.settings.eager or not r.exists(keys.catalog(server)):
+            refresh_catalog.apply_async(args=[server], queue=spec.queue)
+    with contextlib.suppress(Exception):
+        sender.add_task_queue(keys.direct_queue(node_name()))
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload_config_file, daemon=True).start())
 
 
 @signals.worker_process_shutdown.connect
@@ -78,7 +155,7 @@ def _close_backends(**_: Any) -> None:
 def _install_control() -> None:
     from workers import control
 
-    control.connect_signals(app, backend_pool)
+    control.connect_signals(app, backend_pool, apply_published_config)
 
 
 _install_control()

@@ -12,19 +12,24 @@ cancellation reaches the backend as MCP `notifications/cancelled`.
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import hashlib
+import json
 import logging
 import os
 import sys
 import threading
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 import anyio
 import httpx2
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from mcp import Client, StdioServerParameters
+from mcp import Client, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
@@ -45,7 +50,11 @@ from mcp_types import (
     ToolListChangedNotification,
 )
 
-from broker.config import BrokerConfig, ServerSpec
+from broker import health as health_store
+from broker.config import BrokerConfig, ConfigError, Endpoint, ServerSpec, expand_all
+from broker.health import Health
+from broker.redisconn import get_redis
+from broker.router import ReplicaState, choose_replica, client_key
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +73,8 @@ class CallChannel(Protocol):
         ...
 
 CatalogHook = Callable[[str], None]  # server name: its catalog must be re-listed
+SessionKey = tuple[str, int, str]  # (server, replica, "" for the shared session | client key | header key)
+MAINTENANCE_TICK_S = 1.0
 LIST_CHANGED = (ToolListChangedNotification, ResourceListChangedNotification, PromptListChangedNotification)
 FORWARDED_METHODS = ("tools/call", "resources/read", "prompts/get", "completion/complete")
 
@@ -97,13 +108,145 @@ def _resolve_command(command: str) -> str:
     return sys.executable if command in ("python", "python3") else command
 
 
+def _reason(err: BaseException) -> str:
+    """The innermost message of an SDK failure (they arrive wrapped in exception groups)."""
+    while isinstance(err, BaseExceptionGroup) and err.exceptions:
+        err = err.exceptions[0]
+    if isinstance(err, MCPError):
+        return err.error.message
+    return f"{type(err).__name__}: {err}"
+
+
+# The SDK starts a stdio server in its own session (no preexec hook), so a SIGKILLed worker would leave it
+# running. This launcher, exec'd in place of the server, asks Linux to SIGKILL it when its parent dies
+# (PR_SET_PDEATHSIG survives exec), checks the parent did not die already, then becomes the server.
+LAUNCHER = (
+    "import ctypes,os,signal,sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"
+    "if os.getppid() != int(sys.argv[1]): os._exit(1)\n"
+    "try: os.execvp(sys.argv[2], sys.argv[2:])\n"
+    "except OSError as e: print(f'cannot run {sys.argv[2]!r}: {e.strerror}', file=sys.stderr); os._exit(127)\n"
+)
+STDERR_TAIL_LINES = 20
+backend_log = logging.getLogger("mcp.backend")
+
+
+class StderrPump:
+    """A backend's stderr, line by line, into the worker's log as `[server] line`, keeping the last lines
+    for error messages (a server that dies at start usually says why there)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        read_fd, write_fd = os.pipe()
+        self.writer: TextIO = os.fdopen(write_fd, "w")
+        self.tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self.done = threading.Event()
+        threading.Thread(target=self._pump, args=(read_fd,), name=f"stderr-{label}", daemon=True).start()
+
+    def _pump(self, read_fd: int) -> None:
+        try:
+            with os.fdopen(read_fd, "rb") as reader:
+                for raw in reader:
+                    line = raw.decode("utf-8", "replace").rstrip()
+                    if line:
+                        self.tail.append(line)
+                        backend_log.info("[%s] %s", self.label, line)
+        finally:
+            self.done.set()
+
+    def close_writer(self) -> None:
+        """Our copy of the write end: once the child has its own, EOF comes when the child exits."""
+        with contextlib.suppress(OSError):
+            self.writer.close()
+
+    def last_words(self, wait: float = 0.5) -> str:
+        """The last lines of stderr (waiting briefly for a dead child's final output)."""
+        self.done.wait(wait)
+        return " | ".join(list(self.tail)[-5:])
+
+
+@asynccontextmanager
+async def _stdio_transport(params: StdioServerParameters, pump: StderrPump) -> AsyncIterator[Any]:
+    try:
+        async with stdio_client(params, errlog=pump.writer) as streams:
+            pump.close_writer()
+            yield streams
+    finally:
+        pump.close_writer()
+
+
+class EndpointHealth:
+    """This worker's view of one backend endpoint (replica), shared by every session to it and
+    written to Redis (`broker.health`) when it changes, so the rest of the broker can see it."""
+
+    def __init__(self, server: str, replica: int, endpoint: Endpoint) -> None:
+        self.server, self.replica = server, replica
+        self.health = Health(endpoint=endpoint.describe())
+        self._lock = threading.Lock()
+        self._reported = False
+
+    def _write(self) -> None:
+        from workers.control import node_name
+
+        self.health.worker = node_name()
+        try:
+            health_store.write(get_redis(), self.server, self.replica, self.health)
+            self._reported = True
+        except Exception:  # health is advisory: never let Redis trouble break a call
+            log.warning("could not record the health of %s[%d]", self.server, self.replica, exc_info=True)
+
+    def failed(self, error: str) -> None:
+        with self._lock:
+            self.health.failed(error)
+            self._write()
+        log.warning("backend %s[%d] %s (%d failure(s) in a row): %s", self.server, self.replica, self.health.state,
+                    self.health.failures, error)
+
+    def succeeded(self) -> None:
+        if self.health.failures == 0 and self._reported:
+            return
+        with self._lock:
+            self.health.succeeded()
+            self._write()
+
+    def refresh(self) -> None:
+        """Re-write the record (a periodic check), so its `checked_at` shows the view is current."""
+        with self._lock:
+            self.health.checked_at = time.time()
+            self._write()
+
+    def check_backoff(self) -> None:
+        """Fail fast while an unhealthy backend waits out its backoff (no restart loop, a clear reason)."""
+        left = self.health.backoff_left()
+        if left > 0:
+            raise BackendUnavailable(
+                f"server {self.server!r} is unhealthy ({self.health.failures} failures in a row; "
+                f"next start in {left:.0f}s): {self.health.error}")
+
+
 class BackendSession:
-    """One backend server's warm session: opened lazily, restarted when it breaks."""
+    """One backend session (to one replica of a server; shared by the worker's calls, or one client's own
+    under per_client isolation): opened lazily, restarted when it breaks, closed when idle."""
 
     def __init__(
-        self, spec: ServerSpec, portal: BlockingPortal, base_dir: str, on_catalog_change: CatalogHook | None = None
+        self,
+        spec: ServerSpec,
+        portal: BlockingPortal,
+        base_dir: str,
+        on_catalog_change: CatalogHook | None = None,
+        replica: int = 0,
+        health: EndpointHealth | None = None,
+        client_key: str | None = None,
+        extra_headers: dict[str, str] | None = None,
     ) -> None:
         self.spec = spec
+        self.replica = replica
+        self.endpoint = spec.endpoints[replica]
+        self.health = health or EndpointHealth(spec.name, replica, self.endpoint)
+        self.client_key = client_key  # whose session this is (per_client), None when shared
+        self.extra_headers = dict(extra_headers or {})  # client headers passed through (forward_headers)
+        self.last_used = time.monotonic()
+        self._pump: StderrPump | None = None
         self._on_catalog_change = on_catalog_change
         self._portal = portal
         self._base_dir = base_dir
@@ -155,8 +298,18 @@ class BackendSession:
         for channel in list(self.channels.values()):  # the calls that may have caused it
             channel.log(payload)
 
+    @property
+    def label(self) -> str:
+        """How logs name this session: the server, its replica when it has several, the client's if own."""
+        label = self.spec.name + (f"[{self.replica}]" if len(self.spec.endpoints) > 1 else "")
+        return label + (f" client {self.client_key[:12]}" if self.client_key else "")
+
+    @property
+    def is_open(self) -> bool:
+        return self._client is not None
+
     def _new_client(self) -> Client:
-        spec = self.spec
+        spec, endpoint = self.spec, self.endpoint
         options: dict[str, Any] = {
             "mode": spec.settings.protocol,
             "cache": None,
@@ -166,19 +319,21 @@ class BackendSession:
             "list_roots_callback": self._on_list_roots,
             "logging_callback": self._on_log,
         }
-        if spec.command:
-            params = StdioServerParameters(
-                command=_resolve_command(spec.command),
-                args=list(spec.args),
-                env=dict(spec.env) or None,
-                cwd=spec.cwd or self._base_dir,
-            )
-            return Client(params, **options)
-        assert spec.url is not None
-        if spec.headers:
-            transport = streamable_http_client(spec.url, http_client=httpx2.AsyncClient(headers=spec.headers))
+        if endpoint.command:
+            env = expand_all(endpoint.env, f"server {spec.name}: env")
+            command, args = _resolve_command(endpoint.command), list(endpoint.args)
+            if sys.platform.startswith("linux"):
+                command, args = sys.executable, ["-I", "-S", "-c", LAUNCHER, str(os.getpid()), command, *args]
+            params = StdioServerParameters(command=command, args=args, env=env or None,
+                                           cwd=endpoint.cwd or self._base_dir)
+            self._pump = StderrPump(self.label)
+            return Client(_stdio_transport(params, self._pump), **options)
+        assert endpoint.url is not None
+        headers = {**expand_all(endpoint.headers, f"server {spec.name}: header"), **self.extra_headers}
+        if headers:
+            transport = streamable_http_client(endpoint.url, http_client=httpx2.AsyncClient(headers=headers))
             return Client(transport, **options)
-        return Client(spec.url, **options)
+        return Client(endpoint.url, **options)
 
     def open(self) -> Client:
         """The live client, opening the backend if needed (thread-safe; call from a non-loop thread)."""
@@ -187,14 +342,23 @@ class BackendSession:
             return client
         with self._lock:
             if self._client is None:
-                cm = self._portal.wrap_async_context_manager(self._new_client())
+                self.health.check_backoff()
                 try:
+                    cm = self._portal.wrap_async_context_manager(self._new_client())
                     self._client = cm.__enter__()
+                except ConfigError as err:  # a ${VAR} the worker's environment lacks
+                    self.health.failed(str(err))
+                    raise BackendUnavailable(f"server {self.spec.name!r} cannot start: {err}") from err
                 except Exception as err:  # the backend failed to start or to shake hands
-                    raise BackendUnavailable(f"server {self.spec.name!r} failed to start: {err!r}") from err
+                    words = self._pump.last_words() if self._pump is not None else ""
+                    reason = _reason(err) + (f"; its stderr: {words}" if words else "")
+                    where = self.endpoint.describe()
+                    self.health.failed(f"failed to start ({where}): {reason}")
+                    raise BackendUnavailable(f"server {self.spec.name!r} failed to start: {reason}") from err
                 self._cm = cm
                 self.generation += 1
-                log.info("backend %s: session open (generation %d)", self.spec.name, self.generation)
+                self.last_used = time.monotonic()
+                log.info("backend %s: session open (generation %d)", self.label, self.generation)
                 if self.generation > 1 and self._on_catalog_change is not None:
                     # a restarted backend may offer something else now
                     threading.Thread(target=self._on_catalog_change, args=(self.spec.name,), daemon=True).start()
@@ -209,14 +373,16 @@ class BackendSession:
             except Exception:  # a dead backend often fails its own shutdown; it is gone either way
                 log.debug("backend %s: error while closing", self.spec.name, exc_info=True)
 
-    def restart_if(self, generation: int) -> None:
+    def restart_if(self, generation: int, reason: str = "session broken") -> None:
         """Close the session if it is still the one that failed (another call may have restarted it)."""
         if self.generation == generation and self._client is not None:
-            log.warning("backend %s: restarting broken session (generation %d)", self.spec.name, generation)
+            log.warning("backend %s: restarting broken session (generation %d)", self.label, generation)
             self.restarts += 1
             from broker.observe import backend_restart
 
             backend_restart(self.spec.name)  # mcp_broker_backend_restarts_total
+            words = self._pump.last_words(0.2) if self._pump is not None else ""
+            self.health.failed(reason + (f"; its stderr: {words}" if words else ""))
             self.close()
 
     # ------------------------------------------------------------ calls (on the loop)
@@ -243,21 +409,26 @@ class BackendSession:
                 if channel is not None:
                     self.channels[call_id] = channel
             try:
+                self.last_used = time.monotonic()
                 with anyio.fail_after(timeout):
                     async with self._slots:
                         client, generation = await self._client_async()
-                        return await fn(client)
+                        answer = await fn(client)
+                self.health.succeeded()
+                return answer
             except TimeoutError as err:
                 raise BackendTimeout(f"server {self.spec.name!r} did not answer within {timeout:g}s") from err
             except MCPError as err:
                 if err.code in (CONNECTION_CLOSED, REQUEST_TIMEOUT):
-                    await anyio.to_thread.run_sync(self.restart_if, generation)
+                    await anyio.to_thread.run_sync(self.restart_if, generation, err.error.message)
                     raise BackendUnavailable(f"server {self.spec.name!r}: {err.error.message}") from err
                 raise BackendRPCError(err.code, err.error.message, err.error.data) from err
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError) as err:
-                await anyio.to_thread.run_sync(self.restart_if, generation)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError,
+                    httpx2.TransportError) as err:
+                await anyio.to_thread.run_sync(self.restart_if, generation, f"connection lost: {err!r}")
                 raise BackendUnavailable(f"server {self.spec.name!r}: connection lost ({err!r})") from err
             finally:
+                self.last_used = time.monotonic()
                 if call_id is not None:
                     self.running.pop(call_id, None)
                     self.channels.pop(call_id, None)
@@ -319,6 +490,20 @@ class BackendSession:
         except (KeyError, TypeError, ValueError) as err:
             raise BackendRPCError(INVALID_PARAMS, f"Invalid params for {method}: {err}") from err
 
+    async def ping(self, timeout: float) -> None:
+        """MCP `ping` (opening the session if closed): the health check. A backend that does not answer in
+        time is hung: it counts as a failure and is restarted."""
+        generation = self.generation
+
+        async def send(client: Client) -> Any:
+            return await client.send_ping()
+
+        try:
+            await self._guarded(send, timeout)
+        except BackendTimeout:
+            await anyio.to_thread.run_sync(self.restart_if, generation, f"ping not answered within {timeout:g}s")
+            raise
+
     def cancel(self, call_id: str) -> bool:
         """Cancel a running call (loop thread only); the SDK tells the backend."""
         scope = self.running.get(call_id)
@@ -360,24 +545,187 @@ class BackendSession:
 class BackendPool:
     """The process's backend sessions and the one event-loop thread that runs them."""
 
-    def __init__(self, config: BrokerConfig, on_catalog_change: CatalogHook | None = None) -> None:
+    def __init__(
+        self,
+        config: BrokerConfig,
+        on_catalog_change: CatalogHook | None = None,
+        client_gone: Callable[[str], bool] | None = None,
+        on_client_closed: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.config = config
         self._on_catalog_change = on_catalog_change
+        self._client_gone = client_gone  # is this client (session or batch) over? (checked by the maintenance)
+        self._on_client_closed = on_client_closed  # (server, client key): its per_client session was closed
         self._portal_cm = start_blocking_portal(name="mcp-backends")
         self.portal = self._portal_cm.__enter__()  # kept: a collected portal stops its loop
-        self._sessions: dict[str, BackendSession] = {}
+        self._sessions: dict[SessionKey, BackendSession] = {}
+        self._health: dict[tuple[str, int], EndpointHealth] = {}
+        self._client_replica: dict[tuple[str, str], int] = {}  # (server, client session key) → its replica
         self._lock = threading.Lock()
         self._base_dir = str(Path(config.path).resolve().parent) if config.path else os.getcwd()
+        self.served: set[str] = set()  # servers whose queues this process consumes (pinged, eager-started)
+        self._last_check: dict[str, float] = {}
+        self._stop = threading.Event()
+        threading.Thread(target=self._maintain, name="backend-maintenance", daemon=True).start()
 
-    def session(self, server: str) -> BackendSession:
-        found = self._sessions.get(server)
+    # ------------------------------------------------------------ which session
+    def endpoint_health(self, server: str, replica: int) -> EndpointHealth:
+        found = self._health.get((server, replica))
+        if found is None:
+            with self._lock:
+                found = self._health.get((server, replica))
+                if found is None:
+                    found = EndpointHealth(server, replica, self.config.server(server).endpoints[replica])
+                    self._health[(server, replica)] = found
+        return found
+
+    def _get(self, server: str, replica: int, key: str = "", headers: dict[str, str] | None = None,
+             client: str | None = None) -> BackendSession:
+        found = self._sessions.get((server, replica, key))
         if found is not None:
             return found
+        health = self.endpoint_health(server, replica)
         with self._lock:
-            if server not in self._sessions:
+            if (server, replica, key) not in self._sessions:
                 spec = self.config.server(server)
-                self._sessions[server] = BackendSession(spec, self.portal, self._base_dir, self._on_catalog_change)
-            return self._sessions[server]
+                self._sessions[(server, replica, key)] = BackendSession(
+                    spec, self.portal, self._base_dir, self._on_catalog_change, replica, health, client, headers)
+            return self._sessions[(server, replica, key)]
+
+    def session(self, server: str, replica: int | None = None) -> BackendSession:
+        """The worker's shared session to `server` (catalog listing, health checks, shared isolation):
+        to the given replica, or the best one now."""
+        spec = self.config.server(server)
+        return self._get(server, self.pick_replica(spec) if replica is None else replica)
+
+    def pick_replica(self, spec: ServerSpec, exclude: frozenset[int] = frozenset()) -> int:
+        """The healthiest, least-loaded replica in this worker's view (its own pings and calls)."""
+        if len(spec.endpoints) == 1:
+            return 0
+        load: dict[int, int] = {}
+        for (server, replica, _), session in list(self._sessions.items()):
+            if server == spec.name:
+                load[replica] = load.get(replica, 0) + len(session.running)
+        states = []
+        for index in range(len(spec.endpoints)):
+            health = self.endpoint_health(spec.name, index).health
+            states.append(ReplicaState(index, health.healthy, load.get(index, 0), health.backoff_left()))
+        return choose_replica(states, exclude)
+
+    def session_for_call(self, spec: ServerSpec, call: dict[str, Any],
+                         exclude: frozenset[int] = frozenset()) -> tuple[BackendSession, bool]:
+        """The session a call runs on, and whether it is a one-shot session to close after the call.
+
+        shared: the worker's session to the best replica (one per distinct set of forwarded headers).
+        per_client: the client's own session, created on its first call and kept on its replica until that
+        replica fails; a call without a client (no session, no batch) gets a one-shot session."""
+        wanted = {name.lower() for name in spec.settings.forward_headers}
+        headers = {k: str(v) for k, v in (call.get("headers") or {}).items() if k.lower() in wanted}
+        header_key = ("h:" + hashlib.sha256(json.dumps(sorted(headers.items())).encode()).hexdigest()[:16]
+                      if headers else "")
+        if spec.settings.isolation != "per_client":
+            return self._get(spec.name, self.pick_replica(spec, exclude), header_key, headers), False
+        client = client_key(call)
+        if client is None:
+            replica = self.pick_replica(spec, exclude)
+            one_shot = BackendSession(spec, self.portal, self._base_dir, None, replica,
+                                      self.endpoint_health(spec.name, replica), "one-shot", headers)
+            return one_shot, True
+        key = client + (f"|{header_key}" if header_key else "")
+        replica = self._client_replica.get((spec.name, key))
+        if replica is None or replica in exclude:
+            replica = self.pick_replica(spec, exclude)
+            self._client_replica[(spec.name, key)] = replica
+        return self._get(spec.name, replica, key, headers, client), False
+
+    def drop(self, key: SessionKey) -> None:
+        """Close and forget a session (any thread but the loop's)."""
+        with self._lock:
+            session = self._sessions.pop(key, None)
+            if key[2]:
+                self._client_replica.pop((key[0], key[2]), None)
+        if session is not None:
+            session.close()
+            if session.client_key and self._on_client_closed is not None:
+                with contextlib.suppress(Exception):
+                    self._on_client_closed(key[0], session.client_key)
+
+    def sessions(self) -> dict[SessionKey, BackendSession]:
+        return dict(self._sessions)
+
+    # ------------------------------------------------------------ upkeep (its own thread)
+    def _maintain(self) -> None:
+        while not self._stop.wait(MAINTENANCE_TICK_S):
+            try:
+                self._close_idle_and_orphaned()
+                self._check_health()
+            except Exception:
+                log.warning("backend maintenance failed", exc_info=True)
+
+    def _close_idle_and_orphaned(self) -> None:
+        """Per-client sessions whose client is gone, and sessions idle past `idle_s`, are closed (their
+        stdio children reaped); an eager server's shared sessions stay."""
+        now = time.monotonic()
+        for key, session in list(self._sessions.items()):
+            spec = self.config.servers.get(key[0])
+            if session.running:
+                continue
+            if spec is None:  # removed by a reload
+                self.drop(key)
+                continue
+            settings = spec.settings
+            if session.client_key and self._client_gone is not None and self._client_gone(session.client_key):
+                log.info("backend %s: the client's session ended; closing", session.label)
+                self.drop(key)
+            elif settings.idle_s > 0 and session.is_open and now - session.last_used > settings.idle_s and not (
+                    settings.eager and not key[2]):
+                log.info("backend %s: idle for %.0fs; closing", session.label, now - session.last_used)
+                if key[2]:
+                    self.drop(key)
+                else:
+                    session.close()
+
+    def _check_health(self) -> None:
+        """Every `health_interval_s`: MCP ping of each open shared session; a replica out of rotation is
+        probed (started and pinged) once its backoff allows, so it returns when it recovers; an eager
+        server is (re)started."""
+        now = time.monotonic()
+        for server in sorted(self.served):
+            spec = self.config.servers.get(server)
+            if spec is None:
+                continue
+            interval = spec.settings.health_interval_s
+            if interval <= 0 or now - self._last_check.get(server, 0.0) < interval:
+                continue
+            self._last_check[server] = now
+            for replica in range(len(spec.endpoints)):
+                session = self._get(server, replica)
+                health = self.endpoint_health(server, replica)
+                probe = (len(spec.endpoints) > 1 and not health.health.healthy) or spec.settings.eager
+                if not session.is_open and not (probe and health.health.backoff_left() == 0):
+                    continue
+                try:
+                    self.portal.call(session.ping, min(spec.settings.timeout_s, 10.0))
+                    health.refresh()
+                except (BackendUnavailable, BackendTimeout, BackendRPCError, CallCancelled) as err:
+                    log.info("health check of %s[%d] failed: %s", server, replica, err)
+
+    # ------------------------------------------------------------ reload
+    def apply_config(self, config: BrokerConfig) -> None:
+        """A reloaded config: sessions of removed or changed servers are closed (changed ones restart on
+        their next call, with the new settings); the rest keep running."""
+        old = self.config
+        self.config = config
+        for key in list(self._sessions):
+            server = key[0]
+            if server not in config.servers or config.servers[server] != old.servers.get(server):
+                self.drop(key)
+        with self._lock:
+            for health_key in list(self._health):
+                if health_key[0] not in config.servers or config.servers[health_key[0]] != old.servers.get(
+                        health_key[0]):
+                    del self._health[health_key]
+        self.served &= set(config.servers)
 
     async def request(
         self,
@@ -419,6 +767,7 @@ class BackendPool:
         return bool(self.portal.call(on_loop))
 
     def close(self) -> None:
+        self._stop.set()
         for session in list(self._sessions.values()):
             session.close()
         self._sessions.clear()

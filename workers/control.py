@@ -16,7 +16,9 @@ seconds. Results are written once per call id, so a rerun answers nobody twice.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -77,18 +79,56 @@ def reclaim_dead_workers(app: Any) -> int:
         r.delete(claimed)
         r.srem(keys.WORKERS, node)
         log.warning("worker %s died: %d held message(s) restored to their queues", node, len(tags))
+        restored += drain_direct_queue(app, node)
     return restored
 
 
-def _cancel_listener(pool_getter: Any) -> None:
+def drain_direct_queue(app: Any, node: str) -> int:
+    """A dead worker's own queue (per_client calls sent to the sessions it held) is consumed by nobody:
+    its calls go back to their servers' queues, where a live worker takes the client over (the client's
+    backend state is lost with the dead worker, its calls are not). How many calls were moved."""
+    from workers.tasks import run_calls
+
+    r = get_redis()
+    queue = keys.direct_queue(node)
+    moved = 0
+    while True:
+        raw = r.rpop(queue)  # kombu pushes on the left and consumes on the right
+        if raw is None:
+            return moved
+        try:
+            message = json.loads(raw)
+            body = message["body"]
+            if message.get("properties", {}).get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            args = json.loads(body)[0]
+            calls = args[0]
+        except (ValueError, KeyError, IndexError, TypeError):
+            log.exception("dropping an unreadable message of dead worker %s", node)
+            continue
+        by_server: dict[str, list[dict[str, Any]]] = {}
+        for call in calls:
+            by_server.setdefault(call.get("server", ""), []).append({**call, "hops": 0})
+        for server, server_calls in by_server.items():
+            run_calls.apply_async(args=[server_calls], queue=f"mcp.{server}")
+            moved += len(server_calls)
+        log.warning("worker %s died: %d call(s) of its own queue sent back to their servers", node, len(calls))
+
+
+def _cancel_listener(pool_getter: Any, on_config: Any = None) -> None:
     while True:
         pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
         try:
-            pubsub.subscribe(keys.CANCEL_CHANNEL)
+            pubsub.subscribe(keys.CANCEL_CHANNEL, keys.CONFIG_CHANGED)
             for message in pubsub.listen():
-                if message.get("type") == "message":
-                    with contextlib.suppress(Exception):
-                        pool_getter().cancel(message["data"])
+                if message.get("type") != "message":
+                    continue
+                if message.get("channel") == keys.CONFIG_CHANGED:
+                    if on_config is not None:  # off this thread: applying may talk to Celery and backends
+                        threading.Thread(target=on_config, name="config-reload", daemon=True).start()
+                    continue
+                with contextlib.suppress(Exception):
+                    pool_getter().cancel(message["data"])
         except redis.RedisError:
             log.warning("cancel listener: Redis connection lost; resubscribing")
             time.sleep(0.5)
@@ -119,7 +159,7 @@ def _heartbeat(app: Any) -> None:
         time.sleep(HEARTBEAT_S)
 
 
-def start(app: Any, pool_getter: Any) -> None:
+def start(app: Any, pool_getter: Any, on_config: Any = None) -> None:
     """Start the listener and the heartbeat once per process."""
     with _lock:
         if _state["started"] and _state.get("pid") == os.getpid():
@@ -128,14 +168,15 @@ def start(app: Any, pool_getter: Any) -> None:
     _state["started_at"] = time.time()
     get_redis().set(keys.worker_alive(node_name()), _lease(app), ex=LEASE_TTL_S)
     get_redis().sadd(keys.WORKERS, node_name())
-    threading.Thread(target=_cancel_listener, args=(pool_getter,), name="cancel-listener", daemon=True).start()
+    threading.Thread(target=_cancel_listener, args=(pool_getter, on_config), name="cancel-listener",
+                     daemon=True).start()
     threading.Thread(target=_heartbeat, args=(app,), name="lease-heartbeat", daemon=True).start()
 
 
-def connect_signals(app: Any, pool_getter: Any) -> None:
+def connect_signals(app: Any, pool_getter: Any, on_config: Any = None) -> None:
     @signals.task_received.connect(weak=False)
     def _on_received(request: Any = None, **_: Any) -> None:
-        start(app, pool_getter)
+        start(app, pool_getter, on_config)
         # Celery's Request.delivery_info drops the tag; the kombu message keeps it
         tag = getattr(getattr(request, "message", None), "delivery_tag", None)
         if tag and request.id:
@@ -148,7 +189,7 @@ def connect_signals(app: Any, pool_getter: Any) -> None:
 
     @signals.worker_ready.connect(weak=False)
     def _on_ready(**_: Any) -> None:
-        start(app, pool_getter)
+        start(app, pool_getter, on_config)
 
     @signals.worker_shutdown.connect(weak=False)
     def _on_shutdown(**_: Any) -> None:

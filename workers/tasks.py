@@ -27,18 +27,35 @@ from typing import Any
 import anyio
 from mcp_types import INTERNAL_ERROR, REQUEST_TIMEOUT
 
-from broker import observe
+from broker import keys, observe
 from broker.cache import store_result
 from broker.catalog import store_server_catalog
 from broker.redisconn import get_redis
 from broker.results import ResultWriter, cancelled_outcome, rpc_error, timeout_outcome
-from workers.app import app, backend_pool, broker_config
+from broker.router import client_key
+from workers.app import app, backend_pool, broker_config, known_server
 from workers.backends import BackendRPCError, BackendTimeout, BackendUnavailable, CallCancelled
 
 log = logging.getLogger(__name__)
 
 BACKOFF_BASE_S = 0.2
 BACKOFF_MAX_S = 5.0
+OWNER_TTL_S = 86400  # an owner record outlives any client session; closing the session deletes it
+MAX_HOPS = 3  # a per_client call forwarded this often runs where it is (its owner keeps moving)
+
+# Who holds a per_client session: the recorded owner while its lease is alive, else the caller (takes over).
+_CLAIM = """
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. owner .. ARGV[4]) == 1 then
+  return owner
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return ARGV[1]
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 class RedisCallChannel:
@@ -80,13 +97,14 @@ async def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, 
         return timeout_outcome(server, timeout, queued=True)
     deadline = time.monotonic() + timeout
     channel = RedisCallChannel(call, writer) if call.get("reply_to") else None
-    session = backend_pool().session(server)
     method = call.get("method", "tools/call")
     attempt = 0
+    failed_replicas: set[int] = set()  # a retry goes to another replica when there is one
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return timeout_outcome(server, timeout)
+        session, one_shot = backend_pool().session_for_call(spec, call, frozenset(failed_replicas))
         try:
             if method == "tools/call":
                 arguments = call.get("arguments") or {}
@@ -105,6 +123,9 @@ async def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, 
         except BackendRPCError as err:
             return rpc_error(err.code, err.message, err.data)
         except BackendUnavailable as err:
+            failed_replicas.add(session.replica)
+            if len(failed_replicas) >= len(spec.endpoints):
+                failed_replicas.clear()
             if attempt >= spec.settings.retries:
                 return rpc_error(INTERNAL_ERROR, f"Server {server!r} unavailable after {attempt + 1} attempts: {err}",
                                  {"server": server, "reason": "backend_unavailable"})
@@ -116,12 +137,60 @@ async def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, 
             call["attempts"] = attempt + 1  # for the call's log line
             if writer.cancelled(call_id):
                 return cancelled_outcome()
+        finally:
+            if one_shot:
+                await anyio.to_thread.run_sync(session.close)
+
+
+def owner_of(server: str, key: str, me: str) -> str:
+    """Claim a per_client session for this worker process unless a live worker already holds it."""
+    prefix, suffix = keys.worker_alive("\0").split("\0")
+    return str(get_redis().eval(_CLAIM, 1, keys.owner(server, key), me, OWNER_TTL_S, prefix, suffix))
+
+
+def release_owner(server: str, key: str) -> None:
+    """This worker closed the client's session: the next call may land anywhere."""
+    from workers.control import node_name
+
+    get_redis().eval(_RELEASE, 1, keys.owner(server, key), node_name())
+
+
+def forward_to_owners(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Send each per_client call held by another live worker to that worker's own queue; the calls to
+    run here remain. Keeps a client's calls on the one backend session that has its state."""
+    from workers.control import node_name
+
+    me = node_name()
+    mine: list[dict[str, Any]] = []
+    elsewhere: dict[str, list[dict[str, Any]]] = {}
+    for call in calls:
+        spec = broker_config().servers.get(call.get("server", ""))
+        key = client_key(call) if spec is not None and spec.settings.isolation == "per_client" else None
+        if key is None or int(call.get("hops", 0)) >= MAX_HOPS:
+            mine.append(call)
+            continue
+        owner = owner_of(spec.name, key, me)  # type: ignore[union-attr]
+        if owner == me:
+            mine.append(call)
+        else:
+            elsewhere.setdefault(owner, []).append({**call, "hops": int(call.get("hops", 0)) + 1})
+    for owner, forwarded in elsewhere.items():
+        run_calls.apply_async(args=[forwarded], queue=keys.direct_queue(owner))
+    return mine
 
 
 def run_calls_now(calls: list[dict[str, Any]], worker: str) -> None:
     """Run a message's calls concurrently on the backend loop; each answered as soon as it is done."""
     observe.configure_call_log("worker")
     writer = ResultWriter(get_redis())
+    for call in calls:
+        if not known_server(call.get("server", "")):
+            writer.deliver(call, {**rpc_error(INTERNAL_ERROR, f"Unknown server {call.get('server')!r} (removed by "
+                                                              f"a config reload?)", {"server": call.get("server")}),
+                                  "worker": worker})
+    calls = forward_to_owners([c for c in calls if known_server(c.get("server", ""))])
+    if not calls:
+        return
     verdicts = writer.triage(calls)
     for call, verdict in zip(calls, verdicts, strict=True):
         if verdict == "cancelled":

@@ -1,0 +1,54 @@
+"""The smallest MCP server: stdlib only, one tool, starts in a few milliseconds.
+
+For tests that restart a backend hundreds of times (an SDK server takes ~0.5 s
+to start). `--exit-at-start CODE` makes it print a reason on stderr and exit at
+once, like a server missing its credentials: the broker must say so quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+TOOLS = [{"name": "echo", "description": "Return the text and this process's pid.",
+          "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}}]
+
+
+def answer(message: dict) -> dict | None:
+    method, request_id = message.get("method"), message.get("id")
+    if request_id is None:
+        return None  # a notification
+    if method == "initialize":
+        version = (message.get("params") or {}).get("protocolVersion") or "2025-06-18"
+        result: dict = {"protocolVersion": version, "capabilities": {"tools": {}},
+                        "serverInfo": {"name": "tiny", "version": "1"}}
+    elif method == "ping":
+        result = {}
+    elif method == "tools/list":
+        result = {"tools": TOOLS}
+    elif method == "tools/call":
+        text = str(((message.get("params") or {}).get("arguments") or {}).get("text", ""))
+        result = {"content": [{"type": "text", "text": text}], "structuredContent": {"text": text, "pid": os.getpid()},
+                  "isError": False}
+    else:
+        return {"jsonrpc": "2.0", "id": request_id, "error": {"code": -32601, "message": f"Method not found: {method}"}}
+    return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--exit-at-start":
+        print("tiny: refusing to start (no credentials configured)", file=sys.stderr, flush=True)
+        sys.exit(int(sys.argv[2]))
+    for line in sys.stdin:
+        try:
+            reply = answer(json.loads(line))
+        except ValueError:
+            continue
+        if reply is not None:
+            sys.stdout.write(json.dumps(reply) + "\n")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
