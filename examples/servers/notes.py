@@ -2,20 +2,33 @@
 
 It shows what a stateless tool server does not: state that lives in the
 backend process (why isolation matters), resources to read and prompts to get.
+Its resource can be subscribed to: a client that did is told when a note is
+added or the notes are cleared (`notifications/resources/updated`).
 """
 
 from __future__ import annotations
 
-from mcp.server.mcpserver import MCPServer
+from typing import Any
+
+import mcp_types as types
+from mcp.server.mcpserver import Context, MCPServer
 
 server = MCPServer("notes")
 _notes: list[str] = []
+_subscribed: set[str] = set()  # uris some client subscribed to (through the broker: any client)
+ALL_NOTES = "notes://all"
+
+
+async def _changed(ctx: Context) -> None:
+    if ALL_NOTES in _subscribed:
+        await ctx.session.send_resource_updated(ALL_NOTES)
 
 
 @server.tool()
-def add_note(text: str) -> int:
+async def add_note(text: str, ctx: Context) -> int:
     """Store a note; returns how many notes there are now."""
     _notes.append(text)
+    await _changed(ctx)
     return len(_notes)
 
 
@@ -26,14 +39,30 @@ def list_notes() -> list[str]:
 
 
 @server.tool()
-def clear_notes() -> int:
+async def clear_notes(ctx: Context) -> int:
     """Forget every note; returns how many were dropped."""
     dropped = len(_notes)
     _notes.clear()
+    await _changed(ctx)
     return dropped
 
 
-@server.resource("notes://all", mime_type="text/plain")
+async def _subscribe(_ctx: Any, params: types.SubscribeRequestParams) -> types.EmptyResult:
+    _subscribed.add(str(params.uri))
+    return types.EmptyResult()
+
+
+async def _unsubscribe(_ctx: Any, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+    _subscribed.discard(str(params.uri))
+    return types.EmptyResult()
+
+
+# MCPServer has no decorator for these: register them on its low-level server
+server._lowlevel_server.add_request_handler("resources/subscribe", types.SubscribeRequestParams, _subscribe)
+server._lowlevel_server.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, _unsubscribe)
+
+
+@server.resource(ALL_NOTES, mime_type="text/plain")
 def all_notes() -> str:
     """Every note, one a line."""
     return "\n".join(_notes)

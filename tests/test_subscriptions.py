@@ -1,0 +1,69 @@
+"""resources/subscribe through the broker: a backend's notifications/resources/updated reaches every client
+that subscribed (in its own namespace, on either transport), and the backend is unsubscribed only when the
+last subscribed session leaves (fan-in with reference counts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+from mcp import Client
+from mcp_types import ResourceUpdatedNotification
+
+from tests.stack import Stack
+from tests.wsclient import RawClient
+
+UPDATED = "notifications/resources/updated"
+
+
+def updates(client: RawClient) -> list[str]:
+    """The resource uris the client was told changed so far (a ping flushes what was sent before it)."""
+    client.request("ping")
+    return [n["params"]["uri"] for n in client.notifications if n.get("method") == UPDATED]
+
+
+def test_updates_reach_subscribers_until_the_last_one_leaves(stack: Stack) -> None:
+    scoped_url = stack.ws_url().replace("/mcp", "/servers/notes/mcp")
+    with RawClient(stack.ws_url()) as aggregate, RawClient(scoped_url) as scoped, RawClient(stack.ws_url()) as caller:
+        assert aggregate.init_result is not None and aggregate.init_result["capabilities"]["resources"]["subscribe"]
+        assert aggregate.request("resources/subscribe", {"uri": "notes+notes://all"})["result"] == {}
+        assert scoped.request("resources/subscribe", {"uri": "notes://all"})["result"] == {}
+
+        caller.call("notes__add_note", {"text": "subscribed"})
+        assert updates(aggregate) == ["notes+notes://all"]
+        assert updates(scoped) == ["notes://all"]
+        assert updates(caller) == []  # it did not subscribe
+
+        # one subscriber leaves: the backend stays subscribed for the other
+        assert aggregate.request("resources/unsubscribe", {"uri": "notes+notes://all"})["result"] == {}
+        caller.call("notes__add_note", {"text": "one left"})
+        assert updates(aggregate) == ["notes+notes://all"]
+        assert updates(scoped) == ["notes://all", "notes://all"]
+
+        assert scoped.request("resources/unsubscribe", {"uri": "notes://all"})["result"] == {}
+        caller.call("notes__add_note", {"text": "nobody listens"})
+        assert updates(scoped) == ["notes://all", "notes://all"]
+
+        unknown = aggregate.request("resources/subscribe", {"uri": "nope+x://y"})["error"]
+        assert unknown["code"] == -32002
+        assert aggregate.request("resources/subscribe", {})["error"]["code"] == -32602
+
+
+def test_sdk_http_client_hears_updates_on_its_stream(stack: Stack) -> None:
+    seen: list[str] = []
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, ResourceUpdatedNotification):
+            seen.append(str(message.params.uri))
+
+    async def scenario() -> None:
+        async with Client(f"{stack.http_url()}/servers/notes/mcp", mode="legacy", message_handler=on_message) as c:
+            await c.subscribe_resource("notes://all")
+            await c.call_tool("add_note", {"text": "over http"})
+            with anyio.fail_after(15):
+                while not seen:
+                    await anyio.sleep(0.05)
+            await c.unsubscribe_resource("notes://all")
+
+    anyio.run(scenario)
+    assert seen == ["notes://all"]
