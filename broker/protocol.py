@@ -172,7 +172,15 @@ class BrokerServices:
 
 
 def dumps(message: Any) -> str:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON text that is always valid UTF-8: a client's `\\ud800` escape decodes to a lone surrogate,
+    which no transport can encode, so such a message is written with ASCII escapes instead (the same JSON)."""
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(message, separators=(",", ":"))
+    return text
 
 
 def text_emitter(write: Callable[[str], None]) -> Callable[[dict[str, Any], Any], None]:
@@ -307,7 +315,8 @@ class ClientConnection:
         except RecursionError:
             errors = {"_schema": ["message nested too deeply"]}
         if errors:
-            request_id = message.get("id") if isinstance(message.get("id"), (str, int)) else None
+            raw_id = message.get("id")  # an id the envelope refused is echoed only if JSON-RPC allows it
+            request_id = raw_id if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) else None
             self._error(request_id, INVALID_REQUEST, f"Invalid Request: {first_error(ValidationError(errors))}")
             return
         method = message.get("method")
