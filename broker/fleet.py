@@ -17,7 +17,7 @@ from typing import Any
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from broker import keys
+from broker import health, keys
 from broker.config import BrokerConfig
 from broker.metrics import SLOT_S, Snapshot, read_recent, read_snapshot
 
@@ -85,18 +85,25 @@ def readiness(r: redis.Redis, config: BrokerConfig) -> tuple[bool, dict[str, Any
         depths = queue_depths(r, config)
         published = r.exists(*[keys.catalog(name) for name in config.servers]) if config.servers else 0
         catalogs = {name: bool(r.exists(keys.catalog(name))) for name in config.servers} if published else {}
+        backends = health.summary(r, list(config.servers))  # what workers saw of each backend (broker.health)
     except (redis.RedisError, OSError) as err:
         return False, {"status": "unready", "redis": {"ok": False, "error": f"{type(err).__name__}: {err}"},
                        "servers": {}}
     servers = {}
     for name in config.servers:
         live = by_server[name]
+        backend = backends[name]
+        reason = {} if live else {"reason": f"no live worker consumes {config.server(name).queue}"}
+        if live and not backend["available"]:
+            errors = {rec.get("error") for rec in backend["replicas"].values()}
+            reason = {"reason": f"backend unhealthy: {'; '.join(sorted(str(e) for e in errors))}"}
         servers[name] = {
-            "ready": bool(live),
+            "ready": bool(live) and backend["available"],
             "workers": len(live),
             "queue_depth": depths[name],
             "catalog_published": catalogs.get(name, False),
-            **({} if live else {"reason": f"no live worker consumes {config.server(name).queue}"}),
+            "backend": backend,
+            **reason,
         }
     ready = all(s["ready"] for s in servers.values())
     redis_ms = round((time.perf_counter() - started) * 1000, 2)

@@ -1,14 +1,12 @@
-"""Health of backend endpoints (replicas), as workers see them, shared through Redis.
+"""Backend health in Redis: written by workers, read by the router, `/readyz` and the status page.
 
-RECONSTRUCTED (issue 5 session): the original of this untracked file was overwritten by mistake
-while it was being written in parallel; this version is rebuilt from its uses in
-workers/backends.py and broker/router.py and from the record described in `keys.health`.
-Compare it with your own copy and keep yours where they differ.
-
-Each worker keeps a `Health` per endpoint: consecutive failures move it from healthy to failing
-to unhealthy; an unhealthy endpoint is not restarted before `retry_at` (exponential backoff), so
-a backend that cannot start fails calls fast with its reason instead of looping. Records are
-written to the hash `keys.health(server)` (replica index → JSON) when they change.
+A worker knows first when a backend fails to start, crashes or stops answering
+its MCP `ping`; the rest of the broker only needs the verdict. So each worker
+keeps a small state machine per backend endpoint (replica) and writes it to
+one Redis hash per server (`keys.health`) whenever the state moves, and on
+every health check. Consecutive failures grow an exponential backoff: a
+backend that crashes on every start is not restarted in a tight loop, and
+calls to it fail fast with the reason instead of waiting out their time limit.
 """
 
 from __future__ import annotations
@@ -22,67 +20,93 @@ import redis
 
 from broker import keys
 
-UNHEALTHY_AFTER = 3  # consecutive failures that make an endpoint unhealthy
+UNHEALTHY_AFTER = 3  # consecutive failures that make a backend "unhealthy" (backoff before the next start)
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 60.0
+HEALTH_TTL_S = 86400  # a server removed from the config leaves no health record behind for ever
 
 
 @dataclass
 class Health:
-    """One endpoint's health record (the JSON stored in Redis)."""
+    """One backend endpoint's health, as stored (JSON) under its replica index in `keys.health(server)`."""
 
-    endpoint: str = ""
     state: str = "healthy"  # healthy | failing | unhealthy
-    healthy: bool = True
+    healthy: bool = True  # False from the first failure: a replica that failed leaves the rotation at once
     failures: int = 0
     error: str | None = None
     retry_at: float | None = None
     checked_at: float = 0.0
-    worker: str | None = None
+    endpoint: str = ""
+    worker: str = ""
 
-    def failed(self, error: str) -> None:
-        """One more failure in a row; unhealthy (with a backoff before the next start) past the threshold."""
-        now = time.time()
+    def failed(self, error: str, now: float | None = None) -> None:
+        """One more failure in a row: `failing`, then `unhealthy` with a growing backoff."""
+        now = time.time() if now is None else now
         self.failures += 1
-        self.error = error
+        self.error = error[:2000]
+        self.healthy = False
         self.checked_at = now
         if self.failures >= UNHEALTHY_AFTER:
-            self.state, self.healthy = "unhealthy", False
-            delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (self.failures - UNHEALTHY_AFTER))
-            self.retry_at = now + delay
+            self.state = "unhealthy"
+            self.retry_at = now + min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (self.failures - UNHEALTHY_AFTER))
         else:
-            self.state, self.healthy = "failing", True
+            self.state = "failing"
             self.retry_at = None
 
-    def succeeded(self) -> None:
-        self.failures = 0
-        self.error = None
-        self.retry_at = None
-        self.state, self.healthy = "healthy", True
-        self.checked_at = time.time()
+    def succeeded(self, now: float | None = None) -> None:
+        self.state, self.healthy, self.failures, self.error, self.retry_at = "healthy", True, 0, None, None
+        self.checked_at = time.time() if now is None else now
 
-    def backoff_left(self) -> float:
-        """Seconds before an unhealthy endpoint may be started again (0 = now)."""
-        if self.state != "unhealthy" or self.retry_at is None:
+    def backoff_left(self, now: float | None = None) -> float:
+        """Seconds before a new start may be tried (0 when it may be tried now)."""
+        if self.retry_at is None:
             return 0.0
-        return max(0.0, self.retry_at - time.time())
+        return max(0.0, self.retry_at - (time.time() if now is None else now))
 
-    def to_record(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
 
 
 def write(r: redis.Redis, server: str, replica: int, health: Health) -> None:
-    r.hset(keys.health(server), str(replica), json.dumps(health.to_record(), separators=(",", ":")))
+    pipe = r.pipeline(transaction=False)
+    pipe.hset(keys.health(server), str(replica), health.to_json())
+    pipe.expire(keys.health(server), HEALTH_TTL_S)
+    pipe.execute()
 
 
-def read(r: redis.Redis, server: str) -> dict[str, dict[str, Any]]:
-    """Replica index → its latest health record (as written by whichever worker saw it last)."""
-    out: dict[str, dict[str, Any]] = {}
-    for replica, raw in r.hgetall(keys.health(server)).items():
+def read(r: redis.Redis, server: str) -> dict[int, dict[str, Any]]:
+    """Replica index → its health record (only replicas some worker has reported on)."""
+    out: dict[int, dict[str, Any]] = {}
+    for field, value in r.hgetall(keys.health(server)).items():
         try:
-            record = json.loads(raw)
+            record = json.loads(value)
+            index = int(field)
         except ValueError:
             continue
         if isinstance(record, dict):
-            out[str(replica)] = record
+            out[index] = record
+    return out
+
+
+def summary(r: redis.Redis, servers: list[str]) -> dict[str, dict[str, Any]]:
+    """Per server: {"healthy": every reported replica healthy (True when none reported yet: a lazily
+    started backend is not a failure), "available": some replica is not `unhealthy` (a failure or two
+    is not yet a verdict; none reported counts as available), "replicas": {index: record}} — the
+    shape `/readyz` shows under each server's "backend"."""
+    pipe = r.pipeline(transaction=False)
+    for server in servers:
+        pipe.hgetall(keys.health(server))
+    out: dict[str, dict[str, Any]] = {}
+    for server, raw in zip(servers, pipe.execute(), strict=True):
+        replicas: dict[str, Any] = {}
+        for field, value in (raw or {}).items():
+            try:
+                record = json.loads(value)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                replicas[str(field)] = record
+        states = [bool(rec.get("healthy", False)) for rec in replicas.values()]
+        usable = [rec.get("state") != "unhealthy" for rec in replicas.values()]
+        out[server] = {"healthy": all(states), "available": not usable or any(usable), "replicas": replicas}
     return out

@@ -38,7 +38,10 @@ def server_config(http_port: int, replica_ports: tuple[int, int]) -> dict[str, A
         "iso_shared": {"command": py, "args": [str(SERVERS / "notes.py")], "broker": {"timeout_s": 10}},
         "iso_private": {"command": py, "args": [str(SERVERS / "notes.py")],
                         "broker": {"timeout_s": 10, "isolation": "per_client"}},
-        "tinyr": {"command": py, "args": [str(SERVERS / "tiny.py")], "broker": {"timeout_s": 10, "retries": 3}},
+        "tinyr": {"command": py, "args": [str(SERVERS / "tiny.py"), "--tag", "restarts"],
+                  "broker": {"timeout_s": 10, "retries": 3}},
+        "eager_tiny": {"command": py, "args": [str(SERVERS / "tiny.py"), "--tag", "eager"], "broker": {"eager": True}},
+        "idler": {"command": py, "args": [str(SERVERS / "tiny.py"), "--tag", "idler"], "broker": {"idle_s": 1}},
         "vars_stdio": {"command": py, "args": [str(SERVERS / "probe.py")],
                        "env": {"PROBE_SECRET": "${MCPB_TEST_SECRET}",
                                "PROBE_MIXED": "a-${MCPB_TEST_SECRET}-${MCPB_TEST_UNSET:-dflt}-$${LITERAL}"}},
@@ -135,12 +138,13 @@ def text_of(response: dict[str, Any]) -> Any:
 
 
 # ---------------------------------------------------------------- isolation
-def backend_children(bs: BackendStack, script: str) -> list[psutil.Process]:
+def backend_children(bs: BackendStack, marker: str) -> list[psutil.Process]:
+    """The live MCP server children of this module's workers whose command line contains `marker`."""
     found = []
     for worker in bs.workers():
         for child in psutil.Process(worker.popen.pid).children():
             with contextlib.suppress(psutil.NoSuchProcess):
-                if any(part.endswith(script) for part in child.cmdline()) and child.status() != "zombie":
+                if marker in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
                     found.append(child)
     return found
 
@@ -171,6 +175,19 @@ def test_per_client_isolation_keeps_state_apart_and_shared_shares_it(bstack: Bac
         assert text_of(b.call("iso_private__list_notes")) == ["b-only"]
 
 
+# ---------------------------------------------------------------- lifecycle
+def test_backends_start_lazily_or_eagerly_and_idle_ones_close(bstack: BackendStack) -> None:
+    # eager: up in every worker, with no call
+    wait_for(lambda: len(backend_children(bstack, "--tag eager")) == len(bstack.workers()), timeout=30)
+    with RawClient(bstack.stack.ws_url()) as client:
+        wait_for(lambda: not backend_children(bstack, "--tag idler"), timeout=30)  # listed at start, then idle
+        assert client.call("idler__echo", {"text": "wake"})["result"]["structuredContent"]["text"] == "wake"
+        assert len(backend_children(bstack, "--tag idler")) == 1  # started by the call
+        wait_for(lambda: not backend_children(bstack, "--tag idler"), timeout=30)  # closed after idle_s
+        assert client.call("idler__echo", {"text": "again"})["result"]["structuredContent"]["text"] == "again"
+    assert "backend idler: idle for" in "".join(worker.log() for worker in bstack.workers())
+
+
 # ---------------------------------------------------------------- forwarding
 def test_variables_reach_stdio_env_and_http_headers_and_named_client_headers_pass(bstack: BackendStack) -> None:
     headers = {"X-User-Token": "tok-of-a", "X-Other": "not-forwarded"}
@@ -196,6 +213,11 @@ def test_backend_exiting_at_start_gives_a_clear_error_and_is_unhealthy(bstack: B
     record = bstack.health("broken")[0]
     assert record["healthy"] is False and record["state"] == "unhealthy" and record["failures"] >= 3
     assert "refusing to start" in record["error"] and record["retry_at"] > time.time() - 60
+    # the backend's stderr is in the worker's log, prefixed with the server's name
+    assert "[broken] tiny: refusing to start" in "".join(worker.log() for worker in bstack.workers())
+    ready = httpx2.get(f"{bstack.stack.http_url()}/readyz", timeout=10).json()["servers"]["broken"]
+    assert ready["ready"] is False and "refusing to start" in ready["reason"]
+    assert ready["backend"]["replicas"]["0"]["state"] == "unhealthy"
     with RawClient(bstack.stack.ws_url()) as client:
         # no catalog (it never started): the error says why
         error = client.call("broken__echo", {"text": "x"}, timeout=8)["error"]
@@ -217,7 +239,7 @@ def test_killed_backends_are_reaped_and_none_outlives_a_sigkilled_worker(bstack:
             reply = client.call("tinyr__echo", {"text": str(i)}, timeout=30)
             assert reply["result"]["structuredContent"]["text"] == str(i), reply
             pids.add(reply["result"]["structuredContent"]["pid"])
-            children = backend_children(bstack, "tiny.py")
+            children = backend_children(bstack, "--tag restarts")
             assert len(children) <= len(bstack.workers())  # restarts never pile up children
             for child in children:
                 with contextlib.suppress(psutil.NoSuchProcess):
