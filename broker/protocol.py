@@ -13,9 +13,13 @@ that reconnects anywhere resumes it.
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
+import hmac
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -27,7 +31,12 @@ from typing import Any
 import redis
 from marshmallow import ValidationError
 from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, is_version_at_least
+from mcp_types.version import (
+    HANDSHAKE_PROTOCOL_VERSIONS,
+    LATEST_HANDSHAKE_VERSION,
+    MODERN_PROTOCOL_VERSIONS,
+    is_version_at_least,
+)
 
 from broker import keys, observe
 from broker.cache import BYPASS_META_KEY, ResultCache
@@ -62,6 +71,13 @@ FORBIDDEN = -32003  # implementation-defined server errors (-32000..-32099) of t
 RATE_LIMITED = -32005
 TOO_MANY_IN_FLIGHT = -32006
 FORWARDED = ("tools/call", "resources/read", "prompts/get", "completion/complete")
+# 2026-07-28 (stateless per-request envelope): what the handshake era had that this era removed
+REMOVED_IN_MODERN = ("initialize", "ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe")
+ENVELOPE_META_PREFIX = "io.modelcontextprotocol/"  # the per-request envelope's `_meta` keys: ours, never forwarded
+SERVER_INFO_META_KEY = "io.modelcontextprotocol/serverInfo"
+# results that carry 2026-07-28 cache directives (discover, the lists, resources/read), by their payload key
+CACHEABLE_RESULT_KEYS = ("supportedVersions", "tools", "prompts", "resources", "resourceTemplates", "contents")
+INPUT_RESUMABLE = ("tools/call", "resources/read", "prompts/get")  # may answer `input_required` (2026-07-28)
 
 _envelope = JSONRPCMessageSchema()
 _call_params = CallToolParamsSchema()
@@ -152,6 +168,17 @@ class BrokerServices:
         for connection in list(self.connections):
             connection.resource_updated(server, uri)
 
+    def state_key(self) -> bytes:
+        """The key that signs `requestState` tokens: `$MCP_BROKER_STATE_KEY`, else one random key kept in Redis
+        (set once), so any web process can verify a token another one issued."""
+        configured = os.environ.get("MCP_BROKER_STATE_KEY")
+        if configured:
+            return configured.encode()
+        key = f"{keys.PREFIX}:state-key"
+        self.redis.set(key, base64.b64encode(os.urandom(32)).decode(), nx=True)
+        value = self.redis.get(key)
+        return value if isinstance(value, bytes) else str(value).encode()
+
     def request_missing_catalogs(self) -> None:
         """Ask workers to (re)publish catalogs that are missing, at most every few seconds."""
         now = time.monotonic()
@@ -239,6 +266,7 @@ class ClientConnection:
         self._asked: dict[str, str] = {}  # our id of a server-to-client request → the backend request's id
         self.log_level: str | None = None  # set by logging/setLevel; None = what the backend sends
         self.subscriptions: set[tuple[str, str]] = set()  # (server, backend uri) of resources/subscribe
+        self.modern = False  # a 2026-07-28 exchange: envelope per request, no server-to-client requests
         self._closed = False
         self._touched = time.monotonic()
         self._methods: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
@@ -252,6 +280,7 @@ class ClientConnection:
             "logging/setLevel": self._set_level,
             "resources/subscribe": self._subscribe,
             "resources/unsubscribe": self._unsubscribe,
+            "server/discover": self._discover,
         }
         self._notifications: dict[str, Callable[[dict[str, Any]], None]] = {
             "notifications/initialized": self._on_initialized,
@@ -274,6 +303,12 @@ class ClientConnection:
         self.send({"jsonrpc": "2.0", "method": method, **({"params": params} if params else {})}, related)
 
     def _respond(self, request_id: Any, result: dict[str, Any]) -> None:
+        if self.modern:  # 2026-07-28 results always say what they are, and who answered
+            meta = {**(result.get("_meta") or {}), SERVER_INFO_META_KEY: SERVER_INFO}
+            result = {**result, "resultType": result.get("resultType") or "complete", "_meta": meta}
+            if any(key in result for key in CACHEABLE_RESULT_KEYS):  # required there: never cached unless said
+                result.setdefault("ttlMs", 0)
+                result.setdefault("cacheScope", "private")
         self.send({"jsonrpc": "2.0", "id": request_id, "result": result})
 
     def _error(self, request_id: Any, code: int, message: str, data: Any = None) -> None:
@@ -336,14 +371,17 @@ class ClientConnection:
 
     def _dispatch(self, request_id: Any, method: str, params: dict[str, Any]) -> None:
         handler = self._methods.get(method)
-        if handler is None:
+        if handler is None or not self._in_era(method):
             self._error(request_id, METHOD_NOT_FOUND, f"Method not found: {method}")
             return
         started = time.perf_counter()
         try:
             if method in FORWARDED:
                 self._admit()
-            result = handler(request_id, params)
+            if self.modern and method in INPUT_RESUMABLE and params.get("requestState") is not None:
+                result = self._resume_with_input(request_id, params)
+            else:
+                result = handler(request_id, params)
         except RPCError as err:
             self.send({"jsonrpc": "2.0", "id": request_id, "error": err.to_error()})
             if method == "tools/call":
@@ -359,6 +397,14 @@ class ClientConnection:
                 outcome = "rejected" if isinstance(result, dict) and result.get("isError") else "cached"
                 observe.immediate_call(self, params, outcome, time.perf_counter() - started)
 
+    def _in_era(self, method: str) -> bool:
+        """server/discover is the 2026-07-28 probe: a handshake-era conversation answers method-not-found, so an
+        SDK client in `auto` mode falls back to `initialize`; the stateless era has no handshake, ping, log
+        level or resources/subscribe."""
+        if method == "server/discover":
+            return self.modern
+        return not (self.modern and method in REMOVED_IN_MODERN)
+
     # ------------------------------------------------------------ session
     def _state(self) -> dict[str, Any]:
         return {"protocolVersion": self.protocol_version, "clientInfo": self.client_info,
@@ -371,6 +417,7 @@ class ClientConnection:
         self.client_capabilities = state.get("capabilities") or {}
         self.initialized = bool(state.get("initialized"))
         self.subscriptions = {(str(s), str(u)) for s, u in state.get("subscriptions") or []}
+        self.modern = self.protocol_version in MODERN_PROTOCOL_VERSIONS
 
     def _keep_session_alive(self) -> None:
         now = time.monotonic()
@@ -443,6 +490,22 @@ class ClientConnection:
                                     "subscribe": bool((backend.get("resources") or {}).get("subscribe"))}
         return offered
 
+    def _discover(self, _id: Any, _params: dict[str, Any]) -> dict[str, Any]:
+        """2026-07-28: what `initialize` told, asked per request. No list_changed or subscribe flags: those
+        are delivered on `subscriptions/listen`, which the broker does not serve yet."""
+        capabilities = {name: {} for name in self._capabilities() if name != "logging"}
+        result: dict[str, Any] = {"supportedVersions": list(MODERN_PROTOCOL_VERSIONS), "capabilities": capabilities}
+        instructions = self._instructions()
+        if instructions:
+            result["instructions"] = instructions
+        return result
+
+    def _instructions(self) -> str | None:
+        if self.scope:
+            return self.services.catalog.documents.get(self.scope, {}).get("instructions") or None
+        return ("mcp-broker: the tools and prompts of several MCP servers, named <server>"
+                + self.services.config.separator + "<name>; their resources as <server>+<uri>.")
+
     def _on_initialized(self, _params: dict[str, Any]) -> None:
         self.initialized = True
         self.services.sessions.save(self.session_id, {"initialized": True})
@@ -484,7 +547,8 @@ class ClientConnection:
             route = self.services.router.route_tool(self._qualified(name))
         except UnknownTool as err:
             self.services.request_missing_catalogs()
-            raise RPCError(INVALID_PARAMS, str(err)) from None
+            # on a per-server endpoint the client named the tool unprefixed: say it in its own words
+            raise RPCError(INVALID_PARAMS, f"Unknown tool: {name}" if self.scope else str(err)) from None
         problem = route.entry.argument_errors(arguments)
         if problem is not None:
             message = f"Invalid arguments for tool {name}: {problem}"
@@ -625,7 +689,7 @@ class ClientConnection:
         if progress_token is not None:
             call["progress_token"] = progress_token
         ours = (TIMEOUT_META_KEY, "progressToken", BYPASS_META_KEY)
-        forwarded_meta = {k: v for k, v in meta.items() if k not in ours}
+        forwarded_meta = {k: v for k, v in meta.items() if k not in ours and not k.startswith(ENVELOPE_META_PREFIX)}
         if forwarded_meta:
             call["meta"] = forwarded_meta
         on_outcome, on_event = self._callbacks(request_id, call_id, method, server, progress_token)
@@ -668,7 +732,11 @@ class ClientConnection:
                 if level_passes(event["log"].get("level"), self.log_level):
                     self.notify("notifications/message", event["log"], related=request_id)
             elif "server_request" in event:
-                self._ask_client(event["server_request"], request_id)
+                if self.modern:
+                    self._input_required(event["server_request"], request_id, call_id, method, server,
+                                         progress_token)
+                else:
+                    self._ask_client(event["server_request"], request_id)
 
         return on_outcome, on_event
 
@@ -682,6 +750,79 @@ class ClientConnection:
                         for c in result.get("contents", [])]
             result = {**result, "contents": contents}
         return result
+
+    # ------------------------------------------------------------ backend → client, 2026-07-28
+    def _input_required(self, backend_request: dict[str, Any], request_id: Any, call_id: str, method: str,
+                        server: str, progress_token: Any) -> None:
+        """A handshake-era backend asked the client something mid-call, but a 2026-07-28 client cannot be sent
+        requests: the call stays suspended in its worker, and the client's request is answered `input_required`
+        with the question and a signed `requestState` naming the suspended call; the client's retry carries
+        the answer back (`_resume_with_input`)."""
+        bmethod = backend_request["method"]
+        needed = CLIENT_CAPABILITY_OF.get(bmethod)
+        if needed is None or needed not in self.client_capabilities:
+            error = {"code": METHOD_NOT_FOUND, "message": f"Client does not support {bmethod} "
+                                                         f"(it did not declare the {needed!r} capability)"}
+            self._answer_backend(keys.answer(backend_request["id"]), {"error": error})
+            return
+        if self._in_flight.get(request_id) != call_id:
+            return  # cancelled, or answered already
+        del self._in_flight[request_id]
+        question = {"method": bmethod, "params": backend_request.get("params") or {}}
+        state = {"call": call_id, "ask": backend_request["id"], "method": method, "server": server,
+                 "token": progress_token, "question": question, "expires": time.time() + self._ask_timeout(server)}
+        self._respond(request_id, {"resultType": "input_required", "inputRequests": {backend_request["id"]: question},
+                                   "requestState": self._sign(state)})
+
+    def _resume_with_input(self, request_id: Any, params: dict[str, Any]) -> Any:
+        """The retry of a request answered `input_required`: hand the client's answer to the suspended call
+        and wait for its next question or its result (both come back on this request)."""
+        state = self._verify(params.get("requestState"))
+        responses = params.get("inputResponses")
+        if responses is not None and not isinstance(responses, dict):
+            raise RPCError(INVALID_PARAMS, "Invalid params: inputResponses must be an object")
+        answer = (responses or {}).get(state["ask"])
+        if not isinstance(answer, dict):  # not answered: the question stands
+            return {"resultType": "input_required", "inputRequests": {state["ask"]: state["question"]},
+                    "requestState": params["requestState"]}
+        if request_id in self._in_flight:
+            raise RPCError(INVALID_REQUEST, f"Invalid Request: request id {request_id!r} is already in flight")
+        call_id, server = state["call"], state["server"]
+        on_outcome, on_event = self._callbacks(request_id, call_id, state["method"], server, state.get("token"))
+        hub = self.services.hub
+        hub.start()
+        self._in_flight[request_id] = call_id
+        spec = self.services.config.server(server)
+        hub.expect(call_id, on_outcome, on_event, spec.settings.max_timeout_s * 2 + QUEUE_GRACE_S)
+        self._answer_backend(keys.answer(state["ask"]), {"result": answer})
+        return DEFERRED
+
+    def _ask_timeout(self, server: str) -> float:
+        spec = self.services.config.servers.get(server)
+        return spec.settings.timeout_s if spec is not None else 30.0
+
+    def _sign(self, state: dict[str, Any]) -> str:
+        body = base64.urlsafe_b64encode(dumps(state).encode()).decode().rstrip("=")
+        mac = hmac.new(self.services.state_key(), body.encode(), hashlib.sha256).hexdigest()
+        return f"{body}.{mac}"
+
+    def _verify(self, token: Any) -> dict[str, Any]:
+        """The state a `requestState` token carries, if this broker signed it and it has not expired."""
+        invalid = RPCError(INVALID_PARAMS, "Invalid params: requestState was not issued by this broker, "
+                                           "was altered, or has expired")
+        if not isinstance(token, str) or "." not in token:
+            raise invalid
+        body, _, mac = token.rpartition(".")
+        expected = hmac.new(self.services.state_key(), body.encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(mac, expected):
+            raise invalid
+        try:
+            state = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        except ValueError:
+            raise invalid from None
+        if not isinstance(state, dict) or float(state.get("expires", 0)) < time.time():
+            raise invalid
+        return state
 
     # ------------------------------------------------------------ backend → client
     def _ask_client(self, backend_request: dict[str, Any], related: Any) -> None:
@@ -760,6 +901,10 @@ class ClientConnection:
         self.services.hub.forget(call_id)
         self.services.sessions.forget(self.session_id, [call_id])
         cancel_call(self.services.redis, call_id)
+
+    def in_flight_calls(self) -> list[str]:
+        """Call ids this conversation still waits for."""
+        return list(self._in_flight.values())
 
     # ------------------------------------------------------------ end
     def close(self) -> None:

@@ -29,6 +29,7 @@ from broker.events import EventLog, parse_event_id
 from broker.protocol import BrokerServices, ClientConnection, dumps
 from broker.security import ANONYMOUS, Principal
 from web.auth import current_principal
+from web.http_modern import handle_modern_post
 from web.services import get_services
 
 log = logging.getLogger(__name__)
@@ -135,14 +136,14 @@ class HttpEndpoint:
         found.used = time.monotonic()
         return found
 
-    def _guard(self, scope: str | None) -> Response | None:
+    def _guard(self, scope: str | None, check_version: bool = True) -> Response | None:
         if scope is not None and scope not in self.services.config.servers:
             return _rpc_error_response(404, INVALID_REQUEST, f"Unknown server {scope!r}")
         allowed = [o.strip() for o in self.app.config.get("ALLOWED_ORIGINS", []) if o.strip()]
         if not origin_allowed(request.headers.get("Origin"), allowed):
             return _rpc_error_response(403, INVALID_REQUEST, "Forbidden: origin not allowed")
         version = request.headers.get(VERSION_HEADER)
-        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
+        if check_version and version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
             return _rpc_error_response(400, INVALID_REQUEST, f"Bad Request: unsupported protocol version {version}")
         return None
 
@@ -157,6 +158,11 @@ class HttpEndpoint:
 
     # ------------------------------------------------------------ POST
     def post(self, scope: str | None = None) -> Response:
+        version = request.headers.get(VERSION_HEADER)
+        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            # not a handshake revision: a stateless 2026-07-28 request (the SDK's own rule)
+            refused = self._guard(scope, check_version=False)
+            return refused if refused is not None else handle_modern_post(self, scope)
         refused = self._guard(scope)
         if refused is not None:
             return refused
