@@ -19,10 +19,33 @@ graceful_timeout = 10
 timeout = 60
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def on_starting(server):
+    """A command line may say `-b 0.0.0.0:$PORT` (the Procfile does, for platforms), and it wins over `bind`
+    above: without keys, narrow every address to loopback here, before the sockets are opened. An operator
+    who guards the broker some other way says so with MCP_BROKER_BIND_HOST."""
+    if _keys or os.environ.get("MCP_BROKER_BIND_HOST"):
+        return
+    narrowed = []
+    for address in server.cfg.bind:
+        host, sep, port = address.rpartition(":")
+        if address.startswith("unix:") or not sep or host in LOOPBACK:
+            narrowed.append(address)
+        else:
+            narrowed.append(f"127.0.0.1:{port}")
+    if narrowed != list(server.cfg.bind):
+        server.log.warning("mcp-broker: no API keys configured: binding %s instead of %s",
+                           ", ".join(narrowed), ", ".join(server.cfg.bind))
+        server.cfg.set("bind", narrowed)
+
+
 def when_ready(server):
+    where = ", ".join(server.cfg.bind)
     if not _keys:
         server.log.warning(
             "mcp-broker: no API keys configured (MCP_BROKER_API_KEYS / MCP_BROKER_KEYS_FILE): listening on "
-            "%s only; set keys to serve other machines", bind)
+            "%s only; set keys to serve other machines", where)
     else:
-        server.log.info("mcp-broker: API keys required; listening on %s", bind)
+        server.log.info("mcp-broker: API keys required; listening on %s", where)

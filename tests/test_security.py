@@ -143,3 +143,32 @@ def test_unkeyed_broker_binds_loopback_and_says_so(tmp_path: Path) -> None:
     keyed = {**env, "MCP_BROKER_API_KEYS": "ops:k"}
     assert subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=keyed, capture_output=True, text=True,
                           check=True).stdout.strip() == "0.0.0.0:9999"
+
+
+def test_unkeyed_web_told_to_bind_every_interface_listens_on_loopback_only(stack: Stack) -> None:
+    """The Procfile says `-b 0.0.0.0:$PORT`; without keys gunicorn.conf.py narrows it before listening."""
+    import socket
+
+    import psutil
+
+    from tests.stack import VENV_BIN
+
+    port = free_port()
+    argv = [str(VENV_BIN / "gunicorn"), "-k", "gevent", "-w", "1", "-b", f"0.0.0.0:{port}", "web.app:create_app()"]
+    env = {k: v for k, v in stack.env.items() if k not in ("MCP_BROKER_API_KEYS", "MCP_BROKER_KEYS_FILE",
+                                                          "MCP_BROKER_BIND_HOST")}
+    proc = stack._spawn(f"web-public-{port}", argv, env)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        listening = {(c.laddr.ip, c.laddr.port) for c in psutil.Process(proc.popen.pid).net_connections("inet")
+                     if c.status == psutil.CONN_LISTEN}
+        assert listening == {("127.0.0.1", port)}
+        assert "no API keys configured: binding 127.0.0.1" in proc.log()
+    finally:
+        proc.stop()
