@@ -148,6 +148,7 @@ class BrokerServices:
     limiter: RateLimiter | None = None
     max_frame_bytes: int = 4 * 1024 * 1024
     max_argument_bytes: int = 1024 * 1024
+    max_batch_messages: int = 500  # MCP_BROKER_MAX_RPC_BATCH: messages in one JSON-RPC batch (array)
     _last_catalog_request: float = 0.0
     connections: weakref.WeakSet[ClientConnection] = field(default_factory=weakref.WeakSet)
 
@@ -336,6 +337,10 @@ class ClientConnection:
         if isinstance(decoded, list):
             if not decoded:
                 self._error(None, INVALID_REQUEST, "Invalid Request: empty batch")
+            if len(decoded) > self.services.max_batch_messages:
+                self._error(None, INVALID_REQUEST, f"Invalid Request: a batch of {len(decoded)} messages is over the "
+                                                   f"limit of {self.services.max_batch_messages}")
+                return
             for item in decoded:
                 self.handle_message(item)
         else:

@@ -32,7 +32,7 @@ def secured(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
          "max_in_flight": 1},
     ]}))
     env = {"MCP_BROKER_KEYS_FILE": str(keys_file), "MCP_BROKER_MAX_FRAME_BYTES": "4000",
-           "MCP_BROKER_MAX_ARGUMENT_BYTES": "1000"}
+           "MCP_BROKER_MAX_ARGUMENT_BYTES": "1000", "MCP_BROKER_MAX_RPC_BATCH": "3"}
     ports = [free_port(), free_port()]
     procs = [stack.start_web(port, env=env) for port in ports]
     try:
@@ -118,6 +118,24 @@ def test_input_limits_answer_errors_and_keep_the_socket(secured: tuple[Stack, li
         big = client.call("echo__echo", {"text": "y" * 2000})["error"]
         assert big["code"] == -32602 and "over the limit of 1000 bytes" in big["message"]
         assert client.call("echo__echo", {"text": "small"})["result"]["structuredContent"]["result"] == "small"
+
+
+def test_a_batch_over_the_limit_is_refused_whole_and_the_socket_stays(secured: tuple[Stack, list[int]]) -> None:
+    _, (port, _) = secured
+    pings = [{"jsonrpc": "2.0", "id": f"b{i}", "method": "ping"} for i in range(4)]
+    with RawClient(url(port), additional_headers=bearer("ops")) as client:
+        client.send(pings)
+        refused = client.response()
+        assert refused["id"] is None and refused["error"]["code"] == -32600
+        assert "batch of 4 messages is over the limit of 3" in refused["error"]["message"]
+        client.send(pings[:3])
+        assert sorted(client.response()["id"] for _ in range(3)) == ["b0", "b1", "b2"]
+    with httpx2.Client(timeout=10) as http:
+        headers = {**ACCEPT, **bearer("ops")}
+        session = http.post(url(port, scheme="http"), json=INIT, headers=headers).headers["Mcp-Session-Id"]
+        response = http.post(url(port, scheme="http"), json=pings, headers={**headers, "Mcp-Session-Id": session})
+        assert response.status_code == 400 and response.json()["error"]["code"] == -32600
+        assert "over the limit of 3" in response.json()["error"]["message"]
 
 
 def test_a_session_belongs_to_the_key_that_opened_it(secured: tuple[Stack, list[int]]) -> None:

@@ -181,6 +181,10 @@ class HttpEndpoint:
         messages = body if isinstance(body, list) else [body]
         if not messages or not all(isinstance(m, dict) for m in messages):
             return _rpc_error_response(400, INVALID_REQUEST, "Invalid Request: expected JSON-RPC message(s)")
+        limit = self.services.max_batch_messages
+        if len(messages) > limit:
+            message = f"Invalid Request: a batch of {len(messages)} messages is over the limit of {limit}"
+            return _rpc_error_response(400, INVALID_REQUEST, message)
         initializing = any(m.get("method") == "initialize" and "id" in m for m in messages)
         if initializing:
             conversation = HttpConversation(self.services, self.events, None, scope, principal=current_principal())

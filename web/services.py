@@ -60,6 +60,7 @@ def build_services(config: BrokerConfig) -> BrokerServices:
         limiter=RateLimiter(r),
         max_frame_bytes=int(os.environ.get("MCP_BROKER_MAX_FRAME_BYTES", str(4 * 1024 * 1024))),
         max_argument_bytes=int(os.environ.get("MCP_BROKER_MAX_ARGUMENT_BYTES", str(1024 * 1024))),
+        max_batch_messages=max(1, int(os.environ.get("MCP_BROKER_MAX_RPC_BATCH", "500"))),
     )
 
     def on_channel_message(channel: str, _data: str) -> None:
