@@ -175,6 +175,23 @@ def test_per_client_isolation_keeps_state_apart_and_shared_shares_it(bstack: Bac
         assert text_of(b.call("iso_private__list_notes")) == ["b-only"]
 
 
+def test_a_per_client_session_is_recreated_elsewhere_when_its_worker_dies(bstack: BackendStack) -> None:
+    while len(bstack.workers()) < 2:
+        bstack.start_worker()
+        time.sleep(3)
+    r = bstack.stack.redis()
+    with RawClient(bstack.stack.ws_url()) as a:
+        assert text_of(a.call("iso_private__add_note", {"text": "before"})) == 1
+        session_id = a.init_result["_meta"]["io.mcp-broker/sessionId"]
+        owner = r.get(bstack.key("owner", "iso_private", session_id))
+        [victim] = [w for w in bstack.workers() if w.popen.pid == int(owner.rsplit(":", 1)[1])]
+        victim.stop(signal.SIGKILL)
+        # the next call reaches a live worker (after the dead one's lease expires), on a fresh backend
+        assert text_of(a.call("iso_private__list_notes", timeout=60)) == []
+        assert text_of(a.call("iso_private__add_note", {"text": "after"})) == 1
+        assert r.get(bstack.key("owner", "iso_private", session_id)) not in (None, owner)
+
+
 # ---------------------------------------------------------------- lifecycle
 def test_backends_start_lazily_or_eagerly_and_idle_ones_close(bstack: BackendStack) -> None:
     # eager: up in every worker, with no call
@@ -214,7 +231,8 @@ def test_backend_exiting_at_start_gives_a_clear_error_and_is_unhealthy(bstack: B
     assert record["healthy"] is False and record["state"] == "unhealthy" and record["failures"] >= 3
     assert "refusing to start" in record["error"] and record["retry_at"] > time.time() - 60
     # the backend's stderr is in the worker's log, prefixed with the server's name
-    assert "[broken] tiny: refusing to start" in "".join(worker.log() for worker in bstack.workers())
+    logs = "".join(p.log() for p in bstack.stack.procs if p.name.startswith("worker-backends-"))
+    assert "[broken] tiny: refusing to start" in logs
     ready = httpx2.get(f"{bstack.stack.http_url()}/readyz", timeout=10).json()["servers"]["broken"]
     assert ready["ready"] is False and "refusing to start" in ready["reason"]
     assert ready["backend"]["replicas"]["0"]["state"] == "unhealthy"

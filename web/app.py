@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -11,6 +12,7 @@ from flask_sock import Sock
 from broker.config import load_config
 from broker.observe import configure_call_log
 from broker.security import load_keyring
+from web import services as web_services
 from web.admin import register_admin
 from web.api import register_api
 from web.auth import register_auth
@@ -45,9 +47,16 @@ def create_app() -> Flask:
     register_api(app)
     register_status(app)
     register_admin(app)
+    web_services.config_listeners.append(lambda new: app.config.__setitem__("BROKER_CONFIG", new))
+
+    @app.before_request
+    def _config_fresh() -> None:
+        """A config reload reaches this process even if its listener missed the announcement."""
+        with contextlib.suppress(Exception):  # never fail a request over it
+            web_services.check_published_config(web_services.get_services(app.config.get("BROKER_CONFIG")))
 
     @app.get("/healthz")
     def healthz():  # type: ignore[no-untyped-def]
-        return jsonify(status="ok", servers=sorted(config.servers))
+        return jsonify(status="ok", servers=sorted(app.config["BROKER_CONFIG"].servers))
 
     return app

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from mcp_types import INTERNAL_ERROR
@@ -27,7 +29,9 @@ from broker.security import RateLimiter
 from broker.sessions import DEFAULT_TTL_S, SessionStore
 
 _lock = threading.Lock()
-_applied: dict[str, int] = {"version": 0}  # the reload version this process serves
+_applied: dict[str, Any] = {"version": 0, "checked": 0.0}  # the reload version this process serves
+CONFIG_CHECK_S = 2.0  # how often a request looks for a reload whose announcement this process missed
+config_listeners: list[Callable[[BrokerConfig], None]] = []  # told of every applied reload (the Flask app)
 _services: BrokerServices | None = None
 _pid: int | None = None
 
@@ -88,7 +92,21 @@ def apply_published_config(services: BrokerServices) -> None:
     services.config = new
     services.catalog.config = new
     services.cache.config = new
+    for listener in config_listeners:
+        listener(new)
     services.on_catalog_changed()
+
+
+def check_published_config(services: BrokerServices) -> None:
+    """At most every few seconds: apply a reload this process did not hear of (its listener was not
+    running yet, or the announcement was lost in a reconnect). One HGET when nothing changed."""
+    now = time.monotonic()
+    if now - _applied["checked"] < CONFIG_CHECK_S:
+        return
+    _applied["checked"] = now
+    version = services.redis.hget(keys.CONFIG, "version")
+    if version is not None and int(version) > _applied["version"]:
+        apply_published_config(services)
 
 
 def get_services(config: BrokerConfig | None = None) -> BrokerServices:

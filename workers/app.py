@@ -52,17 +52,17 @@ def backend_pool() -> BackendPool:
                 from workers.tasks import refresh_catalog_now, release_owner
 
                 _pool = BackendPool(broker_config(), on_catalog_change=refresh_catalog_now,
-                                    client_gone=client_gone, on_client_closed=release_owner)
+                                    clients_gone=clients_gone, on_client_closed=release_owner)
                 _pool_pid = os.getpid()
     return _pool
 
 
-def client_gone(key: str) -> bool:
-    """Whether a per_client session's client is over: its client session (or batch job) left Redis."""
-    r = get_redis()
-    if key.startswith("batch:"):
-        return not r.exists(keys.batch(key[6:]))
-    return not r.exists(keys.session(key))
+def clients_gone(client_keys: list[str]) -> set[str]:
+    """Which per_client sessions' clients are over: their client session (or batch job) left Redis."""
+    pipe = get_redis().pipeline(transaction=False)
+    for key in client_keys:
+        pipe.exists(keys.batch(key[6:]) if key.startswith("batch:") else keys.session(key))
+    return {key for key, found in zip(client_keys, pipe.execute(), strict=True) if not found}
 
 
 def known_server(name: str) -> bool:

@@ -77,6 +77,7 @@ class CallChannel(Protocol):
 CatalogHook = Callable[[str], None]  # server name: its catalog must be re-listed
 SessionKey = tuple[str, int, str]  # (server, replica, "" for the shared session | client key | header key)
 MAINTENANCE_TICK_S = 1.0
+CLIENT_CHECK_S = 3.0  # how often the upkeep asks Redis which per_client sessions' clients are gone
 LIST_CHANGED = (ToolListChangedNotification, ResourceListChangedNotification, PromptListChangedNotification)
 FORWARDED_METHODS = ("tools/call", "resources/read", "prompts/get", "completion/complete")
 
@@ -559,12 +560,13 @@ class BackendPool:
         self,
         config: BrokerConfig,
         on_catalog_change: CatalogHook | None = None,
-        client_gone: Callable[[str], bool] | None = None,
+        clients_gone: Callable[[list[str]], set[str]] | None = None,
         on_client_closed: Callable[[str, str], None] | None = None,
     ) -> None:
         self.config = config
         self._on_catalog_change = on_catalog_change
-        self._client_gone = client_gone  # is this client (session or batch) over? (checked by the maintenance)
+        self._clients_gone = clients_gone  # which clients (sessions, batches) are over (checked by the upkeep)
+        self._clients_checked = 0.0
         self._on_client_closed = on_client_closed  # (server, client key): its per_client session was closed
         self._portal_cm = start_blocking_portal(name="mcp-backends")
         self.portal = self._portal_cm.__enter__()  # kept: a collected portal stops its loop
@@ -676,6 +678,11 @@ class BackendPool:
         """Per-client sessions whose client is gone, and sessions idle past `idle_s`, are closed (their
         stdio children reaped); an eager server's shared sessions stay."""
         now = time.monotonic()
+        gone: set[str] = set()
+        clients = sorted({s.client_key for s in list(self._sessions.values()) if s.client_key})
+        if clients and self._clients_gone is not None and now - self._clients_checked >= CLIENT_CHECK_S:
+            self._clients_checked = now
+            gone = self._clients_gone(clients)
         for key, session in list(self._sessions.items()):
             spec = self.config.servers.get(key[0])
             if session.running:
@@ -684,7 +691,7 @@ class BackendPool:
                 self.drop(key)
                 continue
             settings = spec.settings
-            if session.client_key and self._client_gone is not None and self._client_gone(session.client_key):
+            if session.client_key in gone:
                 log.info("backend %s: the client's session ended; closing", session.label)
                 self.drop(key)
             elif settings.idle_s > 0 and session.is_open and now - session.last_used > settings.idle_s and not (

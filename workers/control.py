@@ -69,6 +69,7 @@ def reclaim_dead_workers(app: Any) -> int:
             r.rename(keys.worker_tags(node), claimed)
         except redis.ResponseError:  # no such key: nothing held, or another reaper took it
             r.srem(keys.WORKERS, node)
+            restored += drain_direct_queue(app, node)
             continue
         tags = r.hvals(claimed)
         with app.connection_for_write() as conn:
