@@ -52,6 +52,17 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 
 Labels = tuple[str, ...]
 
+# Add deltas to the totals hash (the first ARGV[1] pairs) and to the current slot (the rest, which expires).
+_ADD = """
+local n, i = tonumber(ARGV[1]) * 2 + 2, 3
+while i <= #ARGV do
+  redis.call('HINCRBYFLOAT', i <= n and KEYS[1] or KEYS[2], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+if #ARGV > n then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
+return 0
+"""
+
 
 @dataclass(frozen=True)
 class MetricDef:
@@ -105,6 +116,7 @@ class Recorder:
         self._levels: dict[tuple[str, Labels], float] = {}  # gauges this process moves up and down
         self._sampled: dict[str, Callable[[], dict[Labels, float]]] = {}  # gauges read at flush time
         self._pid: int | None = None
+        self._add: tuple[redis.Redis, Any] | None = None
 
     # ------------------------------------------------------------ hot path
     def inc(self, name: str, labels: Labels, amount: float = 1.0) -> None:
@@ -198,10 +210,10 @@ class Recorder:
             return
         now = time.time()
         recent_key = keys.metrics_recent(int(now // SLOT_S))
-        pipe = self._redis().pipeline(transaction=False)
+        totals: dict[str, float] = {}
         recent: dict[str, float] = {}
         for (name, labels), value in counts.items():
-            pipe.hincrbyfloat(keys.METRICS, _field("c", name, labels), value)
+            totals[_field("c", name, labels)] = value
             if labels and len(labels) >= 3:  # calls / executions: server, tool, outcome
                 slot_field = _field(labels[0], f"{name}:{labels[2]}")
                 recent[slot_field] = recent.get(slot_field, 0.0) + value
@@ -209,17 +221,22 @@ class Recorder:
             for i, value in enumerate(row[:-1]):
                 if value:
                     bound = "+Inf" if i == len(LATENCY_BUCKETS) else repr(LATENCY_BUCKETS[i])
-                    pipe.hincrbyfloat(keys.METRICS, _field("b", name, labels, bound), value)
-            pipe.hincrbyfloat(keys.METRICS, _field("s", name, labels), row[-1])
+                    totals[_field("b", name, labels, bound)] = value
+            totals[_field("s", name, labels)] = row[-1]
             if labels:
                 count = sum(row[:-1])
                 for suffix, value in (("n", count), ("sum", row[-1])):
                     slot_field = _field(labels[0], f"{name}:{suffix}")
                     recent[slot_field] = recent.get(slot_field, 0.0) + value
-        for slot_field, value in recent.items():
-            pipe.hincrbyfloat(recent_key, slot_field, value)
-        if recent:
-            pipe.expire(recent_key, RECENT_TTL_S)
+        r = self._redis()
+        if self._add is None or self._add[0] is not r:
+            self._add = (r, r.register_script(_ADD))
+        pipe = r.pipeline(transaction=False)
+        if totals or recent:  # one script call, not a command per field: the flush stays a few ms
+            args: list[Any] = [len(totals), RECENT_TTL_S]
+            for field_name, value in (*totals.items(), *recent.items()):
+                args += [field_name, repr(value)]
+            self._add[1](keys=[keys.METRICS, recent_key], args=args, client=pipe)
         proc_key = keys.metrics_proc(self.proc_id)
         pipe.delete(proc_key)
         if gauges:
