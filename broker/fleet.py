@@ -146,6 +146,12 @@ def scrape_time_metrics(r: redis.Redis, config: BrokerConfig) -> Iterator[Metric
     yield misses
 
 
+def _replicas(backend: dict[str, Any] | None) -> dict[str, int]:
+    """How many backend replicas the workers have reported, and how many of them are healthy."""
+    records = (backend or {}).get("replicas") or {}
+    return {"reported": len(records), "healthy": sum(1 for rec in records.values() if rec.get("healthy"))}
+
+
 def _mean_ms(row: dict[str, float], name: str) -> float | None:
     n = row.get(f"{name}:n", 0.0)
     return round(row.get(f"{name}:sum", 0.0) / n * 1000, 3) if n else None
@@ -181,6 +187,8 @@ def status(r: redis.Redis, config: BrokerConfig) -> dict[str, Any]:
             "transport": getattr(spec, "transport", None),
             "queue": spec.queue,
             "ready": detail["servers"][name]["ready"],
+            "reason": detail["servers"][name].get("reason"),
+            "replicas": _replicas(detail["servers"][name].get("backend")),
             "catalog_published": detail["servers"][name]["catalog_published"],
             "workers": [{"node": w["node"], "host": w.get("host"), "pid": w.get("pid"),
                          "up_s": round(now - w["started"], 1) if isinstance(w.get("started"), (int, float)) else None}

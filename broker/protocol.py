@@ -77,6 +77,10 @@ ENVELOPE_META_PREFIX = "io.modelcontextprotocol/"  # the per-request envelope's 
 SERVER_INFO_META_KEY = "io.modelcontextprotocol/serverInfo"
 # results that carry 2026-07-28 cache directives (discover, the lists, resources/read), by their payload key
 CACHEABLE_RESULT_KEYS = ("supportedVersions", "tools", "prompts", "resources", "resourceTemplates", "contents")
+QUESTION_WINDOW_S = 0.05  # a backend's questions asked together (concurrently) go out in one input_required round
+INPUT_KEY_META_KEY = "io.mcp-broker/inputKey"  # a backend's name for its question (the `inputRequests` key)
+MISSING_CLIENT_CAPABILITY = -32021  # 2026-07-28: the request needs a capability the client did not declare
+LOG_LEVEL_META_KEY = "io.modelcontextprotocol/logLevel"  # 2026-07-28: per-request logging/setLevel
 INPUT_RESUMABLE = ("tools/call", "resources/read", "prompts/get")  # may answer `input_required` (2026-07-28)
 
 _envelope = JSONRPCMessageSchema()
@@ -268,6 +272,7 @@ class ClientConnection:
         self.log_level: str | None = None  # set by logging/setLevel; None = what the backend sends
         self.subscriptions: set[tuple[str, str]] = set()  # (server, backend uri) of resources/subscribe
         self.modern = False  # a 2026-07-28 exchange: envelope per request, no server-to-client requests
+        self._questions: dict[Any, list[dict[str, Any]]] = {}  # request id → backend questions of this round
         self._closed = False
         self._touched = time.monotonic()
         self._methods: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
@@ -734,6 +739,8 @@ class ClientConnection:
                     notification["message"] = note["message"]
                 self.notify("notifications/progress", notification, related=request_id)
             elif "log" in event:
+                if self.modern and self.log_level is None:
+                    return  # 2026-07-28: no log messages unless the request asked for them (`logLevel`)
                 if level_passes(event["log"].get("level"), self.log_level):
                     self.notify("notifications/message", event["log"], related=request_id)
             elif "server_request" in event:
@@ -766,18 +773,43 @@ class ClientConnection:
         bmethod = backend_request["method"]
         needed = CLIENT_CAPABILITY_OF.get(bmethod)
         if needed is None or needed not in self.client_capabilities:
-            error = {"code": METHOD_NOT_FOUND, "message": f"Client does not support {bmethod} "
-                                                         f"(it did not declare the {needed!r} capability)"}
-            self._answer_backend(keys.answer(backend_request["id"]), {"error": error})
+            # the backend hears what a client without it would answer; the client is told what is missing
+            message = f"Client does not support {bmethod} (it did not declare the {needed!r} capability)"
+            self._answer_backend(keys.answer(backend_request["id"]),
+                                 {"error": {"code": METHOD_NOT_FOUND, "message": message}})
+            if self._in_flight.get(request_id) == call_id:
+                del self._in_flight[request_id]
+                self.services.hub.forget(call_id)
+                self._error(request_id, MISSING_CLIENT_CAPABILITY, f"Missing required client capability: {needed}",
+                            {"requiredCapabilities": {needed: {}}} if needed else None)
             return
         if self._in_flight.get(request_id) != call_id:
             return  # cancelled, or answered already
+        params = dict(backend_request.get("params") or {})
+        meta = dict(params.get("_meta") or {})
+        key = str(meta.pop(INPUT_KEY_META_KEY, "") or backend_request["id"])
+        if meta:
+            params["_meta"] = meta
+        else:
+            params.pop("_meta", None)
+        round_ = self._questions.setdefault(request_id, [])
+        round_.append({"key": key, "ask": backend_request["id"], "question": {"method": bmethod, "params": params}})
+        if len(round_) == 1:  # questions asked together arrive together: gather them for a moment
+            timer = threading.Timer(QUESTION_WINDOW_S, self._ask_round,
+                                    (request_id, call_id, method, server, progress_token))
+            timer.daemon = True
+            timer.start()
+
+    def _ask_round(self, request_id: Any, call_id: str, method: str, server: str, progress_token: Any) -> None:
+        """Answer the client's request `input_required` with this round's questions and the signed state."""
+        asks = self._questions.pop(request_id, [])
+        if not asks or self._in_flight.get(request_id) != call_id:
+            return  # cancelled, or answered already
         del self._in_flight[request_id]
-        question = {"method": bmethod, "params": backend_request.get("params") or {}}
-        state = {"call": call_id, "ask": backend_request["id"], "method": method, "server": server,
-                 "token": progress_token, "question": question, "expires": time.time() + self._ask_timeout(server)}
-        self._respond(request_id, {"resultType": "input_required", "inputRequests": {backend_request["id"]: question},
-                                   "requestState": self._sign(state)})
+        state = {"call": call_id, "asks": asks, "method": method, "server": server, "token": progress_token,
+                 "expires": time.time() + self._ask_timeout(server)}
+        self._respond(request_id, {"resultType": "input_required", "requestState": self._sign(state),
+                                   "inputRequests": {ask["key"]: ask["question"] for ask in asks}})
 
     def _resume_with_input(self, request_id: Any, params: dict[str, Any]) -> Any:
         """The retry of a request answered `input_required`: hand the client's answer to the suspended call
@@ -786,10 +818,10 @@ class ClientConnection:
         responses = params.get("inputResponses")
         if responses is not None and not isinstance(responses, dict):
             raise RPCError(INVALID_PARAMS, "Invalid params: inputResponses must be an object")
-        answer = (responses or {}).get(state["ask"])
-        if not isinstance(answer, dict):  # not answered: the question stands
-            return {"resultType": "input_required", "inputRequests": {state["ask"]: state["question"]},
-                    "requestState": params["requestState"]}
+        answers = {ask["ask"]: (responses or {}).get(ask["key"]) for ask in state["asks"]}
+        if not all(isinstance(answer, dict) for answer in answers.values()):  # not all answered: the round stands
+            return {"resultType": "input_required", "requestState": params["requestState"],
+                    "inputRequests": {ask["key"]: ask["question"] for ask in state["asks"]}}
         if request_id in self._in_flight:
             raise RPCError(INVALID_REQUEST, f"Invalid Request: request id {request_id!r} is already in flight")
         call_id, server = state["call"], state["server"]
@@ -799,7 +831,8 @@ class ClientConnection:
         self._in_flight[request_id] = call_id
         spec = self.services.config.server(server)
         hub.expect(call_id, on_outcome, on_event, spec.settings.max_timeout_s * 2 + QUEUE_GRACE_S)
-        self._answer_backend(keys.answer(state["ask"]), {"result": answer})
+        for ask_id, answer in answers.items():
+            self._answer_backend(keys.answer(ask_id), {"result": answer})
         return DEFERRED
 
     def _ask_timeout(self, server: str) -> float:

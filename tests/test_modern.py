@@ -118,7 +118,9 @@ def test_backend_sampling_becomes_an_input_required_round_trip(stack: Stack) -> 
 
         no_capability = post(http, url, "tools/call", call,
                              meta={**ENVELOPE, "io.modelcontextprotocol/clientCapabilities": {}}).json()
-        assert no_capability["error"]["code"] == -32601  # the backend was told the client cannot sample
+        # MissingRequiredClientCapability, naming it (the backend heard what such a client answers)
+        assert no_capability["error"]["code"] == -32021
+        assert no_capability["error"]["data"]["requiredCapabilities"] == {"sampling": {}}
 
 
 def test_sdk_client_answers_input_requests_automatically(stack: Stack) -> None:

@@ -78,7 +78,7 @@ def test_status_page_shows_live_numbers_after_real_calls(stack: Stack, tmp_path:
             assert int(page.evaluate("Number(document.body.dataset.updates || 0)")) > updates  # it refreshed itself
             for server in stack.servers:
                 row = f'tr[data-server="{server}"]'
-                assert page.text_content(f'{row} td[data-field="health"]') == "healthy"
+                assert (page.text_content(f'{row} td[data-field="health"]') or "").startswith("healthy")
                 assert number(page, f'{row} td[data-field="workers"]') >= 1
             assert not errors, errors
             assert Path(shot).stat().st_size > 10_000

@@ -26,7 +26,7 @@ from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS, InboundLadderRejection, c
 from mcp_types import INVALID_REQUEST, PARSE_ERROR
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from broker.protocol import ClientConnection, cancel_call, dumps
+from broker.protocol import LOG_LEVEL_META_KEY, LOG_LEVELS, ClientConnection, cancel_call, dumps
 from web.auth import current_principal
 
 if TYPE_CHECKING:
@@ -86,6 +86,8 @@ def handle_modern_post(endpoint: HttpEndpoint, scope: str | None) -> Response:
     connection = ClientConnection(endpoint.services, lambda message, _related=None: answers.put(message),
                                   resume=state, scope=scope, principal=principal)
     connection.client_headers = headers
+    level = ((body.get("params") or {}).get("_meta") or {}).get(LOG_LEVEL_META_KEY)
+    connection.log_level = level if level in LOG_LEVELS else None  # none asked for: none sent
     connection.handle_message(body)
 
     def is_answer(message: dict[str, Any]) -> bool:

@@ -81,19 +81,29 @@ def test_error_handling() -> str:
     raise ToolError("This tool intentionally returns an error for testing")
 
 
-def json_schema_2020_12_tool(name: str | None = None, address: dict[str, Any] | None = None) -> str:
+def json_schema_2020_12_tool(name: str | None = None, address: dict[str, Any] | None = None,
+                             contactMethod: str | None = None, phone: str | None = None,  # noqa: N803
+                             email: str | None = None) -> str:
     """Tool with JSON Schema 2020-12 features."""
-    return f"name={name}, address={json.dumps(address)}"
+    return f"name={name}, address={json.dumps(address)}, contact={contactMethod}: {phone or email}"
 
 
 server.add_tool(json_schema_2020_12_tool, name="json_schema_2020_12_tool",
                 description="Tool with JSON Schema 2020-12 features")
-# The advertised schema must keep `$schema`, `$defs` and `additionalProperties` (SEP-1613) end to end.
+# The advertised schema must keep `$schema`, `$defs`, `additionalProperties` (SEP-1613) and the composition,
+# conditional and `$anchor` keywords (SEP-2106) end to end.
 server._tool_manager.get_tool("json_schema_2020_12_tool").parameters = {  # type: ignore[union-attr]
     "$schema": JSON_SCHEMA_2020_12,
     "type": "object",
-    "$defs": {"address": {"type": "object", "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}},
-    "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
+    "$defs": {"address": {"$anchor": "addressDef", "type": "object",
+                          "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}},
+    "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"},
+                   "contactMethod": {"type": "string", "enum": ["phone", "email"]},
+                   "phone": {"type": "string"}, "email": {"type": "string"}},
+    "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
+    "if": {"properties": {"contactMethod": {"const": "phone"}}, "required": ["contactMethod"]},
+    "then": {"required": ["phone"]},
+    "else": {"required": ["email"]},
     "additionalProperties": False,
 }
 
@@ -197,6 +207,126 @@ async def test_elicitation_sep1330_enums(ctx: Context) -> str:
         },
     })
     return f"Elicitation completed: action={result.action}, content={json.dumps(result.content or {})}"
+
+
+# ---------------------------------------------------------------- 2026-07-28 fixtures
+# The suite's 2026 scenarios expect `input_required` results. This backend speaks the handshake era to the
+# broker and asks push-style, mid-call; the broker turns each question into an `input_required` round for a
+# 2026 client. `io.mcp-broker/inputKey` in a question's `_meta` names it (the key the suite looks for).
+INPUT_KEY = "io.mcp-broker/inputKey"
+
+
+async def _ask_elicit(ctx: Context, key: str, message: str, properties: dict[str, Any]) -> types.ElicitResult:
+    params = types.ElicitRequestFormParams(
+        message=message, requested_schema={"type": "object", "properties": properties, "required": list(properties)},
+        _meta={INPUT_KEY: key})
+    return await ctx.session.send_request(types.ElicitRequest(params=params), types.ElicitResult)
+
+
+async def _ask_sampling(ctx: Context, key: str, prompt: str, max_tokens: int = 100) -> types.CreateMessageResult:
+    params = types.CreateMessageRequestParams(
+        messages=[types.SamplingMessage(role="user", content=types.TextContent(type="text", text=prompt))],
+        max_tokens=max_tokens, _meta={INPUT_KEY: key})
+    return await ctx.session.send_request(types.CreateMessageRequest(params=params), types.CreateMessageResult)
+
+
+def _text_of(result: types.CreateMessageResult) -> str:
+    return result.content.text if isinstance(result.content, types.TextContent) else "(no text)"
+
+
+@server.tool()
+async def test_input_required_result_elicitation(ctx: Context) -> str:
+    """One elicitation round (key `user_name`), then a greeting."""
+    answer = await _ask_elicit(ctx, "user_name", "What is your name?", {"name": {"type": "string"}})
+    return f"Hello, {(answer.content or {}).get('name', 'stranger')}!"
+
+
+@server.tool()
+async def test_input_required_result_sampling(ctx: Context) -> str:
+    """One sampling round (key `capital_question`), then the model's answer."""
+    return _text_of(await _ask_sampling(ctx, "capital_question", "What is the capital of France?"))
+
+
+@server.tool()
+async def test_input_required_result_list_roots(ctx: Context) -> str:
+    """One roots/list round, then the roots it was given."""
+    roots = await ctx.session.list_roots()
+    return "Roots: " + ", ".join(str(root.uri) for root in roots.roots)
+
+
+@server.tool()
+async def test_input_required_result_request_state(ctx: Context) -> str:
+    """One round whose answer only arrives with the echoed (broker-signed, broker-checked) requestState."""
+    answer = await _ask_elicit(ctx, "confirm", "Please confirm", {"ok": {"type": "boolean"}})
+    return f"state-ok: confirmed={json.dumps((answer.content or {}).get('ok'))}"
+
+
+@server.tool()
+async def test_input_required_result_tampered_state(ctx: Context) -> str:
+    """One round; a retry with an altered requestState is refused by the broker."""
+    answer = await _ask_elicit(ctx, "confirm", "Please confirm", {"ok": {"type": "boolean"}})
+    return f"confirmed={json.dumps((answer.content or {}).get('ok'))}"
+
+
+@server.tool()
+async def test_input_required_result_multi_round(ctx: Context) -> str:
+    """Two rounds (`step1`, then `step2`), each a new requestState."""
+    name = await _ask_elicit(ctx, "step1", "Step 1: What is your name?", {"name": {"type": "string"}})
+    color = await _ask_elicit(ctx, "step2", "Step 2: What is your favorite color?", {"color": {"type": "string"}})
+    return f"{(name.content or {}).get('name')} likes {(color.content or {}).get('color')}"
+
+
+@server.tool()
+async def test_input_required_result_multiple_inputs(ctx: Context) -> str:
+    """Elicitation, sampling and roots asked at once: the broker sends them in one input_required round."""
+    answers: dict[str, Any] = {}
+
+    async def ask(key: str, question: Any) -> None:
+        answers[key] = await question
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(ask, "name", _ask_elicit(ctx, "user_name", "What is your name?", {"name": {"type": "string"}}))
+        group.start_soon(ask, "greeting", _ask_sampling(ctx, "greeting", "Generate a greeting", 50))
+        group.start_soon(ask, "roots", ctx.session.list_roots())
+    name = (answers["name"].content or {}).get("name")
+    return f"{_text_of(answers['greeting'])} {name} ({len(answers['roots'].roots)} roots)"
+
+
+@server.tool()
+async def test_input_required_result_capabilities(ctx: Context) -> str:
+    """Asks only for sampling: the suite's client declares sampling alone."""
+    return _text_of(await _ask_sampling(ctx, "sample", "Say something"))
+
+
+@server.tool()
+async def test_missing_capability(ctx: Context) -> str:
+    """Needs sampling; asked by a client that did not declare it, the broker answers -32021."""
+    return _text_of(await _ask_sampling(ctx, "needed", "This needs sampling"))
+
+
+@server.tool()
+async def test_logging_tool(ctx: Context) -> str:
+    """Logs three messages: a 2026 client hears them only if its request set a logLevel."""
+    for i in range(3):
+        await ctx.log("info", f"log message {i + 1}")
+    return "logged 3 messages"
+
+
+@server.tool()
+async def test_streaming_elicitation(ctx: Context) -> str:
+    """Reports progress, then asks: the answer stream may carry notifications but never a request."""
+    await ctx.report_progress(1, 2, "about to ask")
+    answer = await _ask_elicit(ctx, "input", "Anything to add?", {"text": {"type": "string"}})
+    return f"got {json.dumps(answer.content or {})}"
+
+
+@server.prompt()
+async def test_input_required_result_prompt(ctx: Context) -> list[UserMessage]:
+    """A prompt that asks (key `user_context`) before it can be rendered."""
+    answer = await _ask_elicit(ctx, "user_context", "What context should the prompt use?",
+                               {"context": {"type": "string"}})
+    text = f"Use this context: {(answer.content or {}).get('context', '')}"
+    return [UserMessage(role="user", content=types.TextContent(type="text", text=text))]
 
 
 # ---------------------------------------------------------------- resources
