@@ -248,6 +248,7 @@ class BackendSession:
         self.health = health or EndpointHealth(spec.name, replica, self.endpoint)
         self.client_key = client_key  # whose session this is (per_client), None when shared
         self.extra_headers = dict(extra_headers or {})  # client headers passed through (forward_headers)
+        self.listed: set[str] = set()  # servers this process has listed (the pool's set, shared by its sessions)
         self.last_used = time.monotonic()
         self._pump: StderrPump | None = None
         self._on_catalog_change = on_catalog_change
@@ -366,8 +367,10 @@ class BackendSession:
                 self.generation += 1
                 self.last_used = time.monotonic()
                 log.info("backend %s: session open (generation %d)", self.label, self.generation)
-                if self.generation > 1 and self._on_catalog_change is not None:
-                    # a restarted backend may offer something else now
+                if self._on_catalog_change is not None and (self.generation > 1 or self.spec.name not in self.listed):
+                    # a restarted backend may offer something else now; so may one this process never listed
+                    # (its catalog may be older than this backend: workers start backends lazily)
+                    self.listed.add(self.spec.name)
                     threading.Thread(target=self._on_catalog_change, args=(self.spec.name,), daemon=True).start()
             return self._client
 
@@ -576,6 +579,7 @@ class BackendPool:
         self._lock = threading.Lock()
         self._base_dir = str(Path(config.path).resolve().parent) if config.path else os.getcwd()
         self.served: set[str] = set()  # servers whose queues this process consumes (pinged, eager-started)
+        self.listed: set[str] = set()  # servers whose catalog this process has listed (or is listing)
         self._last_check: dict[str, float] = {}
         self._stop = threading.Event()
         threading.Thread(target=self._maintain, name="backend-maintenance", daemon=True).start()
@@ -600,8 +604,10 @@ class BackendPool:
         with self._lock:
             if (server, replica, key) not in self._sessions:
                 spec = self.config.server(server)
-                self._sessions[(server, replica, key)] = BackendSession(
+                session = BackendSession(
                     spec, self.portal, self._base_dir, self._on_catalog_change, replica, health, client, headers)
+                session.listed = self.listed
+                self._sessions[(server, replica, key)] = session
             return self._sessions[(server, replica, key)]
 
     def session(self, server: str, replica: int | None = None) -> BackendSession:
@@ -743,6 +749,7 @@ class BackendPool:
                         health_key[0]):
                     del self._health[health_key]
         self.served &= set(config.servers)
+        self.listed &= {name for name in config.servers if config.servers[name] == old.servers.get(name)}
 
     async def request(
         self,

@@ -230,6 +230,7 @@ def run_calls(self: Any, calls: list[dict[str, Any]]) -> None:
 def refresh_catalog_now(server: str) -> None:
     """List everything the backend offers and publish it as the server's catalog document."""
     spec = broker_config().server(server)
+    backend_pool().listed.add(server)  # opening the session below must not ask for another listing
     session = backend_pool().session(server)
     for attempt in range(spec.settings.retries + 1):
         try:
