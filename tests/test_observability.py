@@ -242,3 +242,31 @@ def test_ops_pages_need_an_admin_key_when_keys_are_on(stack: Stack) -> None:
     finally:
         proc.stop()
         stack.web_ports.remove(port)
+
+
+def test_metrics_add_up_across_web_processes(stack: Stack) -> None:
+    """Two web processes (as two gunicorn workers or two machines would be): either one's /metrics counts
+    the calls and open sockets of both."""
+    port = free_port()
+    proc = stack.start_web(port)
+    try:
+        first, second = stack.http_url(), f"http://127.0.0.1:{port}"
+        before = scrape(second)
+        with RawClient(stack.ws_url()) as a, RawClient(f"ws://127.0.0.1:{port}/mcp") as b:
+            for i in range(3):
+                a.call("echo__add", {"a": i, "b": 1})
+                b.call("echo__add", {"a": i, "b": 2})
+
+            def both() -> bool:
+                for base in (first, second):
+                    now = scrape(base)
+                    calls = (value(now, "mcp_broker_calls_total", server="echo", tool="add", outcome="ok")
+                             - value(before, "mcp_broker_calls_total", server="echo", tool="add", outcome="ok"))
+                    if calls < 6 or value(now, "mcp_broker_open_sockets", transport="ws") < 2:
+                        return False
+                return True
+
+            assert wait_until(both), scrape(first)
+    finally:
+        proc.stop()
+        stack.web_ports.remove(port)
