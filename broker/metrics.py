@@ -238,8 +238,7 @@ class Recorder:
                 args += [field_name, repr(value)]
             self._add[1](keys=[keys.METRICS, recent_key], args=args, client=pipe)
         proc_key = keys.metrics_proc(self.proc_id)
-        pipe.delete(proc_key)
-        if gauges:
+        if gauges:  # overwritten field by field (a DEL first would let a scrape see the process gone)
             pipe.hset(proc_key, mapping={_field(name, labels): value for (name, labels), value in gauges.items()})
             pipe.expire(proc_key, PROC_TTL_S)
             pipe.sadd(keys.METRICS_PROCS, self.proc_id)
