@@ -273,6 +273,7 @@ class ClientConnection:
         self.subscriptions: set[tuple[str, str]] = set()  # (server, backend uri) of resources/subscribe
         self.modern = False  # a 2026-07-28 exchange: envelope per request, no server-to-client requests
         self._questions: dict[Any, list[dict[str, Any]]] = {}  # request id → backend questions of this round
+        self._offered: dict[Any, dict[str, Any]] = {}  # request id → inputResponses it brought unasked
         self._closed = False
         self._touched = time.monotonic()
         self._methods: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
@@ -391,6 +392,8 @@ class ClientConnection:
             if self.modern and method in INPUT_RESUMABLE and params.get("requestState") is not None:
                 result = self._resume_with_input(request_id, params)
             else:
+                if self.modern and isinstance(params.get("inputResponses"), dict):
+                    self._offered[request_id] = params["inputResponses"]  # answers given before being asked
                 result = handler(request_id, params)
         except RPCError as err:
             self.send({"jsonrpc": "2.0", "id": request_id, "error": err.to_error()})
@@ -723,6 +726,7 @@ class ClientConnection:
             if self._in_flight.get(request_id) != call_id:
                 return  # cancelled, or answered already
             del self._in_flight[request_id]
+            self._offered.pop(request_id, None)
             if "error" in message:
                 self.send({"jsonrpc": "2.0", "id": request_id, "error": message["error"]})
             else:
@@ -792,6 +796,10 @@ class ClientConnection:
             params["_meta"] = meta
         else:
             params.pop("_meta", None)
+        offered = self._offered.get(request_id, {}).get(key)
+        if isinstance(offered, dict):  # the request already carried the answer to this question
+            self._answer_backend(keys.answer(backend_request["id"]), {"result": offered})
+            return
         round_ = self._questions.setdefault(request_id, [])
         round_.append({"key": key, "ask": backend_request["id"], "question": {"method": bmethod, "params": params}})
         if len(round_) == 1:  # questions asked together arrive together: gather them for a moment
