@@ -82,6 +82,22 @@ def reload_from_file(r: redis.Redis, current: BrokerConfig, path: str | None = N
     return publish(r, current, new, document)
 
 
+def load_running(r: redis.Redis) -> BrokerConfig:
+    """The config file; if it is broken now, the last published config (a process that starts, or first
+    needs the config, while someone is editing the file must serve what the others serve)."""
+    try:
+        return read_file()[0]
+    except ConfigError as err:
+        try:
+            found = published(r)
+        except redis.RedisError:
+            found = None
+        if found is None:
+            raise
+        log.error("%s\nusing the last published config (version %d) instead", err, found[0])
+        return found[1]
+
+
 def published(r: redis.Redis) -> tuple[int, BrokerConfig] | None:
     """The last published config and its version (None if no reload happened yet)."""
     raw = r.hgetall(keys.CONFIG)

@@ -326,6 +326,9 @@ def test_reload_adds_and_removes_servers_and_rejects_a_broken_file(bstack: Backe
     changed["mcpServers"].pop("iso_shared")
     changed["mcpServers"]["added_probe"] = {"command": sys.executable, "args": [str(SERVERS / "probe.py")],
                                             "env": {"PROBE_NAME": "added"}}
+    port = free_port()  # a web process with API keys, started while the file is still good
+    bstack.stack.start_web(port, env={"MCP_BROKER_API_KEYS": "user:user-key,admin:admin-key"})
+    url = f"http://127.0.0.1:{port}/v1/admin/reload"
     try:
         with RawClient(bstack.stack.ws_url()) as client:
             assert "iso_shared__add_note" in tool_names(client)
@@ -348,6 +351,13 @@ def test_reload_adds_and_removes_servers_and_rejects_a_broken_file(bstack: Backe
             answer = admin_reload(bstack)
             assert answer.status_code == 400 and "server x: field broker.isolation" in answer.text
             assert text_of(client.call("added_probe__whoami", timeout=30))["name"] == "added"
+
+            # only an admin key may reload
+            refused = httpx2.post(url, headers={"Authorization": "Bearer user-key"}, timeout=30)
+            assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+            assert httpx2.post(url, timeout=30).status_code == 401
+            allowed = httpx2.post(url, headers={"Authorization": "Bearer admin-key"}, timeout=30)
+            assert allowed.status_code == 400  # an admin may; the file is still the broken one
 
             # SIGHUP to a worker reloads too: back to the original file
             path.write_text(original)

@@ -17,7 +17,7 @@ from celery import Celery, signals
 from kombu import Queue
 
 from broker import keys, reload
-from broker.config import BrokerConfig, ConfigError, load_config
+from broker.config import BrokerConfig, ConfigError
 from broker.redisconn import get_redis
 from workers.backends import BackendPool
 
@@ -36,7 +36,7 @@ _worker: dict[str, Any] = {"hostname": None, "version": 0}  # this worker's Cele
 def broker_config() -> BrokerConfig:
     global _config
     if _config is None:
-        _config = load_config()
+        _config = reload.load_running(get_redis())
     return _config
 
 

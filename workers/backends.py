@@ -637,8 +637,10 @@ class BackendPool:
         shared: the worker's session to the best replica (one per distinct set of forwarded headers).
         per_client: the client's own session, created on its first call and kept on its replica until that
         replica fails; a call without a client (no session, no batch) gets a one-shot session."""
-        wanted = {name.lower() for name in spec.settings.forward_headers}
-        headers = {k: str(v) for k, v in (call.get("headers") or {}).items() if k.lower() in wanted}
+        headers: dict[str, str] = {}
+        if spec.settings.forward_headers and call.get("headers"):
+            wanted = {name.lower() for name in spec.settings.forward_headers}
+            headers = {k: str(v) for k, v in call["headers"].items() if k.lower() in wanted}
         header_key = ("h:" + hashlib.sha256(json.dumps(sorted(headers.items())).encode()).hexdigest()[:16]
                       if headers else "")
         if spec.settings.isolation != "per_client":
