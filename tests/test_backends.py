@@ -205,6 +205,17 @@ def test_backends_start_lazily_or_eagerly_and_idle_ones_close(bstack: BackendSta
     assert "backend idler: idle for" in "".join(worker.log() for worker in bstack.workers())
 
 
+def test_a_stopping_worker_closes_its_backends(bstack: BackendStack) -> None:
+    worker = bstack.start_worker()
+    wait_for(lambda: worker.alive() and any(
+        "--tag eager" in " ".join(c.cmdline()) for c in psutil.Process(worker.popen.pid).children()), timeout=60)
+    children = psutil.Process(worker.popen.pid).children()
+    worker.stop(signal.SIGTERM)
+    assert not worker.alive()
+    _gone, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == []
+
+
 # ---------------------------------------------------------------- forwarding
 def test_variables_reach_stdio_env_and_http_headers_and_named_client_headers_pass(bstack: BackendStack) -> None:
     headers = {"X-User-Token": "tok-of-a", "X-Other": "not-forwarded"}
@@ -263,6 +274,9 @@ def test_killed_backends_are_reaped_and_none_outlives_a_sigkilled_worker(bstack:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     child.kill()
         assert len(pids) >= 150  # the calls really ran on fresh backends
+        for worker in bstack.workers():  # every killed child was reaped (a zombie or two may be in flight)
+            zombies = [c for c in psutil.Process(worker.popen.pid).children() if c.status() == psutil.STATUS_ZOMBIE]
+            assert len(zombies) <= 2
     mcp_servers_before = [p.pid for p in our_mcp_servers()]
     assert mcp_servers_before
     for worker in bstack.workers():
