@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import os
+import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -132,6 +135,31 @@ LAUNCHER = (
 )
 STDERR_TAIL_LINES = 20
 backend_log = logging.getLogger("mcp.backend")
+
+
+@functools.cache
+def _setpriv() -> str | None:
+    """util-linux `setpriv --pdeathsig` does what LAUNCHER does in ~1 ms instead of a Python start-up
+    (~50 ms here); LAUNCHER remains where it is missing (it also closes the tiny race of a parent dying
+    before the signal is armed, which setpriv leaves to the stdin EOF every MCP server honours)."""
+    found = shutil.which("setpriv")
+    if found is None:
+        return None
+    try:
+        usage = subprocess.run([found, "--help"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return found if "--pdeathsig" in usage else None
+
+
+def _die_with_worker(command: str, args: list[str]) -> tuple[str, list[str]]:
+    """The command line that runs `command` so that it is SIGKILLed when this worker process dies."""
+    if not sys.platform.startswith("linux"):
+        return command, args
+    setpriv = _setpriv()
+    if setpriv is not None:
+        return setpriv, ["--pdeathsig", "KILL", "--", command, *args]
+    return sys.executable, ["-I", "-S", "-c", LAUNCHER, str(os.getpid()), command, *args]
 
 
 class StderrPump:
@@ -329,9 +357,7 @@ class BackendSession:
         }
         if endpoint.command:
             env = expand_all(endpoint.env, f"server {spec.name}: env")
-            command, args = _resolve_command(endpoint.command), list(endpoint.args)
-            if sys.platform.startswith("linux"):
-                command, args = sys.executable, ["-I", "-S", "-c", LAUNCHER, str(os.getpid()), command, *args]
+            command, args = _die_with_worker(_resolve_command(endpoint.command), list(endpoint.args))
             params = StdioServerParameters(command=command, args=args, env=env or None,
                                            cwd=endpoint.cwd or self._base_dir)
             self._pump = StderrPump(self.label)
