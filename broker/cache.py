@@ -56,6 +56,19 @@ def store_result(
     return True
 
 
+READ_RESOURCE = "resources/read"  # the cache's "tool" name for a backend's resource reads ({"uri": ...})
+
+
+def store_directed(r: redis.Redis, server: str, tool: str, arguments: dict[str, Any], result: dict[str, Any]) -> bool:
+    """Worker-side, 2026-07-28 cache directives: a result the backend marked `cacheScope: "public"` with
+    `ttlMs > 0` may be served to anyone, so it is kept that long; a "private" one is not kept (it may not be
+    shared across clients, and per-session caching is not worth a round trip)."""
+    ttl_ms = result.get("ttlMs")
+    if result.get("cacheScope") != "public" or not isinstance(ttl_ms, int) or ttl_ms <= 0:
+        return False
+    return store_result(r, server, tool, arguments, result, ttl_ms / 1000)
+
+
 _LOOKUP = """
 local v = redis.call('GET', KEYS[1])
 if v then

@@ -39,7 +39,7 @@ from mcp_types.version import (
 )
 
 from broker import keys, observe
-from broker.cache import BYPASS_META_KEY, ResultCache
+from broker.cache import BYPASS_META_KEY, READ_RESOURCE, ResultCache
 from broker.catalog import Catalog, CursorError
 from broker.config import BrokerConfig, BrokerSettings
 from broker.outbox import Outbox
@@ -594,7 +594,13 @@ class ClientConnection:
                            {"uri": loaded["uri"]})
         server, uri = target
         self._check_allowed("resources of server", self.services.catalog.namespaced(server, "*"))
-        return self._forward(request_id, "resources/read", server, {"params": {"uri": uri}}, loaded["_meta"] or {})
+        meta = loaded["_meta"] or {}
+        if meta.get(BYPASS_META_KEY) is not False and params.get("requestState") is None:
+            hit = self.services.cache.lookup(server, READ_RESOURCE, {"uri": uri})
+            if hit is not None:  # a public result the backend allowed anyone to reuse: what is left of its ttl
+                cached, remaining_ms = hit
+                return self._client_result("resources/read", server, {**cached, "ttlMs": max(0, remaining_ms)})
+        return self._forward(request_id, "resources/read", server, {"params": {"uri": uri}}, meta)
 
     def _prompts_get(self, request_id: Any, params: dict[str, Any]) -> Any:
         try:

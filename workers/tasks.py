@@ -28,7 +28,7 @@ import anyio
 from mcp_types import INTERNAL_ERROR, REQUEST_TIMEOUT
 
 from broker import keys, observe
-from broker.cache import store_result
+from broker.cache import READ_RESOURCE, store_directed, store_result
 from broker.catalog import store_server_catalog
 from broker.redisconn import get_redis
 from broker.results import ResultWriter, cancelled_outcome, rpc_error, timeout_outcome
@@ -115,6 +115,9 @@ async def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, 
             else:
                 result = await session.request(method, call.get("params") or {}, remaining, call_id, call.get("meta"),
                                                channel)
+                if method == READ_RESOURCE:  # the backend's own cache directive (2026-07-28 backends)
+                    store_directed(get_redis(), server, READ_RESOURCE, {"uri": (call.get("params") or {}).get("uri")},
+                                   result)
             return {"result": result}
         except BackendTimeout:
             return timeout_outcome(server, timeout)
