@@ -30,6 +30,7 @@ from typing import Any
 
 import redis
 from marshmallow import ValidationError
+from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request
 from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR
 from mcp_types.version import (
     HANDSHAKE_PROTOCOL_VERSIONS,
@@ -75,6 +76,7 @@ FORWARDED = ("tools/call", "resources/read", "prompts/get", "completion/complete
 REMOVED_IN_MODERN = ("initialize", "ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe")
 ENVELOPE_META_PREFIX = "io.modelcontextprotocol/"  # the per-request envelope's `_meta` keys: ours, never forwarded
 SERVER_INFO_META_KEY = "io.modelcontextprotocol/serverInfo"
+PROTOCOL_VERSION_META_KEY = "io.modelcontextprotocol/protocolVersion"
 # results that carry 2026-07-28 cache directives (discover, the lists, resources/read), by their payload key
 CACHEABLE_RESULT_KEYS = ("supportedVersions", "tools", "prompts", "resources", "resourceTemplates", "contents")
 QUESTION_WINDOW_S = 0.05  # a backend's questions asked together (concurrently) go out in one input_required round
@@ -97,6 +99,13 @@ CLIENT_CAPABILITY_OF = {  # a backend's request → the capability its client mu
     "elicitation/create": "elicitation",
     "roots/list": "roots",
 }
+
+
+def _envelope_version(params: Any) -> str | None:
+    """The protocol version a request's 2026-07-28 envelope names, if it names one outside the handshake era."""
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    version = meta.get(PROTOCOL_VERSION_META_KEY) if isinstance(meta, dict) else None
+    return version if isinstance(version, str) and version not in HANDSHAKE_PROTOCOL_VERSIONS else None
 
 
 def level_passes(level: Any, threshold: str | None) -> bool:
@@ -299,7 +308,9 @@ class ClientConnection:
             self._restore(resume)
         else:
             services.sessions.save(self.session_id, self._state())
-        services.connections.add(self)
+        self._modern_requests: weakref.WeakValueDictionary[Any, ClientConnection] = weakref.WeakValueDictionary()
+        if not self.modern:  # 2026-07-28 hears of list changes only on subscriptions/listen, not served yet
+            services.connections.add(self)
 
     # ------------------------------------------------------------ output
     def send(self, message: dict[str, Any], related: Any = None) -> None:
@@ -370,6 +381,12 @@ class ClientConnection:
             self._on_client_answer(message)
             return
         params = message.get("params") or {}
+        # A 2026-07-28 request on a stream (WebSocket) conversation is served on its own; server/discover is not,
+        # so an SDK client in `auto` mode still falls back to the handshake here (a pinned 2026 client works).
+        if ("id" in message and method != "server/discover" and not self.modern and not self.initialized
+                and _envelope_version(params) is not None):
+            self._dispatch_modern(message)
+            return
         if "id" not in message:
             handler = self._notifications.get(method)
             if handler is not None:
@@ -409,6 +426,26 @@ class ClientConnection:
             if method == "tools/call":  # answered here: from the cache, or arguments refused as an isError result
                 outcome = "rejected" if isinstance(result, dict) and result.get("isError") else "cached"
                 observe.immediate_call(self, params, outcome, time.perf_counter() - started)
+
+    def _dispatch_modern(self, message: dict[str, Any]) -> None:
+        """A 2026-07-28 request on a stream transport (the WebSocket): its envelope names its era, so it is
+        served as a stateless exchange of its own, answered on this stream, whatever this connection is."""
+        verdict = classify_inbound_request(message, headers=None)
+        if isinstance(verdict, InboundLadderRejection):
+            self._error(message["id"], verdict.code, verdict.message, verdict.data)
+            return
+        meta = message["params"]["_meta"]
+        state = {"protocolVersion": verdict.protocol_version, "clientInfo": verdict.client_info or {},
+                 "capabilities": verdict.client_capabilities if isinstance(verdict.client_capabilities, dict) else {},
+                 "initialized": True, "principal": self.principal.id}
+        exchange = ClientConnection(self.services, self._emit, resume=state, scope=self.scope,
+                                    principal=self.principal)
+        exchange.client_headers = self.client_headers
+        level = meta.get(LOG_LEVEL_META_KEY)
+        exchange.log_level = level if level in LOG_LEVELS else None
+        if isinstance(message["id"], (str, int)):
+            self._modern_requests[message["id"]] = exchange  # alive while in flight: its callbacks hold it
+        exchange.handle_message(message)
 
     def _in_era(self, method: str) -> bool:
         """server/discover is the 2026-07-28 probe: a handshake-era conversation answers method-not-found, so an
@@ -947,6 +984,10 @@ class ClientConnection:
 
     def _on_cancelled(self, params: dict[str, Any]) -> None:
         request_id = params.get("requestId")
+        exchange = self._modern_requests.get(request_id) if isinstance(request_id, (str, int)) else None
+        if exchange is not None:
+            exchange._on_cancelled(params)
+            return
         call_id = self._in_flight.pop(request_id, None) if isinstance(request_id, (str, int)) else None
         if call_id is None:
             return
@@ -961,6 +1002,8 @@ class ClientConnection:
     # ------------------------------------------------------------ end
     def close(self) -> None:
         """The transport is gone: stop waiting here. The session keeps its calls, so a reconnect resumes them."""
+        for exchange in list(self._modern_requests.values()):
+            exchange.close()
         self._closed = True
         for call_id in list(self._in_flight.values()):
             self.services.hub.forget(call_id)

@@ -16,6 +16,7 @@ import httpx2
 from mcp import Client
 from mcp_types import CreateMessageResult, TextContent
 
+from broker.client import WebSocketTransport
 from tests.stack import Stack
 
 MODERN = "2026-07-28"
@@ -131,5 +132,22 @@ def test_sdk_client_answers_input_requests_automatically(stack: Stack) -> None:
         async with Client(f"{stack.http_url()}/mcp", mode=MODERN, sampling_callback=sampling) as client:
             result = await client.call_tool("echo__ask_model", {"question": "?"})
             assert result.structured_content == {"result": "green"}
+
+    anyio.run(scenario)
+
+
+def test_sdk_client_pinned_to_2026_over_the_websocket(stack: Stack) -> None:
+    """On the WebSocket the era is read from each request's envelope: a pinned 2026 client is served statelessly
+    on the same socket (an `auto` client still gets method-not-found for server/discover and shakes hands)."""
+    async def sampling(_context: Any, params: Any) -> CreateMessageResult:
+        return CreateMessageResult(role="assistant", content=TextContent(type="text", text="red"), model="m")
+
+    async def scenario() -> None:
+        async with Client(WebSocketTransport(stack.ws_url()), mode=MODERN, sampling_callback=sampling) as client:
+            assert "echo__echo" in {t.name for t in (await client.list_tools()).tools}
+            echoed = await client.call_tool("echo__echo", {"text": "over ws"})
+            assert echoed.structured_content == {"result": "over ws"}
+            asked = await client.call_tool("echo__ask_model", {"question": "?"})  # an input_required round
+            assert asked.structured_content == {"result": "red"}
 
     anyio.run(scenario)
