@@ -95,6 +95,13 @@ def apply_published_config() -> None:
     for server in changes.added:
         if hostname:
             app.control.add_consumer(new.server(server).queue, destination=[hostname], reply=False)
+    served = _pool.served if _pool is not None else set()
+    if hostname and not _worker.get("direct") and any(new.server(s).settings.isolation == "per_client"
+                                                       for s in served if s in new.servers):
+        from workers.control import node_name
+
+        app.control.add_consumer(keys.direct_queue(node_name()), destination=[hostname], reply=False)
+        _worker["direct"] = True
     for server in changes.removed:
         if hostname:
             app.control.cancel_consumer(old.server(server).queue, destination=[hostname], reply=False)
@@ -125,7 +132,8 @@ def _warm_up(sender: Any = None, **_: Any) -> None:
     """Backends start lazily: only an `eager` server, or one whose catalog nobody has published yet (its
     tools must be listed before clients can see them), is started now, by asking our own queue to list
     it (the pool process that takes it opens the session, never a prefork parent). Also: consume this
-    process's direct queue (per_client calls that must reach the sessions held here) and take SIGHUP."""
+    process's direct queue when it serves a per_client server (calls that must reach the sessions held
+    here), and take SIGHUP."""
     from workers.control import node_name
     from workers.tasks import refresh_catalog
 
@@ -139,8 +147,10 @@ def _warm_up(sender: Any = None, **_: Any) -> None:
         spec = broker_config().server(server)
         if spec.settings.eager or not r.exists(keys.catalog(server)):
             refresh_catalog.apply_async(args=[server], queue=spec.queue)
-    with contextlib.suppress(Exception):
-        sender.add_task_queue(keys.direct_queue(node_name()))
+    if any(broker_config().server(s).settings.isolation == "per_client" for s in served):
+        with contextlib.suppress(Exception):
+            sender.add_task_queue(keys.direct_queue(node_name()))
+            _worker["direct"] = True
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload_config_file, daemon=True).start())
 
