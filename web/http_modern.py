@@ -22,11 +22,17 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from flask import Response, request, stream_with_context
-from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS, InboundLadderRejection, classify_inbound_request
+from mcp.shared.inbound import (
+    ERROR_CODE_HTTP_STATUS,
+    InboundLadderRejection,
+    classify_inbound_request,
+    validate_mcp_param_headers,
+)
 from mcp_types import INVALID_REQUEST, PARSE_ERROR
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from broker.protocol import LOG_LEVEL_META_KEY, LOG_LEVELS, ClientConnection, cancel_call, dumps
+from broker.router import UnknownTool
 from web.auth import current_principal
 
 if TYPE_CHECKING:
@@ -49,6 +55,25 @@ def _status_of(message: dict[str, Any]) -> int:
     """HTTP status of a JSON answer: the SDK's table for errors (400 bad input, 404 unknown method), else 200."""
     error = message.get("error")
     return ERROR_CODE_HTTP_STATUS.get(error.get("code"), 200) if isinstance(error, dict) else 200
+
+
+def _param_header_rejection(endpoint: HttpEndpoint, scope: str | None, body: dict[str, Any],
+                            headers: dict[str, str]) -> InboundLadderRejection | None:
+    """SEP-2243: a tools/call's `Mcp-Param-*` headers must mirror the arguments the tool's schema marks with
+    `x-mcp-header` (an intermediary may route on them), checked with the SDK's own comparison."""
+    params = body.get("params")
+    if body.get("method") != "tools/call" or not isinstance(params, dict) or not isinstance(params.get("name"), str):
+        return None
+    arguments = params.get("arguments") if isinstance(params.get("arguments"), dict) else {}
+    if not arguments and not any(name.startswith("mcp-param-") for name in headers):
+        return None
+    services = endpoint.services
+    name = services.catalog.namespaced(scope, params["name"]) if scope else params["name"]
+    try:
+        schema = services.router.route_tool(name).entry.definition.get("inputSchema")
+    except UnknownTool:
+        return None  # answered by the call itself
+    return validate_mcp_param_headers(schema, arguments, headers) if isinstance(schema, dict) else None
 
 
 def handle_modern_post(endpoint: HttpEndpoint, scope: str | None) -> Response:
@@ -77,6 +102,9 @@ def handle_modern_post(endpoint: HttpEndpoint, scope: str | None) -> Response:
     if isinstance(verdict, InboundLadderRejection):
         return _error(ERROR_CODE_HTTP_STATUS.get(verdict.code, 400), verdict.code, verdict.message, request_id,
                       verdict.data)
+    mismatch = _param_header_rejection(endpoint, scope, body, headers)
+    if mismatch is not None:
+        return _error(400, mismatch.code, mismatch.message, request_id, mismatch.data)
 
     principal = current_principal()
     answers: queue.Queue[dict[str, Any]] = queue.Queue()

@@ -108,6 +108,21 @@ server._tool_manager.get_tool("json_schema_2020_12_tool").parameters = {  # type
 }
 
 
+def test_custom_header_tool(region: str, query: str = "") -> str:
+    """SEP-2243: `region` is mirrored in the `Mcp-Param-Region` header (the broker checks that they agree)."""
+    return f"region={region}, query={query}"
+
+
+server.add_tool(test_custom_header_tool, name="test_custom_header_tool",
+                description="A tool whose region argument travels in the Mcp-Param-Region header too")
+server._tool_manager.get_tool("test_custom_header_tool").parameters = {  # type: ignore[union-attr]
+    "type": "object",
+    "properties": {"region": {"type": "string", "description": "Where to run", "x-mcp-header": "Region"},
+                   "query": {"type": "string", "description": "Not mirrored"}},
+    "required": ["region"],
+}
+
+
 # ---------------------------------------------------------------- tools: notifications during a call
 @server.tool()
 async def test_tool_with_logging(ctx: Context) -> str:
