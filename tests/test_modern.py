@@ -151,3 +151,22 @@ def test_sdk_client_pinned_to_2026_over_the_websocket(stack: Stack) -> None:
             assert asked.structured_content == {"result": "red"}
 
     anyio.run(scenario)
+
+
+def test_a_handshake_era_http_client_still_gets_the_pushed_request(stack: Stack) -> None:
+    """The other era on the same endpoint: a `legacy` HTTP client is sent the backend's sampling request itself
+    (on the call's SSE stream) and its answer travels back, exactly as before the 2026 era existed."""
+    asked: list[str] = []
+
+    async def sampling(_context: Any, params: Any) -> CreateMessageResult:
+        asked.append(params.messages[0].content.text)
+        return CreateMessageResult(role="assistant", content=TextContent(type="text", text="pushed"), model="m")
+
+    async def scenario() -> None:
+        async with Client(f"{stack.http_url()}/mcp", mode="legacy", sampling_callback=sampling) as client:
+            assert client.session.initialize_result is not None
+            result = await client.call_tool("echo__ask_model", {"question": "legacy?"})
+            assert result.structured_content == {"result": "pushed"}
+
+    anyio.run(scenario)
+    assert asked == ["legacy?"]
