@@ -340,6 +340,7 @@ def test_reload_adds_and_removes_servers_and_rejects_a_broken_file(bstack: Backe
     changed["mcpServers"].pop("iso_shared")
     changed["mcpServers"]["added_probe"] = {"command": sys.executable, "args": [str(SERVERS / "probe.py")],
                                             "env": {"PROBE_NAME": "added"}}
+    changed["mcpServers"]["vars_stdio"]["env"]["PROBE_MIXED"] = "changed by a reload"
     port = free_port()  # a web process with API keys, started while the file is still good
     bstack.stack.start_web(port, env={"MCP_BROKER_API_KEYS": "user:user-key,admin:admin-key"})
     url = f"http://127.0.0.1:{port}/v1/admin/reload"
@@ -350,11 +351,15 @@ def test_reload_adds_and_removes_servers_and_rejects_a_broken_file(bstack: Backe
             answer = admin_reload(bstack)
             assert answer.status_code == 200, answer.text
             assert answer.json()["added"] == ["added_probe"] and answer.json()["removed"] == ["iso_shared"]
+            assert answer.json()["changed"] == ["vars_stdio"]
             wait_for(lambda: "added_probe__whoami" in tool_names(client))
             assert not any(name.startswith("iso_shared__") for name in tool_names(client))
             assert any(n.get("method") == "notifications/tools/list_changed" for n in client.notifications)
             assert text_of(client.call("added_probe__whoami", timeout=30))["name"] == "added"
             assert "error" in client.call("iso_shared__list_notes")
+            # a changed server restarts with its new settings
+            mixed = text_of(client.call("vars_stdio__env", {"name": "PROBE_MIXED"}, timeout=30))["value"]
+            assert mixed == "changed by a reload"
 
             # a broken file is rejected with the reason; the running config keeps serving
             path.write_text('{"mcpServers": {"x": {"command": "y",}}}')
