@@ -77,6 +77,12 @@ REMOVED_IN_MODERN = ("initialize", "ping", "logging/setLevel", "resources/subscr
 ENVELOPE_META_PREFIX = "io.modelcontextprotocol/"  # the per-request envelope's `_meta` keys: ours, never forwarded
 SERVER_INFO_META_KEY = "io.modelcontextprotocol/serverInfo"
 PROTOCOL_VERSION_META_KEY = "io.modelcontextprotocol/protocolVersion"
+SUBSCRIPTION_ID_META_KEY = "io.modelcontextprotocol/subscriptionId"
+LISTEN_FLAGS = {  # subscriptions/listen filter flag → the notification it lets through
+    "toolsListChanged": "notifications/tools/list_changed",
+    "promptsListChanged": "notifications/prompts/list_changed",
+    "resourcesListChanged": "notifications/resources/list_changed",
+}
 # results that carry 2026-07-28 cache directives (discover, the lists, resources/read), by their payload key
 CACHEABLE_RESULT_KEYS = ("supportedVersions", "tools", "prompts", "resources", "resourceTemplates", "contents")
 QUESTION_WINDOW_S = 0.05  # a backend's questions asked together (concurrently) go out in one input_required round
@@ -283,6 +289,7 @@ class ClientConnection:
         self.modern = False  # a 2026-07-28 exchange: envelope per request, no server-to-client requests
         self._questions: dict[Any, list[dict[str, Any]]] = {}  # request id → backend questions of this round
         self._offered: dict[Any, dict[str, Any]] = {}  # request id → inputResponses it brought unasked
+        self._listen: dict[str, Any] | None = None  # the subscriptions/listen stream this exchange serves
         self._closed = False
         self._touched = time.monotonic()
         self._methods: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
@@ -297,6 +304,7 @@ class ClientConnection:
             "resources/subscribe": self._subscribe,
             "resources/unsubscribe": self._unsubscribe,
             "server/discover": self._discover,
+            "subscriptions/listen": self._subscriptions_listen,
         }
         self._notifications: dict[str, Callable[[dict[str, Any]], None]] = {
             "notifications/initialized": self._on_initialized,
@@ -318,6 +326,12 @@ class ClientConnection:
             self._emit(message, related)
 
     def notify(self, method: str, params: dict[str, Any] | None = None, related: Any = None) -> None:
+        if self.modern and method in (*LISTEN_FLAGS.values(), "notifications/resources/updated"):
+            # 2026-07-28: change notifications travel only on a subscriptions/listen stream that asked for them
+            if self._listen is None or (method in LISTEN_FLAGS.values() and method not in self._listen["kinds"]):
+                return
+            params = {**(params or {}), "_meta": {SUBSCRIPTION_ID_META_KEY: self._listen["id"]}}
+            related = self._listen["id"]
         self.send({"jsonrpc": "2.0", "method": method, **({"params": params} if params else {})}, related)
 
     def _respond(self, request_id: Any, result: dict[str, Any]) -> None:
@@ -451,7 +465,7 @@ class ClientConnection:
         """server/discover is the 2026-07-28 probe: a handshake-era conversation answers method-not-found, so an
         SDK client in `auto` mode falls back to `initialize`; the stateless era has no handshake, ping, log
         level or resources/subscribe."""
-        if method == "server/discover":
+        if method in ("server/discover", "subscriptions/listen"):
             return self.modern
         return not (self.modern and method in REMOVED_IN_MODERN)
 
@@ -543,12 +557,68 @@ class ClientConnection:
     def _discover(self, _id: Any, _params: dict[str, Any]) -> dict[str, Any]:
         """2026-07-28: what `initialize` told, asked per request. No list_changed or subscribe flags: those
         are delivered on `subscriptions/listen`, which the broker does not serve yet."""
-        capabilities = {name: {} for name in self._capabilities() if name != "logging"}
+        capabilities = {name: value for name, value in self._capabilities().items() if name != "logging"}
         result: dict[str, Any] = {"supportedVersions": list(MODERN_PROTOCOL_VERSIONS), "capabilities": capabilities}
         instructions = self._instructions()
         if instructions:
             result["instructions"] = instructions
         return result
+
+    def _subscriptions_listen(self, request_id: Any, params: dict[str, Any]) -> Any:
+        """2026-07-28's standing stream: acknowledged with the honoured filter, then the list changes and
+        resource updates it asked for, each tagged with the listen request's id, until the client hangs up.
+        Resources are subscribed at their backends like resources/subscribe (fan-in, reference counted)."""
+        wanted = params.get("notifications")
+        if not isinstance(wanted, dict):
+            raise RPCError(INVALID_PARAMS, "Invalid params: notifications must be an object")
+        if self._listen is not None:
+            raise RPCError(INVALID_REQUEST, "Invalid Request: this exchange already listens")
+        honored: dict[str, Any] = {flag: True for flag in LISTEN_FLAGS if wanted.get(flag) is True}
+        uris = wanted.get("resourceSubscriptions")
+        targets = []
+        if isinstance(uris, list) and uris:
+            targets = [self._resource_target({"uri": uri}) for uri in uris]  # unknown server: -32002
+            honored["resourceSubscriptions"] = list(uris)
+        self._listen = {"id": request_id, "kinds": {LISTEN_FLAGS[flag] for flag in honored if flag in LISTEN_FLAGS}}
+        self.services.connections.add(self)
+        for server, uri in targets:
+            self.subscriptions.add((server, uri))
+            self._subscribe_backend(server, uri)
+        self.notify("notifications/subscriptions/acknowledged",
+                    {"notifications": honored, "_meta": {SUBSCRIPTION_ID_META_KEY: request_id}}, related=request_id)
+        return DEFERRED  # the stream is the answer: it ends when the client goes
+
+    def _subscribe_backend(self, server: str, uri: str) -> None:
+        """Record this exchange as a subscriber and ask the backend (its answer concerns no client request)."""
+        subscribers = keys.resource_subscribers(server, uri)
+        pipe = self.services.redis.pipeline(transaction=False)
+        pipe.sadd(subscribers, self.session_id)
+        pipe.expire(subscribers, self.services.sessions.ttl_s)
+        pipe.execute()
+        self._background(server, "resources/subscribe", {"uri": uri})
+
+    def _background(self, server: str, method: str, params: dict[str, Any]) -> None:
+        spec = self.services.config.server(server)
+        call_id = uuid.uuid4().hex
+        self.services.hub.start()
+        self.services.hub.expect(call_id, lambda _outcome: None, None, spec.settings.timeout_s * 2 + QUEUE_GRACE_S)
+        self.services.outbox.put(spec.queue, {
+            "call_id": call_id, "method": method, "server": server, "params": params,
+            "reply_to": self.services.hub.channel, "timeout_s": spec.settings.timeout_s,
+            "expires_at": time.time() + spec.settings.timeout_s + QUEUE_GRACE_S, "progress": False})
+
+    def _stop_listening(self) -> None:
+        """The listen stream ended: leave each resource's subscribers; the last one out unsubscribes the backend."""
+        for server, uri in sorted(self.subscriptions):
+            subscribers = keys.resource_subscribers(server, uri)
+            pipe = self.services.redis.pipeline(transaction=False)
+            pipe.srem(subscribers, self.session_id)
+            pipe.scard(subscribers)
+            _removed, remaining = pipe.execute()
+            if not remaining and server in self.services.config.servers:
+                self._background(server, "resources/unsubscribe", {"uri": uri})
+        self.subscriptions.clear()
+        self._listen = None
 
     def _instructions(self) -> str | None:
         if self.scope:
@@ -1004,6 +1074,8 @@ class ClientConnection:
         """The transport is gone: stop waiting here. The session keeps its calls, so a reconnect resumes them."""
         for exchange in list(self._modern_requests.values()):
             exchange.close()
+        if self._listen is not None:
+            self._stop_listening()
         self._closed = True
         for call_id in list(self._in_flight.values()):
             self.services.hub.forget(call_id)

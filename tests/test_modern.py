@@ -18,6 +18,7 @@ from mcp_types import CreateMessageResult, TextContent
 
 from broker.client import WebSocketTransport
 from tests.stack import Stack
+from tests.wsclient import RawClient
 
 MODERN = "2026-07-28"
 ENVELOPE = {"io.modelcontextprotocol/protocolVersion": MODERN,
@@ -170,3 +171,37 @@ def test_a_handshake_era_http_client_still_gets_the_pushed_request(stack: Stack)
 
     anyio.run(scenario)
     assert asked == ["legacy?"]
+
+
+def test_subscriptions_listen_carries_list_changes_and_resource_updates(stack: Stack) -> None:
+    """2026-07-28's standing stream: acknowledged first, then only what it asked for, tagged with its id."""
+    url = f"{stack.http_url()}/mcp"
+    body = {"jsonrpc": "2.0", "id": "sub-1", "method": "subscriptions/listen", "params": {
+        "notifications": {"resourceSubscriptions": ["notes+notes://all"], "toolsListChanged": True},
+        "_meta": ENVELOPE}}
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
+               "MCP-Protocol-Version": MODERN, "Mcp-Method": "subscriptions/listen"}
+    frames: list[dict[str, Any]] = []
+    with httpx2.Client(timeout=30) as http, http.stream("POST", url, content=json.dumps(body),
+                                                         headers=headers) as stream:
+        assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
+        lines = stream.iter_lines()
+        for line in lines:
+            if line.startswith("data: "):
+                frames.append(json.loads(line[6:]))
+                break
+        ack = frames[0]
+        assert ack["method"] == "notifications/subscriptions/acknowledged"
+        assert ack["params"]["notifications"] == {"toolsListChanged": True,
+                                                  "resourceSubscriptions": ["notes+notes://all"]}
+        assert ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == "sub-1"
+        with RawClient(stack.ws_url()) as writer:
+            writer.call("notes__add_note", {"text": "heard on the listen stream"})
+        for line in lines:
+            if line.startswith("data: "):
+                frames.append(json.loads(line[6:]))
+                break
+    update = frames[1]
+    assert update["method"] == "notifications/resources/updated"
+    assert update["params"]["uri"] == "notes+notes://all"
+    assert update["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == "sub-1"

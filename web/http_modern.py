@@ -97,6 +97,9 @@ def handle_modern_post(endpoint: HttpEndpoint, scope: str | None) -> Response:
     if not isinstance(body, dict) or "method" not in body or "id" not in body:
         return _error(400, INVALID_REQUEST, "Invalid Request: a 2026-07-28 POST carries one JSON-RPC request")
     request_id = body["id"] if isinstance(body["id"], (str, int)) and not isinstance(body["id"], bool) else None
+    if body.get("method") == "subscriptions/listen" and not wants_sse:  # its answer IS a stream of notifications
+        return _error(406, INVALID_REQUEST, "Not Acceptable: subscriptions/listen needs text/event-stream",
+                      request_id)
     headers = {name.lower(): value for name, value in request.headers.items()}
     verdict = classify_inbound_request(body, headers=headers)
     if isinstance(verdict, InboundLadderRejection):

@@ -22,7 +22,7 @@ import anyio
 import mcp_types as types
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.server.mcpserver.prompts.base import UserMessage
+from mcp.server.mcpserver.prompts.base import Prompt, UserMessage
 
 log = logging.getLogger("conformance")
 
@@ -333,6 +333,37 @@ async def test_streaming_elicitation(ctx: Context) -> str:
     await ctx.report_progress(1, 2, "about to ask")
     answer = await _ask_elicit(ctx, "input", "Anything to add?", {"text": {"type": "string"}})
     return f"got {json.dumps(answer.content or {})}"
+
+
+_grown = {"tools": 0, "prompts": 0}
+
+
+@server.tool()
+async def test_trigger_tool_change(ctx: Context) -> str:
+    """Adds a tool and says so (notifications/tools/list_changed): a listen stream must hear of it."""
+    _grown["tools"] += 1
+    name = f"test_dynamic_tool_{_grown['tools']}"
+
+    def dynamic() -> str:
+        return f"{name} ran"
+
+    server.add_tool(dynamic, name=name, description="A tool added at run time")
+    await ctx.session.send_tool_list_changed()
+    return f"added {name}"
+
+
+@server.tool()
+async def test_trigger_prompt_change(ctx: Context) -> str:
+    """Adds a prompt and says so (notifications/prompts/list_changed)."""
+    _grown["prompts"] += 1
+    name = f"test_dynamic_prompt_{_grown['prompts']}"
+
+    def dynamic() -> str:
+        return f"{name} text"
+
+    server.add_prompt(Prompt.from_function(dynamic, name=name, description="A prompt added at run time"))
+    await ctx.session.send_prompt_list_changed()
+    return f"added {name}"
 
 
 @server.prompt()
