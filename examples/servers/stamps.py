@@ -6,14 +6,17 @@ resources/read result carries the cache directive `cacheScope: "public"`,
 `protocol: "auto"`, so the worker speaks 2026-07-28 to it), the first read is
 stored in the shared cache and later reads, by any client, are served from it
 until the minute is up. `reads` tells how often the backend really ran.
+`favourite` asks its question the 2026 way (an `input_required` result), so a
+test can see it reach clients of both eras through the broker.
 """
 
 from __future__ import annotations
 
 import os
 
+import mcp_types as types
 from mcp.server.caching import CacheHint
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 server = MCPServer("stamps", cache_hints={"resources/read": CacheHint(ttl_ms=60_000, scope="public")})
 _reads = {"count": 0}
@@ -30,6 +33,17 @@ def now() -> str:
 def reads() -> int:
     """How many times `stamp://now` was really read."""
     return _reads["count"]
+
+
+@server.tool()
+async def favourite(ctx: Context) -> str | types.InputRequiredResult:
+    """Asks the client the 2026 way: an `input_required` result, answered by a retry with `inputResponses`."""
+    answer = (ctx.input_responses or {}).get("colour")
+    if not isinstance(answer, types.ElicitResult) or answer.action != "accept":
+        question = types.ElicitRequestFormParams(message="Favourite colour?", requested_schema={
+            "type": "object", "properties": {"colour": {"type": "string"}}, "required": ["colour"]})
+        return types.InputRequiredResult(input_requests={"colour": types.ElicitRequest(params=question)})
+    return f"favourite colour: {(answer.content or {}).get('colour')}"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,80 @@
+"""A 2026-07-28-era backend behind the broker, for clients of both eras. Its own stack: one backend
+(`examples/servers/stamps.py`; `protocol: "auto"` negotiates 2026-07-28), a worker, a web.
+
+- Cache directives: its `cacheScope: "public"` result with `ttlMs > 0` is kept in the shared cache and served
+  to any client without running the backend again; a 2026 client is told the remaining `ttlMs`.
+- Its `input_required` rounds: the worker's SDK client answers them through its callbacks, i.e. the broker's
+  relay, so a handshake-era client is sent a real elicitation request and a 2026 client an `input_required`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client
+from mcp_types import ElicitResult
+
+from broker.client import WebSocketTransport
+from tests.stack import ROOT, Stack
+
+
+@pytest.fixture(scope="module")
+def stamps(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    config = tmp_path_factory.mktemp("stamps") / "mcp_servers.json"
+    config.write_text(json.dumps({"mcpServers": {"stamps": {
+        "command": "python", "args": [str(Path(ROOT, "examples", "servers", "stamps.py"))],
+        "broker": {"protocol": "auto", "timeout_s": 20}}}}))  # auto: discovers, then speaks 2026
+    stack = Stack(redis_url, config_path=config)
+    try:
+        stack.start_worker("stamps")
+        stack.start_web()
+        stack.wait_for_catalog(["stamps"])
+        yield stack
+    finally:
+        stack.stop()
+
+
+def test_a_public_result_is_served_to_another_client_from_the_cache(stamps: Stack) -> None:
+    url = f"{stamps.http_url()}/servers/stamps/mcp"
+
+    async def scenario() -> None:
+        async with Client(url, mode="2026-07-28") as first:
+            fresh = await first.read_resource("stamp://now")
+            assert fresh.cache_scope == "public" and fresh.ttl_ms > 0
+        async with Client(url, mode="legacy") as second:  # another client, another era
+            again = await second.read_resource("stamp://now")
+            assert again.contents[0].text == fresh.contents[0].text  # type: ignore[union-attr]
+        async with Client(url, mode="2026-07-28") as third:
+            cached = await third.read_resource("stamp://now")
+            assert cached.contents[0].text == fresh.contents[0].text  # type: ignore[union-attr]
+            assert 0 < cached.ttl_ms <= fresh.ttl_ms  # what is left of the backend's minute
+            assert (await third.call_tool("reads", {})).structured_content == {"result": 1}  # ran once
+
+    anyio.run(scenario)
+
+
+def test_its_input_required_rounds_reach_clients_of_both_eras(stamps: Stack) -> None:
+    asked: list[str] = []
+
+    async def elicitation(_context: Any, params: Any) -> ElicitResult:
+        asked.append(params.message)
+        return ElicitResult(action="accept", content={"colour": f"colour {len(asked)}"})
+
+    async def scenario() -> None:
+        # a handshake-era client on the WebSocket: the backend's question arrives as a pushed request
+        async with Client(WebSocketTransport(stamps.ws_url()), elicitation_callback=elicitation) as legacy:
+            assert legacy.session.initialize_result is not None
+            pushed = await legacy.call_tool("stamps__favourite", {})
+            assert pushed.structured_content == {"result": "favourite colour: colour 1"}
+        # a 2026 client over HTTP: the same question arrives as an input_required round
+        async with Client(f"{stamps.http_url()}/mcp", mode="2026-07-28", elicitation_callback=elicitation) as modern:
+            rounds = await modern.call_tool("stamps__favourite", {})
+            assert rounds.structured_content == {"result": "favourite colour: colour 2"}
+
+    anyio.run(scenario)
+    assert asked == ["Favourite colour?", "Favourite colour?"]
