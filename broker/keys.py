@@ -94,6 +94,12 @@ def resource_subscribers(server: str, uri: str) -> str:
     return f"{PREFIX}:subs:{server}:{uri}"
 
 
+def resumed_at(call_id: str) -> str:
+    """String: the reply channel of the web process where a suspended (input_required) call was resumed; the
+    process that started the call passes the call's later events and outcome on to it."""
+    return f"{PREFIX}:resumed:{call_id}"
+
+
 def answer(request_id: str) -> str:
     """List: the client's answer to a backend's server-to-client request (the worker BLPOPs it)."""
     return f"{PREFIX}:answer:{request_id}"

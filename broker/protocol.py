@@ -837,7 +837,8 @@ class ClientConnection:
     ) -> tuple[Callable[[dict[str, Any]], None], Callable[[dict[str, Any]], None]]:
         def on_outcome(message: dict[str, Any]) -> None:
             if self._in_flight.get(request_id) != call_id:
-                return  # cancelled, or answered already
+                self._pass_on(call_id, message)  # resumed on another web process, or cancelled
+                return
             del self._in_flight[request_id]
             self._offered.pop(request_id, None)
             if "error" in message:
@@ -847,6 +848,9 @@ class ClientConnection:
             self.services.sessions.forget(self.session_id, [call_id])
 
         def on_event(event: dict[str, Any]) -> None:
+            if self.modern and self._in_flight.get(request_id) != call_id:
+                self._pass_on(call_id, event)  # a suspended call's progress or next question: where it resumed
+                return
             if "progress" in event and progress_token is not None:
                 note = event["progress"]
                 notification = {"progressToken": progress_token, "progress": note["progress"]}
@@ -952,9 +956,22 @@ class ClientConnection:
         self._in_flight[request_id] = call_id
         spec = self.services.config.server(server)
         hub.expect(call_id, on_outcome, on_event, spec.settings.max_timeout_s * 2 + QUEUE_GRACE_S)
+        # the worker still answers the process that started the call: it passes them on to this one
+        self.services.redis.set(keys.resumed_at(call_id), hub.channel, ex=int(self._ask_timeout(server) * 4) + 60)
         for ask_id, answer in answers.items():
             self._answer_backend(keys.answer(ask_id), {"result": answer})
         return DEFERRED
+
+    def _pass_on(self, call_id: str, message: dict[str, Any]) -> None:
+        """A suspended call's event or outcome reached the process that started it, but its client's retry
+        was taken by another web process: publish it on that process's channel."""
+        if not self.modern:
+            return
+        target = self.services.redis.get(keys.resumed_at(call_id))
+        if isinstance(target, bytes):
+            target = target.decode()
+        if target and target != self.services.hub.channel:
+            self.services.redis.publish(target, dumps(message))
 
     def _ask_timeout(self, server: str) -> float:
         spec = self.services.config.servers.get(server)

@@ -17,6 +17,7 @@ from mcp import Client
 from mcp_types import CreateMessageResult, TextContent
 
 from broker.client import WebSocketTransport
+from broker.devrun import free_port
 from tests.stack import Stack
 from tests.wsclient import RawClient
 
@@ -205,3 +206,22 @@ def test_subscriptions_listen_carries_list_changes_and_resource_updates(stack: S
     assert update["method"] == "notifications/resources/updated"
     assert update["params"]["uri"] == "notes+notes://all"
     assert update["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == "sub-1"
+
+
+def test_a_retry_taken_by_another_web_process_still_resumes_the_call(stack: Stack) -> None:
+    """Stateless means any web process may take the retry: the one that started the call passes the call's
+    outcome (and any later question) on to the one that resumed it."""
+    port = free_port()
+    proc = stack.start_web(port)
+    try:
+        call = {"name": "echo__ask_model", "arguments": {"question": "which process?"}}
+        with httpx2.Client(timeout=30) as http:
+            first = post(http, f"{stack.http_url()}/mcp", "tools/call", call).json()["result"]
+            (key, _), = first["inputRequests"].items()
+            answer = {"role": "assistant", "content": {"type": "text", "text": "the other one"}, "model": "m"}
+            final = post(http, f"http://127.0.0.1:{port}/mcp", "tools/call",
+                         {**call, "requestState": first["requestState"], "inputResponses": {key: answer}}).json()
+        assert final["result"]["structuredContent"] == {"result": "the other one"}
+    finally:
+        proc.stop()
+        stack.web_ports.remove(port)
