@@ -225,3 +225,17 @@ def test_a_retry_taken_by_another_web_process_still_resumes_the_call(stack: Stac
     finally:
         proc.stop()
         stack.web_ports.remove(port)
+
+
+def test_bad_2026_input_gets_structured_errors(stack: Stack) -> None:
+    url = f"{stack.http_url()}/mcp"
+    headers = {"Accept": "application/json", "Content-Type": "application/json", "MCP-Protocol-Version": MODERN,
+               "Mcp-Method": "tools/list"}
+    with httpx2.Client(timeout=20) as http:
+        for body, code in ((b"{nope", -32700), (b"[]", -32600), (b'{"jsonrpc": "2.0", "id": true, "method": "x"}',
+                                                                      -32600),
+                           (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": []}', -32602)):
+            answer = http.post(url, content=body, headers=headers)
+            assert answer.status_code == 400 and answer.json()["error"]["code"] == code, body
+        listen = post(http, url, "subscriptions/listen", {"notifications": {}})  # JSON only: not acceptable
+        assert listen.status_code == 406

@@ -97,6 +97,8 @@ def handle_modern_post(endpoint: HttpEndpoint, scope: str | None) -> Response:
     if not isinstance(body, dict) or "method" not in body or "id" not in body:
         return _error(400, INVALID_REQUEST, "Invalid Request: a 2026-07-28 POST carries one JSON-RPC request")
     request_id = body["id"] if isinstance(body["id"], (str, int)) and not isinstance(body["id"], bool) else None
+    if request_id is None:
+        return _error(400, INVALID_REQUEST, "Invalid Request: id must be a string or an integer")
     if body.get("method") == "subscriptions/listen" and not wants_sse:  # its answer IS a stream of notifications
         return _error(406, INVALID_REQUEST, "Not Acceptable: subscriptions/listen needs text/event-stream",
                       request_id)
@@ -126,12 +128,12 @@ def handle_modern_post(endpoint: HttpEndpoint, scope: str | None) -> Response:
 
     try:
         first = answers.get(timeout=WAIT_S)
+        while not wants_sse and not is_answer(first):  # a JSON-only client gets the answer alone
+            first = answers.get(timeout=WAIT_S)
     except queue.Empty:
         connection.close()
         return _error(504, INVALID_REQUEST, "Gateway Timeout: no answer", request_id)
-    if is_answer(first) or not wants_sse:
-        while not is_answer(first):  # a JSON-only client gets the answer alone
-            first = answers.get(timeout=WAIT_S)
+    if is_answer(first):
         connection.close()
         return Response(dumps(first), status=_status_of(first), mimetype="application/json")
 
