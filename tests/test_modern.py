@@ -151,6 +151,15 @@ def test_sdk_client_pinned_to_2026_over_the_websocket(stack: Stack) -> None:
             assert echoed.structured_content == {"result": "over ws"}
             asked = await client.call_tool("echo__ask_model", {"question": "?"})  # an input_required round
             assert asked.structured_content == {"result": "red"}
+            prompt = await client.get_prompt("notes__summarize", {"style": "brief"})
+            assert "brief style" in prompt.messages[0].content.text  # type: ignore[union-attr]
+            # notes://all is a handshake-era backend's read: "private" with no ttl, so never served from a cache
+            before = await client.read_resource("notes+notes://all")
+            assert before.cache_scope == "private" and before.ttl_ms == 0
+            await client.call_tool("notes__add_note", {"text": "read me fresh"})
+            after = await client.read_resource("notes+notes://all")
+            assert "read me fresh" in after.contents[0].text  # type: ignore[union-attr]
+            assert after.contents[0].text != before.contents[0].text  # type: ignore[union-attr]
 
     anyio.run(scenario)
 
