@@ -206,7 +206,8 @@ class BrokerServices:
             return
         self._last_catalog_request = now
         for server in self.catalog.missing:
-            self.request_catalog(server, self.config.server(server).queue)
+            if server in self.config.servers:  # not one a config reload just removed
+                self.request_catalog(server, self.config.server(server).queue)
 
     def on_catalog_changed(self) -> None:
         """A backend's offer changed: reload, and tell every connected client which lists moved."""

@@ -47,6 +47,8 @@ def server_config(http_port: int, replica_ports: tuple[int, int]) -> dict[str, A
                                "PROBE_MIXED": "a-${MCPB_TEST_SECRET}-${MCPB_TEST_UNSET:-dflt}-$${LITERAL}"}},
         "vars_http": {"url": f"http://127.0.0.1:{http_port}/mcp", "headers": {"X-Api-Key": "${MCPB_TEST_SECRET}"},
                       "broker": {"forward_headers": ["X-User-Token"]}},
+        "hangs": {"command": py, "args": [str(SERVERS / "tiny.py"), "--hang"],
+                  "broker": {"timeout_s": 3, "retries": 0}},
         "broken": {"command": py, "args": [str(SERVERS / "tiny.py"), "--exit-at-start", "3"],
                    "broker": {"timeout_s": 8, "retries": 3}},
         "replicated": {"replicas": [{"url": f"http://127.0.0.1:{replica_ports[0]}/mcp"},
@@ -121,7 +123,7 @@ def bstack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     try:
         bs.start_worker()
         stack.start_web()
-        bs.wait_for_catalog([s for s in config["mcpServers"] if s != "broken"])
+        bs.wait_for_catalog([s for s in config["mcpServers"] if s not in ("broken", "hangs")])
         yield bs
     finally:
         stack.stop()
@@ -261,6 +263,19 @@ def test_backend_exiting_at_start_gives_a_clear_error_and_is_unhealthy(bstack: B
         assert "broken" in error["message"] and ("unhealthy" in error["message"] or "start" in error["message"])
 
 
+def test_a_backend_that_never_answers_its_handshake_costs_a_call_its_timeout_not_more(bstack: BackendStack) -> None:
+    r = bstack.stack.redis()
+    tiny_tools = json.loads(r.get(bstack.key("catalog", "tinyr")))
+    r.set(bstack.key("catalog", "hangs"), json.dumps({**tiny_tools, "server": "hangs", "digest": "y"}))
+    r.incr(bstack.key("catalog", "version"))
+    time.sleep(1.5)  # the web re-reads the catalog version at most once a second
+    with RawClient(bstack.stack.ws_url()) as client:
+        error = client.call("hangs__echo", {"text": "x"}, timeout=15)["error"]
+        assert error["code"] == -32001 and "hangs" in error["message"]
+    wait_for(lambda: "handshake" in str(bstack.health("hangs").get(0, {}).get("error")), timeout=30)
+    assert not bstack.health("hangs")[0]["healthy"]
+
+
 def test_killed_backends_are_reaped_and_none_outlives_a_sigkilled_worker(bstack: BackendStack) -> None:
     with RawClient(bstack.stack.ws_url()) as client:
         pids: set[int] = set()
@@ -321,7 +336,9 @@ def admin_reload(bs: BackendStack) -> httpx2.Response:
 
 
 def tool_names(client: RawClient) -> set[str]:
-    return {tool["name"] for tool in client.request("tools/list")["result"]["tools"]}
+    response = client.request("tools/list")
+    assert "result" in response, response
+    return {tool["name"] for tool in response["result"]["tools"]}
 
 
 def wait_for(predicate: Any, timeout: float = 60) -> None:
@@ -344,6 +361,7 @@ def test_reload_adds_and_removes_servers_and_rejects_a_broken_file(bstack: Backe
     port = free_port()  # a web process with API keys, started while the file is still good
     bstack.stack.start_web(port, env={"MCP_BROKER_API_KEYS": "user:user-key,admin:admin-key"})
     url = f"http://127.0.0.1:{port}/v1/admin/reload"
+    wait_for(lambda: httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200)  # app loaded
     try:
         with RawClient(bstack.stack.ws_url()) as client:
             assert "iso_shared__add_note" in tool_names(client)

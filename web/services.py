@@ -89,9 +89,9 @@ def apply_published_config(services: BrokerServices) -> None:
     if found is None or found[0] <= _applied["version"]:
         return
     _applied["version"], new = found
-    services.config = new
-    services.catalog.config = new
+    services.catalog.config = new  # (request_missing_catalogs skips a missing server no longer configured)
     services.cache.config = new
+    services.config = new
     for listener in config_listeners:
         listener(new)
     services.on_catalog_changed()

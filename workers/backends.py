@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -197,13 +197,19 @@ class StderrPump:
 
 
 @asynccontextmanager
-async def _stdio_transport(params: StdioServerParameters, pump: StderrPump) -> AsyncIterator[Any]:
+async def _watched(transport: AbstractAsyncContextManager[Any], pump: StderrPump | None,
+                   on_streams: Callable[[Any], None]) -> AsyncIterator[Any]:
+    """A transport whose read stream the session can close from outside: how a handshake that never
+    completes (a backend that starts but does not answer) is aborted, with the SDK's own cleanup."""
     try:
-        async with stdio_client(params, errlog=pump.writer) as streams:
-            pump.close_writer()
+        async with transport as streams:
+            if pump is not None:
+                pump.close_writer()
+            on_streams(streams[0])
             yield streams
     finally:
-        pump.close_writer()
+        if pump is not None:
+            pump.close_writer()
 
 
 class EndpointHealth:
@@ -279,6 +285,8 @@ class BackendSession:
         self.listed: set[str] = set()  # servers this process has listed (the pool's set, shared by its sessions)
         self.last_used = time.monotonic()
         self._pump: StderrPump | None = None
+        self._start_stream: Any = None  # the read stream of a session being opened (closed to abort it)
+        self._start_aborted = False
         self._on_catalog_change = on_catalog_change
         self._portal = portal
         self._base_dir = base_dir
@@ -361,13 +369,24 @@ class BackendSession:
             params = StdioServerParameters(command=command, args=args, env=env or None,
                                            cwd=endpoint.cwd or self._base_dir)
             self._pump = StderrPump(self.label)
-            return Client(_stdio_transport(params, self._pump), **options)
+            return Client(_watched(stdio_client(params, errlog=self._pump.writer), self._pump, self._starting),
+                          **options)
         assert endpoint.url is not None
         headers = {**expand_all(endpoint.headers, f"server {spec.name}: header"), **self.extra_headers}
-        if headers:
-            transport = streamable_http_client(endpoint.url, http_client=httpx2.AsyncClient(headers=headers))
-            return Client(transport, **options)
-        return Client(endpoint.url, **options)
+        self._pump = None
+        http = streamable_http_client(endpoint.url, http_client=httpx2.AsyncClient(headers=headers)) if headers \
+            else streamable_http_client(endpoint.url)
+        return Client(_watched(http, None, self._starting), **options)
+
+    def _starting(self, read_stream: Any) -> None:
+        self._start_stream = read_stream
+
+    def _abort_start(self) -> None:
+        """The handshake took longer than the server's `timeout_s`: end it (its call has given up)."""
+        stream, self._start_aborted = self._start_stream, True
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                self._portal.call(stream.close)
 
     def open(self) -> Client:
         """The live client, opening the backend if needed (thread-safe; call from a non-loop thread)."""
@@ -377,8 +396,12 @@ class BackendSession:
         with self._lock:
             if self._client is None:
                 self.health.check_backoff()
+                self._start_stream, self._start_aborted = None, False
+                watchdog = threading.Timer(self.spec.settings.timeout_s, self._abort_start)
+                watchdog.daemon = True
                 try:
                     cm = self._portal.wrap_async_context_manager(self._new_client())
+                    watchdog.start()
                     self._client = cm.__enter__()
                 except ConfigError as err:  # a ${VAR} the worker's environment lacks
                     self.health.failed(str(err))
@@ -386,9 +409,14 @@ class BackendSession:
                 except Exception as err:  # the backend failed to start or to shake hands
                     words = self._pump.last_words() if self._pump is not None else ""
                     reason = _reason(err) + (f"; its stderr: {words}" if words else "")
+                    if self._start_aborted:
+                        reason = f"no answer to the MCP handshake within {self.spec.settings.timeout_s:g}s"
                     where = self.endpoint.describe()
                     self.health.failed(f"failed to start ({where}): {reason}")
                     raise BackendUnavailable(f"server {self.spec.name!r} failed to start: {reason}") from err
+                finally:
+                    watchdog.cancel()
+                self._start_stream = None
                 self._cm = cm
                 self.generation += 1
                 self.last_used = time.monotonic()
@@ -425,7 +453,8 @@ class BackendSession:
     async def _client_async(self) -> tuple[Client, int]:
         client = self._client
         if client is None:
-            client = await anyio.to_thread.run_sync(self.open)
+            # abandoned when the call's time is up: the start goes on (bounded by its own watchdog)
+            client = await anyio.to_thread.run_sync(self.open, abandon_on_cancel=True)
         return client, self.generation
 
     async def _guarded(

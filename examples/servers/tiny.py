@@ -3,6 +3,7 @@
 For tests that restart a backend hundreds of times (an SDK server takes ~0.5 s
 to start). `--exit-at-start CODE` makes it print a reason on stderr and exit at
 once, like a server missing its credentials: the broker must say so quickly.
+`--hang` makes it read its input and never answer, like a server stuck at start.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--exit-at-start":
         print("tiny: refusing to start (no credentials configured)", file=sys.stderr, flush=True)
         sys.exit(int(sys.argv[2]))
+    hang = "--hang" in sys.argv
     for line in sys.stdin:
+        if hang:
+            continue
         try:
             reply = answer(json.loads(line))
         except ValueError:
