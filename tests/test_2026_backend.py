@@ -1,5 +1,5 @@
 """A 2026-07-28-era backend behind the broker, for clients of both eras. Its own stack: one backend
-(`examples/servers/stamps.py`; `protocol: "auto"` negotiates 2026-07-28), a worker, a web.
+(`examples/servers/stamps.py`, once with `protocol: "auto"`, once pinned to `"2026-07-28"`), a worker, a web.
 
 - Cache directives: its `cacheScope: "public"` result with `ttlMs > 0` is kept in the shared cache and served
   to any client without running the backend again; a 2026 client is told the remaining `ttlMs`.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +24,39 @@ from broker.client import WebSocketTransport
 from tests.stack import ROOT, Stack
 
 
-@pytest.fixture(scope="module")
-def stamps(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    config = tmp_path_factory.mktemp("stamps") / "mcp_servers.json"
-    config.write_text(json.dumps({"mcpServers": {"stamps": {
+@dataclass
+class Backend:
+    stack: Stack
+    name: str  # the server's name in the config (one per era setting: the shared cache is keyed by it)
+
+    def ws_url(self) -> str:
+        return self.stack.ws_url()
+
+    def http_url(self) -> str:
+        return self.stack.http_url()
+
+
+@pytest.fixture(scope="module", params=["auto", "2026-07-28"])
+def stamps(request: pytest.FixtureRequest, redis_url: str,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    """`auto` discovers the backend, then speaks 2026; a pinned `2026-07-28` adopts it without discovery."""
+    name = "stamps" if request.param == "auto" else "stamps_pinned"
+    config = tmp_path_factory.mktemp(name) / "mcp_servers.json"
+    config.write_text(json.dumps({"mcpServers": {name: {
         "command": "python", "args": [str(Path(ROOT, "examples", "servers", "stamps.py"))],
-        "broker": {"protocol": "auto", "timeout_s": 20}}}}))  # auto: discovers, then speaks 2026
+        "broker": {"protocol": request.param, "timeout_s": 20}}}}))
     stack = Stack(redis_url, config_path=config)
     try:
-        stack.start_worker("stamps")
+        stack.start_worker(name)
         stack.start_web()
-        stack.wait_for_catalog(["stamps"])
-        yield stack
+        stack.wait_for_catalog([name])
+        yield Backend(stack, name)
     finally:
         stack.stop()
 
 
-def test_a_public_result_is_served_to_another_client_from_the_cache(stamps: Stack) -> None:
-    url = f"{stamps.http_url()}/servers/stamps/mcp"
+def test_a_public_result_is_served_to_another_client_from_the_cache(stamps: Backend) -> None:
+    url = f"{stamps.http_url()}/servers/{stamps.name}/mcp"
 
     async def scenario() -> None:
         async with Client(url, mode="2026-07-28") as first:
@@ -58,7 +74,7 @@ def test_a_public_result_is_served_to_another_client_from_the_cache(stamps: Stac
     anyio.run(scenario)
 
 
-def test_its_input_required_rounds_reach_clients_of_both_eras(stamps: Stack) -> None:
+def test_its_input_required_rounds_reach_clients_of_both_eras(stamps: Backend) -> None:
     asked: list[str] = []
 
     async def elicitation(_context: Any, params: Any) -> ElicitResult:
@@ -69,11 +85,11 @@ def test_its_input_required_rounds_reach_clients_of_both_eras(stamps: Stack) -> 
         # a handshake-era client on the WebSocket: the backend's question arrives as a pushed request
         async with Client(WebSocketTransport(stamps.ws_url()), elicitation_callback=elicitation) as legacy:
             assert legacy.session.initialize_result is not None
-            pushed = await legacy.call_tool("stamps__favourite", {})
+            pushed = await legacy.call_tool(f"{stamps.name}__favourite", {})
             assert pushed.structured_content == {"result": "favourite colour: colour 1"}
         # a 2026 client over HTTP: the same question arrives as an input_required round
         async with Client(f"{stamps.http_url()}/mcp", mode="2026-07-28", elicitation_callback=elicitation) as modern:
-            rounds = await modern.call_tool("stamps__favourite", {})
+            rounds = await modern.call_tool(f"{stamps.name}__favourite", {})
             assert rounds.structured_content == {"result": "favourite colour: colour 2"}
 
     anyio.run(scenario)

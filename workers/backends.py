@@ -586,26 +586,37 @@ class BackendSession:
 
         async def walk(client: Client) -> dict[str, Any]:
             caps = client.server_capabilities
+            # A session pinned to a 2026 revision adopts it without server/discover, so it knows no
+            # capabilities: every list is tried, and one the backend does not serve (-32601) is empty.
+            pinned = self.spec.settings.protocol not in ("legacy", "auto")
             out: dict[str, Any] = {"tools": [], "resources": [], "resourceTemplates": [], "prompts": []}
+            served: dict[str, Any] = {}
             listings = [("tools", client.list_tools, caps.tools)]
             listings += [("resources", client.list_resources, caps.resources)]
             listings += [("resourceTemplates", client.list_resource_templates, caps.resources)]
             listings += [("prompts", client.list_prompts, caps.prompts)]
             for key, lister, supported in listings:
-                if supported is None:
+                if supported is None and not pinned:
                     continue
                 cursor: str | None = None
                 for _ in range(1000):
-                    page = await lister(cursor=cursor)
+                    try:
+                        page = await lister(cursor=cursor)
+                    except MCPError as err:
+                        if pinned and err.code == METHOD_NOT_FOUND:
+                            break
+                        raise
+                    served["resources" if key == "resourceTemplates" else key] = {}
                     attribute = "resource_templates" if key == "resourceTemplates" else key
                     out[key] += [_dump(item) for item in getattr(page, attribute)]
                     cursor = page.next_cursor
                     if not cursor:
                         break
             info = client.session.initialize_result
-            out["serverInfo"] = _dump(info.server_info) if info is not None else {}
-            out["capabilities"] = _dump(caps)
-            out["instructions"] = getattr(info, "instructions", None) if info is not None else None
+            out["serverInfo"] = _dump(info.server_info) if info is not None else (
+                _dump(client.server_info) if client.server_info is not None else {})
+            out["capabilities"] = {**served, **_dump(caps)} if pinned else _dump(caps)
+            out["instructions"] = getattr(info, "instructions", None) if info is not None else client.instructions
             return out
 
         return await self._guarded(walk, timeout)
