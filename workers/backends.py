@@ -463,8 +463,10 @@ class BackendSession:
         timeout: float,
         call_id: str | None = None,
         channel: CallChannel | None = None,
+        slotted: bool = True,
     ) -> Any:
-        """Run `fn(client)` within `timeout`, mapping failures to the broker's exception kinds."""
+        """Run `fn(client)` within `timeout`, mapping failures to the broker's exception kinds. `slotted`:
+        take one of the server's `concurrency` slots (calls do; a health ping must not queue behind them)."""
         if self._slots is None:
             self._slots = anyio.Semaphore(self.spec.settings.concurrency)
         client, generation = None, self.generation
@@ -476,7 +478,7 @@ class BackendSession:
             try:
                 self.last_used = time.monotonic()
                 with anyio.fail_after(timeout):
-                    async with self._slots:
+                    async with self._slots if slotted else contextlib.nullcontext():
                         client, generation = await self._client_async()
                         answer = await fn(client)
                 self.health.succeeded()
@@ -568,7 +570,7 @@ class BackendSession:
             return await client.send_ping()
 
         try:
-            await self._guarded(send, timeout)
+            await self._guarded(send, timeout, slotted=False)
         except BackendTimeout:
             await anyio.to_thread.run_sync(self.restart_if, generation, f"ping not answered within {timeout:g}s")
             raise
@@ -791,6 +793,8 @@ class BackendPool:
             self._last_check[server] = now
             for replica in range(len(spec.endpoints)):
                 session = self._get(server, replica)
+                if session.running:  # answering calls right now: alive; a ping could only wait behind them
+                    continue
                 health = self.endpoint_health(server, replica)
                 probe = (len(spec.endpoints) > 1 and not health.health.healthy) or spec.settings.eager
                 if not session.is_open and not (probe and health.health.backoff_left() == 0):
