@@ -193,15 +193,20 @@ def parse_config(data: Any, source: str = "<config>") -> BrokerConfig:
     return BrokerConfig(servers=servers, path=source, separator=separator)
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> BrokerConfig:
-    """Read and validate the config file (default: `$MCP_BROKER_CONFIG` or `mcp_servers.json`)."""
+def read_config_document(path: str | os.PathLike[str] | None = None) -> tuple[str, Any]:
+    """(where it was read, the decoded JSON) of the config file; `ConfigError` names the file and the problem."""
     source = str(path or config_path())
     try:
         text = Path(source).read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"{source}: cannot read the config file: {err.strerror}") from None
     try:
-        data = json.loads(text)
+        return source, json.loads(text)
     except json.JSONDecodeError as err:
         raise ConfigError(f"{source}: not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}") from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> BrokerConfig:
+    """Read and validate the config file (default: `$MCP_BROKER_CONFIG` or `mcp_servers.json`)."""
+    source, data = read_config_document(path)
     return parse_config(data, source)

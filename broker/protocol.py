@@ -692,17 +692,8 @@ class ClientConnection:
         return self._forward(request_id, "tools/call", server, call, meta)
 
     def _resources_read(self, request_id: Any, params: dict[str, Any]) -> Any:
-        try:
-            loaded = _read_params.load(params)
-        except ValidationError as err:
-            raise _invalid(err) from None
-        target = (self.scope, loaded["uri"]) if self.scope else self.services.catalog.split_uri(loaded["uri"])
-        if target is None:
-            raise RPCError(RESOURCE_NOT_FOUND, f"Resource not found: {loaded['uri']} (expected <server>+<uri>)",
-                           {"uri": loaded["uri"]})
-        server, uri = target
-        self._check_allowed("resources of server", self.services.catalog.namespaced(server, "*"))
-        meta = loaded["_meta"] or {}
+        server, uri = self._resource_target(params)
+        meta = params.get("_meta") or {}  # checked by the schema in _resource_target
         if meta.get(BYPASS_META_KEY) is not False and params.get("requestState") is None:
             hit = self.services.cache.lookup(server, READ_RESOURCE, {"uri": uri})
             if hit is not None:  # a public result the backend allowed anyone to reuse: what is left of its ttl

@@ -14,13 +14,12 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import redis
 
 from broker import keys
-from broker.config import BrokerConfig, ConfigError, config_path, parse_config
+from broker.config import BrokerConfig, ConfigError, parse_config, read_config_document
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +46,7 @@ def diff(old: BrokerConfig, new: BrokerConfig) -> ConfigDiff:
 
 def read_file(path: str | None = None) -> tuple[BrokerConfig, dict[str, Any]]:
     """The file, validated: (config, its JSON document); `ConfigError` says what is wrong and where."""
-    source = str(path or config_path())
-    try:
-        text = Path(source).read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"{source}: cannot read the config file: {err.strerror}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{source}: not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}") from None
+    source, data = read_config_document(path)
     return parse_config(data, source), data
 
 

@@ -823,41 +823,6 @@ class BackendPool:
         self.served &= set(config.servers)
         self.listed &= {name for name in config.servers if config.servers[name] == old.servers.get(name)}
 
-    async def request(
-        self,
-        method: str,
-        params: dict[str, Any],
-        timeout: float,
-        call_id: str | None = None,
-        meta: dict[str, Any] | None = None,
-        channel: CallChannel | None = None,
-    ) -> dict[str, Any]:
-        """A forwarded request other than tools/call (resources/read, prompts/get, completion/complete)."""
-
-        async def send(client: Client) -> Any:
-            if method == "resources/read":
-                return await client.read_resource(params["uri"], meta=meta or None)
-            if method == "prompts/get":
-                return await client.get_prompt(params["name"], params.get("arguments") or None, meta=meta or None)
-            if method == "resources/subscribe":
-                return await client.subscribe_resource(params["uri"])
-            if method == "resources/unsubscribe":
-                return await client.unsubscribe_resource(params["uri"])
-            if method == "completion/complete":
-                ref_data = params["ref"]
-                ref: ResourceTemplateReference | PromptReference = (
-                    PromptReference.model_validate(ref_data)
-                    if ref_data.get("type") == "ref/prompt"
-                    else ResourceTemplateReference.model_validate(ref_data)
-                )
-                return await client.complete(ref, params["argument"], (params.get("context") or {}).get("arguments"))
-            raise BackendRPCError(METHOD_NOT_FOUND, f"Method not forwarded: {method}")
-
-        try:
-            return _dump(await self._guarded(send, timeout, call_id, channel))
-        except (KeyError, TypeError, ValueError) as err:
-            raise BackendRPCError(INVALID_PARAMS, f"Invalid params for {method}: {err}") from err
-
     def cancel(self, call_id: str) -> bool:
         """Cancel the call wherever it runs in this process (any thread)."""
 
