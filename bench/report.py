@@ -238,7 +238,7 @@ def notes(results: dict[str, Any]) -> str:
                 f"{total:.2f} CPU-ms in all ({split}; 'bench' is the load client): the ceiling is "
                 f"~{1000 * cores / total:,.0f} calls/s however many workers run. More worker processes only help "
                 "while a core is idle; with both busy they add context switches and one more backend each.")
-        lines.append("- The broker's latency under load (p50 at 64/256 in flight) is mostly queueing: with N calls in "
+        lines.append("- The broker's latency under load (p50 with 64 in flight) is mostly queueing: with N calls in "
                      "flight and a ceiling of C calls/s, each waits ~N/C.")
     c = results.get("connections") or {}
     if c.get("runs"):

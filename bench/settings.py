@@ -14,18 +14,19 @@ class Counts:
     warmup: int = 100
     # 2. throughput: calls per run, calls in flight on the one socket, worker processes tried
     throughput_calls: int = 10_000
-    windows: tuple[int, ...] = (64, 256)
+    baseline_calls: int = 3_000  # the coalescing-off run (one queue message per call): same rate, less time
+    windows: tuple[int, ...] = (64,)
     worker_counts: tuple[int, ...] = (1, 2, 4)
     direct_window: int = 64
     batch_size: int = 2500
     batch_concurrency: int = 2
     # 3. connections: sockets held, for how long, one call per socket every `interval_s` on average
     sockets: tuple[int, ...] = (500, 1000, 2000)
-    hold_s: float = 30.0
+    hold_s: float = 20.0
     call_interval_s: float = 10.0
     # 4. peers: sequential calls, then pipelined calls with `direct_window` in flight
     peer_sequential: int = 1000
-    peer_calls: int = 5000
+    peer_calls: int = 3000
 
 
 FULL = Counts()
@@ -33,6 +34,7 @@ QUICK = Counts(
     sequential=200,
     warmup=20,
     throughput_calls=1000,
+    baseline_calls=1000,
     windows=(64,),
     worker_counts=(1, 2),
     batch_size=250,
