@@ -10,7 +10,7 @@ class Counts:
     """Every count and duration the scenarios use; nothing else in the bench picks a number."""
 
     # 1. overhead: sequential calls per variant (after `warmup` unmeasured ones)
-    sequential: int = 2000
+    sequential: int = 1500
     warmup: int = 100
     # 2. throughput: calls per run, calls in flight on the one socket, worker processes tried
     throughput_calls: int = 10_000
@@ -22,11 +22,11 @@ class Counts:
     batch_concurrency: int = 2
     # 3. connections: sockets held, for how long, one call per socket every `interval_s` on average
     sockets: tuple[int, ...] = (500, 1000, 2000)
-    hold_s: float = 20.0
+    hold_s: float = 15.0
     call_interval_s: float = 10.0
     # 4. peers: sequential calls, then pipelined calls with `direct_window` in flight
-    peer_sequential: int = 1000
-    peer_calls: int = 3000
+    peer_sequential: int = 500
+    peer_calls: int = 2000
 
 
 FULL = Counts()
