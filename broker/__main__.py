@@ -166,6 +166,22 @@ def _print_api_error(status: int, payload: Any) -> None:
         print(f"  {detail}", file=sys.stderr)
 
 
+def _post_expecting(expected: int, url: str, path: str, body: bytes, content_type: str, timeout: float,
+                    key: str | None) -> Any:
+    """The decoded answer of a POST to the API, or None after saying on stderr why it failed."""
+    import urllib.error
+
+    try:
+        status, payload = _http_json("POST", f"{url}{path}", body, content_type, timeout=timeout, key=key)
+    except (urllib.error.URLError, OSError) as err:
+        print(f"cannot reach the broker at {url}: {getattr(err, 'reason', err)}", file=sys.stderr)
+        return None
+    if status != expected:
+        _print_api_error(status, payload)
+        return None
+    return payload
+
+
 @command(
     "call",
     "call one tool through the broker's HTTP API and print its result as JSON (exit 1 on any error)",
@@ -177,7 +193,6 @@ def _print_api_error(status: int, payload: Any) -> None:
 )
 def cmd_call(args: argparse.Namespace) -> int:
     import json
-    import urllib.error
 
     text = sys.stdin.read() if args.arguments == "-" else args.arguments
     try:
@@ -192,14 +207,10 @@ def cmd_call(args: argparse.Namespace) -> int:
     if args.timeout is not None:
         body["timeout_s"] = args.timeout
     url = _base_url(args.url)
-    try:  # the server answers within queue wait + time limit; give it that and a margin
-        status, payload = _http_json("POST", f"{url}/v1/calls", json.dumps(body).encode(),
-                                     timeout=(args.timeout or 300) + 120, key=args.key)
-    except (urllib.error.URLError, OSError) as err:
-        print(f"cannot reach the broker at {url}: {getattr(err, 'reason', err)}", file=sys.stderr)
-        return 1
-    if status != 200:
-        _print_api_error(status, payload)
+    # the server answers within queue wait + time limit; give it that and a margin
+    payload = _post_expecting(200, url, "/v1/calls", json.dumps(body).encode(), "application/json",
+                              (args.timeout or 300) + 120, args.key)
+    if payload is None:
         return 1
     print(json.dumps(payload["result"], indent=2, ensure_ascii=False))
     return 1 if payload["result"].get("isError") else 0  # a tool error is a result, but still a failure
@@ -291,14 +302,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     content_type = "application/json" if args.file.endswith(".json") else "application/x-ndjson"
     query = f"?timeout_s={args.timeout}" if args.timeout is not None else ""
     began = time.monotonic()
-    try:
-        status, payload = _http_json("POST", f"{url}/v1/batches{query}", data, content_type, timeout=600,
-                                     key=args.key)
-    except (urllib.error.URLError, OSError) as err:
-        print(f"cannot reach the broker at {url}: {getattr(err, 'reason', err)}", file=sys.stderr)
-        return 1
-    if status != 202:
-        _print_api_error(status, payload)
+    payload = _post_expecting(202, url, f"/v1/batches{query}", data, content_type, 600, args.key)
+    if payload is None:
         return 1
     batch_id, total = payload["batch_id"], int(payload["total"])
     results_url = urllib.parse.urljoin(url + "/", payload["results_url"])
