@@ -15,6 +15,10 @@ result_backend = _redis
 result_expires = 3600
 broker_connection_retry_on_startup = True
 broker_transport_options = {"visibility_timeout": 3600}
+if _redis.split("://", 1)[0] in ("redis", "rediss"):
+    # kombu's Redis transport, leasing each fetched message to its worker in the same transaction
+    # (workers/transport.py): a SIGKILLed worker's messages are restored in seconds, not an hour
+    broker_transport = "workers.transport:LeasedRedisTransport"
 broker_pool_limit = 50
 
 task_serializer = "json"

@@ -127,3 +127,40 @@ def test_sigkilled_worker_mid_batch_loses_nothing_and_answers_each_call_once(sta
     assert all(o["result"]["structuredContent"]["result"] == "slept 0.1s" for o in outcomes)
     assert int(r.hget(keys.batch(batch_id), "done")) == total
     assert {o["id"] for o in outcomes} == set(range(total))
+
+
+def test_a_fetched_message_is_leased_in_the_transaction_that_fetches_it(stack: Stack) -> None:
+    """No moment exists where a message sits in kombu's `unacked` hash without a worker's lease on it:
+    a SIGKILL at any point after the fetch leaves a lease a live worker restores (not an hour's wait)."""
+    from workers import control
+    from workers.app import app
+    from workers.tasks import run_calls
+
+    r = stack.redis()
+    queue = f"mcp.lease-{uuid.uuid4().hex[:8]}"
+    run_calls.apply_async(args=[[{"call_id": "lease-test", "server": "echo", "tool": "echo"}]], queue=queue)
+    me = control.node_name()
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        message = channel.basic_get(queue, no_ack=False)
+        assert message is not None
+        tag = message.delivery_tag
+        assert r.hexists(channel.qos.unacked_key, tag) and r.hexists(keys.worker_tags(me), tag)
+        channel.basic_ack(tag)
+        assert not r.hexists(channel.qos.unacked_key, tag) and not r.hexists(keys.worker_tags(me), tag)
+
+        held = channel.basic_get(queue, no_ack=False) or channel.basic_get(queue, no_ack=False)
+        assert held is None  # the queue is empty: the acked message is gone for good
+        run_calls.apply_async(args=[[{"call_id": "lease-test-2", "server": "echo", "tool": "echo"}]], queue=queue)
+        held = channel.basic_get(queue, no_ack=False)
+        assert held is not None and r.llen(queue) == 0
+        r.sadd(keys.WORKERS, me)  # this process "dies": in the fleet, holding a message, no heartbeat
+        r.delete(keys.worker_alive(me))
+        control._state["node"] = f"reaper-{uuid.uuid4().hex[:6]}"
+        try:
+            assert control.reclaim_dead_workers(app) >= 1
+        finally:
+            control._state["node"] = me
+        assert r.llen(queue) == 1 and not r.hexists(channel.qos.unacked_key, held.delivery_tag)
+        assert not r.exists(keys.worker_tags(me)) and not r.sismember(keys.WORKERS, me)
+    r.delete(queue)

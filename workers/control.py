@@ -8,10 +8,12 @@ has its cancel scope cancelled, and the SDK sends the backend MCP
 
 Leases: with late acks on Redis, a SIGKILLed worker's messages come back only
 after the transport's visibility timeout (an hour). Each worker process keeps
-a heartbeat and the set of delivery tags it holds; any live worker that sees a
-heartbeat expire puts that worker's messages back on their queues with
-kombu's own `restore_by_tag`, so a killed worker's calls are redelivered in
-seconds. Results are written once per call id, so a rerun answers nobody twice.
+a heartbeat and the set of delivery tags it holds (written by
+`workers.transport` in the transaction that fetches the message, removed in
+the one that acks it); any live worker that sees a heartbeat expire puts that
+worker's messages back on their queues with kombu's own `restore_by_tag`, so
+a killed worker's calls are redelivered in seconds. Results are written once
+per call id, so a rerun answers nobody twice.
 """
 
 from __future__ import annotations
@@ -48,14 +50,6 @@ def node_name() -> str:
     return str(_state["node"])
 
 
-def hold(task_id: str, delivery_tag: str) -> None:
-    get_redis().hset(keys.worker_tags(node_name()), task_id, delivery_tag)
-
-
-def release(task_id: str) -> None:
-    get_redis().hdel(keys.worker_tags(node_name()), task_id)
-
-
 def reclaim_dead_workers(app: Any) -> int:
     """Restore the held messages of every worker whose heartbeat has expired; how many were restored."""
     r = get_redis()
@@ -71,7 +65,7 @@ def reclaim_dead_workers(app: Any) -> int:
             r.srem(keys.WORKERS, node)
             restored += drain_direct_queue(app, node)
             continue
-        tags = r.hvals(claimed)
+        tags = r.hkeys(claimed)
         with app.connection_for_write() as conn:
             qos = conn.default_channel.qos
             for tag in tags:
@@ -174,19 +168,16 @@ def start(app: Any, pool_getter: Any, on_config: Any = None) -> None:
     threading.Thread(target=_heartbeat, args=(app,), name="lease-heartbeat", daemon=True).start()
 
 
-def connect_signals(app: Any, pool_getter: Any, on_config: Any = None) -> None:
-    @signals.task_received.connect(weak=False)
-    def _on_received(request: Any = None, **_: Any) -> None:
-        start(app, pool_getter, on_config)
-        # Celery's Request.delivery_info drops the tag; the kombu message keeps it
-        tag = getattr(getattr(request, "message", None), "delivery_tag", None)
-        if tag and request.id:
-            hold(request.id, str(tag))
+def ensure_started() -> None:
+    """Before this process holds its first message (`workers.transport`): its heartbeat must be running,
+    or a reaper could not tell it is alive. A process that is not a worker (no signals connected) holds
+    no lease."""
+    if _state.get("args") is not None and not (_state["started"] and _state.get("pid") == os.getpid()):
+        start(*_state["args"])
 
-    @signals.task_postrun.connect(weak=False)
-    def _on_done(task_id: str | None = None, **_: Any) -> None:
-        if task_id:
-            release(task_id)
+
+def connect_signals(app: Any, pool_getter: Any, on_config: Any = None) -> None:
+    _state["args"] = (app, pool_getter, on_config)
 
     @signals.worker_ready.connect(weak=False)
     def _on_ready(**_: Any) -> None:
