@@ -210,7 +210,7 @@ def test_backends_start_lazily_or_eagerly_and_idle_ones_close(bstack: BackendSta
 def test_a_stopping_worker_closes_its_backends(bstack: BackendStack) -> None:
     worker = bstack.start_worker()
     wait_for(lambda: worker.alive() and any(
-        "--tag eager" in " ".join(c.cmdline()) for c in psutil.Process(worker.popen.pid).children()), timeout=60)
+        "--tag eager" in command_line(c) for c in psutil.Process(worker.popen.pid).children()), timeout=60)
     children = psutil.Process(worker.popen.pid).children()
     worker.stop(signal.SIGTERM)
     assert not worker.alive()
@@ -276,6 +276,22 @@ def test_a_backend_that_never_answers_its_handshake_costs_a_call_its_timeout_not
     assert not bstack.health("hangs")[0]["healthy"]
 
 
+def command_line(process: psutil.Process) -> str:
+    """Its command line; "" once it has exited (children come and go while a test looks)."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def is_zombie(process: psutil.Process) -> bool:
+    """A zombie child; one reaped between listing and asking is gone, so not a zombie."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_killed_backends_are_reaped_and_none_outlives_a_sigkilled_worker(bstack: BackendStack) -> None:
     with RawClient(bstack.stack.ws_url()) as client:
         pids: set[int] = set()
@@ -290,7 +306,7 @@ def test_killed_backends_are_reaped_and_none_outlives_a_sigkilled_worker(bstack:
                     child.kill()
         assert len(pids) >= 150  # the calls really ran on fresh backends
         for worker in bstack.workers():  # every killed child was reaped (a zombie or two may be in flight)
-            zombies = [c for c in psutil.Process(worker.popen.pid).children() if c.status() == psutil.STATUS_ZOMBIE]
+            zombies = [c for c in psutil.Process(worker.popen.pid).children() if is_zombie(c)]
             assert len(zombies) <= 2
     mcp_servers_before = [p.pid for p in our_mcp_servers()]
     assert mcp_servers_before
@@ -299,7 +315,8 @@ def test_killed_backends_are_reaped_and_none_outlives_a_sigkilled_worker(bstack:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and [p for p in our_mcp_servers() if not owned_by_live_worker(p)]:
         time.sleep(0.2)
-    orphans = [(p.pid, p.cmdline()) for p in our_mcp_servers() if not owned_by_live_worker(p)]
+    orphans = [(p.pid, command_line(p)) for p in our_mcp_servers() if not owned_by_live_worker(p)]
+    orphans = [(pid, line) for pid, line in orphans if psutil.pid_exists(pid)]
     assert orphans == []
     bstack.start_worker()
     bstack.wait_for_catalog(["tinyr"])
