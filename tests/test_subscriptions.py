@@ -4,9 +4,11 @@ last subscribed session leaves (fan-in with reference counts)."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import anyio
+import psutil
 from mcp import Client
 from mcp_types import ResourceUpdatedNotification
 
@@ -67,3 +69,33 @@ def test_sdk_http_client_hears_updates_on_its_stream(stack: Stack) -> None:
 
     anyio.run(scenario)
     assert seen == ["notes://all"]
+
+
+def notes_backends(stack: Stack) -> list[psutil.Process]:
+    """The notes.py processes the stack's notes workers hold."""
+    found = []
+    for proc in stack.procs:
+        if proc.name.startswith("worker-notes-") and proc.alive():
+            for child in psutil.Process(proc.popen.pid).children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    if any("notes.py" in part for part in child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                        found.append(child)
+    return found
+
+
+def test_a_restarted_backend_is_subscribed_again(stack: Stack) -> None:
+    """Subscriptions live in the backend process: when it dies, the worker subscribes its successor to
+    every resource clients still listen to, before any call runs on it."""
+    with RawClient(stack.ws_url()) as subscriber, RawClient(stack.ws_url()) as caller:
+        assert subscriber.request("resources/subscribe", {"uri": "notes+notes://all"})["result"] == {}
+        caller.call("notes__add_note", {"text": "before the crash"})
+        assert updates(subscriber) == ["notes+notes://all"]
+
+        [backend] = notes_backends(stack)
+        backend.kill()
+        backend.wait(timeout=10)
+        after = caller.call("notes__add_note", {"text": "after the crash"}, timeout=30)
+        assert after["result"]["structuredContent"] == {"result": 1}  # a fresh backend: its first note
+        assert [p.pid for p in notes_backends(stack)] != [backend.pid]
+        assert updates(subscriber) == ["notes+notes://all", "notes+notes://all"]
+        assert subscriber.request("resources/unsubscribe", {"uri": "notes+notes://all"})["result"] == {}

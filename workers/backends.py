@@ -421,12 +421,36 @@ class BackendSession:
                 self.generation += 1
                 self.last_used = time.monotonic()
                 log.info("backend %s: session open (generation %d)", self.label, self.generation)
+                self._renew_subscriptions(self._client)
                 if self._on_catalog_change is not None and (self.generation > 1 or self.spec.name not in self.listed):
                     # a restarted backend may offer something else now; so may one this process never listed
                     # (its catalog may be older than this backend: workers start backends lazily)
                     self.listed.add(self.spec.name)
                     threading.Thread(target=self._on_catalog_change, args=(self.spec.name,), daemon=True).start()
             return self._client
+
+    def _renew_subscriptions(self, client: Client) -> None:
+        """A backend keeps its subscriptions in its own process: a restarted one (or one this worker just
+        started) knows none. Every resource that client sessions are still subscribed to (their sets in
+        Redis) is subscribed here again, before the first call runs on this session, so no update it
+        causes goes unheard."""
+        resources = client.server_capabilities.resources
+        if resources is None or not resources.subscribe:
+            return
+        r = get_redis()
+        prefix = keys.resource_subscribers(self.spec.name, "")
+        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in prefix) + "*"
+        uris = [key[len(prefix):] for key in r.scan_iter(match=pattern, count=1000) if r.scard(key)]
+        for uri in uris:
+            try:
+                self._portal.call(self._subscribe, client, uri)
+                log.info("backend %s: resubscribed to %s", self.label, uri)
+            except Exception as err:  # the subscription is lost, the session is not
+                log.warning("backend %s: could not resubscribe to %s: %r", self.label, uri, err)
+
+    async def _subscribe(self, client: Client, uri: str) -> None:
+        with anyio.fail_after(self.spec.settings.timeout_s):
+            await client.subscribe_resource(uri)
 
     def close(self) -> None:
         with self._lock:
