@@ -40,6 +40,7 @@ class BrokerSettings:
     isolation: str = "shared"  # or "per_client": a backend session per client session
     eager: bool = False  # start the backend when the worker starts, and keep it (never idle-closed)
     idle_s: float = 600.0  # close a backend session unused this long (0 = never)
+    max_clients: int = 100  # per_client: the most client sessions a worker process holds (idle LRU closed)
     forward_headers: tuple[str, ...] = ()  # client request headers passed on to HTTP backends
     health_interval_s: float = 15.0  # MCP ping of every open (and every down) replica; 0 = no pings
 

@@ -53,6 +53,7 @@ class BrokerSettingsSchema(Schema):
     isolation = fields.String(load_default="shared", validate=validate.OneOf(ISOLATION_MODES))
     eager = fields.Boolean(load_default=False)
     idle_s = fields.Float(load_default=600.0, validate=validate.Range(min=0))
+    max_clients = fields.Integer(load_default=100, validate=validate.Range(min=1, max=100_000))
     forward_headers = fields.List(fields.String(validate=validate.Regexp(HEADER_NAME, error="not an HTTP header name")),
                                   load_default=list)
     health_interval_s = fields.Float(load_default=15.0, validate=validate.Range(min=0))

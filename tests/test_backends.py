@@ -38,6 +38,8 @@ def server_config(http_port: int, replica_ports: tuple[int, int]) -> dict[str, A
         "iso_shared": {"command": py, "args": [str(SERVERS / "notes.py")], "broker": {"timeout_s": 10}},
         "iso_private": {"command": py, "args": [str(SERVERS / "notes.py")],
                         "broker": {"timeout_s": 10, "isolation": "per_client"}},
+        "iso_capped": {"command": py, "args": [str(SERVERS / "echo.py")],
+                       "broker": {"timeout_s": 3, "retries": 1, "isolation": "per_client", "max_clients": 2}},
         "tinyr": {"command": py, "args": [str(SERVERS / "tiny.py"), "--tag", "restarts"],
                   "broker": {"timeout_s": 10, "retries": 3}},
         "eager_tiny": {"command": py, "args": [str(SERVERS / "tiny.py"), "--tag", "eager"], "broker": {"eager": True}},
@@ -194,6 +196,37 @@ def test_a_per_client_session_is_recreated_elsewhere_when_its_worker_dies(bstack
         assert r.get(bstack.key("owner", "iso_private", session_id)) not in (None, owner)
 
 
+def test_past_max_clients_the_least_recently_used_idle_client_session_is_closed(bstack: BackendStack) -> None:
+    while len(bstack.workers()) > 1:  # the limit is per worker process: every client on one
+        bstack.workers()[-1].stop(signal.SIGTERM)
+
+    def backend_pid(client: RawClient) -> int:
+        return int(text_of(client.call("iso_capped__whoami"))["pid"])
+
+    with RawClient(bstack.stack.ws_url()) as a, RawClient(bstack.stack.ws_url()) as b, \
+            RawClient(bstack.stack.ws_url()) as c:
+        pid_a, pid_b = backend_pid(a), backend_pid(b)
+        assert pid_a != pid_b
+        assert backend_pid(a) == pid_a  # now b's is the least recently used
+        pid_c = backend_pid(c)  # a third client: b's session is closed to make room
+        assert pid_c not in (pid_a, pid_b)
+        assert backend_pid(a) == pid_a and backend_pid(c) == pid_c
+        pid_b2 = backend_pid(b)  # b starts afresh (a's, least recently used now, makes room)
+        assert pid_b2 not in (pid_a, pid_b, pid_c)
+        wait_for(lambda: exited(pid_b), timeout=10)  # the closed session's backend process ended
+
+        # both held sessions busy: a new client's call is retried, then refused naming the limit
+        for client in (b, c):
+            client.send({"jsonrpc": "2.0", "id": "busy", "method": "tools/call",
+                         "params": {"name": "iso_capped__slow", "arguments": {"seconds": 2.5, "steps": 1}}})
+        time.sleep(0.5)
+        with RawClient(bstack.stack.ws_url()) as d:
+            refused = d.call("iso_capped__whoami", timeout=30)
+        assert "max_clients=2" in refused["error"]["message"], refused
+        for client in (b, c):
+            assert client.response(timeout=10)["result"]["isError"] is False
+
+
 # ---------------------------------------------------------------- lifecycle
 def test_backends_start_lazily_or_eagerly_and_idle_ones_close(bstack: BackendStack) -> None:
     # eager: up in every worker, with no call
@@ -274,6 +307,13 @@ def test_a_backend_that_never_answers_its_handshake_costs_a_call_its_timeout_not
         assert error["code"] == -32001 and "hangs" in error["message"]
     wait_for(lambda: "handshake" in str(bstack.health("hangs").get(0, {}).get("error")), timeout=30)
     assert not bstack.health("hangs")[0]["healthy"]
+
+
+def exited(pid: int) -> bool:
+    try:
+        return is_zombie(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        return True
 
 
 def command_line(process: psutil.Process) -> str:

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_defaults_of_the_backend_keys() -> None:
     settings = parse_config({"mcpServers": {"s": {"command": "x"}}}).server("s").settings
     assert (settings.isolation, settings.eager, settings.idle_s) == ("shared", False, 600.0)
-    assert (settings.forward_headers, settings.health_interval_s) == ((), 15.0)
+    assert (settings.forward_headers, settings.health_interval_s, settings.max_clients) == ((), 15.0, 100)
 
 
 def test_replicas_are_endpoints_of_one_server() -> None:
@@ -40,6 +40,7 @@ def test_replicas_are_endpoints_of_one_server() -> None:
         ({"command": "x", "broker": {"isolation": "per_user"}}, "server s: field broker.isolation"),
         ({"command": "x", "broker": {"idle_s": -1}}, "server s: field broker.idle_s"),
         ({"command": "x", "broker": {"eager": "sometimes"}}, "server s: field broker.eager"),
+        ({"command": "x", "broker": {"max_clients": 0}}, "server s: field broker.max_clients"),
         ({"command": "x", "broker": {"forward_headers": ["bad header"]}}, "not an HTTP header name"),
         ({"url": "http://h/mcp", "headers": {"bad header": "v"}}, "not an HTTP header name"),
         ({"replicas": []}, "server s: field replicas"),

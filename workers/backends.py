@@ -748,19 +748,47 @@ class BackendPool:
         if replica is None or replica in exclude:
             replica = self.pick_replica(spec, exclude)
             self._client_replica[(spec.name, key)] = replica
+        if (spec.name, replica, key) not in self._sessions:
+            self._make_room(spec)
         return self._get(spec.name, replica, key, headers, client), False
 
-    def drop(self, key: SessionKey) -> None:
-        """Close and forget a session (any thread but the loop's)."""
+    def _make_room(self, spec: ServerSpec) -> None:
+        """A new client's session is about to open: past `max_clients`, the least recently used idle client
+        session of the server is closed; with every one busy, the new client must wait (retried) or give up.
+        Runs on the loop (no await between the choice and the new session), so two new clients never pick
+        the same victim; the victim is closed in a thread (closing goes through the loop)."""
+        limit = spec.settings.max_clients
+        held = [(key, s) for key, s in list(self._sessions.items()) if key[0] == spec.name and s.client_key]
+        if len(held) < limit:
+            return
+        idle = sorted((s.last_used, key) for key, s in held if not s.running)
+        if not idle:
+            raise BackendUnavailable(f"server {spec.name!r}: this worker holds max_clients={limit} client "
+                                     "sessions, each with a call running")
+        for _, victim in idle[: len(held) - limit + 1]:
+            session = self._forget_session(victim)
+            if session is not None:
+                log.info("backend %s: closed to make room (max_clients=%d)", session.label, limit)
+                threading.Thread(target=self._close_session, args=(victim, session), daemon=True).start()
+
+    def _forget_session(self, key: SessionKey) -> BackendSession | None:
         with self._lock:
             session = self._sessions.pop(key, None)
             if key[2]:
                 self._client_replica.pop((key[0], key[2]), None)
+        return session
+
+    def _close_session(self, key: SessionKey, session: BackendSession) -> None:
+        session.close()
+        if session.client_key and self._on_client_closed is not None:
+            with contextlib.suppress(Exception):
+                self._on_client_closed(key[0], session.client_key)
+
+    def drop(self, key: SessionKey) -> None:
+        """Close and forget a session (any thread but the loop's)."""
+        session = self._forget_session(key)
         if session is not None:
-            session.close()
-            if session.client_key and self._on_client_closed is not None:
-                with contextlib.suppress(Exception):
-                    self._on_client_closed(key[0], session.client_key)
+            self._close_session(key, session)
 
     def sessions(self) -> dict[SessionKey, BackendSession]:
         return dict(self._sessions)

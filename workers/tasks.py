@@ -104,8 +104,9 @@ async def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, 
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return timeout_outcome(server, timeout)
-        session, one_shot = backend_pool().session_for_call(spec, call, frozenset(failed_replicas))
+        session, one_shot = None, False
         try:
+            session, one_shot = backend_pool().session_for_call(spec, call, frozenset(failed_replicas))
             if method == "tools/call":
                 arguments = call.get("arguments") or {}
                 result = await session.call_tool(tool, arguments, remaining, call_id, channel, call.get("meta"),
@@ -126,7 +127,8 @@ async def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, 
         except BackendRPCError as err:
             return rpc_error(err.code, err.message, err.data)
         except BackendUnavailable as err:
-            failed_replicas.add(session.replica)
+            if session is not None:
+                failed_replicas.add(session.replica)
             if len(failed_replicas) >= len(spec.endpoints):
                 failed_replicas.clear()
             if attempt >= spec.settings.retries:
@@ -141,7 +143,7 @@ async def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, 
             if writer.cancelled(call_id):
                 return cancelled_outcome()
         finally:
-            if one_shot:
+            if one_shot and session is not None:
                 await anyio.to_thread.run_sync(session.close)
 
 
