@@ -43,6 +43,7 @@ class PendingCall:
     deadline: float
     created: float
     info: dict[str, Any] | None = None  # the queued call, for the observer (metrics, the call's log line)
+    server: str = ""
 
 
 class ReplyHub:
@@ -61,6 +62,7 @@ class ReplyHub:
         self.extra_channels: list[str] = [keys.CATALOG_CHANGED]
         # (call, outcome message, seconds waited): every answered call of this process passes here once
         self.observer: Callable[[dict[str, Any], dict[str, Any], float], None] | None = None
+        self._load: dict[str, int] = {}  # server → calls waited for (those expected with their call as info)
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -83,12 +85,33 @@ class ReplyHub:
         info: dict[str, Any] | None = None,
     ) -> None:
         now = time.monotonic()
+        server = str(info.get("server", "")) if info is not None else ""
         with self._lock:
-            self._pending[call_id] = PendingCall(call_id, on_outcome, on_event, now + timeout_s, now, info)
+            previous = self._pending.get(call_id)
+            if previous is not None:
+                self._unload(previous)
+            self._pending[call_id] = PendingCall(call_id, on_outcome, on_event, now + timeout_s, now, info, server)
+            if server:
+                self._load[server] = self._load.get(server, 0) + 1
+
+    def load(self, server: str) -> int:
+        """Calls of `server` this process waits for: how busy its queue is from here (the outbox's cue)."""
+        return self._load.get(server, 0)
+
+    def _pop(self, call_id: str) -> PendingCall | None:
+        """Stop waiting for a call (the caller holds the lock)."""
+        pending = self._pending.pop(call_id, None)
+        if pending is not None:
+            self._unload(pending)
+        return pending
+
+    def _unload(self, pending: PendingCall) -> None:
+        if pending.server:
+            self._load[pending.server] -= 1
 
     def forget(self, call_id: str) -> bool:
         with self._lock:
-            return self._pending.pop(call_id, None) is not None
+            return self._pop(call_id) is not None
 
     @property
     def in_flight(self) -> int:
@@ -98,7 +121,7 @@ class ReplyHub:
     def deliver_local(self, message: dict[str, Any]) -> None:
         """An outcome produced in this process (e.g. the call could not be enqueued)."""
         with self._lock:
-            pending = self._pending.pop(message["call_id"], None)
+            pending = self._pop(message["call_id"])
         if pending is not None:
             self._answer(pending, message)
 
@@ -115,7 +138,7 @@ class ReplyHub:
                 self._safely(pending.on_event, message)
             return
         with self._lock:
-            pending = self._pending.pop(call_id, None)
+            pending = self._pop(call_id)
         if pending is not None:
             self._answer(pending, message)
 
@@ -140,7 +163,7 @@ class ReplyHub:
         with self._lock:
             overdue = [p for p in self._pending.values() if p.deadline <= now]
             for p in overdue:
-                del self._pending[p.call_id]
+                self._pop(p.call_id)
             stale = [p.call_id for p in self._pending.values() if now - p.created >= POLL_AFTER_S]
         for p in overdue:
             error = {"code": REQUEST_TIMEOUT, "message": "Request timed out waiting for a worker"}
