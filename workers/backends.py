@@ -433,9 +433,10 @@ class BackendSession:
         """A backend keeps its subscriptions in its own process: a restarted one (or one this worker just
         started) knows none. Every resource that client sessions are still subscribed to (their sets in
         Redis) is subscribed here again, before the first call runs on this session, so no update it
-        causes goes unheard."""
+        causes goes unheard. Shared sessions only: a client's own (per_client) session is subscribed by
+        that client's requests."""
         resources = client.server_capabilities.resources
-        if resources is None or not resources.subscribe:
+        if self.client_key is not None or resources is None or not resources.subscribe:
             return
         r = get_redis()
         prefix = keys.resource_subscribers(self.spec.name, "")
