@@ -39,7 +39,7 @@ def server_config(http_port: int, replica_ports: tuple[int, int]) -> dict[str, A
         "iso_private": {"command": py, "args": [str(SERVERS / "notes.py")],
                         "broker": {"timeout_s": 10, "isolation": "per_client"}},
         "iso_capped": {"command": py, "args": [str(SERVERS / "echo.py")],
-                       "broker": {"timeout_s": 3, "retries": 1, "isolation": "per_client", "max_clients": 2}},
+                       "broker": {"timeout_s": 10, "retries": 1, "isolation": "per_client", "max_clients": 2}},
         "tinyr": {"command": py, "args": [str(SERVERS / "tiny.py"), "--tag", "restarts"],
                   "broker": {"timeout_s": 10, "retries": 3}},
         "eager_tiny": {"command": py, "args": [str(SERVERS / "tiny.py"), "--tag", "eager"], "broker": {"eager": True}},
@@ -218,8 +218,11 @@ def test_past_max_clients_the_least_recently_used_idle_client_session_is_closed(
         # both held sessions busy: a new client's call is retried, then refused naming the limit
         for client in (b, c):
             client.send({"jsonrpc": "2.0", "id": "busy", "method": "tools/call",
-                         "params": {"name": "iso_capped__slow", "arguments": {"seconds": 2.5, "steps": 1}}})
-        time.sleep(0.5)
+                         "params": {"name": "iso_capped__slow", "arguments": {"seconds": 4, "steps": 8},
+                                    "_meta": {"progressToken": "busy"}}})
+        for client in (b, c):  # its first progress note: the slow call is running (for 3.5 s more)
+            while client.recv(timeout=30).get("method") != "notifications/progress":
+                pass
         with RawClient(bstack.stack.ws_url()) as d:
             refused = d.call("iso_capped__whoami", timeout=30)
         assert "max_clients=2" in refused["error"]["message"], refused
