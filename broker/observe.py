@@ -153,11 +153,15 @@ def immediate_call(connection: Any, params: Any, outcome: str, seconds: float, c
     server = tool = ""
     if isinstance(name, str):
         catalog = connection.services.catalog
-        qualified = catalog.namespaced(connection.scope, name) if connection.scope else name
-        entry = catalog.lookup_tool(qualified)
-        if entry is not None:
-            server, tool = entry.server, entry.tool
-        else:
-            prefix, sep, _ = qualified.partition(catalog.config.separator)
-            server = prefix if sep and prefix in catalog.config.servers else ""
+        server, tool = tool_labels(catalog, catalog.namespaced(connection.scope, name) if connection.scope else name)
     web_immediate(server, tool, outcome, seconds, connection.session_id, connection.principal.id, code)
+
+
+def tool_labels(catalog: Any, qualified: str) -> tuple[str, str]:
+    """(server, tool) labels of a namespaced tool name, from the catalog only: a made-up name gives "" for
+    what the catalog does not know (a known server's unknown tool keeps its server)."""
+    entry = catalog.lookup_tool(qualified)
+    if entry is not None:
+        return entry.server, entry.tool
+    prefix, sep, _ = qualified.partition(catalog.config.separator)
+    return (prefix if sep and prefix in catalog.config.servers else ""), ""

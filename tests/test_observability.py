@@ -270,3 +270,27 @@ def test_metrics_add_up_across_web_processes(stack: Stack) -> None:
     finally:
         proc.stop()
         stack.web_ports.remove(port)
+
+
+def test_http_calls_refused_before_the_queue_are_counted_as_rejected(stack: Stack) -> None:
+    base = stack.http_url()
+    before = scrape(base)
+    with httpx2.Client(base_url=base, timeout=30) as http:
+        bad_arguments = http.post("/v1/calls", json={"tool": "echo__add", "arguments": {"a": "x", "b": 1}})
+        unknown_tool = http.post("/v1/calls", json={"tool": "echo__no_such_tool", "arguments": {}})
+        made_up = http.post("/v1/calls", json={"tool": "zz_made_up__x", "arguments": {}})
+        answered = http.post("/v1/calls", json={"tool": "echo__add", "arguments": {"a": 1, "b": 2}})
+    assert [r.status_code for r in (bad_arguments, unknown_tool, made_up, answered)] == [400, 400, 400, 200]
+
+    def moved() -> tuple[float, float, float] | None:
+        now = scrape(base)
+        delta = (value(now, "mcp_broker_calls_total", server="echo", tool="add", outcome="rejected")
+                 - value(before, "mcp_broker_calls_total", server="echo", tool="add", outcome="rejected"),
+                 value(now, "mcp_broker_calls_total", server="echo", tool="", outcome="rejected")
+                 - value(before, "mcp_broker_calls_total", server="echo", tool="", outcome="rejected"),
+                 value(now, "mcp_broker_calls_total", server="", tool="", outcome="rejected")
+                 - value(before, "mcp_broker_calls_total", server="", tool="", outcome="rejected"))
+        return delta if delta == (1, 1, 1) else None
+
+    assert wait_until(moved) == (1, 1, 1)
+    assert not any(("server", "zz_made_up") in labels for _, labels in scrape(base))  # no label minted

@@ -32,6 +32,7 @@ from marshmallow import Schema, ValidationError
 from mcp_types import INVALID_PARAMS, REQUEST_TIMEOUT
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
+from broker import observe
 from broker.batches import (
     BatchError,
     BatchSettings,
@@ -166,15 +167,21 @@ def post_call() -> tuple[Response, int]:
     loaded = _load(ToolCallRequestSchema(), body, "invalid_call")
     services = _services()
     name, arguments = loaded["tool"], loaded["arguments"] or {}
-    _admit(services, name)
+    started = time.perf_counter()
     try:
-        route = services.router.route_tool(name)
-    except UnknownTool as err:
-        services.request_missing_catalogs()
-        raise ApiError(400, "unknown_tool", str(err)) from None
-    problem = route.entry.argument_errors(arguments)
-    if problem is not None:
-        raise ApiError(400, "invalid_arguments", f"invalid arguments for tool {name}: {problem}")
+        _admit(services, name)
+        try:
+            route = services.router.route_tool(name)
+        except UnknownTool as err:
+            services.request_missing_catalogs()
+            raise ApiError(400, "unknown_tool", str(err)) from None
+        problem = route.entry.argument_errors(arguments)
+        if problem is not None:
+            raise ApiError(400, "invalid_arguments", f"invalid arguments for tool {name}: {problem}")
+    except ApiError:  # refused before it was queued: counted like a refused call on a socket
+        server, tool = observe.tool_labels(services.catalog, name)
+        observe.web_immediate(server, tool, "rejected", time.perf_counter() - started, None, current_principal().id)
+        raise
 
     timeout = call_timeout(route.spec.settings, loaded["timeout_s"])
     queue_s = float(current_app.config["CALL_QUEUE_S"])
