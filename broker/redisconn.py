@@ -28,8 +28,12 @@ def get_redis() -> redis.Redis:
     if _client is None or _pid != os.getpid():
         with _lock:
             if _client is None or _pid != os.getpid():
+                # socket_timeout=None: redis-py 8 reads with a 5 s timeout by default, which breaks every
+                # blocking read longer than that (an SSE stream's XREAD, a worker's BLPOP for a client's
+                # answer); a dead peer is found by TCP keepalive and the 30 s health check instead.
                 _client = redis.Redis.from_url(
-                    redis_url(), decode_responses=True, max_connections=1000, health_check_interval=30
+                    redis_url(), decode_responses=True, max_connections=1000, health_check_interval=30,
+                    socket_timeout=None, socket_keepalive=True,
                 )
                 _pid = os.getpid()
     return _client

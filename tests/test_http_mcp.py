@@ -149,3 +149,32 @@ def test_a_cut_sse_stream_resumes_with_last_event_id_and_loses_nothing(stack: St
         rest = [message for _, message in sse_messages(resumed.text)]
         assert [m["params"]["progress"] for m in rest if m.get("method") == "notifications/progress"] == [2, 3, 4]
         assert rest[-1]["id"] == "cut" and rest[-1]["result"]["structuredContent"]["result"] == "slept 1.2s"
+
+
+def test_a_quiet_sse_stream_outlives_redis_py_read_timeout(stack: Stack) -> None:
+    """A POST stream that has nothing to send for longer than redis-py's default 5 s read timeout stays
+    open and ends with the answer (its blocking XREAD once died with that timeout, cutting the stream)."""
+    url = f"{stack.http_url()}/mcp"
+    with httpx2.Client(timeout=30) as http:
+        session_id = open_session(http, url)
+        call = {"jsonrpc": "2.0", "id": "quiet", "method": "tools/call",
+                "params": {"name": "crashy__slow", "arguments": {"seconds": 6.5, "steps": 1}}}
+        response = http.post(url, json=call, headers={**ACCEPT, "Mcp-Session-Id": session_id})
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        [(_, answer)] = sse_messages(response.text)
+        assert answer["id"] == "quiet" and answer["result"]["structuredContent"] == {"result": "slept 6.5s"}
+
+
+def test_a_request_with_an_id_json_rpc_forbids_is_answered_on_its_post(stack: Stack) -> None:
+    """Found by the HTTP fuzzer: such a request is answered with id null, and its POST used to wait for
+    an answer carrying the forbidden id, forever."""
+    url = f"{stack.http_url()}/mcp"
+    with httpx2.Client(timeout=30) as http:
+        session_id = open_session(http, url)
+        for bad_id in (False, 1.5, {"a": 1}):
+            body = {"jsonrpc": "2.0", "id": bad_id, "method": "initialize"}
+            for accept in (ACCEPT, {**ACCEPT, "Accept": "application/json"}):
+                response = http.post(url, json=body, headers={**accept, "Mcp-Session-Id": session_id})
+                answers = ([m for _, m in sse_messages(response.text)]
+                           if response.headers["content-type"].startswith("text/event-stream") else [response.json()])
+                assert [(a["id"], a["error"]["code"]) for a in answers] == [(None, -32600)], (bad_id, answers)

@@ -59,6 +59,13 @@ def origin_allowed(origin: str | None, allowed: list[str]) -> bool:
     return not allowed and host in ("localhost", "127.0.0.1", "::1")
 
 
+def answer_key(request: dict[str, Any]) -> str:
+    """JSON of the id the answer to `request` carries: its own, or null for an id JSON-RPC does not allow
+    (a boolean, a float, an object: the broker cannot echo it), so its POST still ends with that answer."""
+    rid = request.get("id")
+    return json.dumps(rid if isinstance(rid, (str, int)) and not isinstance(rid, bool) else None)
+
+
 class HttpConversation:
     """One session in this web process: its protocol state and where each of its messages must go."""
 
@@ -77,7 +84,7 @@ class HttpConversation:
     def expect(self, stream_id: str, message: dict[str, Any]) -> None:
         with self._lock:
             self.streams.add(stream_id)
-            self._routes[json.dumps(message["id"])] = stream_id
+            self._routes[answer_key(message)] = stream_id
             token = ((message.get("params") or {}).get("_meta") or {}).get("progressToken")
             if token is not None:
                 self._tokens[json.dumps(token)] = stream_id
@@ -206,7 +213,7 @@ class HttpEndpoint:
             conversation.expect(stream_id, message)
         for message in messages:
             conversation.connection.handle_message(message)
-        answers = {json.dumps(m["id"]) for m in requests}
+        answers = {answer_key(m) for m in requests}
         if wants_sse:
             events = self._sse(conversation, stream_id, "0", answers)
             response = Response(stream_with_context(events), mimetype="text/event-stream",
