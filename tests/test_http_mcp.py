@@ -178,3 +178,15 @@ def test_a_request_with_an_id_json_rpc_forbids_is_answered_on_its_post(stack: St
                 answers = ([m for _, m in sse_messages(response.text)]
                            if response.headers["content-type"].startswith("text/event-stream") else [response.json()])
                 assert [(a["id"], a["error"]["code"]) for a in answers] == [(None, -32600)], (bad_id, answers)
+
+
+def test_malformed_params_of_a_request_get_a_json_rpc_error_not_a_500(stack: Stack) -> None:
+    """Found by the HTTP fuzzer: `_meta` (or params) that is not an object crashed the POST handler."""
+    url = f"{stack.http_url()}/mcp"
+    with httpx2.Client(timeout=30) as http:
+        session_id = open_session(http, url)
+        for params in ({"name": "echo__echo", "_meta": True}, [1, 2], "x"):
+            body = {"jsonrpc": "2.0", "id": "m", "method": "tools/call", "params": params}
+            response = http.post(url, json=body, headers={**ACCEPT, "Accept": "application/json",
+                                                          "Mcp-Session-Id": session_id})
+            assert response.status_code == 200 and response.json()["error"]["code"] in (-32600, -32602), response.text

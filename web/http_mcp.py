@@ -22,8 +22,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, jsonify, request, stream_with_context
-from mcp_types import INVALID_REQUEST, PARSE_ERROR
+from mcp_types import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from werkzeug.exceptions import HTTPException
 
 from broker.events import EventLog, parse_event_id
 from broker.protocol import BrokerServices, ClientConnection, dumps
@@ -85,7 +86,9 @@ class HttpConversation:
         with self._lock:
             self.streams.add(stream_id)
             self._routes[answer_key(message)] = stream_id
-            token = ((message.get("params") or {}).get("_meta") or {}).get("progressToken")
+            params = message.get("params")
+            meta = params.get("_meta") if isinstance(params, dict) else None
+            token = meta.get("progressToken") if isinstance(meta, dict) else None  # malformed: refused later
             if token is not None:
                 self._tokens[json.dumps(token)] = stream_id
 
@@ -322,5 +325,14 @@ def register_http_mcp(app: Flask) -> HttpEndpoint:
         blueprint.add_url_rule(rule, f"delete_{suffix}", endpoint.delete, methods=["DELETE"])
         # a plain GET (the SSE stream); werkzeug sends WebSocket upgrades of the same path to the WebSocket rule
         blueprint.add_url_rule(rule, f"get_{suffix}", endpoint.get, methods=["GET"])
+
+    @blueprint.errorhandler(Exception)
+    def _as_json_rpc(err: Exception) -> Response:
+        """Whatever goes wrong, a JSON-RPC client gets a JSON-RPC error, never an HTML page."""
+        if isinstance(err, HTTPException):
+            return _rpc_error_response(err.code or 500, INVALID_REQUEST, f"{err.name}: {err.description}")
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return _rpc_error_response(500, INTERNAL_ERROR, "Internal error: the broker failed on this request")
+
     app.register_blueprint(blueprint)
     return endpoint

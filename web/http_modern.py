@@ -119,7 +119,9 @@ def handle_modern_post(endpoint: HttpEndpoint, scope: str | None) -> Response:
     connection = ClientConnection(endpoint.services, lambda message, _related=None: answers.put(message),
                                   resume=state, scope=scope, principal=principal)
     connection.client_headers = headers
-    level = ((body.get("params") or {}).get("_meta") or {}).get(LOG_LEVEL_META_KEY)
+    params = body.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    level = meta.get(LOG_LEVEL_META_KEY) if isinstance(meta, dict) else None
     connection.log_level = level if level in LOG_LEVELS else None  # none asked for: none sent
     connection.handle_message(body)
 
