@@ -89,7 +89,8 @@ DEFS: dict[str, MetricDef] = {d.name: d for d in (
               "Time a worker spent running a call (retries included)", ("server", "tool")),
     MetricDef("mcp_broker_end_to_end_seconds", "histogram",
               "Time from queueing a call to handing its answer to the client (web side)", ("server",)),
-    MetricDef("mcp_broker_open_sockets", "gauge", "Client WebSockets open", ("transport",)),
+    MetricDef("mcp_broker_open_sockets", "gauge",
+              "Client connections open: WebSockets (ws), Streamable HTTP event streams (sse)", ("transport",)),
     MetricDef("mcp_broker_sessions_open", "gauge", "Client sessions held by web processes", ()),
     MetricDef("mcp_broker_calls_in_flight", "gauge", "Calls the web processes are waiting for", ()),
 )}

@@ -294,3 +294,24 @@ def test_http_calls_refused_before_the_queue_are_counted_as_rejected(stack: Stac
 
     assert wait_until(moved) == (1, 1, 1)
     assert not any(("server", "zz_made_up") in labels for _, labels in scrape(base))  # no label minted
+
+
+def test_open_sse_streams_are_counted_beside_websockets(stack: Stack) -> None:
+    base, url = stack.http_url(), f"{stack.http_url()}/mcp"
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "t", "version": "1"}}}
+
+    def sse_open() -> float:
+        return value(scrape(base), "mcp_broker_open_sockets", transport="sse")
+
+    before = sse_open()
+    with httpx2.Client(timeout=30) as http:
+        session = http.post(url, json=init, headers=headers).headers["Mcp-Session-Id"]
+        with http.stream("GET", url, headers={"Accept": "text/event-stream", "Mcp-Session-Id": session}) as stream:
+            assert stream.status_code == 200
+            assert wait_until(lambda: sse_open() == before + 1)  # the standing stream, while it is open
+        http.delete(url, headers={"Mcp-Session-Id": session})
+    # the server learns the client left on its next write (a keepalive, at most 15 s later)
+    assert wait_until(lambda: sse_open() == before, timeout=40)

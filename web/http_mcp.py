@@ -27,6 +27,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from werkzeug.exceptions import HTTPException
 
 from broker.events import EventLog, parse_event_id
+from broker.metrics import RECORDER
 from broker.protocol import BrokerServices, ClientConnection, dumps
 from broker.security import ANONYMOUS, Principal
 from web.auth import current_principal
@@ -245,19 +246,23 @@ class HttpEndpoint:
         `retry:` interval, so a client whose stream is cut before the first real event can still resume
         it with Last-Event-ID, and knows when to try."""
         session_id = conversation.session_id
-        yield f"id: {stream_id}.{after}\nretry: {RETRY_MS}\ndata:\n\n"
-        last_sent = time.monotonic()
-        while answers is None or answers:
-            batch = self.events.read(session_id, stream_id, after, int(KEEPALIVE_S * 1000))
-            for entry_id, message in batch:
-                after = entry_id
-                if answers is not None and "id" in message and ("result" in message or "error" in message):
-                    answers.discard(json.dumps(message["id"]))
-                yield f"id: {stream_id}.{entry_id}\nevent: message\ndata: {dumps(message)}\n\n"
-                last_sent = time.monotonic()
-            if not batch and time.monotonic() - last_sent >= KEEPALIVE_S:
-                yield ": keepalive\n\n"
-                last_sent = time.monotonic()
+        RECORDER.level("mcp_broker_open_sockets", ("sse",), 1)
+        try:
+            yield f"id: {stream_id}.{after}\nretry: {RETRY_MS}\ndata:\n\n"
+            last_sent = time.monotonic()
+            while answers is None or answers:
+                batch = self.events.read(session_id, stream_id, after, int(KEEPALIVE_S * 1000))
+                for entry_id, message in batch:
+                    after = entry_id
+                    if answers is not None and "id" in message and ("result" in message or "error" in message):
+                        answers.discard(json.dumps(message["id"]))
+                    yield f"id: {stream_id}.{entry_id}\nevent: message\ndata: {dumps(message)}\n\n"
+                    last_sent = time.monotonic()
+                if not batch and time.monotonic() - last_sent >= KEEPALIVE_S:
+                    yield ": keepalive\n\n"
+                    last_sent = time.monotonic()
+        finally:
+            RECORDER.level("mcp_broker_open_sockets", ("sse",), -1)
 
     @staticmethod
     def _with_session(response: Response, conversation: HttpConversation) -> Response:

@@ -31,6 +31,7 @@ from mcp.shared.inbound import (
 from mcp_types import INVALID_REQUEST, PARSE_ERROR
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from broker.metrics import RECORDER
 from broker.protocol import LOG_LEVEL_META_KEY, LOG_LEVELS, ClientConnection, cancel_call, dumps
 from broker.router import UnknownTool
 from web.auth import current_principal
@@ -142,6 +143,7 @@ def handle_modern_post(endpoint: HttpEndpoint, scope: str | None) -> Response:
     def events() -> Iterator[str]:
         message: dict[str, Any] | None = first
         answered = False
+        RECORDER.level("mcp_broker_open_sockets", ("sse",), 1)
         try:
             while not answered:
                 if message is None:
@@ -155,6 +157,7 @@ def handle_modern_post(endpoint: HttpEndpoint, scope: str | None) -> Response:
                     except queue.Empty:
                         message = None
         finally:
+            RECORDER.level("mcp_broker_open_sockets", ("sse",), -1)
             if not answered:  # the client went away: in 2026-07-28, closing the stream cancels the request
                 for call_id in list(connection.in_flight_calls()):
                     cancel_call(endpoint.services.redis, call_id)
