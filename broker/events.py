@@ -17,6 +17,7 @@ import redis
 from broker import keys
 
 EVENT_TTL_S = 600
+ENDED: dict[str, Any] = {"ended": True}  # read() yields this very object for a stream closed by its session's end
 
 
 class EventLog:
@@ -40,7 +41,7 @@ class EventLog:
         out: list[tuple[str, dict[str, Any]]] = []
         for _key, entries in found or []:
             for entry_id, fields in entries:
-                out.append((entry_id, json.loads(fields["data"])))
+                out.append((entry_id, json.loads(fields["data"]) if "data" in fields else ENDED))
         return out
 
     def last_id(self, session_id: str, stream_id: str) -> str:
@@ -49,8 +50,15 @@ class EventLog:
         return str(info["last-generated-id"]) if info else "0"
 
     def drop_session(self, session_id: str, stream_ids: list[str]) -> None:
+        """The session ended: each of its streams gets an end mark (a reader blocked on it, in any web
+        process, wakes and ends its response), then goes. Not one transaction: Redis serves blocked
+        readers after each command, and after a MULTI the streams would already be gone."""
         if stream_ids:
-            self._r.delete(*[keys.sse_stream(session_id, s) for s in stream_ids])
+            pipe = self._r.pipeline(transaction=False)
+            for stream_id in stream_ids:
+                pipe.xadd(keys.sse_stream(session_id, stream_id), {"end": "1"})
+            pipe.delete(*[keys.sse_stream(session_id, s) for s in stream_ids])
+            pipe.execute()
 
 
 def parse_event_id(event_id: str) -> tuple[str, str] | None:

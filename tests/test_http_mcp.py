@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import anyio
 import httpx2
@@ -190,3 +191,20 @@ def test_malformed_params_of_a_request_get_a_json_rpc_error_not_a_500(stack: Sta
             response = http.post(url, json=body, headers={**ACCEPT, "Accept": "application/json",
                                                           "Mcp-Session-Id": session_id})
             assert response.status_code == 200 and response.json()["error"]["code"] in (-32600, -32602), response.text
+
+
+def test_deleting_the_session_ends_its_open_get_stream(stack: Stack) -> None:
+    url = f"{stack.http_url()}/mcp"
+    with httpx2.Client(timeout=30) as http, httpx2.Client(timeout=30) as other:
+        session_id = open_session(http, url)
+        with http.stream("GET", url, headers={"Accept": "text/event-stream", "Mcp-Session-Id": session_id}) as stream:
+            lines = stream.iter_lines()
+            assert next(lines).startswith("id: ")  # the priming event: the stream is live
+            assert other.delete(url, headers={"Mcp-Session-Id": session_id}).status_code == 200
+            deadline = time.monotonic() + 10  # well before the first keepalive (15 s)
+            for line in lines:
+                assert time.monotonic() < deadline, f"the stream went on after DELETE: {line!r}"
+        # the stream has ended by itself; the session is gone
+        gone = http.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                         headers={**ACCEPT, "Mcp-Session-Id": session_id})
+        assert gone.status_code == 404

@@ -26,7 +26,8 @@ from mcp_types import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from werkzeug.exceptions import HTTPException
 
-from broker.events import EventLog, parse_event_id
+from broker import keys
+from broker.events import ENDED, EventLog, parse_event_id
 from broker.metrics import RECORDER
 from broker.protocol import BrokerServices, ClientConnection, dumps
 from broker.security import ANONYMOUS, Principal
@@ -252,7 +253,11 @@ class HttpEndpoint:
             last_sent = time.monotonic()
             while answers is None or answers:
                 batch = self.events.read(session_id, stream_id, after, int(KEEPALIVE_S * 1000))
+                if not batch and not self.services.redis.exists(keys.session(session_id)):
+                    return  # the session ended (deleted or expired) while this stream was quiet
                 for entry_id, message in batch:
+                    if message is ENDED:
+                        return  # the session was deleted: its streams end
                     after = entry_id
                     if answers is not None and "id" in message and ("result" in message or "error" in message):
                         answers.discard(json.dumps(message["id"]))
