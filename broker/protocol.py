@@ -129,6 +129,12 @@ LISTS = {  # list method → (catalog attribute, result key, list_changed notifi
 }
 
 
+def echoable_id(raw: Any) -> str | int | None:
+    """The request id an answer may carry: a string or an integer as sent, else null (JSON-RPC allows
+    nothing else, so a boolean, a float or an object cannot be echoed)."""
+    return raw if isinstance(raw, (str, int)) and not isinstance(raw, bool) else None
+
+
 class RPCError(Exception):
     """A JSON-RPC error to answer the current request with."""
 
@@ -388,7 +394,7 @@ class ClientConnection:
             errors = {"_schema": ["message nested too deeply"]}
         if errors:
             raw_id = message.get("id")  # an id the envelope refused is echoed only if JSON-RPC allows it
-            request_id = raw_id if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) else None
+            request_id = echoable_id(raw_id)
             self._error(request_id, INVALID_REQUEST, f"Invalid Request: {first_error(ValidationError(errors))}")
             return
         method = message.get("method")

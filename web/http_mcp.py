@@ -29,7 +29,7 @@ from werkzeug.exceptions import HTTPException
 from broker import keys
 from broker.events import ENDED, EventLog, parse_event_id
 from broker.metrics import RECORDER
-from broker.protocol import BrokerServices, ClientConnection, dumps
+from broker.protocol import BrokerServices, ClientConnection, dumps, echoable_id
 from broker.security import ANONYMOUS, Principal
 from web.auth import current_principal
 from web.http_modern import handle_modern_post
@@ -66,7 +66,7 @@ def answer_key(request: dict[str, Any]) -> str:
     """JSON of the id the answer to `request` carries: its own, or null for an id JSON-RPC does not allow
     (a boolean, a float, an object: the broker cannot echo it), so its POST still ends with that answer."""
     rid = request.get("id")
-    return json.dumps(rid if isinstance(rid, (str, int)) and not isinstance(rid, bool) else None)
+    return json.dumps(echoable_id(rid))
 
 
 class HttpConversation:

@@ -32,7 +32,7 @@ from mcp_types import INVALID_REQUEST, PARSE_ERROR
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from broker.metrics import RECORDER
-from broker.protocol import LOG_LEVEL_META_KEY, LOG_LEVELS, ClientConnection, cancel_call, dumps
+from broker.protocol import LOG_LEVEL_META_KEY, LOG_LEVELS, ClientConnection, cancel_call, dumps, echoable_id
 from broker.router import UnknownTool
 from web.auth import current_principal
 
@@ -97,7 +97,7 @@ def handle_modern_post(endpoint: HttpEndpoint, scope: str | None) -> Response:
         return Response(status=202)
     if not isinstance(body, dict) or "method" not in body or "id" not in body:
         return _error(400, INVALID_REQUEST, "Invalid Request: a 2026-07-28 POST carries one JSON-RPC request")
-    request_id = body["id"] if isinstance(body["id"], (str, int)) and not isinstance(body["id"], bool) else None
+    request_id = echoable_id(body["id"])
     if request_id is None:
         return _error(400, INVALID_REQUEST, "Invalid Request: id must be a string or an integer")
     if body.get("method") == "subscriptions/listen" and not wants_sse:  # its answer IS a stream of notifications
