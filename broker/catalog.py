@@ -140,6 +140,24 @@ class Catalog:
             return server, rest
         return None
 
+    def split_name(self, name: str) -> tuple[str, str]:
+        """(server, the backend's own name) of a namespaced tool or prompt name: from the catalog when it is
+        listed, else cut after the configured server it starts with (a server not yet published); ("", name)
+        when it names no server. Never by splitting at the first separator: `echo_` + `__` + `x` would read
+        as `echo` + `_x`."""
+        self.ensure_fresh()
+        entry = self._by_name.get(name)
+        if entry is not None:
+            return entry.server, entry.tool
+        prompt = self._prompts.get(name)
+        if prompt is not None:
+            return prompt
+        separator = self.config.separator
+        for server in self.config.servers:
+            if name.startswith(server + separator):
+                return server, name[len(server) + len(separator):]
+        return "", name
+
     def server_items(self, attribute: str, server: str) -> list[dict[str, Any]]:
         """One backend's own items, unprefixed (for its per-server endpoint)."""
         self.ensure_fresh()

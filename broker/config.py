@@ -174,6 +174,11 @@ def parse_config(data: Any, source: str = "<config>") -> BrokerConfig:
     for name, entry in loaded["mcpServers"].items():
         if separator in name:
             raise ConfigError(f"{source}: server {name}: the name must not contain the separator {separator!r}")
+        if (name + separator).find(separator) != len(name):
+            # `echo_` + `__` reads as `echo` + `__` + `_`: `<server>__<tool>` names and allow patterns
+            # (broker.security.split_pattern) would not say where the server's name ends
+            raise ConfigError(f"{source}: server {name}: the name must not end with the start of the separator "
+                              f"{separator!r} (where its name ends in '{name}{separator}<tool>' is ambiguous)")
         settings = BrokerSettings(**{**entry["broker"],
                                      "forward_headers": tuple(entry["broker"]["forward_headers"])})
         replicas = tuple(

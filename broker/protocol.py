@@ -665,7 +665,7 @@ class ClientConnection:
         except ValidationError as err:
             raise _invalid(err) from None
         name, arguments, meta = loaded["name"], loaded["arguments"] or {}, loaded["_meta"] or {}
-        self._check_allowed("tool", self._qualified(name))
+        self._check_allowed("tool", name)
         size = len(dumps(arguments))
         if size > self.services.max_argument_bytes:
             raise RPCError(INVALID_PARAMS, f"Invalid params: arguments of {size} bytes are over the limit of "
@@ -712,7 +712,7 @@ class ClientConnection:
             loaded = _prompt_params.load(params)
         except ValidationError as err:
             raise _invalid(err) from None
-        self._check_allowed("prompt", self._qualified(loaded["name"]))
+        self._check_allowed("prompt", loaded["name"])
         target = self.services.catalog.lookup_prompt(self._qualified(loaded["name"]))
         if target is None:
             raise RPCError(INVALID_PARAMS, f"Unknown prompt: {loaded['name']}")
@@ -730,7 +730,7 @@ class ClientConnection:
         if target is None:
             raise RPCError(RESOURCE_NOT_FOUND, f"Resource not found: {loaded['uri']} (expected <server>+<uri>)",
                            {"uri": loaded["uri"]})
-        self._check_allowed("resources of server", self.services.catalog.namespaced(target[0], "*"))
+        self._check_server_allowed("resources of server", target[0])
         return target
 
     def _subscribe(self, request_id: Any, params: dict[str, Any]) -> Any:
@@ -774,6 +774,7 @@ class ClientConnection:
             raise _invalid(err) from None
         ref = dict(loaded["ref"])
         if ref.get("type") == "ref/prompt":
+            self._check_allowed("prompt", str(ref.get("name", "")))
             target = self.services.catalog.lookup_prompt(self._qualified(str(ref.get("name", ""))))
             if target is None:
                 raise RPCError(INVALID_PARAMS, f"Unknown prompt: {ref.get('name')}")
@@ -783,6 +784,7 @@ class ClientConnection:
             split = (self.scope, uri) if self.scope else self.services.catalog.split_uri(uri)
             if split is None:
                 raise RPCError(INVALID_PARAMS, f"Unknown resource template: {ref.get('uri')}")
+            self._check_server_allowed("resources of server", split[0])
             server, ref["uri"] = split
         else:
             raise RPCError(INVALID_PARAMS, "Invalid params: ref.type must be ref/prompt or ref/resource")
@@ -1050,8 +1052,22 @@ class ClientConnection:
                            {"retryAfterMs": wait_ms})
 
     def _check_allowed(self, kind: str, name: str) -> None:
-        if not self.principal.may(name):
-            raise RPCError(FORBIDDEN, f"Forbidden: key {self.principal.id!r} may not use {kind} {name}")
+        """Refuse a tool or prompt the key may not use; `name` as the client wrote it (unprefixed on a
+        per-server endpoint). Checked before the name is looked up, so a refused key learns nothing of
+        what exists."""
+        if not self._may(name):
+            qualified = self._qualified(name)
+            raise RPCError(FORBIDDEN, f"Forbidden: key {self.principal.id!r} may not use {kind} {qualified}")
+
+    def _check_server_allowed(self, kind: str, server: str) -> None:
+        """Refuse a server's resources (read, subscribe, templates, completion) unless the key may use all of it."""
+        if not self.principal.may_use_server(server, self.services.config.separator):
+            raise RPCError(FORBIDDEN, f"Forbidden: key {self.principal.id!r} may not use {kind} {server}")
+
+    def _may(self, name: str) -> bool:
+        """Server and item matched apart (broker.security.split_pattern), never as one glob over the joined name."""
+        server, item = (self.scope, name) if self.scope else self.services.catalog.split_name(name)
+        return self.principal.may(server, item, self.services.config.separator)
 
     def _visible(self, attribute: str, item: dict[str, Any]) -> bool:
         """Whether the key may see a listed item (lists show a key only what it may use)."""
@@ -1059,9 +1075,9 @@ class ClientConnection:
             return True
         if attribute == "resources" or attribute == "resource_templates":
             uri = item.get("uri") or item.get("uriTemplate") or ""
-            server = self.scope or uri.partition("+")[0]
-            return self.principal.may(self.services.catalog.namespaced(server, "*"))
-        return self.principal.may(self._qualified(item["name"]))
+            server = self.scope or (self.services.catalog.split_uri(uri) or ("",))[0]
+            return self.principal.may_use_server(server, self.services.config.separator)
+        return self._may(item["name"])
 
     def _qualified(self, name: str) -> str:
         """The catalog's name for what the client calls `name` (unprefixed on a per-server endpoint)."""

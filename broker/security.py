@@ -4,9 +4,16 @@ Keys come from `MCP_BROKER_API_KEYS` (plain keys, e.g. from a platform's
 secret store) and/or a keys file (`MCP_BROKER_KEYS_FILE`, validated by a
 schema) that holds only sha256 hashes. Either way only hashes are kept in
 memory, and a key is never logged: a principal is known by its id. Each key
-may carry an allow-list of glob patterns over namespaced names (`time__*`),
-a rate (token bucket in Redis, so it holds across web processes) and a cap on
-calls in flight per session.
+may carry an allow-list of patterns `<server glob><separator><name glob>` (`time__*`),
+a rate (token bucket in Redis, so it holds across web processes) and caps on
+calls in flight and open connections (per key, across web processes: `broker.leases`).
+
+An allow pattern is split at its first separator and its two halves are matched against the server and
+the item (tool, prompt) separately, never as one glob over the joined `server__tool` string: a glob over
+the joined name is ambiguous because `*` crosses the separator (`echo__*` matched `echo___x`, the tool `x`
+of a server named `echo_`), and tool names come from backends, which may put the separator in them, so
+no check of the config alone could make whole-name globs safe. The config refuses server names that
+would make the split of a pattern itself ambiguous (`broker.config`).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import redis
 from marshmallow import ValidationError
 
 from broker import keys
+from broker.config import DEFAULT_SEPARATOR
 from broker.schemas import KeysFileSchema, first_error
 
 
@@ -44,11 +52,27 @@ class Principal:
     allow: tuple[str, ...] = ("*",)
     rate_per_s: float = 0.0  # 0 = unlimited
     burst: int = 0
-    max_in_flight: int = 0  # per session; 0 = unlimited
+    max_in_flight: int = 0  # per key, across web processes and transports; 0 = unlimited
     admin: bool = False
+    max_connections: int = 0  # open sockets/requests per key, across web processes; 0 = unlimited
 
-    def may(self, name: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.allow)
+    def may(self, server: str, name: str, separator: str = DEFAULT_SEPARATOR) -> bool:
+        """Whether the key may use item `name` (a tool or prompt, as its backend names it) of `server`."""
+        return any(fnmatch.fnmatchcase(server, server_glob) and fnmatch.fnmatchcase(name, name_glob)
+                   for server_glob, name_glob in (split_pattern(p, separator) for p in self.allow))
+
+    def may_use_server(self, server: str, separator: str = DEFAULT_SEPARATOR) -> bool:
+        """Whether the key may use all of `server` (its resources, templates and resource completions
+        have no tool name to match, so they need a pattern that allows every item of the server)."""
+        return any(fnmatch.fnmatchcase(server, server_glob) and not name_glob.strip("*")
+                   for server_glob, name_glob in (split_pattern(p, separator) for p in self.allow))
+
+
+def split_pattern(pattern: str, separator: str = DEFAULT_SEPARATOR) -> tuple[str, str]:
+    """(server glob, item glob) of an allow pattern: split at the first separator; a pattern without one
+    names whole servers (`*` = everything, `time` = every item of the server `time`)."""
+    server, sep, name = pattern.partition(separator)
+    return (server, name) if sep else (pattern, "*")
 
 
 ANONYMOUS = Principal(id="anonymous", admin=True)

@@ -128,7 +128,7 @@ def _admit(services: BrokerServices, tool: str | None = None) -> Principal:
     """The caller (authenticated by `web.auth` before any view runs): may it use `tool`, and is it within
     its rate? One token per request: a batch counts once, its calls are paced by the workers."""
     principal = current_principal()
-    if tool is not None and not principal.may(tool):
+    if tool is not None and not may_use_tool(services, principal, tool):
         raise ApiError(403, "forbidden", f"Forbidden: key {principal.id!r} may not use tool {tool}")
     limiter = services.limiter
     wait_ms = limiter.acquire(principal) if limiter is not None else 0
@@ -136,6 +136,12 @@ def _admit(services: BrokerServices, tool: str | None = None) -> Principal:
         raise ApiError(429, "rate_limited", f"Rate limit exceeded for key {principal.id!r} "
                        f"({principal.rate_per_s:g} requests/s): retry after {wait_ms} ms", retry_after_ms=wait_ms)
     return principal
+
+
+def may_use_tool(services: BrokerServices, principal: Principal, name: str) -> bool:
+    """The allow-list on a namespaced tool name: its server and tool matched apart (broker.security)."""
+    server, tool = services.catalog.split_name(name)
+    return principal.may(server, tool, services.config.separator)
 
 
 def _batch_urls(batch_id: str) -> dict[str, str]:
@@ -236,7 +242,8 @@ def post_batch() -> tuple[Response, int, dict[str, str]]:
     started = time.perf_counter()
     try:
         raw = decode_body(data, request.mimetype, settings)
-        prepared = prepare_batch(raw, services.router, settings, query["timeout_s"], principal.may)
+        prepared = prepare_batch(raw, services.router, settings, query["timeout_s"],
+                                 lambda name: may_use_tool(services, principal, name))
         checked = time.perf_counter()
         submit_batch(services.redis, prepared, _submit_calls(), settings, principal.id)
     except BatchError as err:

@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, jsonify, request, stream_with_context
 from mcp_types import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR
@@ -33,6 +32,7 @@ from broker.protocol import BrokerServices, ClientConnection, dumps, echoable_id
 from broker.security import ANONYMOUS, Principal
 from web.auth import current_principal
 from web.http_modern import handle_modern_post
+from web.origin import origin_allowed
 from web.services import get_services
 
 log = logging.getLogger(__name__)
@@ -50,16 +50,6 @@ def _rpc_error_response(status: int, code: int, message: str, request_id: Any = 
     response = jsonify(body)
     response.status_code = status
     return response
-
-
-def origin_allowed(origin: str | None, allowed: list[str]) -> bool:
-    """DNS-rebinding guard: a browser page may only reach us from an allowed origin (default: loopback)."""
-    if not origin:
-        return True  # not a browser, or same-origin
-    if "*" in allowed or origin in allowed:
-        return True
-    host = urlsplit(origin).hostname or ""
-    return not allowed and host in ("localhost", "127.0.0.1", "::1")
 
 
 def answer_key(request: dict[str, Any]) -> str:

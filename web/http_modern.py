@@ -70,6 +70,9 @@ def _param_header_rejection(endpoint: HttpEndpoint, scope: str | None, body: dic
         return None
     services = endpoint.services
     name = services.catalog.namespaced(scope, params["name"]) if scope else params["name"]
+    server, tool = (scope, params["name"]) if scope else services.catalog.split_name(name)
+    if not current_principal().may(server, tool, services.config.separator):
+        return None  # refused by the call itself, before anything of the tool (its schema) shows
     try:
         schema = services.router.route_tool(name).entry.definition.get("inputSchema")
     except UnknownTool:
