@@ -7,6 +7,7 @@ field, because a gateway that half-starts hides the mistake from its operator.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -78,6 +79,34 @@ def expand_all(values: Mapping[str, str], what: str, environ: Mapping[str, str] 
         except MissingVariable as err:
             raise ConfigError(f"{what} {key}: ${{{err.args[0]}}} is not set in the broker's environment") from None
     return out
+
+
+REDACTED = "[redacted]"
+MIN_SECRET_CHARS = 4  # shorter expanded values (a port, a flag) are not hidden: they would garble every line
+
+
+def secret_values(values: Mapping[str, str], environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """What `${VAR}` expansion puts into `values` (each variable's value, and each whole expanded value): a
+    backend that prints its environment or its error must not show these to anyone (`redact`). Values
+    written literally in the config file are not secrets the broker was trusted with."""
+    environ = os.environ if environ is None else environ
+    found: set[str] = set()
+    for raw in values.values():
+        matches = list(_VAR.finditer(raw.replace("$${", "")))
+        if not matches:
+            continue
+        for match in matches:
+            found.add(environ.get(match.group(1), match.group(2) or ""))
+        with contextlib.suppress(MissingVariable):  # its start fails naming the variable (expand_all)
+            found.add(expand(raw, environ))
+    return tuple(sorted((v for v in found if len(v) >= MIN_SECRET_CHARS), key=len, reverse=True))
+
+
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    """`text` with every secret value replaced (longest first, so a value that contains another goes whole)."""
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return text
 
 
 @dataclass(frozen=True)

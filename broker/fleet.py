@@ -189,6 +189,9 @@ def status(r: redis.Redis, config: BrokerConfig) -> dict[str, Any]:
             "ready": detail["servers"][name]["ready"],
             "reason": detail["servers"][name].get("reason"),
             "replicas": _replicas(detail["servers"][name].get("backend")),
+            "stderr": {index: rec["stderr"] for index, rec in  # admins only (/status.json), secrets redacted
+                       ((detail["servers"][name].get("backend") or {}).get("replicas") or {}).items()
+                       if rec.get("stderr")},
             "catalog_published": detail["servers"][name]["catalog_published"],
             "workers": [{"node": w["node"], "host": w.get("host"), "pid": w.get("pid"),
                          "up_s": round(now - w["started"], 1) if isinstance(w.get("started"), (int, float)) else None}

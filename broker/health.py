@@ -33,17 +33,19 @@ class Health:
     state: str = "healthy"  # healthy | failing | unhealthy
     healthy: bool = True  # False from the first failure: a replica that failed leaves the rotation at once
     failures: int = 0
-    error: str | None = None
+    error: str | None = None  # the kind of failure, without the backend's own words: clients may see it
+    stderr: str | None = None  # the backend's last stderr lines, its secrets redacted: admins only
     retry_at: float | None = None
     checked_at: float = 0.0
     endpoint: str = ""
     worker: str = ""
 
-    def failed(self, error: str, now: float | None = None) -> None:
+    def failed(self, error: str, now: float | None = None, stderr: str | None = None) -> None:
         """One more failure in a row: `failing`, then `unhealthy` with a growing backoff."""
         now = time.time() if now is None else now
         self.failures += 1
         self.error = error[:2000]
+        self.stderr = stderr[-2000:] if stderr else None
         self.healthy = False
         self.checked_at = now
         if self.failures >= UNHEALTHY_AFTER:
@@ -55,6 +57,7 @@ class Health:
 
     def succeeded(self, now: float | None = None) -> None:
         self.state, self.healthy, self.failures, self.error, self.retry_at = "healthy", True, 0, None, None
+        self.stderr = None
         self.checked_at = time.time() if now is None else now
 
     def backoff_left(self, now: float | None = None) -> float:

@@ -2,7 +2,8 @@
 
 All of them read the broker-wide state from Redis (`broker.metrics`, `broker.fleet`), so every web
 process gives the same answer. `/readyz` is public, like `/healthz` (load balancers and
-orchestrators probe it without a key); with API keys configured the others need an admin key
+orchestrators probe it without a key), but shows per-server detail only to admins (`_sees_detail`);
+with API keys configured the others need an admin key
 (they show every server and tool), sent as `Authorization: Bearer` (Prometheus' `authorization`)
 or as the password of HTTP Basic (a browser opening the status page).
 """
@@ -10,12 +11,13 @@ or as the password of HTTP Basic (a browser opening the status page).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
 
 import redis
-from flask import Flask, Response, current_app, jsonify
+from flask import Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
@@ -23,7 +25,8 @@ from broker.config import BrokerConfig
 from broker.fleet import readiness, scrape_time_metrics, status
 from broker.metrics import BrokerCollector
 from broker.redisconn import get_redis
-from web.auth import current_principal
+from web.auth import bearer_of, current_principal
+from web.origin import allowed_hosts, host_allowed
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,26 @@ def _forbidden_unless_admin() -> Response | None:
         response.status_code = 403
         return response
     return None
+
+
+def _sees_detail() -> bool:
+    """Whether this `/readyz` caller may see per-server detail (workers, health records, the reasons and the
+    redacted stderr of failed backends): an admin key when keys are configured; without keys (loopback
+    only) anyone, but only under an allowed Host name, since probes skip the Host check (web/origin.py)
+    and a DNS-rebinding page would otherwise read it."""
+    keyring = current_app.config.get("KEYRING")
+    if keyring is not None and keyring.enabled:
+        principal = keyring.authenticate(bearer_of(request.headers.get("Authorization")))
+        return principal is not None and principal.admin
+    return host_allowed(request.headers.get("Host"), allowed_hosts(os.environ, False))
+
+
+def public_readiness(detail: dict[str, Any]) -> dict[str, Any]:
+    """What anyone may know: ready or not, whether Redis answers, how many servers are ready. No server
+    names, no backend errors (a backend's stderr once showed its secret here)."""
+    servers = detail.get("servers") or {}
+    return {"status": detail.get("status"), "redis": {"ok": bool((detail.get("redis") or {}).get("ok"))},
+            "servers_ready": sum(1 for s in servers.values() if s.get("ready")), "servers_total": len(servers)}
 
 
 def _unavailable(err: Exception) -> Response:
@@ -70,7 +93,7 @@ def register_status(app: Flask) -> None:
     @app.get("/readyz")
     def readyz() -> tuple[Response, int]:
         ready, detail = readiness(get_redis(), _config())
-        return jsonify(detail), 200 if ready else 503
+        return jsonify(detail if _sees_detail() else public_readiness(detail)), 200 if ready else 503
 
     @app.get("/metrics")
     def metrics() -> Any:

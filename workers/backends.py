@@ -56,7 +56,7 @@ from mcp_types import (
 
 from broker import health as health_store
 from broker import keys
-from broker.config import BrokerConfig, ConfigError, Endpoint, ServerSpec, expand_all
+from broker.config import BrokerConfig, ConfigError, Endpoint, ServerSpec, expand_all, redact, secret_values
 from broker.health import Health
 from broker.redisconn import get_redis
 from broker.router import ReplicaState, choose_replica, client_key
@@ -164,10 +164,13 @@ def _die_with_worker(command: str, args: list[str]) -> tuple[str, list[str]]:
 
 class StderrPump:
     """A backend's stderr, line by line, into the worker's log as `[server] line`, keeping the last lines
-    for error messages (a server that dies at start usually says why there)."""
+    for the health record (a server that dies at start usually says why there). Every line has the values
+    of the server's own `${VAR}`-expanded env redacted first: a backend that prints its token must not put
+    it in a log, in Redis or on a page."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, secrets: tuple[str, ...] = ()) -> None:
         self.label = label
+        self.secrets = secrets
         read_fd, write_fd = os.pipe()
         self.writer: TextIO = os.fdopen(write_fd, "w")
         self.tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
@@ -178,7 +181,7 @@ class StderrPump:
         try:
             with os.fdopen(read_fd, "rb") as reader:
                 for raw in reader:
-                    line = raw.decode("utf-8", "replace").rstrip()
+                    line = redact(raw.decode("utf-8", "replace").rstrip(), self.secrets)
                     if line:
                         self.tail.append(line)
                         backend_log.info("[%s] %s", self.label, line)
@@ -232,9 +235,10 @@ class EndpointHealth:
         except Exception:  # health is advisory: never let Redis trouble break a call
             log.warning("could not record the health of %s[%d]", self.server, self.replica, exc_info=True)
 
-    def failed(self, error: str) -> None:
+    def failed(self, error: str, stderr: str | None = None) -> None:
+        """`error` says what kind of failure (clients may be told); `stderr` (redacted) is for admins only."""
         with self._lock:
-            self.health.failed(error)
+            self.health.failed(error, stderr=stderr)
             self._write()
         log.warning("backend %s[%d] %s (%d failure(s) in a row): %s", self.server, self.replica, self.health.state,
                     self.health.failures, error)
@@ -285,6 +289,7 @@ class BackendSession:
         self.listed: set[str] = set()  # servers this process has listed (the pool's set, shared by its sessions)
         self.last_used = time.monotonic()
         self._pump: StderrPump | None = None
+        self._secrets: tuple[str, ...] = ()  # what ${VAR} expansion gave this backend: never shown (redact)
         self._start_stream: Any = None  # the read stream of a session being opened (closed to abort it)
         self._start_aborted = False
         self._on_catalog_change = on_catalog_change
@@ -363,12 +368,14 @@ class BackendSession:
             "list_roots_callback": self._on_list_roots,
             "logging_callback": self._on_log,
         }
+        self._secrets = secret_values({**endpoint.env, **endpoint.headers}) + tuple(
+            v for v in self.extra_headers.values() if len(v) >= 4)  # a client's forwarded token, too
         if endpoint.command:
             env = expand_all(endpoint.env, f"server {spec.name}: env")
             command, args = _die_with_worker(_resolve_command(endpoint.command), list(endpoint.args))
             params = StdioServerParameters(command=command, args=args, env=env or None,
                                            cwd=endpoint.cwd or self._base_dir)
-            self._pump = StderrPump(self.label)
+            self._pump = StderrPump(self.label, self._secrets)
             return Client(_watched(stdio_client(params, errlog=self._pump.writer), self._pump, self._starting),
                           **options)
         assert endpoint.url is not None
@@ -408,11 +415,11 @@ class BackendSession:
                     raise BackendUnavailable(f"server {self.spec.name!r} cannot start: {err}") from err
                 except Exception as err:  # the backend failed to start or to shake hands
                     words = self._pump.last_words() if self._pump is not None else ""
-                    reason = _reason(err) + (f"; its stderr: {words}" if words else "")
+                    reason = redact(_reason(err), self._secrets)  # its stderr goes to admins only
                     if self._start_aborted:
                         reason = f"no answer to the MCP handshake within {self.spec.settings.timeout_s:g}s"
                     where = self.endpoint.describe()
-                    self.health.failed(f"failed to start ({where}): {reason}")
+                    self.health.failed(f"failed to start ({where}): {reason}", stderr=words or None)
                     raise BackendUnavailable(f"server {self.spec.name!r} failed to start: {reason}") from err
                 finally:
                     watchdog.cancel()
@@ -471,7 +478,7 @@ class BackendSession:
 
             backend_restart(self.spec.name)  # mcp_broker_backend_restarts_total
             words = self._pump.last_words(0.2) if self._pump is not None else ""
-            self.health.failed(reason + (f"; its stderr: {words}" if words else ""))
+            self.health.failed(redact(reason, self._secrets), stderr=words or None)
             self.close()
 
     # ------------------------------------------------------------ calls (on the loop)
@@ -513,7 +520,8 @@ class BackendSession:
             except MCPError as err:
                 if err.code in (CONNECTION_CLOSED, REQUEST_TIMEOUT):
                     await anyio.to_thread.run_sync(self.restart_if, generation, err.error.message)
-                    raise BackendUnavailable(f"server {self.spec.name!r}: {err.error.message}") from err
+                    message = redact(err.error.message, self._secrets)
+                    raise BackendUnavailable(f"server {self.spec.name!r}: {message}") from err
                 raise BackendRPCError(err.code, err.error.message, err.error.data) from err
             except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError,
                     httpx2.TransportError) as err:
