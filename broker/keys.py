@@ -105,6 +105,11 @@ def answer(request_id: str) -> str:
     return f"{PREFIX}:answer:{request_id}"
 
 
+def lease(kind: str, principal_id: str) -> str:
+    """Sorted set: one API key's live leases of a kind (`calls`, `connections`), scored by expiry (broker.leases)."""
+    return f"{PREFIX}:lease:{kind}:{principal_id}"
+
+
 def rate(principal_id: str) -> str:
     """Hash: the token bucket of one API key (tokens, at)."""
     return f"{PREFIX}:rate:{principal_id}"

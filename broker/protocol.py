@@ -43,6 +43,7 @@ from broker import keys, observe
 from broker.cache import BYPASS_META_KEY, READ_RESOURCE, ResultCache
 from broker.catalog import Catalog, CursorError
 from broker.config import BrokerConfig, BrokerSettings
+from broker.leases import LeaseKeeper
 from broker.outbox import Outbox
 from broker.replies import ReplyHub
 from broker.router import Router, UnknownTool
@@ -171,6 +172,7 @@ class BrokerServices:
     cache: ResultCache
     page_size: int = 500
     limiter: RateLimiter | None = None
+    leases: LeaseKeeper | None = None  # per-key calls in flight, across web processes (broker.leases)
     max_frame_bytes: int = 4 * 1024 * 1024
     max_argument_bytes: int = 1024 * 1024
     max_batch_messages: int = 500  # MCP_BROKER_MAX_RPC_BATCH: messages in one JSON-RPC batch (array)
@@ -799,6 +801,7 @@ class ClientConnection:
         timeout = call_timeout(spec.settings, meta.get(TIMEOUT_META_KEY))
         progress_token = meta.get("progressToken")
         call_id = uuid.uuid4().hex
+        self._hold_slot(call_id, timeout * 2 + QUEUE_GRACE_S + 5)
         call = {
             "call_id": call_id,
             "method": method,
@@ -840,6 +843,7 @@ class ClientConnection:
                 self._pass_on(call_id, message)  # resumed on another web process, or cancelled
                 return
             del self._in_flight[request_id]
+            self._release_slot(call_id)
             self._offered.pop(request_id, None)
             if "error" in message:
                 self.send({"jsonrpc": "2.0", "id": request_id, "error": message["error"]})
@@ -900,6 +904,7 @@ class ClientConnection:
                                  {"error": {"code": METHOD_NOT_FOUND, "message": message}})
             if self._in_flight.get(request_id) == call_id:
                 del self._in_flight[request_id]
+                self._release_slot(call_id)
                 self.services.hub.forget(call_id)
                 self._error(request_id, MISSING_CLIENT_CAPABILITY, f"Missing required client capability: {needed}",
                             {"requiredCapabilities": {needed: {}}} if needed else None)
@@ -931,6 +936,7 @@ class ClientConnection:
         if not asks or self._in_flight.get(request_id) != call_id:
             return  # cancelled, or answered already
         del self._in_flight[request_id]
+        self._release_slot(call_id)  # suspended for the client's answer: its retry takes a slot again
         state = {"call": call_id, "asks": asks, "method": method, "server": server, "token": progress_token,
                  "expires": time.time() + self._ask_timeout(server)}
         self._respond(request_id, {"resultType": "input_required", "requestState": self._sign(state),
@@ -950,11 +956,12 @@ class ClientConnection:
         if request_id in self._in_flight:
             raise RPCError(INVALID_REQUEST, f"Invalid Request: request id {request_id!r} is already in flight")
         call_id, server = state["call"], state["server"]
+        spec = self.services.config.server(server)
+        self._hold_slot(call_id, spec.settings.max_timeout_s * 2 + QUEUE_GRACE_S)
         on_outcome, on_event = self._callbacks(request_id, call_id, state["method"], server, state.get("token"))
         hub = self.services.hub
         hub.start()
         self._in_flight[request_id] = call_id
-        spec = self.services.config.server(server)
         hub.expect(call_id, on_outcome, on_event, spec.settings.max_timeout_s * 2 + QUEUE_GRACE_S)
         # the worker still answers the process that started the call: it passes them on to this one
         self.services.redis.set(keys.resumed_at(call_id), hub.channel, ex=int(self._ask_timeout(server) * 4) + 60)
@@ -1039,17 +1046,27 @@ class ClientConnection:
 
     # ------------------------------------------------------------ limits and permissions
     def _admit(self) -> None:
-        """Rate limit (per key, across web processes) and the cap on calls in flight (per session)."""
+        """Rate limit (per key, across web processes). The cap on calls in flight is taken with the call's
+        id when it is queued (`_hold_slot`): a cached answer is never in flight."""
         principal = self.principal
-        if principal.max_in_flight and len(self._in_flight) >= principal.max_in_flight:
-            raise RPCError(TOO_MANY_IN_FLIGHT, f"Too many calls in flight: this session may have "
-                                               f"{principal.max_in_flight} at once", {"retryAfterMs": 100})
         limiter = self.services.limiter
         wait_ms = limiter.acquire(principal) if limiter is not None else 0
         if wait_ms:
             raise RPCError(RATE_LIMITED, f"Rate limit exceeded for key {principal.id!r} "
                                          f"({principal.rate_per_s:g} calls/s): retry after {wait_ms} ms",
                            {"retryAfterMs": wait_ms})
+
+    def _hold_slot(self, call_id: str, max_s: float) -> None:
+        """One of the key's `max_in_flight` slots, counted across every session, transport and web process
+        (broker.leases), held until the call's answer is delivered, cancelled or stored."""
+        leases, limit = self.services.leases, self.principal.max_in_flight
+        if leases is not None and not leases.acquire("calls", self.principal.id, limit, call_id, max_s):
+            raise RPCError(TOO_MANY_IN_FLIGHT, f"Too many calls in flight: key {self.principal.id!r} may have "
+                                               f"{limit} at once", {"retryAfterMs": 100})
+
+    def _release_slot(self, call_id: str) -> None:
+        if self.services.leases is not None:
+            self.services.leases.release(call_id)
 
     def _check_allowed(self, kind: str, name: str) -> None:
         """Refuse a tool or prompt the key may not use; `name` as the client wrote it (unprefixed on a
@@ -1092,6 +1109,7 @@ class ClientConnection:
         call_id = self._in_flight.pop(request_id, None) if isinstance(request_id, (str, int)) else None
         if call_id is None:
             return
+        self._release_slot(call_id)
         self.services.hub.forget(call_id)
         self.services.sessions.forget(self.session_id, [call_id])
         cancel_call(self.services.redis, call_id)
@@ -1109,6 +1127,8 @@ class ClientConnection:
             self._stop_listening()
         self._closed = True
         for call_id in list(self._in_flight.values()):
+            if self.services.leases is not None:  # it may still run (and the session resume it): still in flight
+                self.services.leases.release_when_answered(call_id)
             self.services.hub.forget(call_id)
         self._in_flight.clear()
         self.services.connections.discard(self)

@@ -300,6 +300,7 @@ class KeyEntrySchema(Schema):
     rate_per_s = fields.Float(load_default=0, validate=validate.Range(min=0))
     burst = fields.Integer(load_default=0, validate=validate.Range(min=0))
     max_in_flight = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    max_connections = fields.Integer(load_default=0, validate=validate.Range(min=0))
     admin = fields.Boolean(load_default=False)
 
 

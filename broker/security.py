@@ -109,6 +109,7 @@ def _principal(entry: dict[str, Any], index: int) -> Principal:
         rate_per_s=float(entry.get("rate_per_s") or 0),
         burst=int(entry.get("burst") or max(1, int(entry.get("rate_per_s") or 0))),
         max_in_flight=int(entry.get("max_in_flight") or 0),
+        max_connections=int(entry.get("max_connections") or 0),
         admin=bool(entry.get("admin", False)),
     )
 

@@ -138,6 +138,15 @@ def _admit(services: BrokerServices, tool: str | None = None) -> Principal:
     return principal
 
 
+def _hold_slot(services: BrokerServices, call_id: str, max_s: float) -> None:
+    """One of the key's `max_in_flight` slots, shared with its sessions on every web process (broker.leases)."""
+    principal = current_principal()
+    limit = principal.max_in_flight
+    if services.leases is not None and not services.leases.acquire("calls", principal.id, limit, call_id, max_s):
+        raise ApiError(429, "too_many_in_flight", f"Too many calls in flight: key {principal.id!r} may have "
+                       f"{limit} at once", retry_after_ms=100)
+
+
 def may_use_tool(services: BrokerServices, principal: Principal, name: str) -> bool:
     """The allow-list on a namespaced tool name: its server and tool matched apart (broker.security)."""
     server, tool = services.catalog.split_name(name)
@@ -174,6 +183,7 @@ def post_call() -> tuple[Response, int]:
     services = _services()
     name, arguments = loaded["tool"], loaded["arguments"] or {}
     started = time.perf_counter()
+    call_id = uuid.uuid4().hex
     try:
         _admit(services, name)
         try:
@@ -184,14 +194,14 @@ def post_call() -> tuple[Response, int]:
         problem = route.entry.argument_errors(arguments)
         if problem is not None:
             raise ApiError(400, "invalid_arguments", f"invalid arguments for tool {name}: {problem}")
+        timeout = call_timeout(route.spec.settings, loaded["timeout_s"])
+        queue_s = float(current_app.config["CALL_QUEUE_S"])
+        _hold_slot(services, call_id, queue_s + timeout * 2 + 10)
     except ApiError:  # refused before it was queued: counted like a refused call on a socket
         server, tool = observe.tool_labels(services.catalog, name)
         observe.web_immediate(server, tool, "rejected", time.perf_counter() - started, None, current_principal().id)
         raise
 
-    timeout = call_timeout(route.spec.settings, loaded["timeout_s"])
-    queue_s = float(current_app.config["CALL_QUEUE_S"])
-    call_id = uuid.uuid4().hex
     call = {
         "call_id": call_id,
         "server": route.entry.server,
@@ -212,11 +222,15 @@ def post_call() -> tuple[Response, int]:
     services.hub.start()
     wait_s = queue_s + timeout + 5  # the hub answers with a timeout error itself once this passes
     services.hub.expect(call_id, on_outcome, None, wait_s, call)
-    services.outbox.put(route.queue, call)
-    if not answered.wait(wait_s + 5):
-        services.hub.forget(call_id)
-        cancel_call(services.redis, call_id)
-        raise ApiError(504, "timeout", f"no answer from server {route.entry.server!r} within {wait_s:g}s")
+    try:
+        services.outbox.put(route.queue, call)
+        if not answered.wait(wait_s + 5):
+            services.hub.forget(call_id)
+            cancel_call(services.redis, call_id)
+            raise ApiError(504, "timeout", f"no answer from server {route.entry.server!r} within {wait_s:g}s")
+    finally:  # answered, timed out, or the client left (gevent kills this greenlet): the slot is free
+        if services.leases is not None:
+            services.leases.release(call_id)
     if "result" in outcome:
         return jsonify(result=outcome["result"], call_id=call_id), 200
     error = outcome.get("error") or {}

@@ -17,6 +17,7 @@ from web.admin import register_admin
 from web.api import register_api
 from web.auth import register_auth
 from web.http_mcp import register_http_mcp
+from web.limits import register_connection_limits
 from web.origin import register_browser_guards
 from web.status import register_status
 from web.ws import SUBPROTOCOL, register_websocket
@@ -42,6 +43,7 @@ def create_app() -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = max_frame * HARD_FRAME_FACTOR
     register_browser_guards(app)  # Host, Origin, content type: before anything else (web/origin.py)
     register_auth(app, load_keyring())  # first: nothing is looked at before the caller is known
+    register_connection_limits(app)  # per key, across web processes (web/limits.py)
     app.config["ALLOWED_ORIGINS"] = [o for o in os.environ.get("MCP_BROKER_ALLOWED_ORIGINS", "").split(",") if o]
     sock = Sock(app)
     register_websocket(app, sock)

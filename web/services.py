@@ -19,6 +19,7 @@ from broker import keys, observe, reload
 from broker.cache import ResultCache
 from broker.catalog import Catalog
 from broker.config import BrokerConfig, load_config
+from broker.leases import LEASE_S, LeaseKeeper
 from broker.metrics import RECORDER
 from broker.outbox import Outbox
 from broker.protocol import BrokerServices
@@ -42,6 +43,7 @@ def build_services(config: BrokerConfig) -> BrokerServices:
     r = get_redis()
     catalog = Catalog(r, config)
     hub = ReplyHub(r)
+    lease_s = float(os.environ.get("MCP_BROKER_LEASE_S", str(LEASE_S)))  # how long a dead process's leases last
     sessions = SessionStore(r, int(os.environ.get("MCP_BROKER_SESSION_TTL_S", str(DEFAULT_TTL_S))))
 
     def enqueue_failed(call: dict[str, Any], err: Exception) -> None:
@@ -64,6 +66,7 @@ def build_services(config: BrokerConfig) -> BrokerServices:
         cache=ResultCache(r, config),
         page_size=int(os.environ.get("MCP_BROKER_PAGE_SIZE", "500")),
         limiter=RateLimiter(r),
+        leases=LeaseKeeper(r, lease_s, lease_s / 3),
         max_frame_bytes=int(os.environ.get("MCP_BROKER_MAX_FRAME_BYTES", str(4 * 1024 * 1024))),
         max_argument_bytes=int(os.environ.get("MCP_BROKER_MAX_ARGUMENT_BYTES", str(1024 * 1024))),
         max_batch_messages=max(1, int(os.environ.get("MCP_BROKER_MAX_RPC_BATCH", "500"))),

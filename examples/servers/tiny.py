@@ -4,6 +4,7 @@ For tests that restart a backend hundreds of times (an SDK server takes ~0.5 s
 to start). `--exit-at-start CODE` makes it print a reason on stderr and exit at
 once, like a server missing its credentials: the broker must say so quickly.
 `--hang` makes it read its input and never answer, like a server stuck at start.
+`TINY_TOOL_NAME` renames its tool (a name with the broker's separator in it, say).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import os
 import sys
 
-TOOLS = [{"name": "echo", "description": "Return the text and this process's pid.",
+TOOLS = [{"name": os.environ.get("TINY_TOOL_NAME", "echo"), "description": "Return the text and this process's pid.",
           "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}}]
 
 

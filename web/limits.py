@@ -1,0 +1,59 @@
+"""`max_connections`: how many requests, event streams and WebSockets one API key may hold open at once,
+counted across every web process (leases in Redis, broker.leases).
+
+One key holding 3,000 idle sockets (gevent's `worker_connections`) once locked every other client and
+the health probes out. So every authenticated request takes a connection lease before its view runs and
+gives it back when it ends (a WebSocket or a stream when it closes): past the key's limit it is refused
+with a 429 JSON error, before any upgrade. The limit is the key's own `max_connections`, else
+`MCP_BROKER_KEY_MAX_CONNECTIONS` (default 1000); without keys (one local user) nothing is counted.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+
+from flask import Flask, Response, jsonify, request
+
+from web.auth import PUBLIC_PATHS, current_principal
+from web.services import get_services
+
+DEFAULT_MAX_CONNECTIONS = 1000
+HELD_FOR_AT_MOST_S = 30 * 86400.0  # a lease is released at teardown; this only bounds a bug's damage
+LEASE_ENVIRON_KEY = "mcp_broker.connection_lease"
+
+
+def register_connection_limits(app: Flask, environ: Mapping[str, str] | None = None) -> None:
+    """Call after `register_auth`: the caller must be known."""
+    env = os.environ if environ is None else environ
+    default = int(env.get("MCP_BROKER_KEY_MAX_CONNECTIONS", str(DEFAULT_MAX_CONNECTIONS)))
+
+    @app.before_request
+    def _take_connection() -> Response | None:
+        keyring = app.config.get("KEYRING")
+        if keyring is None or not keyring.enabled or request.path in PUBLIC_PATHS:
+            return None  # without keys there is one (local) user; probes are anonymous
+        principal = current_principal()
+        limit = principal.max_connections or default
+        leases = get_services(app.config.get("BROKER_CONFIG")).leases
+        if leases is None or limit <= 0:
+            return None
+        lease_id = uuid.uuid4().hex
+        if not leases.acquire("connections", principal.id, limit, lease_id, HELD_FOR_AT_MOST_S):
+            response = jsonify(error={"code": "too_many_connections", "retry_after_ms": 1000,
+                                      "message": f"Too many connections: key {principal.id!r} may hold {limit} "
+                                                 "requests, streams and sockets open at once"})
+            response.status_code = 429
+            response.headers["Retry-After"] = "1"
+            return response
+        request.environ[LEASE_ENVIRON_KEY] = lease_id
+        return None
+
+    @app.teardown_request
+    def _give_connection_back(_error: BaseException | None) -> None:
+        lease_id = request.environ.pop(LEASE_ENVIRON_KEY, None)
+        if lease_id is not None:
+            leases = get_services(app.config.get("BROKER_CONFIG")).leases
+            if leases is not None:
+                leases.release(lease_id)
