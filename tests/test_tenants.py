@@ -387,9 +387,16 @@ def test_a_closed_socket_keeps_its_running_call_counted(tenants: Tenants) -> Non
 def test_max_connections_per_key_is_refused_before_the_upgrade(tenants: Tenants) -> None:
     r = tenants.stack.redis()
     with contextlib.ExitStack() as held:
-        for index in (0, 1, 0, 1):
+        for index in (0, 1, 0):
             held.enter_context(RawClient(tenants.ws(index=index), additional_headers=bearer("meter")))
-        assert _leases(r, "connections", "meter") == 4
+        http = held.enter_context(httpx2.Client(base_url=tenants.base(1), timeout=30))
+        headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
+                   **bearer("meter")}
+        session = http.post("/mcp", json=INIT, headers={**headers, "Accept": "application/json"})
+        stream = held.enter_context(http.stream("GET", "/mcp", headers={
+            **headers, "Mcp-Session-Id": session.headers["Mcp-Session-Id"]}))  # an open event stream counts too
+        assert stream.status_code == 200
+        assert wait_until(lambda: _leases(r, "connections", "meter") == 4)
         with pytest.raises(InvalidStatus) as refused:
             RawClient(tenants.ws(index=1), additional_headers=bearer("meter"))
         assert refused.value.response.status_code == 429
@@ -399,6 +406,11 @@ def test_max_connections_per_key_is_refused_before_the_upgrade(tenants: Tenants)
         with RawClient(tenants.ws(), additional_headers=bearer("bob")) as other:  # other keys and probes go on
             assert "result" in other.call("echo__echo", {"text": "bob"})
         assert httpx2.get(tenants.base() + "/healthz", timeout=10).status_code == 200
+        session_id = session.headers["Mcp-Session-Id"]
+    # the sockets are closed; the server notices the event stream's client left at its next write (a
+    # keep-alive, 15 s): ending the session ends the stream at once
+    assert httpx2.delete(tenants.base() + "/mcp", headers={**bearer("meter"), "Mcp-Session-Id": session_id},
+                         timeout=10).status_code == 200
     assert wait_until(lambda: _leases(r, "connections", "meter") == 0)
     with RawClient(tenants.ws(index=1), additional_headers=bearer("meter")) as again:
         assert "result" in again.call("echo__echo", {"text": "room again"})

@@ -50,10 +50,26 @@ def register_connection_limits(app: Flask, environ: Mapping[str, str] | None = N
         request.environ[LEASE_ENVIRON_KEY] = lease_id
         return None
 
-    @app.teardown_request
-    def _give_connection_back(_error: BaseException | None) -> None:
+    @app.after_request
+    def _hand_to_response(response: Response) -> Response:
+        """Given back when the response is closed: after the last byte of an event stream, or when its
+        client leaves (a teardown handler would run before a stream has even begun). Not a WebSocket's: its
+        view returns only once the socket is closed, and flask-sock's response is never closed under
+        gunicorn (it raises StopIteration instead), so the teardown handler gives that one back."""
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return response
         lease_id = request.environ.pop(LEASE_ENVIRON_KEY, None)
         if lease_id is not None:
-            leases = get_services(app.config.get("BROKER_CONFIG")).leases
-            if leases is not None:
-                leases.release(lease_id)
+            response.call_on_close(lambda: _release(lease_id))
+        return response
+
+    @app.teardown_request
+    def _give_connection_back(_error: BaseException | None) -> None:
+        lease_id = request.environ.pop(LEASE_ENVIRON_KEY, None)  # no response was made (an error)
+        if lease_id is not None:
+            _release(lease_id)
+
+    def _release(lease_id: str) -> None:
+        leases = get_services(app.config.get("BROKER_CONFIG")).leases
+        if leases is not None:
+            leases.release(lease_id)
