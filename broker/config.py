@@ -44,6 +44,7 @@ class BrokerSettings:
     max_clients: int = 100  # per_client: the most client sessions a worker process holds (idle LRU closed)
     forward_headers: tuple[str, ...] = ()  # client request headers passed on to HTTP backends
     health_interval_s: float = 15.0  # MCP ping of every open (and every down) replica; 0 = no pings
+    hang_timeouts: int = 1  # silent call timeouts in a row before a session is probed for a hang; 0 = never
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -40,8 +40,11 @@ class Health:
     endpoint: str = ""
     worker: str = ""
 
-    def failed(self, error: str, now: float | None = None, stderr: str | None = None) -> None:
-        """One more failure in a row: `failing`, then `unhealthy` with a growing backoff."""
+    def failed(self, error: str, now: float | None = None, stderr: str | None = None, backoff: bool = True) -> None:
+        """One more failure in a row: `failing`, then `unhealthy` with a growing backoff. `backoff=False`
+        for a failure of a running session (calls timing out, a hung session restarted): the backoff is
+        against restart loops of a backend that cannot start, and must not delay the fresh start that
+        lets the calls waiting on a hung session run."""
         now = time.time() if now is None else now
         self.failures += 1
         self.error = error[:2000]
@@ -50,7 +53,8 @@ class Health:
         self.checked_at = now
         if self.failures >= UNHEALTHY_AFTER:
             self.state = "unhealthy"
-            self.retry_at = now + min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (self.failures - UNHEALTHY_AFTER))
+            if backoff:
+                self.retry_at = now + min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (self.failures - UNHEALTHY_AFTER))
         else:
             self.state = "failing"
             self.retry_at = None

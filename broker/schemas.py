@@ -57,6 +57,7 @@ class BrokerSettingsSchema(Schema):
     forward_headers = fields.List(fields.String(validate=validate.Regexp(HEADER_NAME, error="not an HTTP header name")),
                                   load_default=list)
     health_interval_s = fields.Float(load_default=15.0, validate=validate.Range(min=0))
+    hang_timeouts = fields.Integer(load_default=1, strict=True, validate=validate.Range(min=0, max=1000))
 
 
 class EndpointSchema(Schema):

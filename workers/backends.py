@@ -16,6 +16,7 @@ import collections
 import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -60,6 +61,7 @@ from broker.config import BrokerConfig, ConfigError, Endpoint, ServerSpec, expan
 from broker.health import Health
 from broker.redisconn import get_redis
 from broker.router import ReplicaState, choose_replica, client_key
+from workers.streams import CheckedWriteStream, HeardReadStream, Unsendable
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,7 @@ class CallChannel(Protocol):
 CatalogHook = Callable[[str], None]  # server name: its catalog must be re-listed
 SessionKey = tuple[str, int, str]  # (server, replica, "" for the shared session | client key | header key)
 MAINTENANCE_TICK_S = 1.0
+PING_LIMIT_S = 10.0  # the most a health ping (or a hang probe) waits for its answer
 CLIENT_CHECK_S = 3.0  # how often the upkeep asks Redis which per_client sessions' clients are gone
 LIST_CHANGED = (ToolListChangedNotification, ResourceListChangedNotification, PromptListChangedNotification)
 FORWARDED_METHODS = ("tools/call", "resources/read", "prompts/get", "completion/complete")
@@ -91,6 +94,16 @@ class BackendUnavailable(Exception):
 
 class BackendTimeout(Exception):
     """The backend did not answer within the call's time limit (the call was cancelled on the backend)."""
+
+
+class SlotWaitTimeout(BackendTimeout):
+    """The call's time ran out while it waited for one of the server's `concurrency` slots: the backend
+    was busy with other calls, it was never asked (not a failure of the backend)."""
+
+    def __init__(self, server: str, waited: float, slots: int) -> None:
+        super().__init__(f"it waited {waited:.3g}s for one of the {slots} call slots of server {server!r} "
+                         "(all busy with other calls)")
+        self.waited, self.slots = waited, slots
 
 
 class CallCancelled(Exception):
@@ -201,15 +214,17 @@ class StderrPump:
 
 @asynccontextmanager
 async def _watched(transport: AbstractAsyncContextManager[Any], pump: StderrPump | None,
-                   on_streams: Callable[[Any], None]) -> AsyncIterator[Any]:
+                   on_streams: Callable[[Any], None], on_frame: Callable[[], None]) -> AsyncIterator[Any]:
     """A transport whose read stream the session can close from outside: how a handshake that never
-    completes (a backend that starts but does not answer) is aborted, with the SDK's own cleanup."""
+    completes (a backend that starts but does not answer) is aborted, with the SDK's own cleanup.
+    Its streams are watched (`workers.streams`): each frame read is a sign of life (`on_frame`), and a
+    message that cannot be encoded is refused to its sender instead of killing the transport."""
     try:
         async with transport as streams:
             if pump is not None:
                 pump.close_writer()
             on_streams(streams[0])
-            yield streams
+            yield (HeardReadStream(streams[0], on_frame), CheckedWriteStream(streams[1]), *streams[2:])
     finally:
         if pump is not None:
             pump.close_writer()
@@ -235,10 +250,10 @@ class EndpointHealth:
         except Exception:  # health is advisory: never let Redis trouble break a call
             log.warning("could not record the health of %s[%d]", self.server, self.replica, exc_info=True)
 
-    def failed(self, error: str, stderr: str | None = None) -> None:
+    def failed(self, error: str, stderr: str | None = None, backoff: bool = True) -> None:
         """`error` says what kind of failure (clients may be told); `stderr` (redacted) is for admins only."""
         with self._lock:
-            self.health.failed(error, stderr=stderr)
+            self.health.failed(error, stderr=stderr, backoff=backoff)
             self._write()
         log.warning("backend %s[%d] %s (%d failure(s) in a row): %s", self.server, self.replica, self.health.state,
                     self.health.failures, error)
@@ -303,6 +318,11 @@ class BackendSession:
         self.channels: dict[str, CallChannel] = {}  # call id → its way back to the client, in start order
         self.generation = 0  # bumped on every (re)start, so a caller knows whether someone already restarted it
         self.restarts = 0
+        self.last_heard = time.monotonic()  # when the backend last sent anything (any frame)
+        self._in_backend: dict[int, float] = {}  # requests handed to the backend, unanswered: token → sent at
+        self._tokens = itertools.count()
+        self._silent_timeouts = 0  # calls timed out since the backend last said anything
+        self._probing = threading.Lock()  # held while a hang probe (ping) is under way
 
     # ------------------------------------------------------------ lifecycle
     async def _on_message(self, message: Any) -> None:
@@ -376,17 +396,22 @@ class BackendSession:
             params = StdioServerParameters(command=command, args=args, env=env or None,
                                            cwd=endpoint.cwd or self._base_dir)
             self._pump = StderrPump(self.label, self._secrets)
-            return Client(_watched(stdio_client(params, errlog=self._pump.writer), self._pump, self._starting),
-                          **options)
+            return Client(_watched(stdio_client(params, errlog=self._pump.writer), self._pump, self._starting,
+                                   self._heard), **options)
         assert endpoint.url is not None
         headers = {**expand_all(endpoint.headers, f"server {spec.name}: header"), **self.extra_headers}
         self._pump = None
         http = streamable_http_client(endpoint.url, http_client=httpx2.AsyncClient(headers=headers)) if headers \
             else streamable_http_client(endpoint.url)
-        return Client(_watched(http, None, self._starting), **options)
+        return Client(_watched(http, None, self._starting, self._heard), **options)
 
     def _starting(self, read_stream: Any) -> None:
         self._start_stream = read_stream
+
+    def _heard(self) -> None:
+        """A frame from the backend (loop thread, per message: keep it cheap)."""
+        self.last_heard = time.monotonic()
+        self._silent_timeouts = 0
 
     def _abort_start(self) -> None:
         """The handshake took longer than the server's `timeout_s`: end it (its call has given up)."""
@@ -481,6 +506,71 @@ class BackendSession:
             self.health.failed(redact(reason, self._secrets), stderr=words or None)
             self.close()
 
+    # ------------------------------------------------------------ hangs
+    # A hung backend (SIGSTOPped, deadlocked) breaks no connection: every call on it just timed out, for
+    # as long as calls kept coming, and the session read healthy (measured: 52 s under steady traffic).
+    # So: a call that times out on the backend is a health failure (an answer resets the count), and
+    # `hang_timeouts` such timeouts in a row with no word from the backend, or a backend silent for
+    # `timeout_s` with requests outstanding, get the session probed with a ping that takes no call
+    # slot. No answer within its limit: the session is restarted; the calls on it fail over to the
+    # fresh one (retried within their time limits) and the calls waiting for its slots run there.
+    # Measured (tests/test_backend_health.py, timeout_s 3): SIGSTOP to answered on a fresh backend ~6 s.
+    def silence(self, now: float) -> float:
+        """How long the backend has said nothing while requests were outstanding (0 when none are)."""
+        sent = list(self._in_backend.values())  # read from the upkeep thread; a list copy is atomic
+        return now - max(self.last_heard, min(sent)) if sent else 0.0
+
+    def suspect(self, reason: str) -> None:
+        """Probe this session for a hang, in a thread of its own (any thread; one probe at a time)."""
+        if self._client is None or self.spec.settings.hang_timeouts == 0 or not self._probing.acquire(blocking=False):
+            return
+        threading.Thread(target=self._probe, args=(self.generation, reason), name=f"hang-probe-{self.label}",
+                         daemon=True).start()
+
+    def _probe(self, generation: int, reason: str) -> None:
+        limit = min(self.spec.settings.timeout_s, PING_LIMIT_S)
+
+        async def send(client: Client) -> Any:
+            return await client.send_ping()
+
+        try:
+            if self.generation != generation or self._client is None:
+                return
+            self._portal.call(functools.partial(self._guarded, send, limit, slotted=False, record=False))
+            log.info("backend %s: %s, but it answers a ping: slow, not hung", self.label, reason)
+        except BackendTimeout:
+            self.restart_hung(generation, f"hung: {reason}; a ping (which takes no call slot) went unanswered "
+                                          f"within {limit:g}s")
+        except (BackendUnavailable, BackendRPCError, CallCancelled) as err:
+            log.info("backend %s: hang probe failed: %s", self.label, err)
+        finally:
+            self._probing.release()
+
+    def restart_hung(self, generation: int, reason: str) -> None:
+        """Close a hung session if it is still the one probed; the next call starts a fresh backend at once
+        (no start backoff: the backend did start, and calls are waiting)."""
+        if self.generation == generation and self._client is not None:
+            log.warning("backend %s: restarting hung session (generation %d): %s", self.label, generation, reason)
+            self.restarts += 1
+            from broker.observe import backend_restart
+
+            backend_restart(self.spec.name)
+            self.health.failed(reason, backoff=False)
+            self.close()
+
+    async def _timed_out(self, timeout: float) -> None:
+        """A request handed to the backend got no answer within `timeout` (loop thread): a health failure
+        (an answer to any call resets the count); with no word from the backend since the last such
+        timeout, `hang_timeouts` of them in a row get the session probed."""
+        self._silent_timeouts += 1
+        count = self._silent_timeouts
+        quiet = time.monotonic() - self.last_heard
+        reason = (f"a call was not answered within {timeout:g}s ({count} in a row with no word from the backend, "
+                  f"silent for {quiet:.1f}s)")
+        await anyio.to_thread.run_sync(functools.partial(self.health.failed, reason, backoff=False))
+        if count >= self.spec.settings.hang_timeouts > 0:
+            self.suspect(reason)
+
     # ------------------------------------------------------------ calls (on the loop)
     async def _client_async(self) -> tuple[Client, int]:
         client = self._client
@@ -496,27 +586,46 @@ class BackendSession:
         call_id: str | None = None,
         channel: CallChannel | None = None,
         slotted: bool = True,
+        record: bool = True,
     ) -> Any:
         """Run `fn(client)` within `timeout`, mapping failures to the broker's exception kinds. `slotted`:
-        take one of the server's `concurrency` slots (calls do; a health ping must not queue behind them)."""
+        take one of the server's `concurrency` slots (calls do; a health ping must not queue behind them).
+        `record`: an answer marks the backend healthy (a hang probe's does not: calls may still time out)."""
         if self._slots is None:
             self._slots = anyio.Semaphore(self.spec.settings.concurrency)
         client, generation = None, self.generation
+        phase, started = "slot", time.monotonic()
         with anyio.CancelScope() as scope:
             if call_id is not None:
                 self.running[call_id] = scope
                 if channel is not None:
                     self.channels[call_id] = channel
             try:
-                self.last_used = time.monotonic()
+                self.last_used = started
                 with anyio.fail_after(timeout):
                     async with self._slots if slotted else contextlib.nullcontext():
+                        phase = "start"
                         client, generation = await self._client_async()
-                        answer = await fn(client)
-                self.health.succeeded()
+                        phase, token = "backend", next(self._tokens)
+                        self._in_backend[token] = time.monotonic()
+                        try:
+                            answer = await fn(client)
+                        finally:
+                            self._in_backend.pop(token, None)
+                if record:
+                    self.health.succeeded()
                 return answer
             except TimeoutError as err:
+                if phase == "slot":
+                    raise SlotWaitTimeout(self.spec.name, time.monotonic() - started,
+                                          self.spec.settings.concurrency) from err
+                if phase == "backend" and slotted:
+                    await self._timed_out(timeout)
                 raise BackendTimeout(f"server {self.spec.name!r} did not answer within {timeout:g}s") from err
+            except Unsendable as err:  # this call's own input; nothing was written, the session is fine
+                raise BackendRPCError(INVALID_PARAMS, f"Invalid params: the request cannot be encoded for "
+                                      f"server {self.spec.name!r}: {err}",
+                                      {"server": self.spec.name, "reason": "unencodable"}) from err
             except MCPError as err:
                 if err.code in (CONNECTION_CLOSED, REQUEST_TIMEOUT):
                     await anyio.to_thread.run_sync(self.restart_if, generation, err.error.message)
@@ -806,6 +915,7 @@ class BackendPool:
     def _maintain(self) -> None:
         while not self._stop.wait(MAINTENANCE_TICK_S):
             try:
+                self._check_hangs()
                 self._close_idle_and_orphaned()
                 self._check_health()
             except Exception:
@@ -839,6 +949,18 @@ class BackendPool:
                 else:
                     session.close()
 
+    def _check_hangs(self) -> None:
+        """Every tick: a session whose backend has said nothing for `timeout_s` while requests were
+        outstanding is probed (a ping that takes no call slot; see `BackendSession.suspect`)."""
+        now = time.monotonic()
+        for key, session in list(self._sessions.items()):
+            spec = self.config.servers.get(key[0])
+            if spec is None or spec.settings.hang_timeouts == 0:
+                continue
+            silent = session.silence(now)
+            if silent >= spec.settings.timeout_s:
+                session.suspect(f"no word from the backend for {silent:.0f}s with requests outstanding")
+
     def _check_health(self) -> None:
         """Every `health_interval_s`: MCP ping of each open shared session; a replica out of rotation is
         probed (started and pinged) once its backoff allows, so it returns when it recovers; an eager
@@ -854,14 +976,14 @@ class BackendPool:
             self._last_check[server] = now
             for replica in range(len(spec.endpoints)):
                 session = self._get(server, replica)
-                if session.running:  # answering calls right now: alive; a ping could only wait behind them
+                if session.running:  # busy: a ping could only wait behind its calls (hangs: `_check_hangs`)
                     continue
                 health = self.endpoint_health(server, replica)
                 probe = (len(spec.endpoints) > 1 and not health.health.healthy) or spec.settings.eager
                 if not session.is_open and not (probe and health.health.backoff_left() == 0):
                     continue
                 try:
-                    self.portal.call(session.ping, min(spec.settings.timeout_s, 10.0))
+                    self.portal.call(session.ping, min(spec.settings.timeout_s, PING_LIMIT_S))
                     health.refresh()
                 except (BackendUnavailable, BackendTimeout, BackendRPCError, CallCancelled) as err:
                     log.info("health check of %s[%d] failed: %s", server, replica, err)

@@ -34,7 +34,7 @@ from broker.redisconn import get_redis
 from broker.results import ResultWriter, cancelled_outcome, rpc_error, timeout_outcome
 from broker.router import client_key
 from workers.app import app, backend_pool, broker_config, known_server
-from workers.backends import BackendRPCError, BackendTimeout, BackendUnavailable, CallCancelled
+from workers.backends import BackendRPCError, BackendTimeout, BackendUnavailable, CallCancelled, SlotWaitTimeout
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,8 @@ async def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, 
                     store_directed(get_redis(), server, READ_RESOURCE, {"uri": (call.get("params") or {}).get("uri")},
                                    result)
             return {"result": result}
+        except SlotWaitTimeout as err:  # the backend was busy with other calls, not at fault
+            return rpc_error(REQUEST_TIMEOUT, f"Request timed out: {err}", {"server": server, "reason": "slot_wait"})
         except BackendTimeout:
             return timeout_outcome(server, timeout)
         except CallCancelled:
