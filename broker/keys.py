@@ -10,6 +10,8 @@ import os
 
 PREFIX = os.environ.get("MCP_BROKER_PREFIX", "mcpb")
 
+EPOCH = f"{PREFIX}:epoch"  # a tag written once, never expiring: gone exactly when Redis lost its data
+LOST_EPOCHS = f"{PREFIX}:epochs:lost"  # set: tags of epochs whose state Redis lost (broker.outage)
 CATALOG_VERSION = f"{PREFIX}:catalog:version"
 CATALOG_CHANGED = f"{PREFIX}:catalog:changed"
 

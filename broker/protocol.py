@@ -14,6 +14,7 @@ that reconnects anywhere resumes it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -39,11 +40,12 @@ from mcp_types.version import (
     is_version_at_least,
 )
 
-from broker import keys, observe
+from broker import keys, observe, outage
 from broker.cache import BYPASS_META_KEY, READ_RESOURCE, ResultCache
 from broker.catalog import Catalog, CursorError
 from broker.config import BrokerConfig, BrokerSettings
 from broker.leases import LeaseKeeper
+from broker.outage import is_redis_down
 from broker.outbox import Outbox
 from broker.replies import ReplyHub
 from broker.router import Router, UnknownTool
@@ -441,6 +443,10 @@ class ClientConnection:
                 observe.immediate_call(self, params, "rejected", time.perf_counter() - started, err.code)
             return
         except Exception as err:
+            if is_redis_down(err):  # not a bug: say so, so the client retries instead of giving up
+                log.warning("method %s: Redis unreachable: %r", method, err)
+                self._error(request_id, INTERNAL_ERROR, outage.MESSAGE, {"reason": outage.CODE})
+                return
             log.exception("method %s failed", method)
             self._error(request_id, INTERNAL_ERROR, f"Internal error: {type(err).__name__}")
             return
@@ -496,7 +502,8 @@ class ClientConnection:
         now = time.monotonic()
         if now - self._touched >= TOUCH_INTERVAL_S:
             self._touched = now
-            self.services.sessions.touch(self.session_id)
+            with contextlib.suppress(*outage.REDIS_DOWN):  # the request itself will say Redis is down
+                self.services.sessions.touch(self.session_id)
 
     def resume(self) -> int:
         """Deliver what finished while the client was away; keep waiting for the rest. How many were pending."""

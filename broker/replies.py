@@ -6,6 +6,12 @@ id. No thread or connection per waiting call (the notes measured ~2,000 Redis
 connections for 1,000 sockets with `AsyncResult.get`). A call whose publish
 was missed (pub/sub reconnect) is still found: pending calls older than a few
 seconds are looked up in the stored results every tick, so nothing is lost.
+
+Redis restarted: after every (re)subscription the hub checks Redis's epoch (`broker.outage`). Same epoch
+(persistence on): the calls keep waiting, their answers come when the workers store them. A new epoch
+(restarted without persistence): their queue messages are gone with it, so every call waiting from before
+gets an error naming the loss within `LOST_GRACE_S` (a call a worker was running may still answer first),
+not a timeout a minute later. A call that times out while Redis is unreachable says so.
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from mcp_types import REQUEST_TIMEOUT
+from mcp_types import INTERNAL_ERROR, REQUEST_TIMEOUT
 
 from broker import keys
+from broker.outage import LOST_CODE, LOST_MESSAGE, Epochs
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +40,7 @@ EVENT_KINDS = ("progress", "log", "server_request")
 
 TICK_S = 0.5
 POLL_AFTER_S = 3.0
+LOST_GRACE_S = 3.0  # after Redis lost its state: how long a call still waits for a worker that ran it
 
 
 @dataclass
@@ -44,6 +52,7 @@ class PendingCall:
     created: float
     info: dict[str, Any] | None = None  # the queued call, for the observer (metrics, the call's log line)
     server: str = ""
+    lost: bool = False  # Redis lost its state while this call waited: it fails at its (shortened) deadline
 
 
 class ReplyHub:
@@ -63,6 +72,8 @@ class ReplyHub:
         # (call, outcome message, seconds waited): every answered call of this process passes here once
         self.observer: Callable[[dict[str, Any], dict[str, Any], float], None] | None = None
         self._load: dict[str, int] = {}  # server → calls waited for (those expected with their call as info)
+        self.epochs = Epochs(r)  # Redis's state epoch as this process knows it
+        self._down_since: float | None = None  # monotonic time the subscription was lost, while it is
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -74,7 +85,7 @@ class ReplyHub:
                 self._thread = threading.Thread(target=self._run, name="reply-hub", daemon=True)
                 self._thread.start()
         if not self._started.wait(10):
-            raise RuntimeError("could not subscribe to the reply channel in Redis")
+            raise redis.ConnectionError("could not subscribe to the reply channel in Redis")
 
     def stop(self) -> None:
         self._stopping = True
@@ -166,13 +177,35 @@ class ReplyHub:
                 self._pop(p.call_id)
             stale = [p.call_id for p in self._pending.values() if now - p.created >= POLL_AFTER_S]
         for p in overdue:
-            error = {"code": REQUEST_TIMEOUT, "message": "Request timed out waiting for a worker"}
-            message = {"call_id": p.call_id, "error": error}
-            self._answer(p, message)
+            self._answer(p, {"call_id": p.call_id, "error": self._overdue_error(p, now)})
         if stale:
             for data in self._r.mget([keys.result(c) for c in stale]):
                 if data:
                     self._dispatch(data)
+
+    def _overdue_error(self, pending: PendingCall, now: float) -> dict[str, Any]:
+        if pending.lost:
+            return {"code": INTERNAL_ERROR, "message": LOST_MESSAGE, "data": {"reason": LOST_CODE}}
+        if self._down_since is not None:
+            return {"code": REQUEST_TIMEOUT, "message": f"Request timed out: the broker's Redis has been "
+                    f"unreachable for {now - self._down_since:.0f}s", "data": {"reason": "redis_unavailable"}}
+        return {"code": REQUEST_TIMEOUT, "message": "Request timed out waiting for a worker"}
+
+    def _state_lost(self) -> None:
+        """Redis came back without the state these calls' messages were in: none will be answered by a
+        queued message; a running one may still be, within `LOST_GRACE_S`."""
+        deadline = time.monotonic() + LOST_GRACE_S
+        since = self._down_since if self._down_since is not None else deadline  # calls sent later are fine
+        count = 0
+        with self._lock:
+            for pending in self._pending.values():
+                if pending.created <= since:
+                    pending.lost = True
+                    pending.deadline = min(pending.deadline, deadline)
+                    count += 1
+        if count:
+            log.error("reply hub: Redis lost its state; %d waiting call(s) fail in %.0fs unless answered",
+                      count, LOST_GRACE_S)
 
     def _run(self) -> None:
         last_sweep = 0.0
@@ -186,6 +219,9 @@ class ReplyHub:
                     ack = pubsub.get_message(timeout=1.0)
                     if ack is not None and ack["type"] == "subscribe":
                         confirmed += 1
+                if self.epochs.check() is not None:
+                    self._state_lost()
+                self._down_since = None
                 self._started.set()
                 while not self._stopping:
                     message = pubsub.get_message(timeout=TICK_S)
@@ -200,6 +236,8 @@ class ReplyHub:
                         last_sweep = now
                         self._sweep()
             except redis.RedisError:
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
                 log.warning("reply hub: Redis connection lost; resubscribing", exc_info=True)
                 time.sleep(0.5)
             finally:

@@ -46,6 +46,7 @@ from broker.batches import (
     prepare_batch,
     submit_batch,
 )
+from broker.outage import TAG_CHARS, is_redis_down
 from broker.protocol import BrokerServices, call_timeout, cancel_call
 from broker.results import REQUEST_CANCELLED
 from broker.router import UnknownTool
@@ -57,6 +58,7 @@ from broker.schemas import (
 )
 from broker.security import Principal
 from web.auth import current_principal
+from web.outage import redis_unavailable
 from web.services import get_services
 
 log = logging.getLogger(__name__)
@@ -157,7 +159,19 @@ def _batch_urls(batch_id: str) -> dict[str, str]:
     return {"status_url": f"{PREFIX}/batches/{batch_id}", "results_url": f"{PREFIX}/batches/{batch_id}/results"}
 
 
+class BatchLost(ApiError):
+    """The batch was created in a Redis epoch whose state is gone (Redis restarted without persistence)."""
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(410, "batch_lost", f"batch {batch_id!r} was lost: the broker's Redis restarted without "
+                         f"persistence after it was created, and its calls and results are gone; submit it "
+                         f"again if that is safe", batch_id=batch_id)
+        self.batch_id = batch_id
+
+
 def _no_such_batch(batch_id: str) -> ApiError:
+    if is_batch_id(batch_id) and _services().hub.epochs.was_lost(batch_id[:TAG_CHARS]):
+        return BatchLost(batch_id)
     return ApiError(404, "not_found", f"no batch {batch_id!r} (unknown, or its results expired)")
 
 
@@ -257,7 +271,8 @@ def post_batch() -> tuple[Response, int, dict[str, str]]:
     try:
         raw = decode_body(data, request.mimetype, settings)
         prepared = prepare_batch(raw, services.router, settings, query["timeout_s"],
-                                 lambda name: may_use_tool(services, principal, name))
+                                 lambda name: may_use_tool(services, principal, name),
+                                 epoch=services.hub.epochs.current())
         checked = time.perf_counter()
         submit_batch(services.redis, prepared, _submit_calls(), settings, principal.id)
     except BatchError as err:
@@ -349,6 +364,10 @@ def _guarded(lines: Iterator[str], batch_id: str) -> Iterator[str]:
 # ---------------------------------------------------------------- errors
 @api.errorhandler(ApiError)
 def _api_error(err: ApiError) -> Response:
+    if isinstance(err, BatchLost):  # read as the batch's status (state "lost") and as an error
+        response = jsonify(batch_id=err.batch_id, state="lost", error={"code": err.code, "message": err.message})
+        response.status_code = err.status
+        return response
     response = error_response(err.status, err.code, err.message, **err.extra)
     if "retry_after_ms" in err.extra:
         response.headers["Retry-After"] = str(max(1, -(-int(err.extra["retry_after_ms"]) // 1000)))
@@ -364,6 +383,8 @@ def _http_error(err: HTTPException) -> Response:
 
 @api.errorhandler(Exception)
 def _internal_error(err: Exception) -> Response:
+    if is_redis_down(err):
+        return redis_unavailable(err)
     log.exception("%s %s failed", request.method, request.path)
     return error_response(500, "internal_error", f"Internal error: {type(err).__name__}")
 

@@ -11,6 +11,7 @@ from flask_sock import Sock
 
 from broker.config import load_config
 from broker.observe import configure_call_log
+from broker.outage import REDIS_DOWN
 from broker.security import load_keyring
 from web import services as web_services
 from web.admin import register_admin
@@ -19,6 +20,7 @@ from web.auth import register_auth
 from web.http_mcp import register_http_mcp
 from web.limits import register_connection_limits
 from web.origin import register_browser_guards
+from web.outage import redis_unavailable
 from web.status import register_status
 from web.ws import SUBPROTOCOL, register_websocket
 
@@ -58,6 +60,9 @@ def create_app() -> Flask:
         """A config reload reaches this process even if its listener missed the announcement."""
         with contextlib.suppress(Exception):  # never fail a request over it
             web_services.check_published_config(web_services.get_services(app.config.get("BROKER_CONFIG")))
+
+    for kind in REDIS_DOWN:  # app-wide; /v1 and /mcp map it in their own catch-all handlers
+        app.register_error_handler(kind, redis_unavailable)
 
     @app.get("/healthz")
     def healthz():  # type: ignore[no-untyped-def]

@@ -25,9 +25,10 @@ from mcp_types import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from werkzeug.exceptions import HTTPException
 
-from broker import keys
+from broker import keys, outage
 from broker.events import ENDED, EventLog, parse_event_id
 from broker.metrics import RECORDER
+from broker.outage import is_redis_down
 from broker.protocol import BrokerServices, ClientConnection, dumps, echoable_id
 from broker.security import ANONYMOUS, Principal
 from web.auth import current_principal
@@ -45,8 +46,11 @@ RETRY_MS = 1000  # SSE `retry:`: how long a client waits before resuming a cut s
 JSON_WAIT_S = 3600.0
 
 
-def _rpc_error_response(status: int, code: int, message: str, request_id: Any = None) -> Response:
-    body = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+def _rpc_error_response(status: int, code: int, message: str, request_id: Any = None, data: Any = None) -> Response:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    body = {"jsonrpc": "2.0", "id": request_id, "error": error}
     response = jsonify(body)
     response.status_code = status
     return response
@@ -331,6 +335,11 @@ def register_http_mcp(app: Flask) -> HttpEndpoint:
         """Whatever goes wrong, a JSON-RPC client gets a JSON-RPC error, never an HTML page."""
         if isinstance(err, HTTPException):
             return _rpc_error_response(err.code or 500, INVALID_REQUEST, f"{err.name}: {err.description}")
+        if is_redis_down(err):
+            log.warning("%s %s: Redis unreachable: %r", request.method, request.path, err)
+            response = _rpc_error_response(503, INTERNAL_ERROR, outage.MESSAGE, data={"reason": outage.CODE})
+            response.headers["Retry-After"] = "1"
+            return response
         log.exception("unexpected error on %s %s", request.method, request.path)
         return _rpc_error_response(500, INTERNAL_ERROR, "Internal error: the broker failed on this request")
 

@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from kombu.exceptions import OperationalError
 from mcp_types import INTERNAL_ERROR
 
-from broker import keys, observe, reload
+from broker import keys, observe, outage, reload
 from broker.cache import ResultCache
 from broker.catalog import Catalog
 from broker.config import BrokerConfig, load_config
@@ -47,8 +48,11 @@ def build_services(config: BrokerConfig) -> BrokerServices:
     sessions = SessionStore(r, int(os.environ.get("MCP_BROKER_SESSION_TTL_S", str(DEFAULT_TTL_S))))
 
     def enqueue_failed(call: dict[str, Any], err: Exception) -> None:
-        message = {"call_id": call["call_id"], "error": {"code": INTERNAL_ERROR,
-                                                         "message": f"Could not enqueue the call: {err!r}"}}
+        error: dict[str, Any] = {"code": INTERNAL_ERROR, "message": f"Could not enqueue the call: {err!r}"}
+        if isinstance(err, (*outage.REDIS_DOWN, OperationalError)):  # kombu wraps redis-py's errors
+            error = {"code": INTERNAL_ERROR, "message": f"Could not enqueue the call: {outage.MESSAGE}",
+                     "data": {"reason": outage.CODE}}
+        message = {"call_id": call["call_id"], "error": error}
         hub.deliver_local(message)
 
     services = BrokerServices(

@@ -8,11 +8,19 @@ Sessions: the handshake response carries `Mcp-Session-Id`. A client that
 reconnects with that id (`Mcp-Session-Id` header or `?session=`), to any web
 process, resumes its session; an unknown or expired id is refused with 404
 before the upgrade.
+
+Redis unreachable: a new session is saved, and the reply hub subscribed, BEFORE the 101 response, so an
+outage is refused with HTTP 503 JSON (`redis_unavailable`). Measured before: the session was saved after
+the upgrade, and Flask's HTML 500 page went into the socket (the client saw close 1002). After the
+upgrade, a frame that meets an unreachable Redis is answered with a JSON-RPC error naming it; nothing
+is ever written to the socket but WebSocket frames.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import logging
 import uuid
 from typing import Any
@@ -21,10 +29,13 @@ import flask_sock
 import simple_websocket
 from flask import Flask, jsonify, request
 from flask_sock import Sock
+from mcp_types import INTERNAL_ERROR
 from simple_websocket import ConnectionClosed
 from wsproto.events import AcceptConnection
 
+from broker import outage
 from broker.metrics import RECORDER
+from broker.outage import REDIS_DOWN, is_redis_down
 from broker.protocol import ClientConnection, text_emitter
 from web.auth import current_principal
 from web.http_mcp import origin_allowed
@@ -35,6 +46,7 @@ log = logging.getLogger(__name__)
 SUBPROTOCOL = "mcp"
 SESSION_HEADER = "Mcp-Session-Id"
 SESSION_ENVIRON_KEY = "mcp_broker.session_id"
+NEW_SESSION_ENVIRON_KEY = "mcp_broker.session_new"
 
 
 def requested_session(environ: dict[str, Any]) -> str | None:
@@ -87,7 +99,14 @@ def register_websocket(app: Flask, sock: Sock) -> None:
             return jsonify({"error": {"code": "unknown_server", "message": f"Unknown server {scope!r}"}}), 404
         wanted = requested_session(request.environ)
         if wanted is None:
+            # Touch Redis before the 101: an outage is answered 503 JSON here, not after the upgrade.
+            session_id = uuid.uuid4().hex
+            services.sessions.save(session_id, {"principal": current_principal().id})
+            services.hub.start()
+            request.environ[SESSION_ENVIRON_KEY] = session_id
+            request.environ[NEW_SESSION_ENVIRON_KEY] = True
             return None
+        services.hub.start()
         state = services.sessions.load(wanted)
         if state is None or state.get("principal", current_principal().id) != current_principal().id:
             body = {"error": {"code": "unknown_session",
@@ -105,12 +124,15 @@ def register_websocket(app: Flask, sock: Sock) -> None:
         serve(ws, scope)
 
     def serve(ws: SessionWebSocket, scope: str | None) -> None:
-        services = get_services(app.config.get("BROKER_CONFIG"))
-        services.hub.start()
-        resumed = request.environ.get(SESSION_ENVIRON_KEY)
-        state = services.sessions.load(ws.session_id) if resumed else None
-        connection = ClientConnection(services, text_emitter(ws.send), ws.session_id, resume=state, scope=scope,
-                                      principal=current_principal())
+        try:
+            services = get_services(app.config.get("BROKER_CONFIG"))
+            resumed = request.environ.get(SESSION_ENVIRON_KEY) and not request.environ.get(NEW_SESSION_ENVIRON_KEY)
+            state = services.sessions.load(ws.session_id) if resumed else None
+            connection = ClientConnection(services, text_emitter(ws.send), ws.session_id, resume=state,
+                                          scope=scope, principal=current_principal())
+        except Exception as err:  # after the 101: only a frame and a close may go out, never an HTTP page
+            _refuse_after_upgrade(ws, err)
+            return
         connection.client_headers = {name.lower(): value for name, value in request.headers.items()}
         RECORDER.level("mcp_broker_open_sockets", ("ws",), 1)
         try:
@@ -120,9 +142,35 @@ def register_websocket(app: Flask, sock: Sock) -> None:
                 frame = ws.receive()
                 if frame is None:
                     break
-                connection.handle_text(frame)
+                try:
+                    connection.handle_text(frame)
+                except REDIS_DOWN as err:  # e.g. a client's answer that could not be handed on
+                    log.warning("socket %s: Redis unreachable: %r", ws.session_id, err)
+                    connection.send(_unavailable_frame())
         except ConnectionClosed:
             pass
+        except Exception as err:
+            _refuse_after_upgrade(ws, err)
         finally:
             RECORDER.level("mcp_broker_open_sockets", ("ws",), -1)
             connection.close()
+
+
+def _unavailable_frame() -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": None,
+            "error": {"code": INTERNAL_ERROR, "message": outage.MESSAGE, "data": {"reason": outage.CODE}}}
+
+
+def _refuse_after_upgrade(ws: SessionWebSocket, err: Exception) -> None:
+    """The socket is open and the conversation cannot go on: a JSON-RPC error saying why, then close 1011."""
+    if is_redis_down(err):
+        log.warning("socket %s closed: Redis unreachable: %r", ws.session_id, err)
+        frame, reason = _unavailable_frame(), "Redis unavailable"
+    else:
+        log.exception("socket %s failed", ws.session_id)
+        frame = {"jsonrpc": "2.0", "id": None,
+                 "error": {"code": INTERNAL_ERROR, "message": f"Internal error: {type(err).__name__}"}}
+        reason = "internal error"
+    with contextlib.suppress(Exception):
+        ws.send(json.dumps(frame))
+        ws.close(1011, reason)

@@ -14,22 +14,35 @@ Transient failures (backend crashed, session broken) are retried inside the
 task, on a restarted session, with exponential backoff and full jitter,
 within the call's deadline; a Celery-level retry would re-enqueue behind other
 calls and lose the deadline. Tool errors (`isError`) are answers, never retried.
+
+Redis unreachable (restarting, say): an outcome that cannot be stored is stored again with backoff until
+Redis answers (up to `MCP_BROKER_STORE_RETRY_S`), so a call that ran is not thrown away; progress notes,
+log lines and cache stores are best effort. A message whose calls could not all be answered is rejected
+for redelivery, never acked (Celery acks a late-ack message whose task raised): a redelivered call whose
+outcome is stored is not run again. Measured before: a Redis SIGKILL mid-batch acked the 16 messages that
+were running, leaving ~490 of 3,000 calls unanswered.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import random
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import redis
+from celery.exceptions import Reject
 from mcp_types import INTERNAL_ERROR, REQUEST_TIMEOUT
 
 from broker import keys, observe
 from broker.cache import READ_RESOURCE, store_directed, store_result
 from broker.catalog import store_server_catalog
+from broker.outage import REDIS_DOWN, is_redis_down
 from broker.redisconn import get_redis
 from broker.results import ResultWriter, cancelled_outcome, rpc_error, timeout_outcome
 from broker.router import client_key
@@ -42,6 +55,10 @@ BACKOFF_BASE_S = 0.2
 BACKOFF_MAX_S = 5.0
 OWNER_TTL_S = 86400  # an owner record outlives any client session; closing the session deletes it
 MAX_HOPS = 3  # a per_client call forwarded this often runs where it is (its owner keeps moving)
+# How long an outcome's store is retried while Redis is unreachable; then the message is left for
+# redelivery. Well below the transport's visibility timeout (an hour), so it is never delivered twice.
+STORE_RETRY_S = float(os.environ.get("MCP_BROKER_STORE_RETRY_S", "300"))
+STORE_BACKOFF_MAX_S = 2.0
 
 # Who holds a per_client session: the recorded owner while its lease is alive, else the caller (takes over).
 _CLAIM = """
@@ -68,16 +85,26 @@ class RedisCallChannel:
         self.writer = writer
 
     def progress(self, value: float, total: float | None, message: str | None) -> None:
-        self.writer.progress(self.call_id, self.reply_to, value, total, message)
+        try:  # a note lost while Redis is unreachable must not fail the call
+            self.writer.progress(self.call_id, self.reply_to, value, total, message)
+        except REDIS_DOWN as err:
+            log.warning("call %s: progress note not sent, Redis unreachable: %r", self.call_id, err)
 
     def log(self, params: dict[str, Any]) -> None:
-        self.writer.event(self.call_id, self.reply_to, "log", params)
+        try:
+            self.writer.event(self.call_id, self.reply_to, "log", params)
+        except REDIS_DOWN as err:
+            log.warning("call %s: log message not sent, Redis unreachable: %r", self.call_id, err)
 
     def ask(self, method: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
         request_id = uuid.uuid4().hex
-        self.writer.event(self.call_id, self.reply_to, "server_request",
-                          {"id": request_id, "method": method, "params": params})
-        answer = self.writer.await_answer(request_id, timeout)
+        try:
+            self.writer.event(self.call_id, self.reply_to, "server_request",
+                              {"id": request_id, "method": method, "params": params})
+            answer = self.writer.await_answer(request_id, timeout)
+        except REDIS_DOWN as err:
+            return rpc_error(INTERNAL_ERROR, f"Could not ask the client ({method}): the broker's Redis is "
+                                             f"unreachable ({err})", {"reason": "redis_unavailable"})
         if answer is None:
             return rpc_error(REQUEST_TIMEOUT, f"The client did not answer {method} within {timeout:g}s")
         return answer
@@ -112,13 +139,15 @@ async def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, 
                 result = await session.call_tool(tool, arguments, remaining, call_id, channel, call.get("meta"),
                                                  progress=bool(call.get("progress")))
                 if call.get("cache_ttl"):
-                    store_result(get_redis(), server, tool, arguments, result, float(call["cache_ttl"]))
+                    with _best_effort("cache store"):
+                        store_result(get_redis(), server, tool, arguments, result, float(call["cache_ttl"]))
             else:
                 result = await session.request(method, call.get("params") or {}, remaining, call_id, call.get("meta"),
                                                channel)
                 if method == READ_RESOURCE:  # the backend's own cache directive (2026-07-28 backends)
-                    store_directed(get_redis(), server, READ_RESOURCE, {"uri": (call.get("params") or {}).get("uri")},
-                                   result)
+                    with _best_effort("cache store"):
+                        store_directed(get_redis(), server, READ_RESOURCE,
+                                       {"uri": (call.get("params") or {}).get("uri")}, result)
             return {"result": result}
         except SlotWaitTimeout as err:  # the backend was busy with other calls, not at fault
             return rpc_error(REQUEST_TIMEOUT, f"Request timed out: {err}", {"server": server, "reason": "slot_wait"})
@@ -142,11 +171,45 @@ async def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, 
             await anyio.sleep(delay)
             attempt += 1
             call["attempts"] = attempt + 1  # for the call's log line
-            if writer.cancelled(call_id):
-                return cancelled_outcome()
+            with _best_effort("cancel check"):
+                if writer.cancelled(call_id):
+                    return cancelled_outcome()
         finally:
             if one_shot and session is not None:
                 await anyio.to_thread.run_sync(session.close)
+
+
+@contextlib.contextmanager
+def _best_effort(what: str) -> Iterator[None]:
+    """Swallow (and log) Redis being unreachable around a side effect a call's outcome does not need."""
+    try:
+        yield
+    except REDIS_DOWN as err:
+        log.warning("%s skipped, Redis unreachable: %r", what, err)
+
+
+async def store_outcome(writer: ResultWriter, call: dict[str, Any], outcome: dict[str, Any]) -> bool:
+    """Deliver an outcome, retried with backoff while Redis is unreachable (a restart takes seconds) for up
+    to `STORE_RETRY_S`. Delivery is idempotent (SET NX on the call id), so a retry whose first attempt did
+    reach Redis answers nobody twice. False if Redis stayed unreachable: the caller must not ack."""
+    give_up = time.monotonic() + STORE_RETRY_S
+    attempt = 0
+    while True:
+        try:
+            writer.deliver(call, outcome)
+            if attempt:
+                log.info("call %s: outcome stored after %d retries (Redis was unreachable)", call["call_id"], attempt)
+            return True
+        except REDIS_DOWN as err:
+            if time.monotonic() >= give_up:
+                log.error("call %s: outcome not stored, Redis unreachable for %.0fs: %r", call["call_id"],
+                          STORE_RETRY_S, err)
+                return False
+            if attempt == 0:
+                log.warning("call %s: storing its outcome failed (%r); retrying until Redis is back",
+                            call["call_id"], err)
+            await anyio.sleep(min(STORE_BACKOFF_MAX_S, 0.05 * 2**attempt))
+            attempt += 1
 
 
 def owner_of(server: str, key: str, me: str) -> str:
@@ -207,6 +270,7 @@ def run_calls_now(calls: list[dict[str, Any]], worker: str) -> None:
     if not runnable:
         return
     writer.started(runnable)
+    unstored: list[str] = []
 
     async def one(call: dict[str, Any]) -> None:
         wait = observe.queue_wait(call)
@@ -217,7 +281,9 @@ def run_calls_now(calls: list[dict[str, Any]], worker: str) -> None:
             log.exception("call %s crashed in the worker", call.get("call_id"))
             outcome = rpc_error(INTERNAL_ERROR, f"Internal error in the broker's worker: {err!r}")
         outcome["worker"] = worker  # who answered: for logs and for tests of queue pinning
-        writer.deliver(call, outcome)
+        if not await store_outcome(writer, call, outcome):
+            unstored.append(call["call_id"])
+            return
         observe.worker_outcome(call, outcome, worker, wait, time.perf_counter() - started)
 
     async def all_of_them() -> None:
@@ -226,12 +292,25 @@ def run_calls_now(calls: list[dict[str, Any]], worker: str) -> None:
                 group.start_soon(one, call)
 
     backend_pool().portal.call(all_of_them)
+    if unstored:
+        raise redis.ConnectionError(f"{len(unstored)} outcome(s) could not be stored: {', '.join(unstored[:5])}")
 
 
 @app.task(name="mcp.run_calls", ignore_result=True, bind=True)
 def run_calls(self: Any, calls: list[dict[str, Any]]) -> None:
-    """One or more calls of one server; outcomes go to Redis (stored once, published to their caller)."""
-    run_calls_now(calls, self.request.hostname or "")
+    """One or more calls of one server; outcomes go to Redis (stored once, published to their caller).
+
+    Redis unreachable before every call is answered: the message is rejected for redelivery (requeued if
+    Redis is back, else left with this worker's lease for `workers.control` to restore once it is), never
+    acked with calls unanswered; calls answered meanwhile are skipped when it comes back."""
+    try:
+        run_calls_now(calls, self.request.hostname or "")
+    except Exception as err:
+        if not is_redis_down(err):
+            raise
+        log.warning("message %s: Redis unreachable before all %d call(s) were answered (%r); redelivering it",
+                    self.request.id, len(calls), err)
+        raise Reject(f"Redis unreachable: {err!r}", requeue=True) from err
 
 
 def refresh_catalog_now(server: str) -> None:

@@ -7,6 +7,12 @@ written in the very transaction that moves the message into `unacked`: recorded 
 Celery's `task_received` signal) and a SIGKILL in between leaves the message in `unacked` with no owner,
 back only in an hour. The ack (and any restore) removes the lease with the unacked entry, again in one
 transaction.
+
+A live worker's own messages can be orphaned too: an ack (or a reject) that fails because Redis is down
+leaves the message in `unacked` under a worker that is alive, and nobody else restores it. So this process
+also keeps in memory the tags it holds (added before the lease is written, dropped once Celery has acked or
+rejected the message, whether or not that reached Redis); `workers.control` restores any tag leased to
+this process that it no longer holds.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ class LeasedQoS(kombu_redis.QoS):
         from workers import control
 
         control.ensure_started()  # the lease's heartbeat runs before this process holds anything
+        control.hold(delivery_tag)  # before the lease is written: a leased tag is never taken for an orphan
         delivery = message.delivery_info
         with self.pipe_or_acquire() as pipe:
             pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
@@ -34,6 +41,22 @@ class LeasedQoS(kombu_redis.QoS):
             pipe.hset(keys.worker_tags(control.node_name()), delivery_tag, "")
             pipe.execute()
         virtual.QoS.append(self, message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        from workers import control
+
+        try:
+            super().ack(delivery_tag)
+        finally:
+            control.release(delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        from workers import control
+
+        try:
+            super().reject(delivery_tag, requeue)
+        finally:
+            control.release(delivery_tag)
 
     def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
         from workers.control import node_name
