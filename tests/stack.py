@@ -92,12 +92,14 @@ class Stack:
         self.procs.append(proc)
         return proc
 
-    def start_worker(self, server: str, concurrency: int = 8, extra: list[str] | None = None) -> Proc:
+    def start_worker(self, server: str, concurrency: int = 8, extra: list[str] | None = None,
+                     env: dict[str, str] | None = None) -> Proc:
+        """A Celery worker for `server`; `env` adds to (or overrides) the stack's environment."""
         node = f"{server}.{uuid.uuid4().hex[:6]}@%h"
         argv = [str(VENV_BIN / "celery"), "-A", "workers.app", "worker", "-Q", f"mcp.{server}", "-P", "threads",
                 "-c", str(concurrency), "-n", node, "--without-gossip", "--without-mingle", "-l", "info"]
         argv += extra or []
-        return self._spawn(f"worker-{server}-{len(self.procs)}", argv)
+        return self._spawn(f"worker-{server}-{len(self.procs)}", argv, {**self.env, **(env or {})})
 
     def start_web(self, port: int | None = None, env: dict[str, str] | None = None) -> Proc:
         """A gunicorn+gevent web process; `env` adds to (or overrides) the stack's environment."""
