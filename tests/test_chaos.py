@@ -69,12 +69,15 @@ def test_half_open_partition_of_a_worker_loses_nothing(partition_row: Row) -> No
     assert partition_row.recovered, partition_row.summary()  # the other worker took the caught calls over
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 finding 2: a worker behind a half-open link never notices; it "
-                                       "renews no lease and does not exit (fix by redis-link)")
+@pytest.mark.xfail(strict=True, reason="issue 12 findings 2-3: a worker behind a half-open link never notices "
+                                       "(renews no lease, does not exit) and its calls time out (fix by redis-link)")
 def test_partitioned_worker_exits_and_serves_again_after_the_heal(partition_row: Row) -> None:
     # the partition outlasts the worker's lease (10 s): the worker must give up and exit non-zero
     assert partition_row.extra["noticed_s"] is not None, partition_row.summary()
     assert partition_row.extra["back_in_service_s"] is not None, partition_row.summary()
+    # and no call failed for it (finding 3: before the fix, the cut worker's blocked Redis writes stalled its
+    # backend's event loop, so its calls timed out)
+    assert partition_row.errors == 0, partition_row.summary()
 
 
 def test_hung_backend_loses_nothing(hung_row: Row) -> None:
