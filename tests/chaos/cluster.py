@@ -297,3 +297,57 @@ def registered(cluster: Cluster, client: ResumingClient, sent: list[str]) -> boo
     pending = cluster.stack.redis().hvals(keys.session_calls(client.session_id))
     rids = {str(json.loads(entry).get("rid")) for entry in pending}
     return all(key in rids for key in client.tally.unanswered(sent))
+
+
+class Trickle(threading.Thread):
+    """Steady traffic: the tally's calls submitted as small batches at `per_s` calls a second, each batch read
+    to its end by a `BatchReader`, until all are submitted or `enough()` is called (the tally then keeps only
+    the calls made). Quacks like one BatchReader for the scenarios (`finished`, `stop`, ...)."""
+
+    def __init__(self, cluster: Cluster, tally: Tally, seconds: float, per_s: float, timeout_s: float,
+                 chunk: int = 10) -> None:
+        super().__init__(name="trickle", daemon=True)
+        self.cluster, self.tally, self.seconds, self.per_s, self.chunk = cluster, tally, seconds, per_s, chunk
+        self.timeout_s = timeout_s
+        self.readers: list[BatchReader] = []
+        self.finished = threading.Event()
+        self.submitted = 0
+        self._halt = threading.Event()
+        self._enough = threading.Event()
+
+    def enough(self) -> None:
+        """Submit no more calls (the ones submitted are still read to their end)."""
+        self._enough.set()
+
+    @property
+    def reconnects(self) -> int:
+        return sum(r.reconnects for r in self.readers)
+
+    @property
+    def final_state(self) -> str | None:
+        states = {r.final_state for r in self.readers}
+        return f"{len(self.readers)} batches done" if states == {"done"} else None
+
+    def stop(self) -> None:
+        self._halt.set()
+        for reader in self.readers:
+            reader.stop()
+
+    def run(self) -> None:
+        begin = time.monotonic()
+        for start in range(0, len(self.tally.keys), self.chunk):
+            due = begin + start / self.per_s
+            while not self._halt.is_set() and not self._enough.is_set() and time.monotonic() < due:
+                time.sleep(min(0.05, due - time.monotonic()))
+            if self._halt.is_set() or self._enough.is_set():
+                break
+            chunk = self.tally.keys[start : start + self.chunk]
+            batch_id = self.cluster.submit_batch(chunk, self.seconds)
+            self.submitted += len(chunk)
+            reader = BatchReader(self.cluster.http_url(), batch_id, self.tally, self.timeout_s)
+            reader.start()
+            self.readers.append(reader)
+        self.tally.truncate(self.submitted)
+        for reader in self.readers:
+            reader.finished.wait(max(0.0, self.timeout_s - (time.monotonic() - begin)))
+        self.finished.set()

@@ -69,6 +69,12 @@ class Tally:
             else:
                 self._unexpected.append(key)
 
+    def truncate(self, count: int) -> None:
+        """Only the first `count` calls were made (a load that stopped early): forget the rest."""
+        with self._lock:
+            self.keys = self.keys[:count]
+            self._expected = set(self.keys)
+
     def answered(self) -> int:
         with self._lock:
             return len(self._receipts)

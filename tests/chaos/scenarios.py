@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from tests.chaos.cluster import BatchReader, Cluster, ResumingClient, registered
+from tests.chaos.cluster import BatchReader, Cluster, ResumingClient, Trickle, registered
 from tests.chaos.measure import Fault, Row, Tally, caught_by, read_ledger, tally_row
 from tests.faultproxy import FaultProxy
 
@@ -38,7 +38,7 @@ def _running(cluster: Cluster, tally: Tally) -> Counter[int]:
     return Counter(runs[-1].worker for key, runs in read_ledger(cluster.ledger).items() if key not in receipts)
 
 
-def _wait_turn(cluster: Cluster, tally: Tally, reader: BatchReader, fraction: float, previous: Fault | None,
+def _wait_turn(cluster: Cluster, tally: Tally, reader: BatchReader | Trickle, fraction: float, previous: Fault | None,
                timeout: float, running_on: Callable[[Counter[int]], bool] = lambda counts: sum(counts.values()) > 0,
                stall_s: float = STALL_S) -> bool:
     """Wait until `fraction` of the calls are answered, the previous fault's caught calls are answered, and calls
@@ -60,7 +60,7 @@ def _wait_turn(cluster: Cluster, tally: Tally, reader: BatchReader, fraction: fl
     return cluster.wait(due, timeout) and not reader.finished.is_set() and not stalled()
 
 
-def _finish(cluster: Cluster, reader: BatchReader, timeout: float, stall_s: float = STALL_S) -> list[str]:
+def _finish(cluster: Cluster, reader: BatchReader | Trickle, timeout: float, stall_s: float = STALL_S) -> list[str]:
     tally = reader.tally
     cluster.wait(lambda: reader.finished.is_set() or time.time() - tally.last_at > stall_s, timeout, poll=0.2)
     reader.stop()
@@ -222,26 +222,40 @@ def worker_partition(size: int = 5_000, hold_s: float = 30.0, seconds: float = 0
 
 
 # ------------------------------------------------------------------ hung backend (SIGSTOP) under load
-def hung_backend(size: int = 3_000, seconds: float = 0.1, timeout_s: float = 5, stall_s: float = STALL_S) -> Row:
-    """One worker; mid-batch its backend is SIGSTOPped (alive, silent: a hung server). The worker must notice
-    (calls time out, pings go unanswered), restart the backend and run the queued calls on the fresh one.
-    Calls caught in the hang may be answered with a timeout (counted under errors), never lost."""
+def hung_backend(size: int = 3_000, per_s: float = 75, seconds: float = 0.1, timeout_s: float = 10,
+                 after_s: float = 10, stall_s: float = STALL_S) -> Row:
+    """One worker under steady traffic (calls arriving at `per_s` a second, as small batches); once a tenth of
+    `size` calls are answered its backend is SIGSTOPped (alive, silent: a hung server). The worker must notice
+    (calls time out, a ping goes unanswered), restart the backend and run the calls that keep coming on the
+    fresh one. Traffic goes on until all `size` calls are made, or until `after_s` after the first call ran on
+    a fresh backend (so a short run is not all hang), or the run stalls. Calls caught in the hang, or queued
+    behind it past their time limit, are answered with a timeout (counted under errors), never lost."""
     started = time.time()
     with Cluster(workers=1, timeout_s=timeout_s) as cluster:
-        budget = _budget(size, seconds, cluster.concurrency, 1, 120)
-        tally, reader = _start_batch(cluster, "h", size, seconds, budget)
+        budget = 120 + size / per_s
+        tally = Tally([f"h{i}" for i in range(size)])
+        traffic = Trickle(cluster, tally, seconds, per_s, budget)
+        traffic.start()
         faults: list[Fault] = []
         stopped: int | None = None
-        if _wait_turn(cluster, tally, reader, 0.3, None, budget, stall_s=stall_s):
+        if _wait_turn(cluster, tally, traffic, 0.1, None, budget, stall_s=stall_s):
             backend = cluster.backend_of(cluster.live_workers()[0])
             if backend is not None:
                 now = time.time()
                 backend.suspend()
                 stopped = backend.pid
                 faults.append(Fault(now, now, f"SIGSTOP backend {backend.pid}"))
-        notes = _finish(cluster, reader, budget, stall_s)
-        fresh = [r.at for runs in read_ledger(cluster.ledger).values() for r in runs
-                 if faults and r.pid != stopped and r.at > faults[0].at]
+
+        def fresh_runs() -> list[float]:
+            return [r.at for runs in read_ledger(cluster.ledger).values() for r in runs
+                    if faults and r.pid != stopped and r.at > faults[0].at]
+
+        if faults and cluster.wait(lambda: bool(fresh_runs()) or traffic.submitted >= size
+                                   or time.time() - tally.last_at > stall_s, budget) and fresh_runs():
+            cluster.wait(lambda: traffic.submitted >= size, after_s)
+        traffic.enough()
+        notes = _finish(cluster, traffic, budget, stall_s)
+        fresh = fresh_runs()
         restarted_s = min(fresh) - faults[0].at if fresh else None
         if faults:
             notes.append("backend never restarted" if restarted_s is None
@@ -258,5 +272,5 @@ LONG: dict[str, tuple[Callable[..., Row], dict[str, float]]] = {
     "web-kill": (web_sigkill, {"size": 3_000, "kills": 3, "clients": 30, "seconds": 0.2}),
     "redis-kill": (redis_sigkill, {"size": 10_000, "kills": 3, "down_s": 3.0, "seconds": 0.1}),
     "partition": (worker_partition, {"size": 5_000, "hold_s": 30.0, "seconds": 0.25}),
-    "hung-backend": (hung_backend, {"size": 3_000, "seconds": 0.1, "timeout_s": 5}),
+    "hung-backend": (hung_backend, {"size": 3_000, "per_s": 75, "seconds": 0.1, "timeout_s": 10}),
 }
