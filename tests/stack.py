@@ -94,7 +94,7 @@ class Stack:
 
     def start_worker(self, server: str, concurrency: int = 8, extra: list[str] | None = None,
                      env: dict[str, str] | None = None) -> Proc:
-        """A Celery worker for `server`; `env` adds to (or overrides) the stack's environment."""
+        """A Celery worker for `server`'s queue; `env` adds to (or overrides) the stack's environment."""
         node = f"{server}.{uuid.uuid4().hex[:6]}@%h"
         argv = [str(VENV_BIN / "celery"), "-A", "workers.app", "worker", "-Q", f"mcp.{server}", "-P", "threads",
                 "-c", str(concurrency), "-n", node, "--without-gossip", "--without-mingle", "-l", "info"]

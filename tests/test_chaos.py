@@ -57,8 +57,6 @@ def test_web_sigkill_clients_resume_on_another_web_process(web_kill_row: Row) ->
     assert web_kill_row.recovered, web_kill_row.summary()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 finding 1: calls of a message whose results could not be stored "
-                                       "during a Redis restart are acked unanswered (fix by redis-restart)")
 def test_redis_sigkill_and_restart_with_aof(redis_kill_row: Row) -> None:
     assert_exactly_once(redis_kill_row)
     assert redis_kill_row.recovered, redis_kill_row.summary()
