@@ -29,7 +29,7 @@ def table(rows: list[Row]) -> str:
               "recovery s", "took s"]
     lines = [[r.scenario, f"{r.calls:,}", f"{r.answered_once:,}", str(r.lost), str(r.duplicated), str(r.errors),
               str(r.reruns), str(r.caught), fmt_recovery(r), f"{r.elapsed_s:.0f}"] for r in rows]
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    widths = [max([len(h), *(len(line[i]) for line in lines)]) for i, h in enumerate(header)]
     out = [" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
            "-+-".join("-" * w for w in widths)]
     out += [" | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
