@@ -272,5 +272,5 @@ LONG: dict[str, tuple[Callable[..., Row], dict[str, float]]] = {
     "web-kill": (web_sigkill, {"size": 3_000, "kills": 3, "clients": 30, "seconds": 0.2}),
     "redis-kill": (redis_sigkill, {"size": 10_000, "kills": 3, "down_s": 3.0, "seconds": 0.1}),
     "partition": (worker_partition, {"size": 5_000, "hold_s": 30.0, "seconds": 0.25}),
-    "hung-backend": (hung_backend, {"size": 3_000, "per_s": 75, "seconds": 0.1, "timeout_s": 10}),
+    "hung-backend": (hung_backend, {"size": 3_000, "per_s": 75, "seconds": 0.1, "timeout_s": 10, "after_s": 60}),
 }
