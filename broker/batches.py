@@ -34,7 +34,7 @@ from typing import Any
 import redis
 from marshmallow import ValidationError
 
-from broker import keys
+from broker import keys, wire
 from broker.protocol import call_timeout
 from broker.router import Route, Router, UnknownTool
 from broker.schemas import BatchCallSchema, BatchRequestSchema
@@ -66,6 +66,7 @@ class BatchSettings:
     chunk_size: int = 32  # MCP_BROKER_MAX_BATCH: calls per queue message
     result_ttl_s: int = 3600  # MCP_BROKER_RESULT_TTL_S: how long a finished batch stays readable
     queue_window_s: float = 86400.0  # MCP_BROKER_BATCH_QUEUE_S: a call still queued after this is timed out
+    max_argument_bytes: int = 1024 * 1024  # MCP_BROKER_MAX_ARGUMENT_BYTES: one call's arguments, as on every path
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> BatchSettings:
@@ -77,6 +78,7 @@ class BatchSettings:
             chunk_size=max(1, int(env.get("MCP_BROKER_MAX_BATCH", base.chunk_size))),
             result_ttl_s=max(1, int(env.get("MCP_BROKER_RESULT_TTL_S", base.result_ttl_s))),
             queue_window_s=max(1.0, float(env.get("MCP_BROKER_BATCH_QUEUE_S", base.queue_window_s))),
+            max_argument_bytes=int(env.get("MCP_BROKER_MAX_ARGUMENT_BYTES", base.max_argument_bytes)),
         )
 
 
@@ -116,9 +118,12 @@ def _too_large(count: int, settings: BatchSettings) -> BatchError:
 def decode_json_body(data: bytes, settings: BatchSettings) -> RawBatch:
     """`{"calls": [...], "timeout_s"?: n}` or a bare JSON array of calls."""
     try:
-        body = json.loads(data)
+        body = wire.loads(data)
     except (ValueError, RecursionError) as err:
         raise BatchError("invalid_batch", f"the body is not valid JSON: {err}") from None
+    where = wire.lone_surrogate(body, "calls" if isinstance(body, list) else "")
+    if where is not None:
+        raise BatchError("invalid_batch", wire.describe_surrogate(where))
     if isinstance(body, list):
         if len(body) > settings.max_calls:
             raise _too_large(len(body), settings)
@@ -149,9 +154,12 @@ def decode_jsonl_body(data: bytes, settings: BatchSettings, cooperate: Callable[
         if i and i % YIELD_EVERY == 0:
             cooperate()
         try:
-            calls.append(json.loads(line))
+            calls.append(wire.loads(line))
         except (ValueError, RecursionError) as err:
             raise BatchError("invalid_batch", f"line {n}: not valid JSON: {err}") from None
+        where = wire.lone_surrogate(calls[-1])
+        if where is not None:
+            raise BatchError("invalid_batch", f"line {n}: {wire.describe_surrogate(where)}")
     return RawBatch(calls, None, [n for n, _ in numbered])
 
 
@@ -265,6 +273,11 @@ def prepare_batch(
             problems.add(f"{raw.at(index, 'tool')}: {route}")
             continue
         arguments = loaded["arguments"] or {}
+        size = wire.encoded_size(arguments)
+        if size > settings.max_argument_bytes:
+            problems.add(f"{raw.at(index, 'arguments')}: arguments of {size} bytes are over the limit of "
+                         f"{settings.max_argument_bytes} bytes (MCP_BROKER_MAX_ARGUMENT_BYTES)")
+            continue
         bad = route.entry.argument_errors(arguments)
         if bad is not None:
             problems.add(f"{raw.at(index, 'arguments')}: invalid arguments for tool {name}: {bad}")
@@ -464,7 +477,7 @@ def result_line(entry_id: str, data: str) -> str:
     suffix = str(outcome.get("call_id", "")).rpartition(".")[2]
     if suffix.isdigit():
         outcome["index"] = int(suffix)
-    return json.dumps(outcome, separators=(",", ":"), ensure_ascii=False) + "\n"
+    return wire.dumps(outcome) + "\n"
 
 
 def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:

@@ -45,6 +45,7 @@ class BrokerSettings:
     forward_headers: tuple[str, ...] = ()  # client request headers passed on to HTTP backends
     health_interval_s: float = 15.0  # MCP ping of every open (and every down) replica; 0 = no pings
     hang_timeouts: int = 1  # silent call timeouts in a row before a session is probed for a hang; 0 = never
+    max_result_bytes: int = 8 * 1024 * 1024  # a bigger result (compact JSON) is answered with an error instead
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from broker import keys
+from broker import keys, wire
 
 EVENT_TTL_S = 600
 ENDED: dict[str, Any] = {"ended": True}  # read() yields this very object for a stream closed by its session's end
@@ -28,7 +28,7 @@ class EventLog:
     def append(self, session_id: str, stream_id: str, message: dict[str, Any]) -> str:
         key = keys.sse_stream(session_id, stream_id)
         pipe = self._r.pipeline(transaction=False)
-        pipe.xadd(key, {"data": json.dumps(message, separators=(",", ":"), ensure_ascii=False)})
+        pipe.xadd(key, {"data": wire.dumps(message)})  # encodable whatever it holds: see broker.wire
         pipe.expire(key, self.ttl_s)
         entry_id, _ = pipe.execute()
         return f"{stream_id}.{entry_id}"

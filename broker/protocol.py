@@ -40,7 +40,7 @@ from mcp_types.version import (
     is_version_at_least,
 )
 
-from broker import keys, observe, outage
+from broker import keys, observe, outage, wire
 from broker.cache import BYPASS_META_KEY, READ_RESOURCE, ResultCache
 from broker.catalog import Catalog, CursorError
 from broker.config import BrokerConfig, BrokerSettings
@@ -135,6 +135,8 @@ LISTS = {  # list method → (catalog attribute, result key, list_changed notifi
 def echoable_id(raw: Any) -> str | int | None:
     """The request id an answer may carry: a string or an integer as sent, else null (JSON-RPC allows
     nothing else, so a boolean, a float or an object cannot be echoed)."""
+    if isinstance(raw, str) and wire.lone_surrogate(raw) is not None:
+        return None  # not text any transport can carry back (see broker.wire)
     return raw if isinstance(raw, (str, int)) and not isinstance(raw, bool) else None
 
 
@@ -230,15 +232,9 @@ class BrokerServices:
 
 
 def dumps(message: Any) -> str:
-    """Compact JSON text that is always valid UTF-8: a client's `\\ud800` escape decodes to a lone surrogate,
-    which no transport can encode, so such a message is written with ASCII escapes instead (the same JSON)."""
-    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            return json.dumps(message, separators=(",", ":"))
-    return text
+    """Compact JSON text that is always valid JSON in valid UTF-8 (`broker.wire.dumps`): a lone surrogate is
+    written as an ASCII escape, a non-finite number as null."""
+    return wire.dumps(message)
 
 
 def text_emitter(write: Callable[[str], None]) -> Callable[[dict[str, Any], Any], None]:
@@ -371,7 +367,7 @@ class ClientConnection:
                 self._error(None, PARSE_ERROR, "Parse error: frame is not UTF-8 text")
                 return
         try:
-            decoded = json.loads(data)
+            decoded = wire.loads(data)
         except (ValueError, RecursionError) as err:
             self._error(None, PARSE_ERROR, f"Parse error: {err}")
             return
@@ -391,6 +387,8 @@ class ClientConnection:
     def handle_message(self, message: Any) -> None:
         if not isinstance(message, dict):
             self._error(None, INVALID_REQUEST, "Invalid Request: a JSON-RPC message must be an object")
+            return
+        if self._refused_unencodable(message):
             return
         try:
             errors = _envelope.validate(message)
@@ -421,6 +419,26 @@ class ClientConnection:
                     log.exception("notification %s failed", method)
             return
         self._dispatch(message["id"], method, params)
+
+    def _refused_unencodable(self, message: dict[str, Any]) -> bool:
+        """Text no backend can be sent (a lone surrogate, see `broker.wire`) is refused here, for every method
+        and transport, before anything looks at it: a request gets -32602 (-32600 outside its params), a
+        client's answer to a backend's question reaches that backend as an error, a notification is dropped."""
+        where = wire.lone_surrogate(message)
+        if where is None:
+            return False
+        problem = wire.describe_surrogate(where)
+        if "method" not in message:  # a client's answer: the backend that asked must not wait for it forever
+            if "id" in message:
+                self._on_client_answer({"id": message["id"], "error": {"code": INVALID_PARAMS,
+                                                                       "message": f"Invalid answer: {problem}"}})
+        elif "id" in message:
+            code, kind = (INVALID_PARAMS, "Invalid params") if where.startswith("params") else \
+                (INVALID_REQUEST, "Invalid Request")
+            self._error(echoable_id(message["id"]), code, f"{kind}: {problem}")
+        else:
+            log.info("dropped notification with unencodable text at %s", where)
+        return True
 
     def _dispatch(self, request_id: Any, method: str, params: dict[str, Any]) -> None:
         handler = self._methods.get(method)

@@ -58,6 +58,8 @@ class BrokerSettingsSchema(Schema):
                                   load_default=list)
     health_interval_s = fields.Float(load_default=15.0, validate=validate.Range(min=0))
     hang_timeouts = fields.Integer(load_default=1, strict=True, validate=validate.Range(min=0, max=1000))
+    max_result_bytes = fields.Integer(load_default=8 * 1024 * 1024,
+                                      validate=validate.Range(min=1024, max=512 * 1024 * 1024))
 
 
 class EndpointSchema(Schema):

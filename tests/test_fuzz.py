@@ -2,7 +2,9 @@
 
 The oracle, per frame: every message the broker sends back is well-formed JSON-RPC (a response with
 exactly one of result/error and a valid id, or a notification/request with a method); a frame that
-is not JSON gets a -32700 error; every request with a valid id gets an answer with that id (now or,
+is not JSON (RFC 8259: `NaN`/`Infinity` are not) gets a -32700 error; nothing the broker sends holds a
+non-finite number; a message with a lone surrogate (sent in strings, keys, ids and tool names) is refused,
+its id answered as null if the id itself holds one; every request with a valid id gets an answer with that id (now or,
 for a forwarded call, later; unless the fuzzer cancelled it); no answer is an "Internal error" (an
 exception the broker did not expect). After each frame a `ping` sentinel marks where the frame's
 immediate answers end. At the end the web process is still up and still answers.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections import Counter
 from typing import Any
@@ -21,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
+from broker import wire
 from tests.stack import Stack
 from tests.wsclient import RawClient
 
@@ -30,17 +34,21 @@ FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None, de
                                                 HealthCheck.data_too_large, HealthCheck.filter_too_much])
 
 # ---------------------------------------------------------------- strategies
+# Lone surrogates (legal JSON escapes, not encodable as UTF-8) and non-finite numbers (json.dumps writes NaN and
+# Infinity, which are not JSON) are what broke the broker before (issue 13): the broker must refuse both.
+LONE_SURROGATES = st.sampled_from(["\ud800", "a\udfffb", "\udbff", "x\ud83d"])
 json_scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
-                | st.text(max_size=12))
+                | st.text(max_size=12) | LONE_SURROGATES | st.sampled_from([math.nan, math.inf, -math.inf]))
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=10)
 METHODS = ["initialize", "ping", "tools/list", "tools/call", "resources/list", "resources/read",
            "resources/templates/list", "prompts/list", "prompts/get", "completion/complete", "logging/setLevel",
            "notifications/initialized", "notifications/cancelled", "server/discover", "no/such/method", ""]
 methods = st.sampled_from(METHODS) | st.text(max_size=12)
-ids = st.integers(-(2**40), 2**40) | st.text(max_size=10) | st.none() | st.booleans() | st.floats(allow_nan=False)
+ids = (st.integers(-(2**40), 2**40) | st.text(max_size=10) | st.none() | st.booleans() | st.floats(allow_nan=False)
+       | LONE_SURROGATES)
 TOOLS = ["echo__echo", "echo__add", "echo__fail", "echo__no_such", "time__get_current_time", "notes__nope", "nope", ""]
-tool_names = st.sampled_from(TOOLS) | st.text(max_size=10)
+tool_names = st.sampled_from(TOOLS) | st.text(max_size=10) | LONE_SURROGATES
 arguments = st.one_of(
     st.fixed_dictionaries({"text": st.text(max_size=20)}),
     st.fixed_dictionaries({"a": st.integers(-100, 100), "b": st.floats(-1e6, 1e6)}),
@@ -68,7 +76,9 @@ frames_random = st.one_of(
     json_values.map(json.dumps),
     st.text(max_size=200),
     st.binary(max_size=200),
-    st.sampled_from(["", "[]", "{}", "null", "[[]]", "[1,2]", '{"jsonrpc":"2.0"}', "1" * 5000, "NaN", "-Infinity"]),
+    st.sampled_from(["", "[]", "{}", "null", "[[]]", "[1,2]", '{"jsonrpc":"2.0"}', "1" * 5000, "NaN", "-Infinity",
+                     "1e400", '{"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":{"progressToken":NaN}}}',
+                     '{"jsonrpc":"2.0","id":"\\ud800","method":"ping"}']),
     st.integers(1, 200_000).map(lambda n: "[" * n + "]" * n),
     st.integers(1, 200_000).map(lambda n: '{"a":' * n + "1" + "}" * n),
 )
@@ -135,7 +145,18 @@ def well_formed(message: Any) -> str | None:
 
 
 def valid_id(value: Any) -> bool:
-    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+    """An id the broker echoes: a string it can encode, or an integer (else its answer carries null)."""
+    if isinstance(value, str):
+        return wire.lone_surrogate(value) is None
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def strict_loads(raw: str | bytes) -> Any:
+    """What the broker sends, parsed as JSON (RFC 8259): a NaN or Infinity token fails the oracle."""
+    def refuse(token: str) -> Any:
+        raise AssertionError(f"the broker sent {token}, which is not JSON: {raw[:300]!r}")
+
+    return json.loads(raw, parse_constant=refuse)
 
 
 class Fuzzer:
@@ -171,7 +192,7 @@ class Fuzzer:
                 self.cancelled.add(("int", int(target)) if float(target).is_integer() else None)
 
     def _record(self, raw: str | bytes) -> dict[str, Any]:
-        message = json.loads(raw)
+        message = strict_loads(raw)
         problem = well_formed(message)
         assert problem is None, f"{problem}: {raw!r}"
         if "method" not in message:
@@ -187,7 +208,7 @@ class Fuzzer:
         self.frames += 1
         text = frame.decode("utf-8", errors="strict") if isinstance(frame, bytes) and _utf8(frame) else frame
         try:
-            decoded: Any = json.loads(text) if isinstance(text, str) else _Unparsable
+            decoded: Any = wire.loads(text) if isinstance(text, str) else _Unparsable  # NaN is not JSON
         except (ValueError, RecursionError):
             decoded = _Unparsable
         for element in decoded if isinstance(decoded, list) else [decoded]:

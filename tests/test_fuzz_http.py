@@ -15,8 +15,16 @@ from typing import Any
 import httpx2
 from hypothesis import given
 
+from broker import wire
 from tests.stack import Stack
-from tests.test_fuzz import FUZZ_SETTINGS, _web_still_fine, frames_mutated, frames_random, well_formed
+from tests.test_fuzz import (
+    FUZZ_SETTINGS,
+    _web_still_fine,
+    frames_mutated,
+    frames_random,
+    strict_loads,
+    well_formed,
+)
 
 MODERN = "2026-07-28"
 LEGACY = "2025-11-25"
@@ -32,18 +40,18 @@ def messages_of(response: httpx2.Response) -> list[Any]:
         for line in response.text.split("\n"):  # SSE lines end at LF (or CR LF); not splitlines(): U+0085 is data
             line = line.removesuffix("\r")
             if line.startswith("data:") and line[5:].strip():
-                found.append(json.loads(line[5:]))
+                found.append(strict_loads(line[5:]))
         return found
     if not response.content:
         return []
     assert kind.startswith("application/json"), (response.status_code, kind, response.text[:300])
-    body = response.json()
+    body = strict_loads(response.content)
     return body if isinstance(body, list) else [body]
 
 
 def parses(frame: str | bytes) -> bool:
     try:
-        json.loads(frame)
+        wire.loads(frame)  # JSON as RFC 8259 has it: NaN and Infinity are not
         return True
     except (ValueError, RecursionError):
         return False

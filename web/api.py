@@ -15,7 +15,6 @@ stack trace, because the callers are programs.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import select
@@ -32,7 +31,7 @@ from marshmallow import Schema, ValidationError
 from mcp_types import INVALID_PARAMS, REQUEST_TIMEOUT
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
-from broker import observe
+from broker import observe, wire
 from broker.batches import (
     BatchError,
     BatchSettings,
@@ -64,7 +63,6 @@ from web.services import get_services
 log = logging.getLogger(__name__)
 
 PREFIX = "/v1"
-MAX_CALL_BODY_BYTES = 16 * 1024 * 1024
 CALL_QUEUE_S = 60.0  # MCP_BROKER_CALL_QUEUE_S: how long a synchronous call may wait in its queue
 BATCH_STATUS = {"invalid_batch": 400, "forbidden": 403, "batch_too_large": 413, "enqueue_failed": 503}
 RESULTS_MIMETYPE = "application/x-ndjson"
@@ -188,13 +186,16 @@ def _own_batch(services: BrokerServices, batch_id: str) -> None:
 @api.post("/calls")
 def post_call() -> tuple[Response, int]:
     """Run one call and answer with its outcome: the caller holds the HTTP request instead of a socket."""
-    data = _read_body(MAX_CALL_BODY_BYTES, "request_too_large")
+    services = _services()
+    data = _read_body(services.max_frame_bytes, "request_too_large")
     try:
-        body = json.loads(data)
+        body = wire.loads(data)
     except (ValueError, RecursionError) as err:
         raise ApiError(400, "invalid_call", f"the body is not valid JSON: {err}") from None
+    where = wire.lone_surrogate(body)
+    if where is not None:
+        raise ApiError(400, "invalid_call", wire.describe_surrogate(where))
     loaded = _load(ToolCallRequestSchema(), body, "invalid_call")
-    services = _services()
     name, arguments = loaded["tool"], loaded["arguments"] or {}
     started = time.perf_counter()
     call_id = uuid.uuid4().hex
@@ -205,6 +206,10 @@ def post_call() -> tuple[Response, int]:
         except UnknownTool as err:
             services.request_missing_catalogs()
             raise ApiError(400, "unknown_tool", str(err)) from None
+        size = wire.encoded_size(arguments)
+        if size > services.max_argument_bytes:
+            raise ApiError(413, "arguments_too_large", f"arguments of {size} bytes are over the limit of "
+                           f"{services.max_argument_bytes} bytes (MCP_BROKER_MAX_ARGUMENT_BYTES)")
         problem = route.entry.argument_errors(arguments)
         if problem is not None:
             raise ApiError(400, "invalid_arguments", f"invalid arguments for tool {name}: {problem}")
@@ -397,19 +402,9 @@ def _http_error_response(err: HTTPException) -> Response:
     return response
 
 
-def _routing_error(err: HTTPException) -> Response | HTTPException:
-    """404/405 raised by URL matching never reach a blueprint's handlers: answer them in JSON under /v1 only,
-    and leave every other path to Flask's defaults."""
-    if request.path == PREFIX or request.path.startswith(PREFIX + "/"):
-        return _http_error_response(err)
-    return err
-
-
 def register_api(app: Flask, environ: Mapping[str, str] | None = None) -> None:
     """Mount `/v1` on the app; limits come from the environment, read once here."""
     env = os.environ if environ is None else environ
     app.config.setdefault("BATCH_SETTINGS", BatchSettings.from_env(env))
     app.config.setdefault("CALL_QUEUE_S", float(env.get("MCP_BROKER_CALL_QUEUE_S", CALL_QUEUE_S)))
-    app.register_blueprint(api)
-    app.register_error_handler(404, _routing_error)
-    app.register_error_handler(405, _routing_error)
+    app.register_blueprint(api)  # routing errors (404/405 under /v1 too) are answered by web.errors

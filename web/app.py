@@ -17,6 +17,7 @@ from web import services as web_services
 from web.admin import register_admin
 from web.api import register_api
 from web.auth import register_auth
+from web.errors import register_errors
 from web.http_mcp import register_http_mcp
 from web.limits import register_connection_limits
 from web.origin import register_browser_guards
@@ -42,7 +43,8 @@ def create_app() -> Flask:
         "ping_interval": float(os.environ.get("MCP_BROKER_PING_INTERVAL", "25")),
         "max_message_size": max_frame * HARD_FRAME_FACTOR,
     }
-    app.config["MAX_CONTENT_LENGTH"] = max_frame * HARD_FRAME_FACTOR
+    app.config["MAX_CONTENT_LENGTH"] = max_frame  # an HTTP message's body: 413 over it (/v1 sets its own)
+    register_errors(app)
     register_browser_guards(app)  # Host, Origin, content type: before anything else (web/origin.py)
     register_auth(app, load_keyring())  # first: nothing is looked at before the caller is known
     register_connection_limits(app)  # per key, across web processes (web/limits.py)

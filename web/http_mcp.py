@@ -25,13 +25,14 @@ from mcp_types import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from werkzeug.exceptions import HTTPException
 
-from broker import keys, outage
+from broker import keys, outage, wire
 from broker.events import ENDED, EventLog, parse_event_id
 from broker.metrics import RECORDER
 from broker.outage import is_redis_down
 from broker.protocol import BrokerServices, ClientConnection, dumps, echoable_id
 from broker.security import ANONYMOUS, Principal
 from web.auth import current_principal
+from web.errors import error_response
 from web.http_modern import handle_modern_post
 from web.origin import origin_allowed
 from web.services import get_services
@@ -181,7 +182,7 @@ class HttpEndpoint:
             return _rpc_error_response(415, INVALID_REQUEST, "Unsupported Media Type: Content-Type must be "
                                                               "application/json")
         try:
-            body = json.loads(request.get_data(cache=False) or b"")
+            body = wire.loads(request.get_data(cache=False) or b"")
         except (ValueError, RecursionError) as err:
             return _rpc_error_response(400, PARSE_ERROR, f"Parse error: {err}")
         messages = body if isinstance(body, list) else [body]
@@ -334,7 +335,7 @@ def register_http_mcp(app: Flask) -> HttpEndpoint:
     def _as_json_rpc(err: Exception) -> Response:
         """Whatever goes wrong, a JSON-RPC client gets a JSON-RPC error, never an HTML page."""
         if isinstance(err, HTTPException):
-            return _rpc_error_response(err.code or 500, INVALID_REQUEST, f"{err.name}: {err.description}")
+            return error_response(err)  # e.g. 413: a body over MCP_BROKER_MAX_FRAME_BYTES
         if is_redis_down(err):
             log.warning("%s %s: Redis unreachable: %r", request.method, request.path, err)
             response = _rpc_error_response(503, INTERNAL_ERROR, outage.MESSAGE, data={"reason": outage.CODE})

@@ -16,7 +16,6 @@ client as an `input_required` result (see `ClientConnection._input_required`).
 
 from __future__ import annotations
 
-import json
 import queue
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -31,6 +30,7 @@ from mcp.shared.inbound import (
 from mcp_types import INVALID_REQUEST, PARSE_ERROR
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from broker import wire
 from broker.metrics import RECORDER
 from broker.protocol import LOG_LEVEL_META_KEY, LOG_LEVELS, ClientConnection, cancel_call, dumps, echoable_id
 from broker.router import UnknownTool
@@ -89,7 +89,7 @@ def handle_modern_post(endpoint: HttpEndpoint, scope: str | None) -> Response:
     if not (request.mimetype or "").startswith("application/json"):
         return _error(415, INVALID_REQUEST, "Unsupported Media Type: Content-Type must be application/json")
     try:
-        body = json.loads(request.get_data(cache=False) or b"")
+        body = wire.loads(request.get_data(cache=False) or b"")
     except (ValueError, RecursionError) as err:
         return _error(400, PARSE_ERROR, f"Parse error: {err}")
     version = request.headers.get("MCP-Protocol-Version", "")

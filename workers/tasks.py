@@ -39,7 +39,7 @@ import redis
 from celery.exceptions import Reject
 from mcp_types import INTERNAL_ERROR, REQUEST_TIMEOUT
 
-from broker import keys, observe
+from broker import keys, observe, wire
 from broker.cache import READ_RESOURCE, store_directed, store_result
 from broker.catalog import store_server_catalog
 from broker.outage import REDIS_DOWN, is_redis_down
@@ -115,6 +115,17 @@ def backoff(attempt: int) -> float:
     return random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt))
 
 
+def check_result_size(server: str, method: str, result: Any, limit: int) -> None:
+    """A result over the server's `max_result_bytes` becomes an error that says so, here, before it is stored
+    in Redis, cached or sent on: measured as the client would receive it (compact JSON, UTF-8). Issue 13: a
+    20 MB result had become one 42 MB frame, through Redis and the web process's memory."""
+    size = wire.encoded_size(result)
+    if size > limit:
+        raise BackendRPCError(INTERNAL_ERROR, f"Result too large: server {server!r} answered {method} with {size} "
+                              f"bytes; the limit is {limit} bytes (its max_result_bytes)",
+                              {"server": server, "reason": "result_too_large", "bytes": size, "limit": limit})
+
+
 async def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, Any]:
     """Run one call to its outcome (result, error, timeout or cancellation)."""
     call_id, server, tool = call["call_id"], call["server"], call.get("tool", "")
@@ -138,12 +149,14 @@ async def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, 
                 arguments = call.get("arguments") or {}
                 result = await session.call_tool(tool, arguments, remaining, call_id, channel, call.get("meta"),
                                                  progress=bool(call.get("progress")))
+                check_result_size(server, method, result, spec.settings.max_result_bytes)
                 if call.get("cache_ttl"):
                     with _best_effort("cache store"):
                         store_result(get_redis(), server, tool, arguments, result, float(call["cache_ttl"]))
             else:
                 result = await session.request(method, call.get("params") or {}, remaining, call_id, call.get("meta"),
                                                channel)
+                check_result_size(server, method, result, spec.settings.max_result_bytes)
                 if method == READ_RESOURCE:  # the backend's own cache directive (2026-07-28 backends)
                     with _best_effort("cache store"):
                         store_directed(get_redis(), server, READ_RESOURCE,

@@ -114,6 +114,12 @@ async def ask_user(question: str, ctx: Context) -> str:
 
 
 @server.tool()
+def blob(size: int) -> str:
+    """A text of `size` bytes: for tests of the broker's result size limit."""
+    return "x" * max(0, size)
+
+
+@server.tool()
 def whoami() -> dict[str, int | str]:
     """The backend's pid and an env var, so tests can see which process answered."""
     return {"pid": os.getpid(), "marker": os.environ.get("ECHO_MARKER", "")}

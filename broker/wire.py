@@ -1,0 +1,120 @@
+"""JSON on the wire: what the broker accepts from clients and what it sends to anyone.
+
+Python's `json` is more lenient than JSON (RFC 8259) in two ways that hurt a gateway:
+
+- it reads and writes `NaN`, `Infinity` and `-Infinity` (and reads `1e400` as infinity). A client's
+  `"progressToken": NaN` came back in progress notifications as `NaN`, which is not JSON: the client's
+  own parser fails on the broker's answer. So input with a non-finite number is refused as a parse error
+  (`loads`), and every message the broker writes is valid JSON whatever it holds (`dumps`: a non-finite
+  number that reached it from a backend is written as `null`, as JavaScript's `JSON.stringify` does).
+- it decodes the escape `"\\ud800"` (legal JSON text) to a lone surrogate, a string no UTF-8 writer can
+  encode. Sent on to a stdio backend it killed the SDK's stdin writer, and with it the warm session every
+  other tenant's calls shared (issue 13, finding 1). So such input is refused at the edge, on every path,
+  naming where it is (`lone_surrogate`), and `dumps` writes one that reached it from elsewhere as an
+  ASCII escape instead of failing.
+
+The web tier decodes every client frame and body with `loads` and checks it with `lone_surrogate`
+(one place per transport: `ClientConnection.handle_message` for MCP on every transport, the `/v1`
+body decoders), and writes every message with `dumps`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+NON_FINITE = ("NaN", "Infinity", "-Infinity")
+
+
+class NonFiniteNumber(ValueError):
+    """The text holds a number JSON cannot carry (NaN, Infinity, or a literal beyond a double's range)."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise NonFiniteNumber(f"{name} is not a JSON number (non-finite numbers are refused)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NonFiniteNumber(f"the number {text[:40]} is out of range (it would be infinite)")
+    return value
+
+
+def loads(data: str | bytes | bytearray) -> Any:
+    """`json.loads` that refuses non-finite numbers (`NonFiniteNumber`, a `ValueError`); like `json.loads`
+    it raises `ValueError` for text that is not JSON and `RecursionError` for nesting too deep to decode."""
+    return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def lone_surrogate(value: Any, root: str = "") -> str | None:
+    """Where `value` holds a string (a value or an object key) that cannot be encoded as UTF-8, as a path
+    like `params.arguments.text` or `calls[3].arguments` (`root` is its prefix), or None if there is none.
+
+    The common case is one C-speed pass (serialise, encode); only a value that fails it is walked, without
+    recursion (a decoded message may be nested as deep as the decoder allows)."""
+    try:
+        json.dumps(value, ensure_ascii=False, check_circular=False).encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        pass
+    except (RecursionError, ValueError, TypeError):
+        pass  # too deep to serialise from here, or not plain JSON: walk it
+    stack: list[tuple[str, Any]] = [(root, value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            if not _encodable(item):
+                return path or "(the value)"
+        elif isinstance(item, dict):
+            if not all(_encodable(key) for key in item if isinstance(key, str)):
+                return f"{path}.<key>" if path else "<key>"
+            stack.extend((f"{path}.{key}" if path else str(key), child) for key, child in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", child) for i, child in reversed(list(enumerate(item))))
+    return None
+
+
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def describe_surrogate(where: str) -> str:
+    """The message a client gets for a lone surrogate: where, what, and what to send instead."""
+    return (f"the string at {where} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), which "
+            f"cannot be encoded as UTF-8 text for the backend; send valid Unicode (a pair, or U+FFFD)")
+
+
+def dumps(value: Any, **options: Any) -> str:
+    """Compact JSON text that is always valid JSON and always encodable as UTF-8.
+
+    A non-finite number becomes `null`; a lone surrogate is written as an ASCII escape (the same JSON
+    string). `options` are `json.dumps` keyword arguments (`sort_keys`, `indent`, `default`, ...)."""
+    options.setdefault("separators", (",", ":"))
+    options.setdefault("ensure_ascii", False)
+    options["allow_nan"] = False
+    try:
+        text = json.dumps(value, **options)
+    except ValueError as err:
+        if "Out of range float" not in str(err):
+            raise
+        value = json.loads(json.dumps(value, **{**options, "allow_nan": True}), parse_constant=lambda _: None)
+        text = json.dumps(value, **options)
+    if not options["ensure_ascii"] and not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(value, **{**options, "ensure_ascii": True})
+    return text
+
+
+def encoded_size(value: Any) -> int:
+    """How many bytes `value` takes as the broker sends it (compact JSON, UTF-8)."""
+    return len(dumps(value).encode("utf-8"))
