@@ -2,10 +2,10 @@
 
 Keys: `alice:K1:echo__*` (an allow pattern), `bob:K2` (everything), `admin:K3`, and keys-file keys:
 `meter` (max_in_flight 2, max_connections 4) and `carol` (allow `*__echo`). Two web processes share
-Redis; the session stack's workers serve echo/notes/time, and this module adds two backends of its own:
-`dunder` (a tool named `x__echo`: the separator inside a tool name) and `leaky` (prints its `${VAR}`
-secret on stderr and exits). Every transport is played: WebSocket, Streamable HTTP of both eras,
-`/v1/calls`, `/v1/batches` and `/servers/<name>/mcp`.
+Redis; the session stack's workers serve echo/notes/time, and this module adds backends of its own:
+`dunder` (a tool named `x__echo`: the separator inside a tool name), `conformance` (resource templates
+and completions) and `leaky` (prints its `${VAR}` secret on stderr and exits). Every transport is
+played: WebSocket, Streamable HTTP of both eras, `/v1/calls`, `/v1/batches` and `/servers/<name>/mcp`.
 
 Each conversation goes through `open_rpc(tenants, transport, key)`, which gives one `rpc(method, params)`
 function per transport, so a case for another finding (a session taken over after expiry, a replayed
@@ -78,6 +78,8 @@ def _config(path: Path) -> Path:
         entry["args"] = [str((TEST_CONFIG.parent / a).resolve()) if a.startswith("../") else a for a in entry["args"]]
     config["mcpServers"]["dunder"] = {"command": "python", "args": [str(ROOT / "examples/servers/tiny.py")],
                                       "env": {"TINY_TOOL_NAME": "x__echo"}}
+    config["mcpServers"]["conformance"] = {"command": "python",  # resource templates and completions
+                                           "args": [str(ROOT / "examples/servers/conformance.py")]}
     config["mcpServers"]["leaky"] = {"command": "python", "args": [str(ROOT / "tests/servers/leaky.py")],
                                      "env": {"LEAKY_TOKEN": "${TENANT_SECRET}"},
                                      "broker": {"timeout_s": 5, "retries": 0}}
@@ -99,10 +101,11 @@ def tenants(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     try:
         own.start_worker("dunder")
         own.start_worker("leaky")
+        own.start_worker("conformance")
         ports = [free_port(), free_port()]
         for port in ports:
             own.start_web(port, env=env)
-        own.wait_for_catalog(["echo", "notes", "time", "dunder"])
+        own.wait_for_catalog(["echo", "notes", "time", "dunder", "conformance"])
         yield Tenants(own, ports)
     finally:
         own.stop()
@@ -165,8 +168,8 @@ ALICE_REFUSED = [  # (method, params, transports it exists on)
     ("prompts/get", {"name": "notes__summarize", "arguments": {}}, TRANSPORTS),
     ("completion/complete", {"ref": {"type": "ref/prompt", "name": "notes__summarize"},
                              "argument": {"name": "style", "value": "s"}}, TRANSPORTS),
-    ("completion/complete", {"ref": {"type": "ref/resource", "uri": "notes+notes://all"},
-                             "argument": {"name": "x", "value": "y"}}, TRANSPORTS),
+    ("completion/complete", {"ref": {"type": "ref/resource", "uri": "conformance+test://template/{id}/data"},
+                             "argument": {"name": "id", "value": "te"}}, TRANSPORTS),
     ("resources/read", {"uri": "notes+notes://all"}, TRANSPORTS),
     ("resources/subscribe", {"uri": "notes+notes://all"}, ("ws", "http")),
 ]
@@ -208,6 +211,9 @@ def test_bob_is_forwarded_what_alice_is_refused(tenants: Tenants) -> None:
     with open_rpc(tenants, "ws", "bob") as rpc:
         answer = rpc("completion/complete", ALICE_REFUSED[2][1])
         assert "result" in answer or answer["error"]["code"] != FORBIDDEN  # notes' own answer
+        completed = rpc("completion/complete", ALICE_REFUSED[3][1])
+        assert completed["result"]["completion"]["values"] == ["test", "testing"]
+        assert rpc("resources/templates/list", {})["result"]["resourceTemplates"]  # what alice's list hides
         assert "result" in rpc("prompts/get", {"name": "notes__summarize", "arguments": {}})
         assert "result" in rpc("resources/read", {"uri": "notes+notes://all"})
 
