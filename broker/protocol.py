@@ -693,7 +693,7 @@ class ClientConnection:
             raise _invalid(err) from None
         name, arguments, meta = loaded["name"], loaded["arguments"] or {}, loaded["_meta"] or {}
         self._check_allowed("tool", name)
-        size = len(dumps(arguments))
+        size = wire.encoded_size(arguments)  # bytes, as on /v1 and in batches
         if size > self.services.max_argument_bytes:
             raise RPCError(INVALID_PARAMS, f"Invalid params: arguments of {size} bytes are over the limit of "
                                            f"{self.services.max_argument_bytes} bytes")

@@ -103,6 +103,9 @@ def test_a_lone_surrogate_is_refused_on_every_path_and_the_shared_backend_lives_
         response = post_json(http, f"{base}/v1/calls", {"tool": "echo__echo", "arguments": poisoned})
         assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_call", response.text
         assert "arguments.text" in response.json()["error"]["message"]
+        raw = b'{"tool": "echo__echo", "arguments": {"text": "\xed\xa0\x80"}}'  # a surrogate as raw UTF-8 bytes
+        response = http.post(f"{base}/v1/calls", content=raw, headers={"Content-Type": "application/json"})
+        assert response.status_code == 400 and "surrogate" in response.json()["error"]["message"], response.text
         good = {"tool": "echo__echo", "arguments": {"text": "fine"}}
         response = post_json(http, f"{base}/v1/batches", {"calls": [good, {"tool": "echo__echo",
                                                                            "arguments": poisoned}]})

@@ -5,7 +5,7 @@ arguments (add), a slow call with progress (slow), a tool that always fails
 (fail), a counter that tells tests how often the backend really ran (runs,
 stamp), a tool that changes the tool list at run time (grow), and tools that
 talk back to the client mid-call: log messages (chatty), sampling (ask_model)
-and elicitation (ask_user).
+and elicitation (ask_user); and a result of any size (blob) for the broker's result limit.
 """
 
 from __future__ import annotations
