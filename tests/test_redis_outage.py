@@ -8,8 +8,10 @@ WebSocket upgrade is refused before the 101.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +20,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from broker import keys
 from tests.redis_server import RedisServer, private_stack
 from tests.stack import Stack
 from tests.test_batches import http
@@ -47,6 +50,25 @@ def runs(stack: Stack, tool: str) -> int:
 
 def batch_counts(server: RedisServer, batch_id: str) -> dict[str, str]:
     return server.client().hgetall(f"mcpb:batch:{batch_id}")
+
+
+def queued_calls(server: RedisServer, queue: str = "mcp.echo") -> str:
+    """The call payloads of the messages in `queue` and in kombu's unacked hash, as one string to search."""
+    r = server.client()
+    raws = r.lrange(queue, 0, -1) + [json.loads(held)[0] for held in r.hvals("unacked")]
+    bodies = [json.loads(raw) if isinstance(raw, str) else raw for raw in raws]
+    return " ".join(base64.b64decode(b["body"]).decode() for b in bodies)
+
+
+def post_mcp(base: str, message: dict[str, Any]) -> tuple[int, Any]:
+    """A Streamable HTTP POST to /mcp: (status, JSON body)."""
+    request = urllib.request.Request(f"{base}/mcp", data=json.dumps(message).encode(), method="POST", headers={
+        "Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
 
 
 def assert_answered_once(server: RedisServer, base: str, batch_id: str, total: int) -> None:
@@ -82,22 +104,38 @@ def test_a_batch_survives_a_redis_sigkill_and_restart_with_aof() -> None:
         code, body = http(base, "POST", "/v1/batches", {"calls": slow_calls(total, 0.1)})
         assert code == 202, body
         batch_id = body["batch_id"]
+        client = RawClient(stack.ws_url())
         wait_until("a quarter of the batch", lambda: int(batch_counts(server, batch_id).get("done", 0)) >= total // 4)
+        client.send({"jsonrpc": "2.0", "id": "inflight", "method": "tools/call",  # queued behind the batch
+                     "params": {"name": "echo__slow", "arguments": {"seconds": 0.1, "steps": 1}}})
+        session_calls = keys.session_calls(client.ws.response.headers["Mcp-Session-Id"])  # type: ignore[union-attr]
+        call_id = wait_until("the socket's call sent", lambda: server.client().hkeys(session_calls))[0]
+        wait_until("its message queued", lambda: call_id in queued_calls(server))
         server.kill()  # mid-batch: messages running, queued and fetched
 
-        # during the outage: JSON 503s, and the WebSocket upgrade is refused before the 101
+        # during the outage: JSON 503s, the WebSocket upgrade is refused before the 101, calls are refused
+        # with a JSON-RPC error naming the cause
         code, body = http(base, "GET", f"/v1/batches/{batch_id}", timeout=30)
         assert code == 503 and body["error"]["code"] == "redis_unavailable", body
         with pytest.raises(InvalidStatus) as refused:
             connect(stack.ws_url(), subprotocols=["mcp"], open_timeout=30)  # type: ignore[list-item]
         assert refused.value.response.status_code == 503
         assert json.loads(refused.value.response.body)["error"]["code"] == "redis_unavailable"
+        code, body = post_mcp(base, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+        assert code == 503 and body["error"]["data"]["reason"] == "redis_unavailable", body
+        refused_call = client.call("echo__echo", {"text": "during"}, timeout=30)
+        assert refused_call["error"]["data"]["reason"] == "redis_unavailable", refused_call
 
         time.sleep(3)
         server.restart()
         assert_answered_once(server, base, batch_id, total)
+        # the socket's call in flight at the kill is answered too, with its result
+        answer = client.response(timeout=60)
+        assert answer["id"] == "inflight" and answer["result"]["structuredContent"]["result"] == "slept 0.1s", answer
+        client.close()
         # every call ran on the backend once: no outcome was thrown away and its call run again
-        assert runs(stack, "slow") - runs_before == total
+        assert runs(stack, "slow") - runs_before == total + 1
 
 
 def test_a_live_workers_unacked_messages_come_back_after_a_redis_restart() -> None:

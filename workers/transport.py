@@ -17,7 +17,9 @@ this process that it no longer holds.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
@@ -25,6 +27,8 @@ from kombu.transport import virtual
 from kombu.utils.json import dumps
 
 from broker import keys
+
+log = logging.getLogger(__name__)
 
 
 class LeasedQoS(kombu_redis.QoS):
@@ -42,19 +46,37 @@ class LeasedQoS(kombu_redis.QoS):
             pipe.execute()
         virtual.QoS.append(self, message, delivery_tag)
 
-    def ack(self, delivery_tag: str) -> None:
-        from workers import control
-
+    def restore_unacked(self, client: Any = None) -> None:
+        """kombu puts a channel's held messages back when the channel closes. On a lost connection that
+        fails (Redis is down, or the channel already lost its connection: an AttributeError, which Celery
+        took for an unrecoverable error and stopped the worker on a Redis restart). The messages keep their
+        lease: running ones are acked when done, the rest are restored by `workers.control` once Redis
+        answers (by this process, or by a reaper if it exits)."""
         try:
-            super().ack(delivery_tag)
-        finally:
-            control.release(delivery_tag)
+            super().restore_unacked(client)
+        except Exception as err:
+            log.warning("could not put back %d held message(s) now (%r); they stay leased to this worker",
+                        len(self._delivered), err)
+
+    def ack(self, delivery_tag: str) -> None:
+        self._settle(delivery_tag, lambda: super(LeasedQoS, self).ack(delivery_tag), "ack")
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        self._settle(delivery_tag, lambda: super(LeasedQoS, self).reject(delivery_tag, requeue), "reject")
+
+    def _settle(self, delivery_tag: str, settle: Callable[[], None], what: str) -> None:
+        """Ack or reject; if that cannot reach Redis (down, or this channel closed by a lost connection:
+        kombu then fails with an AttributeError that, raised from Celery's consumer while it reconnects,
+        wedged the worker), the message stays leased to this process and `workers.control` restores it
+        once Redis answers. Either way this process no longer holds it."""
         from workers import control
 
         try:
-            super().reject(delivery_tag, requeue)
+            settle()
+        except Exception as err:
+            log.warning("%s of message %s failed (%r): it is restored to its queue when Redis answers", what,
+                        delivery_tag, err)
+            virtual.QoS.ack(self, delivery_tag)  # forget it here; its lease stays in Redis
         finally:
             control.release(delivery_tag)
 
