@@ -169,8 +169,9 @@ def test_without_persistence_the_loss_is_reported_promptly() -> None:
             client.send({"jsonrpc": "2.0", "id": "inflight", "method": "tools/call",
                          "params": {"name": "echo__slow", "arguments": {"seconds": 30, "steps": 1},
                                     "_meta": {"io.mcp-broker/timeoutS": 60}}})
-            r = server.client()
-            wait_until("the batch running", lambda: r.exists(f"mcpb:batch:{batch_id}:started"))
+            session_calls = keys.session_calls(client.ws.response.headers["Mcp-Session-Id"])  # type: ignore[union-attr]
+            call_id = wait_until("the socket's call sent", lambda: server.client().hkeys(session_calls))[0]
+            wait_until("its message queued", lambda: call_id in queued_calls(server))
             server.kill()
             server.restart()
             # within seconds (the deadline), not at the call's 60 s limit
