@@ -5,6 +5,13 @@ every web process reads the same documents, so all clients see one catalog.
 A web process keeps a parsed copy and re-reads it when the shared version
 counter moves (checked at most once a second, so a hot `tools/call` path
 costs no extra Redis round trip).
+
+A cold process serves nothing before its first read is complete: callers that
+arrive during it wait on the lock for it (a version check marked done before
+its read had finished let 37 of 80 concurrent first calls see the empty
+catalog and fail with "has not published its tools yet"). A caller that names
+a configured server whose catalog is not published yet can wait for it
+(`wait_published`) instead of failing.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +33,7 @@ from broker.config import BrokerConfig
 
 VERSION_CHECK_INTERVAL_S = 1.0
 URI_SEPARATOR = "+"
+LIST_ATTRIBUTES = ("tools", "prompts", "resources", "resource_templates")
 
 
 _STORE_IF_CHANGED = """
@@ -110,8 +119,13 @@ class Catalog:
         self._r = r
         self.config = config
         self._lock = threading.Lock()
+        self._published = threading.Condition()  # notified after every load (waiters for a server's catalog)
         self._version: str | None = None
         self._checked_at = 0.0
+        self.loaded = False  # the documents in Redis have been read once (readiness waits for it)
+        # told which lists (LIST_ATTRIBUTES) a reload changed, outside the lock; never for the first load,
+        # which nobody has been shown anything before
+        self.on_change: Callable[[set[str]], None] | None = None
         self.tools: list[dict[str, Any]] = []
         self.prompts: list[dict[str, Any]] = []
         self.resources: list[dict[str, Any]] = []
@@ -169,17 +183,40 @@ class Catalog:
         return self._prompts.get(name)
 
     def ensure_fresh(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._checked_at < VERSION_CHECK_INTERVAL_S:
+        """Re-read the documents when the shared version moved (looked at most once a second). Concurrent
+        callers wait for a read in progress: the check counts as done only once its read has finished."""
+        if not force and time.monotonic() - self._checked_at < VERSION_CHECK_INTERVAL_S:
             return
+        changed: set[str] = set()
         with self._lock:
-            self._checked_at = now
+            if not force and time.monotonic() - self._checked_at < VERSION_CHECK_INTERVAL_S:
+                return  # another caller read it while this one waited for the lock
             version = self._r.get(keys.CATALOG_VERSION)
-            if version == self._version and not force:
-                return
-            self._load(version)
+            if force or not self.loaded or version != self._version:
+                first = not self.loaded
+                changed = self._load(version)
+                if first:
+                    changed = set()
+            self._checked_at = time.monotonic()
+        if changed and self.on_change is not None:
+            self.on_change(changed)
 
-    def _load(self, version: str | None) -> None:
+    def wait_published(self, server: str, timeout: float) -> bool:
+        """Wait up to `timeout` for a configured server's catalog (a worker still starting its backend);
+        woken by each reload (the hub's catalog-changed message), and re-checking Redis every second."""
+        deadline = time.monotonic() + timeout
+        self.ensure_fresh()
+        while server in self.config.servers and server not in self.documents:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            with self._published:
+                self._published.wait(min(left, VERSION_CHECK_INTERVAL_S))
+            self.ensure_fresh()
+        return server in self.documents
+
+    def _load(self, version: str | None) -> set[str]:
+        """Read every configured server's document; the list attributes whose items changed."""
         names = list(self.config.servers)
         raw = self._r.mget([keys.catalog(s) for s in names]) if names else []
         documents: dict[str, dict[str, Any]] = {}
@@ -210,11 +247,17 @@ class Catalog:
             for template in doc.get("resourceTemplates", []):
                 templates.append({**template, "uriTemplate": self.namespaced_uri(server, template["uriTemplate"]),
                                   "name": self.namespaced(server, template.get("name", ""))})
+        fresh = {"tools": tools, "prompts": prompts, "resources": resources, "resource_templates": templates}
+        changed = {name for name in LIST_ATTRIBUTES if getattr(self, name) != fresh[name]}
         self.documents, self.tools, self._by_name = documents, tools, by_name
         self.prompts, self._prompts = prompts, prompt_index
         self.resources, self.resource_templates = resources, templates
         self.missing = [s for s in names if s not in documents]
         self._version = version
+        self.loaded = True
+        with self._published:
+            self._published.notify_all()
+        return changed
 
     def lookup_tool(self, name: str) -> ToolEntry | None:
         self.ensure_fresh()

@@ -76,8 +76,12 @@ def queue_depths(r: redis.Redis, config: BrokerConfig) -> dict[str, int]:
     return {name: int(sum(lengths[i * width:(i + 1) * width])) for i, name in enumerate(names)}
 
 
-def readiness(r: redis.Redis, config: BrokerConfig) -> tuple[bool, dict[str, Any]]:
-    """Ready = Redis answers and every configured server has at least one live worker; with details."""
+def readiness(r: redis.Redis, config: BrokerConfig, web: dict[str, Any] | None = None) -> tuple[bool, dict[str, Any]]:
+    """Ready = the broker can serve: Redis answers and (`web`, the asking web process's own state) that
+    process has loaded the published catalogs and listens for results. Each server's health (live workers,
+    a usable backend) is reported under `servers` but does not make the broker unready: a load balancer
+    that probes /readyz must not take every web process out because one backend is down (the web
+    processes still serve every other server, and calls to the bad one fail with the reason)."""
     started = time.perf_counter()
     try:
         r.ping()
@@ -88,7 +92,7 @@ def readiness(r: redis.Redis, config: BrokerConfig) -> tuple[bool, dict[str, Any
         backends = health.summary(r, list(config.servers))  # what workers saw of each backend (broker.health)
     except (redis.RedisError, OSError) as err:
         return False, {"status": "unready", "redis": {"ok": False, "error": f"{type(err).__name__}: {err}"},
-                       "servers": {}}
+                       "servers": {}, **({"web": web} if web is not None else {})}
     servers = {}
     for name in config.servers:
         live = by_server[name]
@@ -105,10 +109,11 @@ def readiness(r: redis.Redis, config: BrokerConfig) -> tuple[bool, dict[str, Any
             "backend": backend,
             **reason,
         }
-    ready = all(s["ready"] for s in servers.values())
+    ready = web is None or bool(web.get("ready"))
     redis_ms = round((time.perf_counter() - started) * 1000, 2)
     return ready, {"status": "ready" if ready else "unready", "redis": {"ok": True, "check_ms": redis_ms},
-                   "servers": servers}
+                   **({"web": web} if web is not None else {}), "servers": servers,
+                   "servers_ready": sum(1 for s in servers.values() if s["ready"])}
 
 
 def cache_stats(r: redis.Redis, config: BrokerConfig) -> dict[tuple[str, str], dict[str, int]]:

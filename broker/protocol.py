@@ -93,6 +93,7 @@ INPUT_KEY_META_KEY = "io.mcp-broker/inputKey"  # a backend's name for its questi
 MISSING_CLIENT_CAPABILITY = -32021  # 2026-07-28: the request needs a capability the client did not declare
 LOG_LEVEL_META_KEY = "io.modelcontextprotocol/logLevel"  # 2026-07-28: per-request logging/setLevel
 INPUT_RESUMABLE = ("tools/call", "resources/read", "prompts/get")  # may answer `input_required` (2026-07-28)
+CATALOG_WAIT_PREFIX = "catalog-wait:"  # stands for a call id while a call waits for its server's catalog
 
 _envelope = JSONRPCMessageSchema()
 _call_params = CallToolParamsSchema()
@@ -187,6 +188,9 @@ class BrokerServices:
         # A backend's resources/updated reaches every web process; each tells its own subscribed clients.
         self.hub.extra_channels.append(keys.RESOURCE_UPDATED)
         self.hub.listeners.append(self._on_channel_message)
+        # whoever's read finds a change (the catalog-changed message, a caller's once-a-second version check,
+        # a call waiting for a server's tools) tells the clients: none misses a list_changed to a race
+        self.catalog.on_change = self._lists_changed
 
     def _on_channel_message(self, channel: str, data: str) -> None:
         if channel != keys.RESOURCE_UPDATED:
@@ -222,13 +226,20 @@ class BrokerServices:
                 self.request_catalog(server, self.config.server(server).queue)
 
     def on_catalog_changed(self) -> None:
-        """A backend's offer changed: reload, and tell every connected client which lists moved."""
-        before = {name: getattr(self.catalog, attr) for name, (attr, _, _) in LISTS.items()}
+        """A backend's offer changed: reload (clients hear of what moved through `_lists_changed`)."""
         self.catalog.ensure_fresh(force=True)
-        notices = {LISTS[name][2] for name, items in before.items() if getattr(self.catalog, LISTS[name][0]) != items}
-        for connection in list(self.connections):
-            for notice in sorted(notices):
-                connection.notify(notice)
+
+    def _lists_changed(self, attributes: set[str]) -> None:
+        """Tell every connected client which lists moved, off the caller's thread (a request or the hub's
+        listener must not wait while thousands of sockets are written to)."""
+        notices = sorted({notice for attr, _, notice in LISTS.values() if attr in attributes})
+
+        def tell() -> None:
+            for connection in list(self.connections):
+                for notice in notices:
+                    connection.notify(notice)
+
+        threading.Thread(target=tell, name="list-changed", daemon=True).start()
 
 
 def dumps(message: Any) -> str:
@@ -445,16 +456,23 @@ class ClientConnection:
         if handler is None or not self._in_era(method):
             self._error(request_id, METHOD_NOT_FOUND, f"Method not found: {method}")
             return
-        started = time.perf_counter()
-        try:
+
+        def run() -> Any:
             if method in FORWARDED:
                 self._admit()
             if self.modern and method in INPUT_RESUMABLE and params.get("requestState") is not None:
-                result = self._resume_with_input(request_id, params)
-            else:
-                if self.modern and isinstance(params.get("inputResponses"), dict):
-                    self._offered[request_id] = params["inputResponses"]  # answers given before being asked
-                result = handler(request_id, params)
+                return self._resume_with_input(request_id, params)
+            if self.modern and isinstance(params.get("inputResponses"), dict):
+                self._offered[request_id] = params["inputResponses"]  # answers given before being asked
+            return handler(request_id, params)
+
+        self._answer_with(request_id, method, params, run)
+
+    def _answer_with(self, request_id: Any, method: str, params: dict[str, Any], run: Callable[[], Any]) -> None:
+        """Run a request's handler and answer it: its result, its RPC error, or an internal error."""
+        started = time.perf_counter()
+        try:
+            result = run()
         except RPCError as err:
             self.send({"jsonrpc": "2.0", "id": request_id, "error": err.to_error()})
             if method == "tools/call":
@@ -686,7 +704,7 @@ class ClientConnection:
         return result
 
     # ------------------------------------------------------------ forwarded requests
-    def _tools_call(self, request_id: Any, params: dict[str, Any]) -> Any:
+    def _tools_call(self, request_id: Any, params: dict[str, Any], waited: bool = False) -> Any:
         try:
             loaded = _call_params.load(params)
         except ValidationError as err:
@@ -701,6 +719,13 @@ class ClientConnection:
             route = self.services.router.route_tool(self._qualified(name))
         except UnknownTool as err:
             self.services.request_missing_catalogs()
+            router = self.services.router
+            server = router.unpublished_server(self._qualified(name))
+            if server is not None and not waited and not router.broken_reason(server):
+                # a configured server still starting: wait for its tools (one known to fail says so at once)
+                wait_s = call_timeout(self.services.config.server(server).settings, meta.get(TIMEOUT_META_KEY))
+                return self._when_published(request_id, server, wait_s, "tools/call", params,
+                                            lambda: self._tools_call(request_id, params, waited=True))
             # on a per-server endpoint the client named the tool unprefixed: say it in its own words
             raise RPCError(INVALID_PARAMS, f"Unknown tool: {name}" if self.scope else str(err)) from None
         problem = route.entry.argument_errors(arguments)
@@ -723,6 +748,28 @@ class ClientConnection:
         if ttl > 0:
             call["cache_ttl"] = ttl
         return self._forward(request_id, "tools/call", server, call, meta)
+
+    def _when_published(self, request_id: Any, server: str, wait_s: float, method: str, params: dict[str, Any],
+                        retry: Callable[[], Any]) -> Any:
+        """A call to a tool of a configured server whose catalog is not published yet (its worker is starting
+        its backend): wait for the catalog, up to the call's own time limit, on a thread of its own (the
+        transport keeps reading), then serve the call as if it had just arrived; still missing, it fails
+        with the reason. The request id counts as in flight meanwhile (a duplicate id is refused, a cancel
+        drops the wait)."""
+        if request_id in self._in_flight:
+            raise RPCError(INVALID_REQUEST, f"Invalid Request: request id {request_id!r} is already in flight")
+        marker = f"{CATALOG_WAIT_PREFIX}{uuid.uuid4().hex}"
+        self._in_flight[request_id] = marker
+
+        def wait() -> None:
+            self.services.catalog.wait_published(server, wait_s)
+            if self._closed or self._in_flight.get(request_id) != marker:
+                return  # cancelled, or the client went away
+            del self._in_flight[request_id]
+            self._answer_with(request_id, method, params, retry)
+
+        threading.Thread(target=wait, name="catalog-wait", daemon=True).start()
+        return DEFERRED
 
     def _resources_read(self, request_id: Any, params: dict[str, Any]) -> Any:
         server, uri = self._resource_target(params)
@@ -1132,8 +1179,8 @@ class ClientConnection:
             exchange._on_cancelled(params)
             return
         call_id = self._in_flight.pop(request_id, None) if isinstance(request_id, (str, int)) else None
-        if call_id is None:
-            return
+        if call_id is None or call_id.startswith(CATALOG_WAIT_PREFIX):
+            return  # (a call still waiting for its server's catalog just stops waiting)
         self._release_slot(call_id)
         self.services.hub.forget(call_id)
         self.services.sessions.forget(self.session_id, [call_id])
@@ -1141,7 +1188,7 @@ class ClientConnection:
 
     def in_flight_calls(self) -> list[str]:
         """Call ids this conversation still waits for."""
-        return list(self._in_flight.values())
+        return [c for c in self._in_flight.values() if not c.startswith(CATALOG_WAIT_PREFIX)]
 
     # ------------------------------------------------------------ end
     def close(self) -> None:

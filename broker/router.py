@@ -85,21 +85,29 @@ class Router:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
 
+    def unpublished_server(self, name: str) -> str | None:
+        """The configured server a namespaced tool name points at, when that server has published no catalog
+        yet (its worker is still starting, or none runs): a call to it may wait for the catalog (unless its
+        workers already know it cannot start: `broken_reason`)."""
+        prefix, sep, _ = name.partition(self.catalog.config.separator)
+        if sep and prefix in self.catalog.config.servers and prefix in self.catalog.missing:
+            return prefix
+        return None
+
     def route_tool(self, name: str) -> Route:
         entry = self.catalog.lookup_tool(name)
         if entry is None:
-            servers = self.catalog.config.servers
-            prefix, sep, _ = name.partition(self.catalog.config.separator)
-            if sep and prefix in servers and prefix in self.catalog.missing:
+            prefix = self.unpublished_server(name)
+            if prefix is not None:
                 raise UnknownTool(f"Unknown tool: {name} (server {prefix!r} has not published its tools yet"
-                                  f"{self._health_note(prefix)})")
+                                  f"{self.broken_reason(prefix)})")
             raise UnknownTool(f"Unknown tool: {name}")
         return Route(entry, self.catalog.config.server(entry.server))
 
     def queue_for(self, spec: ServerSpec, session_id: str | None) -> str:
         return sticky_queue(self.catalog.redis, spec, session_id)
 
-    def _health_note(self, server: str) -> str:
+    def broken_reason(self, server: str) -> str:
         """Why a server has no tools yet, when its workers know (it fails to start, say)."""
         records = health.read(self.catalog.redis, server)
         broken = [rec for rec in records.values() if not rec.get("healthy", True)]

@@ -48,7 +48,7 @@ from broker.batches import (
 from broker.outage import TAG_CHARS, is_redis_down
 from broker.protocol import BrokerServices, call_timeout, cancel_call
 from broker.results import REQUEST_CANCELLED
-from broker.router import UnknownTool
+from broker.router import Route, UnknownTool
 from broker.schemas import (
     BatchResultsQuerySchema,
     BatchSubmitQuerySchema,
@@ -183,6 +183,22 @@ def _own_batch(services: BrokerServices, batch_id: str) -> None:
 
 
 # ---------------------------------------------------------------- one call
+def _route_when_published(services: BrokerServices, name: str, timeout_s: float | None) -> Route:
+    """The tool's route; a tool of a configured server whose catalog is not published yet (its worker is
+    still starting) is waited for, up to the call's own time limit, instead of refused at once."""
+    for waited in (False, True):
+        try:
+            return services.router.route_tool(name)
+        except UnknownTool as err:
+            services.request_missing_catalogs()
+            server = services.router.unpublished_server(name)
+            if waited or server is None or services.router.broken_reason(server):
+                raise ApiError(400, "unknown_tool", str(err)) from None
+            services.catalog.wait_published(server, call_timeout(services.config.server(server).settings,
+                                                                 timeout_s))
+    raise AssertionError("unreachable")
+
+
 @api.post("/calls")
 def post_call() -> tuple[Response, int]:
     """Run one call and answer with its outcome: the caller holds the HTTP request instead of a socket."""
@@ -201,11 +217,7 @@ def post_call() -> tuple[Response, int]:
     call_id = uuid.uuid4().hex
     try:
         _admit(services, name)
-        try:
-            route = services.router.route_tool(name)
-        except UnknownTool as err:
-            services.request_missing_catalogs()
-            raise ApiError(400, "unknown_tool", str(err)) from None
+        route = _route_when_published(services, name, loaded["timeout_s"])
         size = wire.encoded_size(arguments)
         if size > services.max_argument_bytes:
             raise ApiError(413, "arguments_too_large", f"arguments of {size} bytes are over the limit of "

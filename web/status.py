@@ -27,6 +27,7 @@ from broker.metrics import BrokerCollector
 from broker.redisconn import get_redis
 from web.auth import bearer_of, current_principal
 from web.origin import allowed_hosts, host_allowed
+from web.services import get_services
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +88,26 @@ def _registry(config: BrokerConfig) -> CollectorRegistry:
         return _registries[key]
 
 
+def _this_process() -> dict[str, Any]:
+    """This web process's part of readiness: it has read the published catalogs (a cold process that had
+    not served tools it did not know yet) and listens on its reply channel. Probing does both if needed."""
+    services = get_services(_config())
+    try:
+        services.catalog.ensure_fresh()
+        services.hub.start()
+    except (redis.RedisError, OSError, RuntimeError) as err:
+        return {"ready": False, "catalog_loaded": services.catalog.loaded, "error": f"{type(err).__name__}: {err}"}
+    return {"ready": services.catalog.loaded, "catalog_loaded": services.catalog.loaded,
+            "catalogs": len(services.catalog.documents), "tools": len(services.catalog.tools),
+            "missing": list(services.catalog.missing)}
+
+
 def register_status(app: Flask) -> None:
     page = STATUS_PAGE.read_text(encoding="utf-8")
 
     @app.get("/readyz")
     def readyz() -> tuple[Response, int]:
-        ready, detail = readiness(get_redis(), _config())
+        ready, detail = readiness(get_redis(), _config(), web=_this_process())
         return jsonify(detail if _sees_detail() else public_readiness(detail)), 200 if ready else 503
 
     @app.get("/metrics")

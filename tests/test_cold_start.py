@@ -1,0 +1,172 @@
+"""Cold and moving web processes (issue 12, findings 5, 6, 7): first calls of a fresh process, a server whose
+worker starts late, how long outcomes stay in Redis, a session resumed after its web process was SIGKILLed,
+and readiness that one bad backend does not take away. Real stack: gunicorn web, Celery workers, Redis."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from tests.stack import ROOT, VENV_BIN, Proc, Stack, free_port
+from tests.test_observability import wait_until
+from tests.wsclient import RawClient
+
+SERVERS = ROOT / "examples" / "servers"
+
+
+def text_of(message: dict[str, Any]) -> str:
+    assert "result" in message, message
+    return str(message["result"]["structuredContent"]["result"])
+
+
+def config_with(tmp_path: Path, extra: dict[str, Any]) -> Path:
+    """The test config's echo server plus `extra` servers (absolute paths: the file lives elsewhere)."""
+    config = json.loads((ROOT / "tests" / "mcp_servers.test.json").read_text())
+    echo = {**config["mcpServers"]["echo"], "args": [str(SERVERS / "echo.py")]}
+    path = tmp_path / f"config-{uuid.uuid4().hex[:6]}.json"
+    path.write_text(json.dumps({"mcpServers": {"echo": echo, **extra}}))
+    return path
+
+
+def start_worker(stack: Stack, server: str, config: Path) -> Proc:
+    argv = [str(VENV_BIN / "celery"), "-A", "workers.app", "worker", "-Q", f"mcp.{server}", "-P", "threads", "-c", "4",
+            "-n", f"{server}.{free_port()}@%h", "--without-gossip", "--without-mingle", "-l", "info"]
+    return stack._spawn(f"worker-{server}-{len(stack.procs)}", argv, {**stack.env, "MCP_BROKER_CONFIG": str(config)})
+
+
+@pytest.fixture
+def own_web(stack: Stack) -> Iterator[Any]:
+    """Start web processes of the test's own (stopped, and their ports forgotten, afterwards)."""
+    started: list[tuple[Proc, int]] = []
+
+    def start(env: dict[str, str] | None = None) -> tuple[Proc, int]:
+        port = free_port()
+        proc = stack.start_web(port, env=env)
+        started.append((proc, port))
+        return proc, stack.web_ports.index(port)
+
+    yield start
+    for proc, port in started:
+        proc.stop()
+        if port in stack.web_ports:
+            stack.web_ports.remove(port)
+
+
+# ---------------------------------------------------------------- finding 5: a cold web process
+def test_a_fresh_web_process_serves_the_catalog_in_redis_to_its_very_first_callers(stack: Stack, own_web: Any) -> None:
+    """Every catalog is in Redis; a NEW web process gets 40 WebSocket and 40 HTTP calls at once, its first."""
+    _, index = own_web()
+    base = stack.http_url(index)
+    sockets = [RawClient(stack.ws_url(index)) for _ in range(40)]  # initialize does not read the catalog
+    start = threading.Barrier(80)
+    answers: list[Any] = []
+
+    def over_ws(client: RawClient, i: int) -> None:
+        start.wait(30)
+        answers.append(client.call("echo__echo", {"text": f"ws{i}"}, timeout=30))
+
+    def over_http(i: int) -> None:
+        start.wait(30)
+        response = httpx2.post(f"{base}/v1/calls", json={"tool": "echo__echo", "arguments": {"text": f"h{i}"}},
+                               timeout=30)
+        answers.append(response.json() if response.status_code != 200 else {"result": response.json()["result"]})
+
+    threads = [threading.Thread(target=over_ws, args=(c, i)) for i, c in enumerate(sockets)]
+    threads += [threading.Thread(target=over_http, args=(i,)) for i in range(40)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        for client in sockets:
+            client.close()
+    failed = [a for a in answers if "result" not in a]
+    assert len(answers) == 80 and not failed, failed[:3]
+    assert sorted(text_of(a) for a in answers) == sorted([f"ws{i}" for i in range(40)] + [f"h{i}" for i in range(40)])
+    ready = httpx2.get(f"{base}/readyz", timeout=10).json()
+    assert ready["web"]["catalog_loaded"] is True and ready["web"]["catalogs"] == len(stack.servers)
+
+
+def test_a_call_to_a_server_still_starting_waits_for_its_tools_then_clients_hear_list_changed(
+        stack: Stack, own_web: Any, tmp_path: Path) -> None:
+    """`late` is configured but its worker starts only after the client listed the tools and called one."""
+    late = {"command": "python", "args": [str(SERVERS / "echo.py")], "broker": {"timeout_s": 90}}
+    config = config_with(tmp_path, {"late": late})
+    stack.redis().delete("mcpb:catalog:late")
+    _, index = own_web({"MCP_BROKER_CONFIG": str(config)})
+    base = stack.http_url(index)
+    with RawClient(stack.ws_url(index)) as client:
+        tools = {t["name"] for t in client.request("tools/list")["result"]["tools"]}
+        assert "echo__echo" in tools and not any(name.startswith("late__") for name in tools)
+        client.send({"jsonrpc": "2.0", "id": "early", "method": "tools/call",
+                     "params": {"name": "late__echo", "arguments": {"text": "waited"}}})
+        over_http: dict[str, Any] = {}
+        poster = threading.Thread(target=lambda: over_http.update(response=httpx2.post(
+            f"{base}/v1/calls", json={"tool": "late__echo", "arguments": {"text": "waited too"}}, timeout=120)))
+        poster.start()
+        # the call waits (it is not refused while the server has no catalog): other requests are served meanwhile
+        assert client.call("echo__echo", {"text": "meanwhile"})["result"]["structuredContent"]["result"] == "meanwhile"
+        worker = start_worker(stack, "late", config)
+        try:
+            answer = client.response(timeout=90)
+            assert answer["id"] == "early", answer
+            assert text_of(answer) == "waited", worker.log()[-2000:]
+            poster.join(90)
+            assert over_http["response"].status_code == 200, over_http["response"].text
+            assert over_http["response"].json()["result"]["structuredContent"]["result"] == "waited too"
+            # the client that listed the tools during start-up hears that more arrived
+            deadline = time.monotonic() + 20
+            while not any(n.get("method") == "notifications/tools/list_changed" for n in client.notifications):
+                client.notifications.append(client.recv(max(0.1, deadline - time.monotonic())))
+            tools = {t["name"] for t in client.request("tools/list")["result"]["tools"]}
+            assert "late__echo" in tools
+        finally:
+            worker.stop()
+
+
+def test_a_call_to_a_server_that_never_publishes_fails_within_its_time_limit(
+        stack: Stack, own_web: Any, tmp_path: Path) -> None:
+    """No worker ever serves `ghost`: the wait ends at the call's own time limit, with the reason."""
+    config = config_with(tmp_path, {"ghost": {"command": "python", "args": [str(SERVERS / "echo.py")],
+                                              "broker": {"timeout_s": 2}}})
+    _, index = own_web({"MCP_BROKER_CONFIG": str(config)})
+    with RawClient(stack.ws_url(index)) as client:
+        error = client.call("ghost__echo", {"text": "x"}, timeout=30)["error"]
+        assert error["code"] == -32602 and "has not published its tools yet" in error["message"]
+
+
+# ---------------------------------------------------------------- finding 7c: readiness is the broker's
+def test_readyz_stays_ready_with_an_unhealthy_server_and_shows_it_in_the_body(
+        stack: Stack, own_web: Any, tmp_path: Path) -> None:
+    broken = {"command": "python", "args": [str(SERVERS / "tiny.py"), "--exit-at-start", "3"],
+              "broker": {"timeout_s": 5}}
+    config = config_with(tmp_path, {"broken": broken})
+    stack.redis().delete("mcpb:health:broken", "mcpb:catalog:broken")
+    _, index = own_web({"MCP_BROKER_CONFIG": str(config)})
+    worker = start_worker(stack, "broken", config)
+    url = f"{stack.http_url(index)}/readyz"
+    try:
+        def unhealthy() -> bool:
+            body = httpx2.get(url, timeout=10).json()["servers"]["broken"]
+            return body["workers"] >= 1 and body["backend"]["replicas"].get("0", {}).get("state") == "unhealthy"
+
+        assert wait_until(unhealthy, timeout=60), worker.log()[-3000:]
+        response = httpx2.get(url, timeout=10)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["status"] == "ready" and body["redis"]["ok"] and body["web"]["catalog_loaded"]
+        bad = body["servers"]["broken"]
+        assert bad["ready"] is False and "backend unhealthy: failed to start" in bad["reason"]
+        assert "refusing to start" in bad["backend"]["replicas"]["0"]["stderr"]  # (admins see its stderr)
+        assert body["servers"]["echo"]["ready"] is True and body["servers_ready"] == 1
+    finally:
+        worker.stop()
