@@ -301,6 +301,7 @@ def prepare_batch(
             "timeout_s": timeout,
             "expires_at": expires_at,
             "batch": batch_id,
+            "keep_s": settings.result_ttl_s,  # each outcome stays readable as long as the batch
         }
         if client_id is not None:
             call["id"] = client_id

@@ -22,8 +22,22 @@ def catalog(server: str) -> str:
 
 
 def result(call_id: str) -> str:
-    """The one stored answer of a call (written with SET NX: first writer wins)."""
+    """The one stored answer of a call (written once, with `answered`), kept while someone may still read it:
+    the caller's session (until delivered, then briefly), the batch, or briefly for the reply hub's sweep."""
     return f"{PREFIX}:result:{call_id}"
+
+
+def answered(call_id: str) -> str:
+    """A small marker that the call has its outcome (SET NX by the first writer): what keeps a redelivered
+    message from running the call again, for as long as a redelivery is possible; the outcome itself
+    (`result`) may expire sooner."""
+    return f"{PREFIX}:answered:{call_id}"
+
+
+def reply_route(call_id: str) -> str:
+    """String: the reply channel of the web process that now waits for the call (its session resumed there);
+    workers publish the call's progress, events and outcome there instead of the call's own `reply_to`."""
+    return f"{PREFIX}:route:{call_id}"
 
 
 def cancelled(call_id: str) -> str:

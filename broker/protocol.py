@@ -542,24 +542,31 @@ class ClientConnection:
                 self.services.sessions.touch(self.session_id)
 
     def resume(self) -> int:
-        """Deliver what finished while the client was away; keep waiting for the rest. How many were pending."""
+        """Deliver what finished while the client was away; keep waiting for the rest. How many were pending.
+
+        The calls are routed here first (workers publish their progress and outcomes on this process's
+        channel from now on: the process that queued them may be dead), then the stored outcomes are read;
+        one that lands in between is answered once (the hub hands each call's outcome over once)."""
         pending = self.services.sessions.pending(self.session_id)
         if not pending:
             return 0
         call_ids = list(pending)
-        stored = self.services.redis.mget([keys.result(c) for c in call_ids])
         hub = self.services.hub
         hub.start()
-        for call_id, data in zip(call_ids, stored, strict=True):
-            entry = pending[call_id]
+        wait_s = 0.0
+        for call_id, entry in pending.items():
             on_outcome, on_event = self._callbacks(entry["rid"], call_id, entry["method"], entry["server"],
                                                    entry.get("progressToken"))
             self._in_flight[entry["rid"]] = call_id
+            spec = self.services.config.servers.get(entry["server"])
+            limit = (spec.settings.max_timeout_s if spec is not None else 300.0) * 2 + QUEUE_GRACE_S
+            wait_s = max(wait_s, limit)
+            hub.expect(call_id, on_outcome, on_event, limit)
+        self.services.sessions.route(call_ids, hub.channel, int(wait_s))
+        stored = self.services.redis.mget([keys.result(c) for c in call_ids])
+        for data in stored:
             if data:
-                on_outcome(json.loads(data))
-            else:
-                hub.expect(call_id, on_outcome, on_event, self.services.config.server(entry["server"])
-                           .settings.max_timeout_s * 2 + QUEUE_GRACE_S)
+                hub.deliver_local(json.loads(data))
         return len(pending)
 
     # ------------------------------------------------------------ lifecycle methods

@@ -1,15 +1,31 @@
 """How a call's outcome travels from the worker to whoever waits for it.
 
-A result is stored under the call id with SET NX and, in the same Lua step,
-published on the caller's web-process channel and (for batch calls) appended
-to the batch's result stream with its counters: the first writer wins, so a
-redelivered or retried call is answered and counted exactly once, and a
-reader that missed the publish still finds the stored answer.
+A result is stored under the call id and, in the same Lua step, published on
+the caller's web-process channel and (for batch calls) appended to the batch's
+result stream with its counters. The first writer wins: a small `answered`
+marker is set NX, so a redelivered or retried call is answered and counted
+exactly once, and a reader that missed the publish still finds the stored
+answer.
+
+How long each piece lives (issue 12: keeping every 0.5 KB result an hour held
+~1.6 GB at 921 calls/s):
+- the outcome (`result`): `keep_s`, stamped on the call by the web process:
+  the session TTL for a call a session waits for (a client away resumes and
+  gets it; the web process cuts it to `MCP_BROKER_DELIVERED_TTL_S` once the
+  answer is written to the client's socket), the batch's TTL for a batch call,
+  else `MCP_BROKER_DELIVERED_TTL_S` (the reply hub's sweep reads it within
+  seconds if a publish was missed);
+- the `answered` marker (~100 bytes): as long as the call can still be run by
+  a redelivered message: until the call's `expires_at` (past it a queued call
+  is answered with a timeout, never run) plus `REDELIVERY_MARGIN_S` (a dead
+  worker's messages are restored ~10 s after its lease lapses), at most an hour
+  (the transport's visibility timeout, after which any message has come back).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import redis
@@ -17,19 +33,40 @@ from mcp_types import REQUEST_TIMEOUT
 
 from broker import keys
 
-RESULT_TTL_S = 3600
+RESULT_TTL_S = 3600  # the outcome's lifetime when the call does not say (a call queued by an older web process)
+REDELIVERY_MARGIN_S = 60  # past a call's expires_at, how long a restored message may still bring it back
+MAX_ANSWERED_TTL_S = 3600  # the visibility timeout: no message comes back later than this
 REQUEST_CANCELLED = -32800  # LSP's code, used by MCP SDKs for a cancelled request
 
 _DELIVER = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
-if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[1]) end
-if KEYS[2] then
-  redis.call('XADD', KEYS[3], '*', 'data', ARGV[1])
-  redis.call('HINCRBY', KEYS[2], ARGV[4], 1)
-  redis.call('EXPIRE', KEYS[3], ARGV[2])
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[5])
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+if ARGV[3] ~= '' then
+  redis.call('PUBLISH', redis.call('GET', KEYS[3]) or ARGV[3], ARGV[1])
+end
+if KEYS[4] then
+  redis.call('XADD', KEYS[5], '*', 'data', ARGV[1])
+  redis.call('HINCRBY', KEYS[4], ARGV[4], 1)
+  redis.call('EXPIRE', KEYS[5], ARGV[2])
 end
 return 1
 """
+# a call's progress or event: to the web process that waits for it now (its session may have moved)
+_PUBLISH_ROUTED = """
+return redis.call('PUBLISH', redis.call('GET', KEYS[1]) or ARGV[1], ARGV[2])
+"""
+
+
+def answered_ttl(call: dict[str, Any], keep_s: int, now: float | None = None) -> int:
+    """How long the `answered` marker must outlive the outcome's delivery (see the module's docstring)."""
+    expires_at = call.get("expires_at")
+    if not isinstance(expires_at, (int, float)):
+        window = MAX_ANSWERED_TTL_S
+    else:
+        left = float(expires_at) - (time.time() if now is None else now)
+        window = int(min(MAX_ANSWERED_TTL_S, max(0.0, left) + REDELIVERY_MARGIN_S))
+    return max(1, window, keep_s if call.get("batch") else 0)
 
 
 def outcome_kind(outcome: dict[str, Any]) -> str:
@@ -48,6 +85,7 @@ class ResultWriter:
         self._r = r
         self._ttl = ttl_s
         self._deliver = r.register_script(_DELIVER)
+        self._publish = r.register_script(_PUBLISH_ROUTED)
 
     def deliver(self, call: dict[str, Any], outcome: dict[str, Any]) -> bool:
         """Store and publish `{"call_id", "id"?, "result"|"error"}`; False when the call was already answered."""
@@ -57,10 +95,12 @@ class ResultWriter:
             message["id"] = call["id"]  # the batch client's own id for the call
         payload = json.dumps(message, separators=(",", ":"))
         batch_id = call.get("batch")
-        key_list = [keys.result(call_id)]
+        keep = call.get("keep_s")
+        keep_s = max(1, int(keep)) if isinstance(keep, (int, float)) and not isinstance(keep, bool) else self._ttl
+        key_list = [keys.answered(call_id), keys.result(call_id), keys.reply_route(call_id)]
         if batch_id:
             key_list += [keys.batch(batch_id), keys.batch_results(batch_id)]
-        args = [payload, self._ttl, call.get("reply_to") or "", outcome_kind(outcome)]
+        args = [payload, keep_s, call.get("reply_to") or "", outcome_kind(outcome), answered_ttl(call, keep_s)]
         return bool(self._deliver(keys=key_list, args=args))
 
     def started(self, calls: list[dict[str, Any]]) -> None:
@@ -82,13 +122,14 @@ class ResultWriter:
         if not reply_to:
             return
         note = {"progress": progress, "total": total, "message": message}
-        self._r.publish(reply_to, json.dumps({"call_id": call_id, "progress": note}, separators=(",", ":")))
+        self._publish(keys=[keys.reply_route(call_id)],
+                      args=[reply_to, json.dumps({"call_id": call_id, "progress": note}, separators=(",", ":"))])
 
     def triage(self, calls: list[dict[str, Any]]) -> list[str]:
         """For each call: "answered" (skip), "cancelled" (answer as cancelled) or "run"; one round trip."""
         pipe = self._r.pipeline(transaction=False)
         for call in calls:
-            pipe.exists(keys.result(call["call_id"]))
+            pipe.exists(keys.answered(call["call_id"]), keys.result(call["call_id"]))
             pipe.exists(keys.cancelled(call["call_id"]))
             pipe.hget(keys.batch(call["batch"]), "state") if call.get("batch") else pipe.echo("")
         flags = pipe.execute()
@@ -104,7 +145,8 @@ class ResultWriter:
     def event(self, call_id: str, reply_to: str | None, kind: str, payload: dict[str, Any]) -> None:
         """A call's side message to its client (`log`, `server_request`), on the caller's web-process channel."""
         if reply_to:
-            self._r.publish(reply_to, json.dumps({"call_id": call_id, kind: payload}, separators=(",", ":")))
+            self._publish(keys=[keys.reply_route(call_id)],
+                          args=[reply_to, json.dumps({"call_id": call_id, kind: payload}, separators=(",", ":"))])
 
     def await_answer(self, request_id: str, timeout: float) -> dict[str, Any] | None:
         """The client's answer to a server-to-client request, pushed by the web process (None on timeout)."""

@@ -17,12 +17,14 @@ import redis
 from broker import keys
 
 DEFAULT_TTL_S = 3600
+DELIVERED_TTL_S = 30  # MCP_BROKER_DELIVERED_TTL_S: how long an outcome stays in Redis once nobody needs it
 
 
 class SessionStore:
-    def __init__(self, r: redis.Redis, ttl_s: int = DEFAULT_TTL_S) -> None:
+    def __init__(self, r: redis.Redis, ttl_s: int = DEFAULT_TTL_S, delivered_ttl_s: int = DELIVERED_TTL_S) -> None:
         self._r = r
         self.ttl_s = ttl_s
+        self.delivered_ttl_s = max(1, delivered_ttl_s)
 
     def save(self, session_id: str, state: dict[str, Any]) -> None:
         """Create or update the session's negotiated state (protocol version, client info, capabilities)."""
@@ -58,10 +60,14 @@ class SessionStore:
 
     def remember(self, calls: list[dict[str, Any]]) -> None:
         """Record calls in flight for their sessions (before they are sent, so an answer can never
-        arrive for a call the session does not know)."""
+        arrive for a call the session does not know), and stamp on every call how long the worker keeps
+        its outcome (`keep_s`): a session's call for the session's TTL (its client may be away when it
+        ends), any other only briefly (its caller waits for it on this process right now)."""
         pipe = self._r.pipeline(transaction=False)
         for call in calls:
-            if call.get("session") and "rid" in call:
+            pending = bool(call.get("session")) and "rid" in call
+            call.setdefault("keep_s", self.ttl_s if pending else self.delivered_ttl_s)
+            if pending:
                 entry = {"rid": call["rid"], "method": call.get("method", "tools/call"), "server": call["server"]}
                 if call.get("progress_token") is not None:
                     entry["progressToken"] = call["progress_token"]
@@ -71,9 +77,23 @@ class SessionStore:
             pipe.execute()
 
     def forget(self, session_id: str, call_ids: list[str]) -> None:
-        """Answered (or cancelled): the session no longer waits for these."""
+        """Answered (or cancelled): the session no longer waits for these, and their outcomes, kept for the
+        session's TTL in case its client was away, now expire after `delivered_ttl_s`."""
         if call_ids:
-            self._r.hdel(keys.session_calls(session_id), *call_ids)
+            pipe = self._r.pipeline(transaction=False)
+            pipe.hdel(keys.session_calls(session_id), *call_ids)
+            for call_id in call_ids:
+                pipe.expire(keys.result(call_id), self.delivered_ttl_s)
+            pipe.execute()
+
+    def route(self, call_ids: list[str], channel: str, ttl_s: int) -> None:
+        """A session resumed on this web process: workers publish these calls' progress, events and outcomes
+        on its channel from now on (the process that queued them may be gone)."""
+        if call_ids:
+            pipe = self._r.pipeline(transaction=False)
+            for call_id in call_ids:
+                pipe.set(keys.reply_route(call_id), channel, ex=max(1, ttl_s))
+            pipe.execute()
 
     def pending(self, session_id: str) -> dict[str, dict[str, Any]]:
         return {call_id: json.loads(v) for call_id, v in self._r.hgetall(keys.session_calls(session_id)).items()}

@@ -5,6 +5,7 @@ and readiness that one bad backend does not take away. Real stack: gunicorn web,
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 import uuid
@@ -170,3 +171,69 @@ def test_readyz_stays_ready_with_an_unhealthy_server_and_shows_it_in_the_body(
         assert body["servers"]["echo"]["ready"] is True and body["servers_ready"] == 1
     finally:
         worker.stop()
+
+
+# ---------------------------------------------------------------- finding 6: how long outcomes stay
+def test_delivered_outcomes_expire_soon_while_batch_and_undelivered_session_outcomes_stay(
+        stack: Stack, own_web: Any) -> None:
+    r = stack.redis()
+    _, index = own_web({"MCP_BROKER_DELIVERED_TTL_S": "2", "MCP_BROKER_RESULT_TTL_S": "600"})
+    base = stack.http_url(index)
+    # a call delivered to its socket, and one answered over HTTP
+    before = set(r.scan_iter("mcpb:answered:*"))
+    with RawClient(stack.ws_url(index)) as client:
+        assert text_of(client.call("echo__echo", {"text": "gone soon"})) == "gone soon"
+    ws_calls = [key.rsplit(":", 1)[1] for key in set(r.scan_iter("mcpb:answered:*")) - before]
+    assert len(ws_calls) == 1
+    response = httpx2.post(f"{base}/v1/calls", json={"tool": "echo__echo", "arguments": {"text": "http"}}, timeout=30)
+    assert response.status_code == 200, response.text
+    http_call = response.json()["call_id"]
+    # a session's call that ends while its client is away: kept for the session's TTL
+    with RawClient(stack.ws_url(index)) as away:
+        session_id = away.ws.response.headers["Mcp-Session-Id"]
+        away.send({"jsonrpc": "2.0", "id": "away", "method": "tools/call",
+                   "params": {"name": "echo__slow", "arguments": {"seconds": 0.3, "steps": 1}}})
+        assert wait_until(lambda: r.hlen(f"mcpb:session:{session_id}:calls") == 1, timeout=10)
+    away_call = next(iter(r.hkeys(f"mcpb:session:{session_id}:calls")))
+    assert wait_until(lambda: r.exists(f"mcpb:result:{away_call}"), timeout=20)
+    # a batch
+    batch = httpx2.post(f"{base}/v1/batches", json={"calls": [{"tool": "echo__echo", "arguments": {"text": str(i)}}
+                                                              for i in range(3)]}, timeout=30).json()
+    lines = httpx2.get(f"{base}{batch['results_url']}", timeout=60).text.splitlines()
+    assert len(lines) == 3
+    # the delivered ones go; their `answered` markers (what stops a redelivered message from running a call
+    # twice) stay while a redelivery is possible
+    assert wait_until(lambda: not r.exists(f"mcpb:result:{http_call}", *[f"mcpb:result:{c}" for c in ws_calls]),
+                      timeout=20)
+    assert r.exists(f"mcpb:answered:{http_call}") and r.ttl(f"mcpb:answered:{http_call}") > 30
+    for i in range(3):
+        assert r.exists(f"mcpb:result:{batch['batch_id']}.{i}") and r.ttl(f"mcpb:result:{batch['batch_id']}.{i}") > 60
+    assert r.ttl(f"mcpb:result:{away_call}") > 60  # nobody got it yet
+    # the client comes back: it gets the outcome, which then goes too
+    with RawClient(f"{stack.ws_url(index)}?session={session_id}", initialize=False) as again:
+        answer = again.response(timeout=20)
+        assert answer["id"] == "away" and text_of(answer) == "slept 0.3s"
+    assert wait_until(lambda: not r.exists(f"mcpb:result:{away_call}"), timeout=20)
+    assert len(httpx2.get(f"{base}{batch['results_url']}", timeout=30).text.splitlines()) == 3  # still readable
+
+
+# ---------------------------------------------------------------- finding 7a: a web process dies
+def test_a_session_resumed_after_its_web_process_was_killed_gets_progress_and_result(
+        stack: Stack, own_web: Any) -> None:
+    first, index_a = own_web()
+    _, index_b = own_web()
+    with RawClient(stack.ws_url(index_a)) as client:
+        session_id = client.ws.response.headers["Mcp-Session-Id"]
+        client.send({"jsonrpc": "2.0", "id": "long", "method": "tools/call",
+                     "params": {"name": "echo__slow", "arguments": {"seconds": 4, "steps": 16},
+                                "_meta": {"progressToken": "p"}}})
+        note = client.recv(timeout=20)  # it runs: its first progress note is here
+        assert note.get("method") == "notifications/progress", note
+        first.stop(signal.SIGKILL)
+    with RawClient(f"{stack.ws_url(index_b)}?session={session_id}", initialize=False) as again:
+        answer = again.response(timeout=30)
+    assert answer["id"] == "long" and text_of(answer) == "slept 4.0s"
+    progress = [n for n in again.notifications if n.get("method") == "notifications/progress"]
+    assert progress, "progress of the still-running call reaches the process where the session resumed"
+    assert all(n["params"]["progressToken"] == "p" for n in progress)
+    assert progress[-1]["params"]["progress"] == 16

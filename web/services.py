@@ -28,7 +28,7 @@ from broker.redisconn import get_redis
 from broker.replies import ReplyHub
 from broker.router import Router
 from broker.security import RateLimiter
-from broker.sessions import DEFAULT_TTL_S, SessionStore
+from broker.sessions import DEFAULT_TTL_S, DELIVERED_TTL_S, SessionStore
 
 _lock = threading.Lock()
 _applied: dict[str, Any] = {"version": 0, "checked": 0.0}  # the reload version this process serves
@@ -45,7 +45,8 @@ def build_services(config: BrokerConfig) -> BrokerServices:
     catalog = Catalog(r, config)
     hub = ReplyHub(r)
     lease_s = float(os.environ.get("MCP_BROKER_LEASE_S", str(LEASE_S)))  # how long a dead process's leases last
-    sessions = SessionStore(r, int(os.environ.get("MCP_BROKER_SESSION_TTL_S", str(DEFAULT_TTL_S))))
+    sessions = SessionStore(r, int(os.environ.get("MCP_BROKER_SESSION_TTL_S", str(DEFAULT_TTL_S))),
+                            int(os.environ.get("MCP_BROKER_DELIVERED_TTL_S", str(DELIVERED_TTL_S))))
 
     def enqueue_failed(call: dict[str, Any], err: Exception) -> None:
         error: dict[str, Any] = {"code": INTERNAL_ERROR, "message": f"Could not enqueue the call: {err!r}"}
