@@ -14,7 +14,7 @@ How long each piece lives (issue 12: keeping every 0.5 KB result an hour held
   gets it; the web process cuts it to `MCP_BROKER_DELIVERED_TTL_S` once the
   answer is written to the client's socket), the batch's TTL for a batch call,
   else `MCP_BROKER_DELIVERED_TTL_S` (the reply hub's sweep reads it within
-  seconds if a publish was missed);
+  seconds if a publish was missed); a cancelled call's at most a minute;
 - the `answered` marker (~100 bytes): as long as the call can still be run by
   a redelivered message: until the call's `expires_at` (past it a queued call
   is answered with a timeout, never run) plus `REDELIVERY_MARGIN_S` (a dead
@@ -36,6 +36,7 @@ from broker import keys
 RESULT_TTL_S = 3600  # the outcome's lifetime when the call does not say (a call queued by an older web process)
 REDELIVERY_MARGIN_S = 60  # past a call's expires_at, how long a restored message may still bring it back
 MAX_ANSWERED_TTL_S = 3600  # the visibility timeout: no message comes back later than this
+CANCELLED_KEEP_S = 60  # a cancelled call's outcome (not a batch's): nobody reads it, the hub's sweep aside
 REQUEST_CANCELLED = -32800  # LSP's code, used by MCP SDKs for a cancelled request
 
 _DELIVER = """
@@ -97,6 +98,8 @@ class ResultWriter:
         batch_id = call.get("batch")
         keep = call.get("keep_s")
         keep_s = max(1, int(keep)) if isinstance(keep, (int, float)) and not isinstance(keep, bool) else self._ttl
+        if outcome.get("cancelled") and not batch_id:
+            keep_s = min(keep_s, CANCELLED_KEEP_S)  # its caller stopped waiting: no session resumes it either
         key_list = [keys.answered(call_id), keys.result(call_id), keys.reply_route(call_id)]
         if batch_id:
             key_list += [keys.batch(batch_id), keys.batch_results(batch_id)]

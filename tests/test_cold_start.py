@@ -196,6 +196,17 @@ def test_delivered_outcomes_expire_soon_while_batch_and_undelivered_session_outc
         assert wait_until(lambda: r.hlen(f"mcpb:session:{session_id}:calls") == 1, timeout=10)
     away_call = next(iter(r.hkeys(f"mcpb:session:{session_id}:calls")))
     assert wait_until(lambda: r.exists(f"mcpb:result:{away_call}"), timeout=20)
+    # a call its client cancels: nobody will read its outcome, whatever the session's TTL
+    with RawClient(stack.ws_url(index)) as canceller:
+        cancel_session = canceller.ws.response.headers["Mcp-Session-Id"]
+        canceller.send({"jsonrpc": "2.0", "id": "drop", "method": "tools/call",
+                        "params": {"name": "echo__slow", "arguments": {"seconds": 5, "steps": 5},
+                                   "_meta": {"progressToken": "c"}}})
+        assert canceller.recv(timeout=20)["method"] == "notifications/progress"  # it runs
+        dropped = next(iter(r.hkeys(f"mcpb:session:{cancel_session}:calls")))
+        canceller.notify("notifications/cancelled", {"requestId": "drop"})
+        assert wait_until(lambda: r.exists(f"mcpb:result:{dropped}"), timeout=20)
+    assert 0 < r.ttl(f"mcpb:result:{dropped}") <= 60
     # a batch
     batch = httpx2.post(f"{base}/v1/batches", json={"calls": [{"tool": "echo__echo", "arguments": {"text": str(i)}}
                                                               for i in range(3)]}, timeout=30).json()
