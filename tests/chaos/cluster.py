@@ -151,14 +151,15 @@ class Cluster:
         return self.stack.http_url(index)
 
     def kill_web(self, index: int) -> None:
-        """SIGKILL a web process (gunicorn master and worker) and start a new one on its port, as a supervisor
-        would; clients connected to it lose their sockets."""
+        """SIGKILL a web process (gunicorn master and worker, one process group): clients connected to it lose
+        their sockets mid-call."""
         port = self.stack.web_ports[index]
         proc = self.stack.web_proc(port)
         proc.stop(signal.SIGKILL)
         self.stack.procs.remove(proc)
 
     def restart_web(self, index: int) -> None:
+        """Start a web process on a killed one's port, as its supervisor would."""
         self.stack.start_web(self.stack.web_ports[index])
 
     def submit_batch(self, keys_: list[str], seconds: float) -> str:
