@@ -38,7 +38,7 @@ def redis_kill_row() -> Row:
 
 @pytest.fixture(scope="module")
 def partition_row() -> Row:
-    return worker_partition(size=1500, hold_s=20.0, seconds=0.5, stall_s=30)
+    return worker_partition(size=1200, hold_s=15.0, seconds=0.5, stall_s=30)
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,8 @@ def test_worker_sigkill_mid_batch(worker_kill_row: Row) -> None:
 
 def test_web_sigkill_clients_resume_on_another_web_process(web_kill_row: Row) -> None:
     assert_exactly_once(web_kill_row)
+    # none refused either: the web process a client resumes on may have just been restarted (cold catalog)
+    assert web_kill_row.errors == 0, web_kill_row.summary()
     assert web_kill_row.recovered, web_kill_row.summary()
 
 
