@@ -129,15 +129,19 @@ def test_a_hung_backend_under_traffic_is_restarted_and_its_waiting_calls_run_on_
         try:
             wait_for(lambda: len(traffic) >= 20, 30, "steady traffic")
             os.kill(old_pid, signal.SIGSTOP)
+            # a call with the server's own limit: it, or the traffic holding every slot, times out on the backend
+            client.send({"jsonrpc": "2.0", "id": "t0", "method": "tools/call",
+                         "params": {"name": "stopped__echo", "arguments": {"text": "t0"}}})
             # calls sent now (limits of their own) queue behind the traffic on the hung session
             waiting = [f"w{i}" for i in range(6)]
             for call_id in waiting:
                 client.send({"jsonrpc": "2.0", "id": call_id, "method": "tools/call",
                              "params": {"name": "stopped__echo", "arguments": {"text": call_id}, "_meta": LONG}})
             answers: dict[str, list[dict[str, Any]]] = {}
-            for _ in waiting:
+            for _ in range(len(waiting) + 1):
                 response = client.response(timeout=90)
                 answers.setdefault(response["id"], []).append(response)
+            assert answers.pop("t0")[0]["error"]["code"] == -32001
             # each answered once, by a fresh backend
             assert sorted(answers) == sorted(waiting)
             assert all(structured(found[0])["text"] == call_id for call_id, found in answers.items()), answers
