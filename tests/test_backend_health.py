@@ -277,3 +277,16 @@ def test_hang_timeouts_is_a_checked_broker_key() -> None:
     for bad in (-1, "two", 1.5):
         with pytest.raises(ConfigError, match=r"server s: field broker\.hang_timeouts"):
             parse_config({"mcpServers": {"s": {"command": "x", "broker": {"hang_timeouts": bad}}}})
+
+
+def test_failures_of_a_running_session_arm_no_start_backoff() -> None:
+    """Timeouts and a hang restart count as failures, but must not hold back the fresh start calls wait for."""
+    from broker.health import Health
+
+    health = Health()
+    for _ in range(4):
+        health.failed("a call was not answered within 3s", now=100.0, backoff=False)
+    assert (health.state, health.failures, health.healthy) == ("unhealthy", 4, False)
+    assert health.retry_at is None and health.backoff_left(now=100.0) == 0.0
+    health.failed("failed to start", now=100.0)  # a start failure still backs off
+    assert health.backoff_left(now=100.0) > 0
