@@ -3,11 +3,23 @@
 gevent: one OS thread serves thousands of sockets (measured in ../shared/ENGINEERING_NOTES.md);
 `worker_connections` must exceed the socket count or HTTP requests starve. With no API keys
 configured the broker must not be reachable from other machines, so it binds 127.0.0.1 and says so.
+The keys are loaded here exactly as the app loads them, so a setting that holds no usable key (`","`,
+`{"keys": []}`) stops gunicorn before it binds anything, instead of binding 0.0.0.0 for a keyless app.
+This file is a convenience, not the guard: the app itself refuses non-loopback peers without keys
+(web/auth.py), since gunicorn reads this file only from its working directory.
 """
 
 import os
+import sys
 
-_keys = os.environ.get("MCP_BROKER_API_KEYS") or os.environ.get("MCP_BROKER_KEYS_FILE")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from broker.security import KeysConfigError, load_keyring
+
+try:
+    _keys = load_keyring().enabled
+except KeysConfigError as _err:
+    raise SystemExit(f"mcp-broker: {_err}") from None
 _port = os.environ.get("PORT", "8000")
 _host = os.environ.get("MCP_BROKER_BIND_HOST") or ("0.0.0.0" if _keys else "127.0.0.1")
 

@@ -93,13 +93,17 @@ def cmd_procfile(args: argparse.Namespace) -> int:
 )
 def cmd_check_config(args: argparse.Namespace) -> int:
     from broker.config import ConfigError, expand_all, load_config
+    from broker.security import KeysConfigError, load_keyring
 
     try:
         config = load_config(args.file)
-    except ConfigError as err:
+        keyring = load_keyring()
+    except (ConfigError, KeysConfigError) as err:
         print(err, file=sys.stderr)
         return 1
     print(f"{config.path}: OK, {len(config.servers)} server(s)")
+    print(f"  API keys: {len(keyring.principals)}" if keyring.enabled else
+          "  API keys: none (anonymous admin access, served to loopback peers only)")
     for name, spec in config.servers.items():
         target = " | ".join(endpoint.describe() for endpoint in spec.endpoints)
         s = spec.settings

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 from broker.config import ConfigError, load_config
 from broker.procfile import render_processes
+from broker.security import KeysConfigError, load_keyring
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PORT = 8000
@@ -216,6 +217,11 @@ def run(config_path: str | None = None, port: int | None = None) -> int:
     try:
         config = load_config(config_path)
     except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 1
+    try:  # a key setting that holds no key stops here, not in a web process that honcho restarts
+        load_keyring()
+    except KeysConfigError as err:
         print(err, file=sys.stderr)
         return 1
     port = port or int(os.environ.get("PORT") or DEFAULT_PORT)

@@ -165,3 +165,8 @@ def metrics_proc(proc_id: str) -> str:
 def metrics_recent(slot: int) -> str:
     """Hash: per-server counts and latency sums of one 10-second slot (recent rates on the status page)."""
     return f"{PREFIX}:metrics:recent:{slot}"
+
+
+def request_state_used(nonce: str) -> str:
+    """String: set (NX) when a 2026 `requestState` token is consumed; a second use finds it and is refused."""
+    return f"{PREFIX}:rstate:{nonce}"

@@ -14,10 +14,7 @@ that reconnects anywhere resumes it.
 from __future__ import annotations
 
 import base64
-import contextlib
 import functools
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -48,6 +45,7 @@ from broker.leases import LeaseKeeper
 from broker.outage import is_redis_down
 from broker.outbox import Outbox
 from broker.replies import ReplyHub
+from broker.request_state import RequestStateRefused, RequestStateSeal, request_binding
 from broker.router import Router, UnknownTool
 from broker.schemas import (
     CallToolParamsSchema,
@@ -70,6 +68,8 @@ TIMEOUT_META_KEY = "io.mcp-broker/timeoutS"  # a client's own time limit for one
 QUEUE_GRACE_S = 60.0  # how long a call may wait in its queue on top of its own time limit
 CATALOG_REQUEST_INTERVAL_S = 10.0
 TOUCH_INTERVAL_S = 10.0
+STATE_REFUSED = ("Invalid params: requestState was not issued by this broker for this request and key, was "
+                 "altered, has expired, or was used already")
 RESOURCE_NOT_FOUND = -32002
 FORBIDDEN = -32003  # implementation-defined server errors (-32000..-32099) of the broker
 RATE_LIMITED = -32005
@@ -182,6 +182,7 @@ class BrokerServices:
     max_argument_bytes: int = 1024 * 1024
     max_batch_messages: int = 500  # MCP_BROKER_MAX_RPC_BATCH: messages in one JSON-RPC batch (array)
     _last_catalog_request: float = 0.0
+    _request_state: RequestStateSeal | None = None
     connections: weakref.WeakSet[ClientConnection] = field(default_factory=weakref.WeakSet)
 
     def __post_init__(self) -> None:
@@ -205,8 +206,8 @@ class BrokerServices:
             connection.resource_updated(server, uri)
 
     def state_key(self) -> bytes:
-        """The key that signs `requestState` tokens: `$MCP_BROKER_STATE_KEY`, else one random key kept in Redis
-        (set once), so any web process can verify a token another one issued."""
+        """The key that seals `requestState` tokens: `$MCP_BROKER_STATE_KEY`, else one random key kept in Redis
+        (set once), so any web process can open a token another one issued."""
         configured = os.environ.get("MCP_BROKER_STATE_KEY")
         if configured:
             return configured.encode()
@@ -214,6 +215,11 @@ class BrokerServices:
         self.redis.set(key, base64.b64encode(os.urandom(32)).decode(), nx=True)
         value = self.redis.get(key)
         return value if isinstance(value, bytes) else str(value).encode()
+
+    def request_state(self) -> RequestStateSeal:
+        if self._request_state is None:
+            self._request_state = RequestStateSeal(self.redis, self.state_key())
+        return self._request_state
 
     def request_missing_catalogs(self) -> None:
         """Ask workers to (re)publish catalogs that are missing, at most every few seconds."""
@@ -308,6 +314,7 @@ class ClientConnection:
         self._questions: dict[Any, list[dict[str, Any]]] = {}  # request id → backend questions of this round
         self._offered: dict[Any, dict[str, Any]] = {}  # request id → inputResponses it brought unasked
         self._listen: dict[str, Any] | None = None  # the subscriptions/listen stream this exchange serves
+        self._bindings: dict[Any, dict[str, str]] = {}  # request id → method/target/arguments of a 2026 request
         self._closed = False
         self._touched = time.monotonic()
         self._methods: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
@@ -330,10 +337,11 @@ class ClientConnection:
         }
         self.client_headers: dict[str, str] = {}  # the transport's request headers (lower-case names), for
         # servers that pass some on (`broker.forward_headers`); set by the transport
+        self.expired = False  # the session expired or was deleted while this transport was open: it ends
         if resume is not None:
             self._restore(resume)
         else:
-            services.sessions.save(self.session_id, self._state())
+            services.sessions.create(self.session_id, self._state())
         self._modern_requests: weakref.WeakValueDictionary[Any, ClientConnection] = weakref.WeakValueDictionary()
         if not self.modern:  # 2026-07-28 hears of list changes only on subscriptions/listen, not served yet
             services.connections.add(self)
@@ -382,7 +390,9 @@ class ClientConnection:
         except (ValueError, RecursionError) as err:
             self._error(None, PARSE_ERROR, f"Parse error: {err}")
             return
-        self._keep_session_alive()
+        if not self._keep_session_alive():
+            self._session_gone(decoded)
+            return
         if isinstance(decoded, list):
             if not decoded:
                 self._error(None, INVALID_REQUEST, "Invalid Request: empty batch")
@@ -460,6 +470,8 @@ class ClientConnection:
         def run() -> Any:
             if method in FORWARDED:
                 self._admit()
+            if self.modern and method in INPUT_RESUMABLE:  # what an `input_required` token will be bound to
+                self._bindings[request_id] = request_binding(method, params, self.scope)
             if self.modern and method in INPUT_RESUMABLE and params.get("requestState") is not None:
                 return self._resume_with_input(request_id, params)
             if self.modern and isinstance(params.get("inputResponses"), dict):
@@ -534,12 +546,29 @@ class ClientConnection:
         self.subscriptions = {(str(s), str(u)) for s, u in state.get("subscriptions") or []}
         self.modern = self.protocol_version in MODERN_PROTOCOL_VERSIONS
 
-    def _keep_session_alive(self) -> None:
+    def _keep_session_alive(self) -> bool:
+        """Use refreshes the session's TTL (at most every quarter TTL, so it cannot lapse while in use);
+        False if it is gone: expired (an idle socket's frame after the TTL) or deleted on another process."""
         now = time.monotonic()
-        if now - self._touched >= TOUCH_INTERVAL_S:
-            self._touched = now
-            with contextlib.suppress(*outage.REDIS_DOWN):  # the request itself will say Redis is down
-                self.services.sessions.touch(self.session_id)
+        if now - self._touched < min(TOUCH_INTERVAL_S, self.services.sessions.ttl_s / 4):
+            return True
+        self._touched = now
+        try:
+            return self.services.sessions.touch(self.session_id)
+        except outage.REDIS_DOWN:  # the request itself will say Redis is down
+            return True
+
+    def _session_gone(self, decoded: Any) -> None:
+        """The session ended under this transport: each request of the frame gets an error, and the
+        conversation ends (the transport closes). The session is never recreated, so nobody can take it over."""
+        message = f"Session expired: {self.session_id!r} ended after {self.services.sessions.ttl_s} s without " \
+                  "traffic (or was deleted); initialize a new session"
+        requests = [m for m in (decoded if isinstance(decoded, list) else [decoded])
+                    if isinstance(m, dict) and "method" in m and "id" in m]
+        for request in requests or [{"id": None}]:
+            self._error(echoable_id(request["id"]), INVALID_REQUEST, message)
+        self.expired = True
+        self.close()
 
     def resume(self) -> int:
         """Deliver what finished while the client was away; keep waiting for the rest. How many were pending.
@@ -1016,15 +1045,21 @@ class ClientConnection:
             return  # cancelled, or answered already
         del self._in_flight[request_id]
         self._release_slot(call_id)  # suspended for the client's answer: its retry takes a slot again
-        state = {"call": call_id, "asks": asks, "method": method, "server": server, "token": progress_token,
-                 "expires": time.time() + self._ask_timeout(server)}
-        self._respond(request_id, {"resultType": "input_required", "requestState": self._sign(state),
+        state = {"call": call_id, "asks": asks, "server": server, "token": progress_token}
+        sealed = self.services.request_state().seal(state, self.principal.id, self._bindings.pop(request_id),
+                                                    self._ask_timeout(server))
+        self._respond(request_id, {"resultType": "input_required", "requestState": sealed,
                                    "inputRequests": {ask["key"]: ask["question"] for ask in asks}})
 
     def _resume_with_input(self, request_id: Any, params: dict[str, Any]) -> Any:
         """The retry of a request answered `input_required`: hand the client's answer to the suspended call
         and wait for its next question or its result (both come back on this request)."""
-        state = self._verify(params.get("requestState"))
+        seal = self.services.request_state()
+        try:
+            state = seal.open(params.get("requestState"), self.principal.id, self._bindings[request_id])
+        except RequestStateRefused as err:
+            log.warning("requestState refused for key %r: %s", self.principal.id, err)
+            raise RPCError(INVALID_PARAMS, STATE_REFUSED) from None
         responses = params.get("inputResponses")
         if responses is not None and not isinstance(responses, dict):
             raise RPCError(INVALID_PARAMS, "Invalid params: inputResponses must be an object")
@@ -1036,7 +1071,13 @@ class ClientConnection:
             raise RPCError(INVALID_REQUEST, f"Invalid Request: request id {request_id!r} is already in flight")
         call_id, server = state["call"], state["server"]
         spec = self.services.config.server(server)
-        self._hold_slot(call_id, spec.settings.max_timeout_s * 2 + QUEUE_GRACE_S)
+        self._hold_slot(call_id, spec.settings.max_timeout_s * 2 + QUEUE_GRACE_S)  # refused: the token stays good
+        try:
+            seal.consume(state)  # single use: the answers go to the suspended call once, from one retry
+        except RequestStateRefused as err:
+            self._release_slot(call_id)
+            log.warning("requestState refused for key %r: %s", self.principal.id, err)
+            raise RPCError(INVALID_PARAMS, STATE_REFUSED) from None
         on_outcome, on_event = self._callbacks(request_id, call_id, state["method"], server, state.get("token"))
         hub = self.services.hub
         hub.start()
@@ -1062,29 +1103,6 @@ class ClientConnection:
     def _ask_timeout(self, server: str) -> float:
         spec = self.services.config.servers.get(server)
         return spec.settings.timeout_s if spec is not None else 30.0
-
-    def _sign(self, state: dict[str, Any]) -> str:
-        body = base64.urlsafe_b64encode(dumps(state).encode()).decode().rstrip("=")
-        mac = hmac.new(self.services.state_key(), body.encode(), hashlib.sha256).hexdigest()
-        return f"{body}.{mac}"
-
-    def _verify(self, token: Any) -> dict[str, Any]:
-        """The state a `requestState` token carries, if this broker signed it and it has not expired."""
-        invalid = RPCError(INVALID_PARAMS, "Invalid params: requestState was not issued by this broker, "
-                                           "was altered, or has expired")
-        if not isinstance(token, str) or "." not in token:
-            raise invalid
-        body, _, mac = token.rpartition(".")
-        expected = hmac.new(self.services.state_key(), body.encode(), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(mac, expected):
-            raise invalid
-        try:
-            state = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-        except ValueError:
-            raise invalid from None
-        if not isinstance(state, dict) or float(state.get("expires", 0)) < time.time():
-            raise invalid
-        return state
 
     # ------------------------------------------------------------ backend → client
     def _ask_client(self, backend_request: dict[str, Any], related: Any) -> None:

@@ -103,9 +103,10 @@ class KeyRing:
 
 
 def _principal(entry: dict[str, Any], index: int) -> Principal:
+    allow = entry.get("allow")
     return Principal(
         id=entry.get("id") or f"key{index}",
-        allow=tuple(entry.get("allow") or ("*",)),
+        allow=("*",) if allow is None else tuple(allow),  # an empty list allows nothing, never everything
         rate_per_s=float(entry.get("rate_per_s") or 0),
         burst=int(entry.get("burst") or max(1, int(entry.get("rate_per_s") or 0))),
         max_in_flight=int(entry.get("max_in_flight") or 0),
@@ -116,28 +117,42 @@ def _principal(entry: dict[str, Any], index: int) -> Principal:
 
 def load_keyring(env: dict[str, str] | None = None) -> KeyRing:
     """Keys from the environment: `MCP_BROKER_API_KEYS` ("key" or "id:key" or "id:key:pattern|pattern", comma
-    separated) and `MCP_BROKER_KEYS_FILE` (JSON: {"keys": [{"id", "hash", "allow", "rate_per_s", ...}]})."""
+    separated) and `MCP_BROKER_KEYS_FILE` (JSON: {"keys": [{"id", "hash", "allow", "rate_per_s", ...}]}).
+
+    A setting that is present but yields no usable key (`","`, `{"keys": []}`) is an error, not "no keys":
+    no keys means anonymous admin access, and an operator who set a key variable meant the opposite.
+    `id:key:` (an empty pattern list) allows nothing."""
     env = dict(os.environ) if env is None else env
     ring = KeyRing()
-    for index, raw in enumerate(filter(None, (k.strip() for k in env.get("MCP_BROKER_API_KEYS", "").split(",")))):
-        parts = raw.split(":")
-        key_id, key, allow = ("", raw, "") if len(parts) == 1 else (parts[0], parts[1], ":".join(parts[2:]))
+    variable = env.get("MCP_BROKER_API_KEYS", "")
+    for index, raw in enumerate(k.strip() for k in variable.split(",")):
+        if not raw:
+            continue
+        parts = raw.split(":", 2)
+        key_id, key = ("", raw) if len(parts) == 1 else (parts[0], parts[1])
+        allow = [p for p in parts[2].split("|") if p] if len(parts) == 3 else None  # `id:key:` → []
         if not key:
             raise KeysConfigError(f"MCP_BROKER_API_KEYS entry {index + 1}: empty key")
-        entry = {"id": key_id or f"env{index + 1}", "allow": [p for p in allow.split("|") if p] or ["*"],
-                 "admin": key_id == "admin"}
+        entry = {"id": key_id or f"env{index + 1}", "admin": key_id == "admin", "allow": allow}
         ring.principals[hash_key(key)] = _principal(entry, index)
+    if variable and not ring.principals:
+        raise KeysConfigError("MCP_BROKER_API_KEYS is set but holds no key (expected `key`, `id:key` or "
+                              "`id:key:pattern|pattern`, comma separated); unset it to run without keys on "
+                              "loopback only")
     path = env.get("MCP_BROKER_KEYS_FILE")
     if path:
         try:
             data = json.loads(Path(path).read_text())
             loaded = KeysFileSchema().load(data)
         except OSError as err:
-            raise KeysConfigError(f"{path}: cannot read the keys file: {err.strerror}") from None
+            raise KeysConfigError(f"MCP_BROKER_KEYS_FILE {path}: cannot read the keys file: {err.strerror}") from None
         except ValueError as err:
-            raise KeysConfigError(f"{path}: not valid JSON: {err}") from None
+            raise KeysConfigError(f"MCP_BROKER_KEYS_FILE {path}: not valid JSON: {err}") from None
         except ValidationError as err:
-            raise KeysConfigError(f"{path}: invalid keys file: {first_error(err)}") from None
+            raise KeysConfigError(f"MCP_BROKER_KEYS_FILE {path}: invalid keys file: {first_error(err)}") from None
+        if not loaded["keys"]:
+            raise KeysConfigError(f"MCP_BROKER_KEYS_FILE {path}: the keys file holds no key; add one or unset "
+                                  "MCP_BROKER_KEYS_FILE to run without keys on loopback only")
         for index, entry in enumerate(loaded["keys"]):
             ring.principals[entry["hash"]] = _principal(entry, index)
     return ring

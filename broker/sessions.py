@@ -4,6 +4,14 @@ A session outlives its socket: its negotiated state, and the calls it has in
 flight (call id → the client's request id), so a client that reconnects to ANY
 web process gets the answers that finished while it was away and keeps
 waiting for the rest. A session expires after an idle TTL.
+
+A session's owner (the id of the API key that opened it, `principal`) is part
+of its identity: it is written when the session is created and nothing else
+writes it. Updates and touches change a session only while it exists (one Lua
+script each, so an expiry between a check and a write cannot recreate it), and
+a record without an owner is no session: before this, a frame sent after the
+TTL recreated the hash without `principal`, and the owner check passed for
+anyone who knew the id.
 """
 
 from __future__ import annotations
@@ -18,6 +26,16 @@ from broker import keys
 
 DEFAULT_TTL_S = 3600
 DELIVERED_TTL_S = 30  # MCP_BROKER_DELIVERED_TTL_S: how long an outcome stays in Redis once nobody needs it
+OWNER = "principal"
+
+_UPDATE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 0 then return 0 end
+if #ARGV > 3 then redis.call('HSET', KEYS[1], unpack(ARGV, 4)) end
+redis.call('HSET', KEYS[1], 'seen', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
 
 
 class SessionStore:
@@ -25,20 +43,31 @@ class SessionStore:
         self._r = r
         self.ttl_s = ttl_s
         self.delivered_ttl_s = max(1, delivered_ttl_s)
+        self._update = r.register_script(_UPDATE)
 
-    def save(self, session_id: str, state: dict[str, Any]) -> None:
-        """Create or update the session's negotiated state (protocol version, client info, capabilities)."""
+    def create(self, session_id: str, state: dict[str, Any]) -> None:
+        """A new session, owned by `state["principal"]` (required: a session without an owner is refused)."""
+        owner = state.get(OWNER)
+        if not isinstance(owner, str) or not owner:
+            raise ValueError("a session needs its owner (the principal that opens it)")
         now = time.time()
         fields = {name: json.dumps(value) for name, value in state.items()}
-        pipe = self._r.pipeline(transaction=False)
-        pipe.hsetnx(keys.session(session_id), "created", now)
-        pipe.hset(keys.session(session_id), mapping={**fields, "seen": now})
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hset(keys.session(session_id), mapping={**fields, "created": now, "seen": now})
         pipe.expire(keys.session(session_id), self.ttl_s)
         pipe.execute()
 
+    def save(self, session_id: str, state: dict[str, Any]) -> bool:
+        """Update a live session's negotiated state (protocol version, client info, capabilities) and refresh
+        its TTL; False (and nothing written) if it expired or was deleted. The owner is never rewritten."""
+        fields = [part for name, value in state.items() if name != OWNER for part in (name, json.dumps(value))]
+        return bool(self._update(keys=[keys.session(session_id), keys.session_calls(session_id)],
+                                 args=[time.time(), self.ttl_s, OWNER, *fields]))
+
     def load(self, session_id: str) -> dict[str, Any] | None:
+        """The session's state; None if there is none, or the record has no owner (no session at all)."""
         raw = self._r.hgetall(keys.session(session_id))
-        if not raw:
+        if not raw or OWNER not in raw:
             return None
         state: dict[str, Any] = {}
         for name, value in raw.items():
@@ -48,15 +77,17 @@ class SessionStore:
                 state[name] = value
         return state
 
-    def exists(self, session_id: str) -> bool:
-        return bool(self._r.exists(keys.session(session_id)))
+    def load_owned(self, session_id: str, principal_id: str) -> dict[str, Any] | None:
+        """The session's state if `principal_id` owns it; None for an unknown, expired or foreign session."""
+        state = self.load(session_id)
+        return state if state is not None and state.get(OWNER) == principal_id else None
 
-    def touch(self, session_id: str) -> None:
-        pipe = self._r.pipeline(transaction=False)
-        pipe.hset(keys.session(session_id), "seen", time.time())
-        pipe.expire(keys.session(session_id), self.ttl_s)
-        pipe.expire(keys.session_calls(session_id), self.ttl_s)
-        pipe.execute()
+    def exists(self, session_id: str) -> bool:
+        return bool(self._r.hexists(keys.session(session_id), OWNER))
+
+    def touch(self, session_id: str) -> bool:
+        """Use refreshes the TTL; False if the session is gone (expired or deleted): it is not recreated."""
+        return self.save(session_id, {})
 
     def remember(self, calls: list[dict[str, Any]]) -> None:
         """Record calls in flight for their sessions (before they are sent, so an answer can never

@@ -3,13 +3,22 @@
 `Authorization: Bearer <key>` (clients and scripts) or HTTP Basic with the key
 as the password (so a browser can open the status page). A refusal is a 401
 with a JSON body; it is logged with the peer and the reason, never the key.
+
+With no keys every caller is the anonymous admin, so the app itself serves
+loopback peers only (403 for any other), whatever address gunicorn was told to
+bind: `gunicorn.conf.py` narrows the bind address too, but gunicorn reads it
+only from its working directory (`--chdir` elsewhere, `-c /dev/null`: not at
+all). `MCP_BROKER_BIND_HOST` is the operator's explicit opt-out (something in
+front of the broker authenticates).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import logging
+import os
 from typing import Any
 
 from flask import Flask, jsonify, request
@@ -36,15 +45,40 @@ def bearer_of(authorization: str | None) -> str | None:
     return authorization
 
 
+def is_loopback(remote_addr: str | None) -> bool:
+    """A peer on this machine: 127.0.0.0/8, ::1 (or IPv4-mapped), or a Unix socket (no address)."""
+    if not remote_addr:
+        return True  # a Unix socket: only this machine can connect
+    try:
+        address = ipaddress.ip_address(remote_addr.partition("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool((mapped or address).is_loopback)
+
+
 def current_principal() -> Principal:
     return request.environ.get(PRINCIPAL_KEY, ANONYMOUS)
 
 
 def register_auth(app: Flask, keyring: KeyRing) -> None:
     app.config["KEYRING"] = keyring
+    loopback_only = not keyring.enabled and not os.environ.get("MCP_BROKER_BIND_HOST")
+    if not keyring.enabled:
+        log.warning("no API keys configured (MCP_BROKER_API_KEYS / MCP_BROKER_KEYS_FILE): every caller is the "
+                    "anonymous admin; %s", "serving loopback peers only" if loopback_only else
+                    "MCP_BROKER_BIND_HOST is set: serving any peer (something in front must authenticate)")
 
     @app.before_request
     def _authenticate() -> Any:
+        if loopback_only and not is_loopback(request.remote_addr):
+            log.warning("refused %s %s from %s: no API keys configured, loopback only",
+                        request.method, request.path, request.remote_addr)
+            response = jsonify({"error": {"code": "forbidden_remote",
+                                          "message": "Forbidden: this broker has no API keys configured and "
+                                                     "serves only its own machine (loopback)"}})
+            response.status_code = 403
+            return response
         if not keyring.enabled or request.path in PUBLIC_PATHS:
             return None
         header = request.headers.get("Authorization")

@@ -101,14 +101,14 @@ def register_websocket(app: Flask, sock: Sock) -> None:
         if wanted is None:
             # Touch Redis before the 101: an outage is answered 503 JSON here, not after the upgrade.
             session_id = uuid.uuid4().hex
-            services.sessions.save(session_id, {"principal": current_principal().id})
+            services.sessions.create(session_id, {"principal": current_principal().id})
             services.hub.start()
             request.environ[SESSION_ENVIRON_KEY] = session_id
             request.environ[NEW_SESSION_ENVIRON_KEY] = True
             return None
         services.hub.start()
-        state = services.sessions.load(wanted)
-        if state is None or state.get("principal", current_principal().id) != current_principal().id:
+        state = services.sessions.load_owned(wanted, current_principal().id)  # a session is its owner's only
+        if state is None:
             body = {"error": {"code": "unknown_session",
                               "message": f"Unknown or expired session {wanted!r}: initialize a new one"}}
             return jsonify(body), 404
@@ -127,7 +127,7 @@ def register_websocket(app: Flask, sock: Sock) -> None:
         try:
             services = get_services(app.config.get("BROKER_CONFIG"))
             resumed = request.environ.get(SESSION_ENVIRON_KEY) and not request.environ.get(NEW_SESSION_ENVIRON_KEY)
-            state = services.sessions.load(ws.session_id) if resumed else None
+            state = services.sessions.load_owned(ws.session_id, current_principal().id) if resumed else None
             connection = ClientConnection(services, text_emitter(ws.send), ws.session_id, resume=state,
                                           scope=scope, principal=current_principal())
         except Exception as err:  # after the 101: only a frame and a close may go out, never an HTTP page
@@ -147,6 +147,9 @@ def register_websocket(app: Flask, sock: Sock) -> None:
                 except REDIS_DOWN as err:  # e.g. a client's answer that could not be handed on
                     log.warning("socket %s: Redis unreachable: %r", ws.session_id, err)
                     connection.send(_unavailable_frame())
+                if connection.expired:  # told why in a JSON-RPC error; the session cannot come back
+                    ws.close(1008, "session expired")
+                    break
         except ConnectionClosed:
             pass
         except Exception as err:
