@@ -26,14 +26,16 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
 from marshmallow import ValidationError
 
 from broker import keys
 from broker.config import DEFAULT_SEPARATOR
 from broker.schemas import KeysFileSchema, first_error
+
+if TYPE_CHECKING:  # gunicorn.conf.py loads keys in the gunicorn master, before gevent patches: no redis there
+    import redis
 
 
 class KeysConfigError(Exception):
