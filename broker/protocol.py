@@ -1069,15 +1069,18 @@ class ClientConnection:
                     "inputRequests": {ask["key"]: ask["question"] for ask in state["asks"]}}
         if request_id in self._in_flight:
             raise RPCError(INVALID_REQUEST, f"Invalid Request: request id {request_id!r} is already in flight")
-        call_id, server = state["call"], state["server"]
-        spec = self.services.config.server(server)
-        self._hold_slot(call_id, spec.settings.max_timeout_s * 2 + QUEUE_GRACE_S)  # refused: the token stays good
         try:
             seal.consume(state)  # single use: the answers go to the suspended call once, from one retry
         except RequestStateRefused as err:
-            self._release_slot(call_id)
             log.warning("requestState refused for key %r: %s", self.principal.id, err)
             raise RPCError(INVALID_PARAMS, STATE_REFUSED) from None
+        call_id, server = state["call"], state["server"]
+        spec = self.services.config.server(server)
+        try:
+            self._hold_slot(call_id, spec.settings.max_timeout_s * 2 + QUEUE_GRACE_S)
+        except RPCError:
+            seal.unconsume(state)  # refused for the key's limit, not the token: it may be retried
+            raise
         on_outcome, on_event = self._callbacks(request_id, call_id, state["method"], server, state.get("token"))
         hub = self.services.hub
         hub.start()

@@ -89,3 +89,8 @@ class RequestStateSeal:
         ttl_ms = max(1000, int((float(claims["expires"]) - time.time()) * 1000) + 60_000)
         if not self._r.set(keys.request_state_used(str(claims["nonce"])), "1", nx=True, px=ttl_ms):
             raise RequestStateRefused("already used")
+
+    def unconsume(self, claims: dict[str, Any]) -> None:
+        """Undo `consume` when the retry that consumed the token was refused for another reason (a limit):
+        the answers never reached the call, so the token may be used once more."""
+        self._r.delete(keys.request_state_used(str(claims["nonce"])))
