@@ -16,7 +16,7 @@ from broker.security import load_keyring
 from web import services as web_services
 from web.admin import register_admin
 from web.api import register_api
-from web.auth import register_auth
+from web.auth import register_auth, register_loopback_guard
 from web.errors import register_errors
 from web.http_mcp import register_http_mcp
 from web.limits import register_connection_limits
@@ -45,8 +45,10 @@ def create_app() -> Flask:
     }
     app.config["MAX_CONTENT_LENGTH"] = max_frame  # an HTTP message's body: 413 over it (/v1 sets its own)
     register_errors(app)
+    keyring = load_keyring()  # a key setting that holds no key stops the start here (KeysConfigError)
+    register_loopback_guard(app, keyring)  # no keys: loopback peers only, whatever gunicorn bound
     register_browser_guards(app)  # Host, Origin, content type: before anything else (web/origin.py)
-    register_auth(app, load_keyring())  # first: nothing is looked at before the caller is known
+    register_auth(app, keyring)  # first: nothing is looked at before the caller is known
     register_connection_limits(app)  # per key, across web processes (web/limits.py)
     app.config["ALLOWED_ORIGINS"] = [o for o in os.environ.get("MCP_BROKER_ALLOWED_ORIGINS", "").split(",") if o]
     sock = Sock(app)

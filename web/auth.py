@@ -61,24 +61,36 @@ def current_principal() -> Principal:
     return request.environ.get(PRINCIPAL_KEY, ANONYMOUS)
 
 
+def register_loopback_guard(app: Flask, keyring: KeyRing) -> None:
+    """Without keys, refuse every peer that is not on this machine (403), before anything else looks at the
+    request: no Host or Origin header makes a remote peer local. Call first."""
+    if keyring.enabled:
+        return
+    loopback_only = not os.environ.get("MCP_BROKER_BIND_HOST")
+    log.warning("no API keys configured (MCP_BROKER_API_KEYS / MCP_BROKER_KEYS_FILE): every caller is the "
+                "anonymous admin; %s", "serving loopback peers only" if loopback_only else
+                "MCP_BROKER_BIND_HOST is set: serving any peer (something in front must authenticate)")
+    if not loopback_only:
+        return
+
+    @app.before_request
+    def _loopback_only() -> Any:
+        if is_loopback(request.remote_addr):
+            return None
+        log.warning("refused %s %s from %s: no API keys configured, loopback only",
+                    request.method, request.path, request.remote_addr)
+        response = jsonify({"error": {"code": "forbidden_remote",
+                                      "message": "Forbidden: this broker has no API keys configured and serves "
+                                                 "only its own machine (loopback)"}})
+        response.status_code = 403
+        return response
+
+
 def register_auth(app: Flask, keyring: KeyRing) -> None:
     app.config["KEYRING"] = keyring
-    loopback_only = not keyring.enabled and not os.environ.get("MCP_BROKER_BIND_HOST")
-    if not keyring.enabled:
-        log.warning("no API keys configured (MCP_BROKER_API_KEYS / MCP_BROKER_KEYS_FILE): every caller is the "
-                    "anonymous admin; %s", "serving loopback peers only" if loopback_only else
-                    "MCP_BROKER_BIND_HOST is set: serving any peer (something in front must authenticate)")
 
     @app.before_request
     def _authenticate() -> Any:
-        if loopback_only and not is_loopback(request.remote_addr):
-            log.warning("refused %s %s from %s: no API keys configured, loopback only",
-                        request.method, request.path, request.remote_addr)
-            response = jsonify({"error": {"code": "forbidden_remote",
-                                          "message": "Forbidden: this broker has no API keys configured and "
-                                                     "serves only its own machine (loopback)"}})
-            response.status_code = 403
-            return response
         if not keyring.enabled or request.path in PUBLIC_PATHS:
             return None
         header = request.headers.get("Authorization")
