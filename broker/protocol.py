@@ -561,8 +561,8 @@ class ClientConnection:
     def _session_gone(self, decoded: Any) -> None:
         """The session ended under this transport: each request of the frame gets an error, and the
         conversation ends (the transport closes). The session is never recreated, so nobody can take it over."""
-        message = f"Session expired: {self.session_id!r} ended after {self.services.sessions.ttl_s} s without " \
-                  "traffic (or was deleted); initialize a new session"
+        message = (f"Session expired: {self.session_id!r} ended after {self.services.sessions.ttl_s} s without "
+                   "traffic (or was deleted); initialize a new session")
         requests = [m for m in (decoded if isinstance(decoded, list) else [decoded])
                     if isinstance(m, dict) and "method" in m and "id" in m]
         for request in requests or [{"id": None}]:

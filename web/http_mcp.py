@@ -163,13 +163,13 @@ class HttpEndpoint:
                 del self._conversations[key]
         conversation.connection.close()
 
-    def sweep(self, force: bool = False) -> int:
+    def sweep(self) -> int:
         """Evict conversations idle on this process for longer than the session TTL (at most every half TTL,
         30 s at most): their session has expired, or lives on where it is used and is rebuilt from Redis if it
         comes back. One with calls in flight stays while its session lives. How many were evicted."""
         ttl = self.services.sessions.ttl_s
         now = time.monotonic()
-        if not force and now - self._swept < min(SWEEP_INTERVAL_S, ttl / 2):
+        if now - self._swept < min(SWEEP_INTERVAL_S, ttl / 2):
             return 0
         self._swept = now
         idle = [(key, c) for key, c in list(self._conversations.items()) if now - c.used > ttl]
