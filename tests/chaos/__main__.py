@@ -3,7 +3,7 @@
     python -m tests.chaos [--only NAME ...] [--scale F]
 
 `--scale 0.1` runs each scenario with a tenth of its calls (a quick look); the exit status is 1 when any
-scenario lost or duplicated a call, or did not recover.
+scenario lost or duplicated a call, did not recover, or ran out of calls before all its faults struck.
 """
 
 from __future__ import annotations
@@ -20,6 +20,12 @@ from tests.chaos.scenarios import LONG
 def fmt_recovery(row: Row) -> str:
     if not row.faults:
         return "no fault struck"
+    if len(row.faults) < row.planned_faults:
+        return f"{len(row.faults)} of {row.planned_faults} faults struck: " + _values(row)
+    return _values(row)
+
+
+def _values(row: Row) -> str:
     values = ", ".join("never" if r is None else f"{r:.1f}" for r in row.recovery)
     return f"{values} (from {row.recovery_from})"
 
@@ -60,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     print()
     print(table(rows))
-    bad = [r.scenario for r in rows if r.lost or r.duplicated or not r.recovered] + failed
+    bad = [r.scenario for r in rows
+           if r.lost or r.duplicated or not r.recovered or len(r.faults) < r.planned_faults] + failed
     if bad:
         print(f"\nNOT MET: {', '.join(bad)}")
     return 1 if bad else 0

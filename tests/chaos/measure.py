@@ -133,6 +133,7 @@ class Row:
     reruns: int  # backend runs beyond one per call (a call caught mid-run runs again: at least once)
     caught: int  # calls running when a fault struck (summed over the faults)
     faults: list[Fault] = field(default_factory=list)
+    planned_faults: int = 1  # how many the scenario meant to inject (fewer if its calls ran out first)
     recovery: list[float | None] = field(default_factory=list)
     recovery_from: str = "fault"
     elapsed_s: float = 0.0
@@ -148,12 +149,12 @@ class Row:
         recovery = ", ".join("never" if r is None else f"{r:.1f}s" for r in self.recovery)
         return (f"{self.scenario}: {self.calls} calls, {self.answered_once} answered once, {self.lost} lost, "
                 f"{self.duplicated} duplicated, {self.errors} errors, {self.reruns} re-runs, {self.caught} caught by "
-                f"{len(self.faults)} fault(s), recovery {recovery or '-'} (from {self.recovery_from}); "
-                + "; ".join(self.notes))
+                f"{len(self.faults)} of {self.planned_faults} fault(s), recovery {recovery or '-'} "
+                f"(from {self.recovery_from}); " + "; ".join(self.notes))
 
 
 def tally_row(scenario: str, tally: Tally, ledger: Path, faults: list[Fault], recovery_from: str,
-              elapsed_s: float, notes: list[str]) -> Row:
+              elapsed_s: float, notes: list[str], planned_faults: int = 1) -> Row:
     """Count what the client received against what it asked for, and what the backends ran."""
     receipts = tally.snapshot()
     runs = read_ledger(ledger)
@@ -174,6 +175,7 @@ def tally_row(scenario: str, tally: Tally, ledger: Path, faults: list[Fault], re
         reruns=sum(max(0, len(runs.get(k, [])) - 1) for k in tally.keys),
         caught=caught,
         faults=faults,
+        planned_faults=planned_faults,
         recovery=[recovery_s(f, tally.keys, runs, receipts) for f in faults],
         recovery_from=recovery_from,
         elapsed_s=elapsed_s,

@@ -97,7 +97,7 @@ def worker_sigkill(size: int = 10_000, kills: int = 3, seconds: float = 0.1, sta
             cluster.start_worker()
         notes = _finish(cluster, reader, budget, stall_s)
         return tally_row(f"worker SIGKILL x{kills}", tally, cluster.ledger, faults, "fault", time.time() - started,
-                         notes + cluster.notes)
+                         notes + cluster.notes, planned_faults=kills)
 
 
 # ------------------------------------------------------------------ web SIGKILL
@@ -142,7 +142,7 @@ def web_sigkill(size: int = 3_000, kills: int = 3, clients: int = 30, seconds: f
                 client.close()
         notes = [f"{clients} clients, {resumed} resumptions on the other web process"]
         return tally_row(f"web SIGKILL x{kills}, clients resume elsewhere", tally, cluster.ledger, faults, "fault",
-                         time.time() - started, notes + cluster.notes)
+                         time.time() - started, notes + cluster.notes, planned_faults=kills)
 
 
 # ------------------------------------------------------------------ Redis SIGKILL + restart (AOF)
@@ -166,7 +166,7 @@ def redis_sigkill(size: int = 10_000, kills: int = 3, down_s: float = 3.0, secon
             faults.append(Fault(now, time.time(), f"SIGKILL Redis, restart after {down_s:g}s"))
         notes = _finish(cluster, reader, budget, stall_s)
         return tally_row(f"Redis SIGKILL + restart (AOF) x{kills}", tally, cluster.ledger, faults, "restart",
-                         time.time() - started, notes + cluster.notes)
+                         time.time() - started, notes + cluster.notes, planned_faults=kills)
 
 
 # ------------------------------------------------------------------ half-open partition of a worker
@@ -268,7 +268,7 @@ def hung_backend(size: int = 3_000, per_s: float = 75, seconds: float = 0.1, tim
 
 # `make chaos`: the long versions (a few minutes in all); tests/test_chaos.py runs the same functions small
 LONG: dict[str, tuple[Callable[..., Row], dict[str, float]]] = {
-    "worker-kill": (worker_sigkill, {"size": 10_000, "kills": 3, "seconds": 0.1}),
+    "worker-kill": (worker_sigkill, {"size": 10_000, "kills": 3, "seconds": 0.25}),
     "web-kill": (web_sigkill, {"size": 3_000, "kills": 3, "clients": 30, "seconds": 0.2}),
     "redis-kill": (redis_sigkill, {"size": 10_000, "kills": 3, "down_s": 3.0, "seconds": 0.1}),
     "partition": (worker_partition, {"size": 5_000, "hold_s": 30.0, "seconds": 0.25}),
