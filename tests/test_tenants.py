@@ -30,7 +30,7 @@ from websockets.exceptions import InvalidStatus
 from broker import keys as redis_keys
 from broker.config import ConfigError, parse_config
 from broker.security import Principal, hash_key
-from tests.stack import ROOT, TEST_CONFIG, Stack, free_port
+from tests.stack import ROOT, TEST_CONFIG, Proc, Stack, free_port
 from tests.wsclient import RawClient
 
 KEYS = {"alice": "K1", "bob": "K2", "admin": "K3", "meter": "K4-meter-0c3e", "carol": "K5-carol-77a1"}
@@ -445,3 +445,78 @@ def test_leases_of_a_killed_web_process_lapse(tenants: Tenants) -> None:
         with contextlib.suppress(Exception):
             client.close()
         web.stop()
+
+
+# ---------------------------------------------------------------- findings 3 and 4 (fixed by auth-sessions)
+def _web_with_short_sessions(t: Tenants, ttl_s: int) -> tuple[Proc, int]:
+    port = free_port()
+    proc = t.stack.start_web(port, env={
+        "MCP_BROKER_API_KEYS": "alice:K1:echo__*,bob:K2,admin:K3",
+        "MCP_BROKER_KEYS_FILE": str(Path(t.stack.config_path).parent / "keys.json"),
+        "MCP_BROKER_SESSION_TTL_S": str(ttl_s)})
+    return proc, port
+
+
+def test_an_expired_session_is_nobody_s_on_either_transport(tenants: Tenants) -> None:
+    """Alice's sessions, once expired, can be resumed by no one (bob, or alice herself), over the socket or
+    Streamable HTTP, whichever transport opened them."""
+    r = tenants.stack.redis()
+    web, port = _web_with_short_sessions(tenants, 2)
+    headers = {"Accept": "application/json", "Content-Type": "application/json"}
+    try:
+        with RawClient(f"ws://127.0.0.1:{port}/mcp", additional_headers=bearer("alice")) as alice:
+            ws_session = alice.ws.response.headers["Mcp-Session-Id"]
+        with httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            http_session = http.post("/mcp", json=INIT, headers={**headers, **bearer("alice")}
+                                     ).headers["Mcp-Session-Id"]
+            for session in (ws_session, http_session):
+                assert wait_until(lambda s=session: not r.exists(redis_keys.session(s)), timeout=30)
+            for who in ("bob", "alice"):
+                for session in (ws_session, http_session):
+                    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+                    assert http.post("/mcp", json=ping, headers={**headers, **bearer(who), "Mcp-Session-Id": session}
+                                     ).status_code == 404
+                    with pytest.raises(InvalidStatus) as refused:
+                        RawClient(f"ws://127.0.0.1:{port}/mcp", initialize=False,
+                                  additional_headers={**bearer(who), "Mcp-Session-Id": session})
+                    assert refused.value.response.status_code == 404
+        assert not r.exists(redis_keys.session(ws_session)) and not r.exists(redis_keys.session(http_session))
+    finally:
+        web.stop()
+
+
+SAMPLING_ENVELOPE = {**ENVELOPE, "io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
+
+
+def _modern_frame(params: dict[str, Any], rid: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": {**params, "_meta": SAMPLING_ENVELOPE}}
+
+
+def test_request_state_is_the_key_s_own_on_every_transport(tenants: Tenants) -> None:
+    """Bob's `requestState` answers bob's question only: alice cannot replay it over Streamable HTTP or a
+    WebSocket, it does not move to another endpoint, and once bob used it (on any transport) it is spent."""
+    call = {"name": "echo__ask_model", "arguments": {"question": "bob's question"}}
+    answer = {"role": "assistant", "content": {"type": "text", "text": "bob's answer"}, "model": "m"}
+
+    def http_post(who: str, params: dict[str, Any], path: str = "/mcp", rid: Any = 1) -> dict[str, Any]:
+        headers = {"Accept": "application/json", "Content-Type": "application/json", "MCP-Protocol-Version": MODERN,
+                   "Mcp-Method": "tools/call", "Mcp-Name": params["name"], **bearer(who)}
+        return httpx2.post(tenants.base() + path, content=json.dumps(_modern_frame(params, rid)), headers=headers,
+                           timeout=30).json()  # type: ignore[no-any-return]
+
+    def ws_post(who: str, params: dict[str, Any], rid: Any = 1) -> dict[str, Any]:
+        with RawClient(tenants.ws(index=1), initialize=False, additional_headers=bearer(who)) as client:
+            client.send(_modern_frame(params, rid))
+            return client.response(timeout=30)
+
+    first = http_post("bob", call)["result"]
+    assert first["resultType"] == "input_required"
+    (question, _), = first["inputRequests"].items()
+    retry = {**call, "requestState": first["requestState"], "inputResponses": {question: answer}}
+    assert http_post("alice", retry)["error"]["code"] == -32602
+    assert ws_post("alice", retry)["error"]["code"] == -32602
+    scoped = {**retry, "name": "ask_model"}
+    assert http_post("bob", scoped, "/servers/echo/mcp")["error"]["code"] == -32602
+    done = ws_post("bob", retry, rid=2)
+    assert done["result"]["structuredContent"] == {"result": "bob's answer"}, done
+    assert http_post("bob", retry, rid=3)["error"]["code"] == -32602  # spent
