@@ -78,6 +78,16 @@ def worker_tags(node: str) -> str:
     return f"{PREFIX}:worker:{node}:tags"
 
 
+def worker_fetching(node: str, queue: str) -> str:
+    """List of the messages a worker process has taken off `queue` and not yet leased (workers.transport)."""
+    return f"{PREFIX}:worker:{node}:fetching:{queue}"
+
+
+def worker_fetch_queues(node: str) -> str:
+    """Set of the queues a worker process fetches from with BLMOVE (whose `worker_fetching` lists to restore)."""
+    return f"{PREFIX}:worker:{node}:fetch-queues"
+
+
 WORKERS = f"{PREFIX}:workers"  # set of worker process names that hold leases
 
 CACHE_STATS = f"{PREFIX}:cache:stats"  # hash "<server>__<tool>:hits|misses" → count

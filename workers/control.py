@@ -17,8 +17,14 @@ per call id, so a rerun answers nobody twice.
 
 Its own orphans: a message whose ack failed while Redis was down (or restarting) stays in `unacked` under
 this LIVE worker, where no reaper looks; measured: after a Redis restart such messages waited for the
-one-hour visibility timeout. Every heartbeat restores the tags leased to this process that it no longer
+one-hour visibility timeout. Every 2 s (`_reaper`) restores the tags leased to this process that it no longer
 holds (`hold`/`release`, kept by `workers.transport`), so they come back within seconds of Redis.
+
+The other side of a lease: a worker that cannot renew its own (Redis unreachable, a half-open link) logs
+it at the first failed renewal (within HEARTBEAT_S + the Redis timeout, ~7 s), keeps trying, and once the
+lease has lapsed (LEASE_TTL_S without a renewal) exits with status 75, so its supervisor restarts it; its
+messages are restored by the others meanwhile. A shorter outage heals by itself (every Redis client
+reconnects; see `broker.redisconn`).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -38,13 +45,15 @@ from celery import signals
 
 from broker import keys
 from broker.fleet import lease_value
-from broker.redisconn import get_redis
+from broker.redisconn import get_redis, pubsub_messages
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0
 LEASE_TTL_S = 10
-_state: dict[str, Any] = {"node": None, "started": False}
+WATCHDOG_TICK_S = 0.5
+EXIT_LEASE_LOST = 75  # EX_TEMPFAIL: the worker lost its lease (Redis unreachable); a restart is the remedy
+_state: dict[str, Any] = {"node": None, "started": False, "renewed": time.monotonic()}
 _lock = threading.Lock()
 _held: set[str] = set()  # delivery tags this process holds: fetched, not yet acked or rejected
 
@@ -71,6 +80,7 @@ def reclaim_dead_workers(app: Any) -> int:
     for node in r.smembers(keys.WORKERS):
         if node == node_name() or r.exists(keys.worker_alive(node)):
             continue
+        restored += restore_fetching(node)
         # claim the dead worker's tags atomically, so two reapers never restore the same message twice
         claimed = f"{keys.worker_tags(node)}:reaping:{node_name()}"
         try:
@@ -110,6 +120,21 @@ def restore_own_orphans(app: Any) -> int:
     return len(orphans)
 
 
+def restore_fetching(node: str) -> int:
+    """Put back on their queues the messages a dead worker had fetched but not leased (`workers.transport`:
+    a fetch reply lost with the worker or its link). LMOVE moves each message once, whoever else reaps."""
+    from workers.transport import RESTORE_FETCHED
+
+    r = get_redis()
+    moved = 0
+    for queue in r.smembers(keys.worker_fetch_queues(node)):
+        moved += int(r.eval(RESTORE_FETCHED, 2, keys.worker_fetching(node, queue), queue))
+    r.delete(keys.worker_fetch_queues(node))
+    if moved:
+        log.warning("worker %s died: %d fetched message(s) it never leased restored to their queues", node, moved)
+    return moved
+
+
 def drain_direct_queue(app: Any, node: str) -> int:
     """A dead worker's own queue (per_client calls sent to the sessions it held) is consumed by nobody:
     its calls go back to their servers' queues, where a live worker takes the client over (the client's
@@ -147,17 +172,15 @@ def _cancel_listener(pool_getter: Any, on_config: Any = None) -> None:
         pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(keys.CANCEL_CHANNEL, keys.CONFIG_CHANGED)
-            for message in pubsub.listen():
-                if message.get("type") != "message":
-                    continue
+            for message in pubsub_messages(pubsub):  # raises once the link is silent (a PING unanswered)
                 if message.get("channel") == keys.CONFIG_CHANGED:
                     if on_config is not None:  # off this thread: applying may talk to Celery and backends
                         threading.Thread(target=on_config, name="config-reload", daemon=True).start()
                     continue
                 with contextlib.suppress(Exception):
                     pool_getter().cancel(message["data"])
-        except redis.RedisError:
-            log.warning("cancel listener: Redis connection lost; resubscribing")
+        except redis.RedisError as err:
+            log.warning("cancel listener: Redis connection lost (%s); resubscribing", err)
             time.sleep(0.5)
         finally:
             with contextlib.suppress(redis.RedisError):
@@ -174,17 +197,64 @@ def _lease(app: Any) -> str:
     return lease_value(queues, socket.gethostname(), os.getpid(), float(_state.get("started_at") or time.time()))
 
 
+def _renew(app: Any) -> None:
+    """Write this process's lease (one round trip) and note when it last succeeded."""
+    pipe = get_redis().pipeline(transaction=False)
+    pipe.set(keys.worker_alive(node_name()), _lease(app), ex=LEASE_TTL_S)
+    pipe.sadd(keys.WORKERS, node_name())
+    pipe.execute()
+    _state["renewed"] = time.monotonic()
+
+
 def _heartbeat(app: Any) -> None:
-    r = get_redis()
+    """Renew the lease every HEARTBEAT_S. Reaping dead workers runs in its own thread (`_reaper`): restoring
+    many messages over a slow link must not delay the renewal past the lease."""
+    failing_since: float | None = None
     while True:
         try:
-            r.set(keys.worker_alive(node_name()), _lease(app), ex=LEASE_TTL_S)
-            r.sadd(keys.WORKERS, node_name())
+            _renew(app)
+            if failing_since is not None:
+                log.warning("Redis reachable again: lease renewed after %.1fs of failures",
+                            time.monotonic() - failing_since)
+                failing_since = None
+        except Exception as err:
+            if failing_since is None:
+                failing_since = time.monotonic()
+            log.warning("lease heartbeat failed: Redis unreachable from this worker (%s: %s); lease last renewed "
+                        "%.1fs ago, this worker exits if it is not renewed within %ds", type(err).__name__, err,
+                        time.monotonic() - _state["renewed"], LEASE_TTL_S)
+        # failing: try again soon, so a link back within the lease renews it with time to spare
+        time.sleep(HEARTBEAT_S if failing_since is None else HEARTBEAT_S / 4)
+
+
+def _reaper(app: Any) -> None:
+    while True:
+        try:
             reclaim_dead_workers(app)
             restore_own_orphans(app)
+        except redis.RedisError as err:  # the heartbeat reports an unreachable Redis; no traceback every 2 s
+            log.warning("restoring dead workers' messages failed: %s: %s", type(err).__name__, err)
         except Exception:
-            log.warning("lease heartbeat failed", exc_info=True)
+            log.warning("restoring dead workers' messages failed", exc_info=True)
         time.sleep(HEARTBEAT_S)
+
+
+def _watchdog(exit: Callable[[int], Any] = os._exit) -> None:
+    """Exit the process once its lease has lapsed. Past LEASE_TTL_S without a renewal, other workers may
+    restore this worker's messages: it may be cut off from Redis (a half-open link, where every thread that
+    touches Redis can hang in some library), and a fresh process from the supervisor is the sure way back,
+    while its held calls run elsewhere. Reads no Redis itself, so nothing can hang it."""
+    while True:
+        time.sleep(WATCHDOG_TICK_S)
+        silent = time.monotonic() - _state["renewed"]
+        if silent >= LEASE_TTL_S:
+            log.critical("lease not renewed for %.1fs (Redis unreachable): exiting with status %d so the supervisor "
+                         "restarts this worker; other workers restore the messages it held", silent, EXIT_LEASE_LOST)
+            for handler in logging.getLogger().handlers + log.handlers:
+                with contextlib.suppress(Exception):
+                    handler.flush()
+            exit(EXIT_LEASE_LOST)
+            return
 
 
 def start(app: Any, pool_getter: Any, on_config: Any = None) -> None:
@@ -194,11 +264,12 @@ def start(app: Any, pool_getter: Any, on_config: Any = None) -> None:
             return
         _state.update(started=True, pid=os.getpid(), node=None)
     _state["started_at"] = time.time()
-    get_redis().set(keys.worker_alive(node_name()), _lease(app), ex=LEASE_TTL_S)
-    get_redis().sadd(keys.WORKERS, node_name())
+    _renew(app)
     threading.Thread(target=_cancel_listener, args=(pool_getter, on_config), name="cancel-listener",
                      daemon=True).start()
     threading.Thread(target=_heartbeat, args=(app,), name="lease-heartbeat", daemon=True).start()
+    threading.Thread(target=_reaper, args=(app,), name="lease-reaper", daemon=True).start()
+    threading.Thread(target=_watchdog, name="lease-watchdog", daemon=True).start()
 
 
 def ensure_started() -> None:

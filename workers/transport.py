@@ -13,6 +13,15 @@ leaves the message in `unacked` under a worker that is alive, and nobody else re
 also keeps in memory the tags it holds (added before the lease is written, dropped once Celery has acked or
 rejected the message, whether or not that reached Redis); `workers.control` restores any tag leased to
 this process that it no longer holds.
+
+Fetching: kombu takes a message with BRPOP, which removes it from Redis before the reply reaches the
+worker. A reply lost on the way (a half-open link: issue 12 lost every call sent in the first second of a
+partition) loses the message. So a channel that consumes one Redis list (a worker of one server) fetches
+with BLMOVE into a list of its own (`keys.worker_fetching`), and the lease transaction above removes the
+message from that list. What a lost reply leaves there goes back to its queue: restored by the channel
+itself before its next fetch (it knows its last fetch's reply never came; a new channel, as after a lost
+connection, looks once), or by the reaper of a dead worker (`workers.control.reclaim_dead_workers`). A
+channel that consumes several lists keeps kombu's BRPOP.
 """
 
 from __future__ import annotations
@@ -24,11 +33,22 @@ from typing import Any
 
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
-from kombu.utils.json import dumps
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
 
 from broker import keys
 
 log = logging.getLogger(__name__)
+
+# Put a fetch list's messages back on their queue, at the end consumers take from (next to be consumed).
+RESTORE_FETCHED = """
+local n = 0
+while true do
+  local v = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'RIGHT')
+  if not v then return n end
+  n = n + 1
+end
+"""
 
 
 class LeasedQoS(kombu_redis.QoS):
@@ -43,6 +63,9 @@ class LeasedQoS(kombu_redis.QoS):
             pipe.hset(self.unacked_key, delivery_tag,
                       dumps([message._raw, delivery["exchange"], delivery["routing_key"]]))
             pipe.hset(keys.worker_tags(control.node_name()), delivery_tag, "")
+            fetched = getattr(self.channel, "fetched", None)
+            if fetched is not None:  # taken with BLMOVE: leased now, so off the channel's fetch list
+                pipe.lrem(fetched[0], 1, fetched[1])
             pipe.execute()
         virtual.QoS.append(self, message, delivery_tag)
 
@@ -88,6 +111,68 @@ class LeasedQoS(kombu_redis.QoS):
 
 class LeasedChannel(kombu_redis.Channel):
     QoS = LeasedQoS
+    fetched: tuple[str, bytes] | None = None  # (fetch list, raw message) while the message is being leased
+    _fetching: tuple[str, str] | None = None  # (queue, fetch list) of the BLMOVE in flight
+    # a BLMOVE was sent and its reply never read (the link broke): restore the fetch list before the next one.
+    # True for a new channel too: after a lost connection Celery opens a new one, and what the old channel's
+    # lost reply left in this process's fetch list must go back (one EVAL per channel).
+    _fetch_unread = True
+    _fetch_lists: set[str] | None = None  # fetch lists registered in `keys.worker_fetch_queues`
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        lists = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        if len(lists) != 1 or self.global_keyprefix:
+            self._fetching = None
+            return super()._brpop_start(timeout)
+        from workers.control import node_name
+
+        queue, fetch_list = queues[0], keys.worker_fetching(node_name(), lists[0])
+        with self.conn_or_acquire() as client:
+            if self._fetch_lists is None:
+                self._fetch_lists = set()
+            if fetch_list not in self._fetch_lists:
+                client.sadd(keys.worker_fetch_queues(node_name()), lists[0])
+                self._fetch_lists.add(fetch_list)
+            if self._fetch_unread:
+                restored = client.eval(RESTORE_FETCHED, 2, fetch_list, lists[0])
+                if restored:
+                    kombu_redis.warning("%d message(s) whose fetch reply was lost went back to %s", restored, queue)
+                self._fetch_unread = False
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()
+        self._fetching = (queue, fetch_list)
+        self._fetch_unread = True
+        self.client.connection.send_command("BLMOVE", lists[0], fetch_list, "RIGHT", "LEFT",
+                                            (timeout if timeout is not None else self.brpop_timeout) or 0)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        if self._fetching is None:
+            return bool(super()._brpop_read(**options))
+        queue, fetch_list = self._fetching
+        try:
+            try:
+                item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            self._fetch_unread = False  # the reply is here: what it moved is `item`, leased just below
+            if not item:
+                raise kombu_redis.Empty()
+            self._queue_cycle.rotate(queue)
+            self.fetched = (fetch_list, item)
+            try:
+                self.connection._deliver(loads(bytes_to_str(item)), queue)
+            except BaseException:
+                self._fetch_unread = True  # the lease may not be written: look at the fetch list before the next
+                raise
+            finally:
+                self.fetched = None
+            return True
+        finally:
+            self._in_poll = None
+            self._fetching = None
+            self._flush_brpop_reauth()
 
 
 class LeasedRedisTransport(kombu_redis.Transport):
