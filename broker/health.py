@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from broker import keys
 
@@ -75,10 +76,13 @@ class Health:
 
 
 def write(r: redis.Redis, server: str, replica: int, health: Health) -> None:
-    pipe = r.pipeline(transaction=False)
+    """Store one replica's record; given a pipeline (a worker's write lane), only queue the commands on it."""
+    own = not isinstance(r, Pipeline)
+    pipe = r.pipeline(transaction=False) if own else r
     pipe.hset(keys.health(server), str(replica), health.to_json())
     pipe.expire(keys.health(server), HEALTH_TTL_S)
-    pipe.execute()
+    if own:
+        pipe.execute()
 
 
 def read(r: redis.Redis, server: str) -> dict[int, dict[str, Any]]:

@@ -26,12 +26,16 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import redis
 from mcp_types import REQUEST_TIMEOUT
 
 from broker import keys
+
+if TYPE_CHECKING:
+    from broker.writelane import WriteLane
 
 RESULT_TTL_S = 3600  # the outcome's lifetime when the call does not say (a call queued by an older web process)
 REDELIVERY_MARGIN_S = 60  # past a call's expires_at, how long a restored message may still bring it back
@@ -80,16 +84,53 @@ def outcome_kind(outcome: dict[str, Any]) -> str:
 
 
 class ResultWriter:
-    """Worker-side: deliver outcomes and progress of calls."""
+    """Worker-side: deliver outcomes and progress of calls. With a `lane` (broker.writelane), what a call
+    writes while it runs on the backend's event loop goes through it: `adeliver` awaits its outcome's store
+    without blocking the loop, progress and events are queued behind each other in order."""
 
-    def __init__(self, r: redis.Redis, ttl_s: int = RESULT_TTL_S) -> None:
+    def __init__(self, r: redis.Redis, ttl_s: int = RESULT_TTL_S, lane: WriteLane | None = None) -> None:
         self._r = r
         self._ttl = ttl_s
         self._deliver = r.register_script(_DELIVER)
         self._publish = r.register_script(_PUBLISH_ROUTED)
+        self.lane = lane
 
     def deliver(self, call: dict[str, Any], outcome: dict[str, Any]) -> bool:
         """Store and publish `{"call_id", "id"?, "result"|"error"}`; False when the call was already answered."""
+        key_list, args = self._deliver_args(call, outcome)
+        return bool(self._deliver(keys=key_list, args=args))
+
+    async def adeliver(self, call: dict[str, Any], outcome: dict[str, Any]) -> bool:
+        """`deliver`, awaited through the lane (one pipeline for every outcome ready meanwhile); raises what
+        `deliver` would."""
+        if self.lane is None:
+            return self.deliver(call, outcome)
+        key_list, args = self._deliver_args(call, outcome)
+        # EVAL, not EVALSHA: a pipeline would ask SCRIPT EXISTS first (a second round trip), and the body
+        # survives a Redis restart that emptied the script cache
+        replies = await self.lane.run(lambda pipe: pipe.eval(_DELIVER, len(key_list), *key_list, *args))
+        return bool(replies[0])
+
+    def write_behind(self, ops: Callable[[Any], Any], what: str) -> None:
+        """A best-effort write (`ops` queues commands on the client or pipeline it is given): through the lane
+        when there is one, else now."""
+        if self.lane is not None:
+            self.lane.fire(ops, what)
+        else:
+            ops(self._r)
+
+    def _publish_routed(self, call_id: str, reply_to: str, data: str, what: str, wait: bool = False) -> None:
+        """A progress note or event to the web process that waits for the call now; `wait` (a thread, not the
+        loop): until Redis has it."""
+        route = keys.reply_route(call_id)
+        if self.lane is None:
+            self._publish(keys=[route], args=[reply_to, data])
+        elif wait:
+            self.lane.submit(lambda pipe: pipe.eval(_PUBLISH_ROUTED, 1, route, reply_to, data)).result()
+        else:
+            self.lane.fire(lambda pipe: pipe.eval(_PUBLISH_ROUTED, 1, route, reply_to, data), what)
+
+    def _deliver_args(self, call: dict[str, Any], outcome: dict[str, Any]) -> tuple[list[str], list[Any]]:
         call_id = call["call_id"]
         message = {"call_id": call_id, **outcome}
         if call.get("id") is not None:
@@ -104,7 +145,7 @@ class ResultWriter:
         if batch_id:
             key_list += [keys.batch(batch_id), keys.batch_results(batch_id)]
         args = [payload, keep_s, call.get("reply_to") or "", outcome_kind(outcome), answered_ttl(call, keep_s)]
-        return bool(self._deliver(keys=key_list, args=args))
+        return key_list, args
 
     def started(self, calls: list[dict[str, Any]]) -> None:
         """Mark batch calls as running (a set, so a redelivered call is not counted twice)."""
@@ -125,8 +166,8 @@ class ResultWriter:
         if not reply_to:
             return
         note = {"progress": progress, "total": total, "message": message}
-        self._publish(keys=[keys.reply_route(call_id)],
-                      args=[reply_to, json.dumps({"call_id": call_id, "progress": note}, separators=(",", ":"))])
+        data = json.dumps({"call_id": call_id, "progress": note}, separators=(",", ":"))
+        self._publish_routed(call_id, reply_to, data, "a progress note")
 
     def triage(self, calls: list[dict[str, Any]]) -> list[str]:
         """For each call: "answered" (skip), "cancelled" (answer as cancelled) or "run"; one round trip."""
@@ -148,8 +189,10 @@ class ResultWriter:
     def event(self, call_id: str, reply_to: str | None, kind: str, payload: dict[str, Any]) -> None:
         """A call's side message to its client (`log`, `server_request`), on the caller's web-process channel."""
         if reply_to:
-            self._publish(keys=[keys.reply_route(call_id)],
-                          args=[reply_to, json.dumps({"call_id": call_id, kind: payload}, separators=(",", ":"))])
+            data = json.dumps({"call_id": call_id, kind: payload}, separators=(",", ":"))
+            # a server_request comes from a thread that then waits for the answer: published (behind the
+            # call's notes) before that
+            self._publish_routed(call_id, reply_to, data, f"a {kind} event", wait=kind == "server_request")
 
     def await_answer(self, request_id: str, timeout: float) -> dict[str, Any] | None:
         """The client's answer to a server-to-client request, pushed by the web process (None on timeout)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -61,6 +62,7 @@ from broker.config import BrokerConfig, ConfigError, Endpoint, ServerSpec, expan
 from broker.health import Health
 from broker.redisconn import get_redis
 from broker.router import ReplicaState, choose_replica, client_key
+from broker.writelane import write_lane
 from workers.streams import CheckedWriteStream, HeardReadStream, Unsendable
 
 log = logging.getLogger(__name__)
@@ -244,11 +246,12 @@ class EndpointHealth:
         from workers.control import node_name
 
         self.health.worker = node_name()
-        try:
-            health_store.write(get_redis(), self.server, self.replica, self.health)
-            self._reported = True
-        except Exception:  # health is advisory: never let Redis trouble break a call
-            log.warning("could not record the health of %s[%d]", self.server, self.replica, exc_info=True)
+        # through the write lane: called on the backend loop too, where a Redis round trip would stall every call;
+        # health is advisory, so a write lost to Redis trouble is only logged there
+        health = dataclasses.replace(self.health)  # as it is now, not as it is when the lane writes it
+        write = functools.partial(health_store.write, server=self.server, replica=self.replica, health=health)
+        write_lane().fire(write, f"the health of {self.server}[{self.replica}]")
+        self._reported = True
 
     def failed(self, error: str, stderr: str | None = None, backoff: bool = True) -> None:
         """`error` says what kind of failure (clients may be told); `stderr` (redacted) is for admins only."""
@@ -333,8 +336,8 @@ class BackendSession:
             threading.Thread(target=self._on_catalog_change, args=(self.spec.name,), daemon=True).start()
         elif isinstance(message, ResourceUpdatedNotification):
             # to every web process (one fast PUBLISH); each tells the clients that subscribed to the uri
-            update = {"server": self.spec.name, "uri": str(message.params.uri)}
-            get_redis().publish(keys.RESOURCE_UPDATED, json.dumps(update))
+            update = json.dumps({"server": self.spec.name, "uri": str(message.params.uri)})
+            write_lane().fire(lambda r: r.publish(keys.RESOURCE_UPDATED, update), "a resource update")
 
     # ------------------------------------------------------------ backend → client
     def _asking_channel(self) -> CallChannel | None:

@@ -32,6 +32,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import anyio
@@ -46,6 +47,7 @@ from broker.outage import REDIS_DOWN, is_redis_down
 from broker.redisconn import get_redis
 from broker.results import ResultWriter, cancelled_outcome, rpc_error, timeout_outcome
 from broker.router import client_key
+from broker.writelane import write_lane
 from workers.app import app, backend_pool, broker_config, known_server
 from workers.backends import BackendRPCError, BackendTimeout, BackendUnavailable, CallCancelled, SlotWaitTimeout
 
@@ -151,16 +153,16 @@ async def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, 
                                                  progress=bool(call.get("progress")))
                 check_result_size(server, method, result, spec.settings.max_result_bytes)
                 if call.get("cache_ttl"):
-                    with _best_effort("cache store"):
-                        store_result(get_redis(), server, tool, arguments, result, float(call["cache_ttl"]))
+                    writer.write_behind(partial(store_result, server=server, tool=tool, arguments=arguments,
+                                                result=result, ttl_s=float(call["cache_ttl"])), "a cache entry")
             else:
                 result = await session.request(method, call.get("params") or {}, remaining, call_id, call.get("meta"),
                                                channel)
                 check_result_size(server, method, result, spec.settings.max_result_bytes)
                 if method == READ_RESOURCE:  # the backend's own cache directive (2026-07-28 backends)
-                    with _best_effort("cache store"):
-                        store_directed(get_redis(), server, READ_RESOURCE,
-                                       {"uri": (call.get("params") or {}).get("uri")}, result)
+                    uri = (call.get("params") or {}).get("uri")
+                    writer.write_behind(partial(store_directed, server=server, tool=READ_RESOURCE,
+                                                arguments={"uri": uri}, result=result), "a cache entry")
             return {"result": result}
         except SlotWaitTimeout as err:  # the backend was busy with other calls, not at fault
             return rpc_error(REQUEST_TIMEOUT, f"Request timed out: {err}", {"server": server, "reason": "slot_wait"})
@@ -185,7 +187,7 @@ async def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, 
             attempt += 1
             call["attempts"] = attempt + 1  # for the call's log line
             with _best_effort("cancel check"):
-                if writer.cancelled(call_id):
+                if await anyio.to_thread.run_sync(writer.cancelled, call_id):
                     return cancelled_outcome()
         finally:
             if one_shot and session is not None:
@@ -209,7 +211,7 @@ async def store_outcome(writer: ResultWriter, call: dict[str, Any], outcome: dic
     attempt = 0
     while True:
         try:
-            writer.deliver(call, outcome)
+            await writer.adeliver(call, outcome)  # off the loop: a slow Redis must not stall the other calls
             if attempt:
                 log.info("call %s: outcome stored after %d retries (Redis was unreachable)", call["call_id"], attempt)
             return True
@@ -265,7 +267,7 @@ def forward_to_owners(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def run_calls_now(calls: list[dict[str, Any]], worker: str) -> None:
     """Run a message's calls concurrently on the backend loop; each answered as soon as it is done."""
     observe.configure_call_log("worker")
-    writer = ResultWriter(get_redis())
+    writer = ResultWriter(get_redis(), lane=write_lane())  # what runs on the backend loop writes through the lane
     for call in calls:
         if not known_server(call.get("server", "")):
             writer.deliver(call, {**rpc_error(INTERNAL_ERROR, f"Unknown server {call.get('server')!r} (removed by "
