@@ -142,21 +142,23 @@ def get_redis() -> redis.Redis:
 def pubsub_messages(pubsub: PubSub, idle_ping_s: float | None = None, tick_s: float = 1.0) -> Iterator[dict[str, Any]]:
     """The published messages of a subscribed `pubsub`, forever; raises redis.TimeoutError when the link went
     silent. A subscriber only reads, so a half-open link would look like a quiet channel: after
-    `idle_ping_s` without a word from the server it sends PING, and a PING unanswered for
-    `redis_timeout()` means the link is dead (the caller reconnects and subscribes again)."""
+    `idle_ping_s` without a word from the server, redis-py's health check sends PING on the subscribed
+    connection, and a PING unanswered for `redis_timeout()` means the link is dead (the caller reconnects
+    and subscribes again). (redis-py only sends that PING; it never notices a missing answer.)"""
     idle_ping_s = redis_timeout() if idle_ping_s is None else idle_ping_s
-    heard = time.monotonic()
-    pinged: float | None = None
+    unanswered_since: float | None = None
     while True:
+        connection = pubsub.connection
+        if connection is not None and connection.health_check_interval != idle_ping_s:
+            connection.health_check_interval = idle_ping_s  # this connection only, not the pool's others
         message = pubsub.get_message(timeout=tick_s)
-        now = time.monotonic()
-        if message is not None:
-            heard, pinged = now, None
-            if message.get("type") in ("message", "pmessage"):
-                yield message
-            continue
-        if pinged is not None and now - pinged > redis_timeout():
-            raise redis.TimeoutError(f"no answer from Redis to a pub/sub PING within {redis_timeout():g}s")
-        if pinged is None and now - heard > idle_ping_s:
-            pubsub.ping()
-            pinged = now
+        if pubsub.health_check_response_counter > 0:  # a health PING is out, its PONG not read yet
+            now = time.monotonic()
+            if unanswered_since is None:
+                unanswered_since = now
+            elif now - unanswered_since > redis_timeout():
+                raise redis.TimeoutError(f"no answer from Redis to a pub/sub PING within {redis_timeout():g}s")
+        else:
+            unanswered_since = None
+        if message is not None and message.get("type") in ("message", "pmessage"):
+            yield message

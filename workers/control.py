@@ -24,7 +24,8 @@ The other side of a lease: a worker that cannot renew its own (Redis unreachable
 it at the first failed renewal (within HEARTBEAT_S + the Redis timeout, ~7 s), keeps trying, and once the
 lease has lapsed (LEASE_TTL_S without a renewal) exits with status 75, so its supervisor restarts it; its
 messages are restored by the others meanwhile. A shorter outage heals by itself (every Redis client
-reconnects; see `broker.redisconn`).
+reconnects; see `broker.redisconn`), and so does one of Redis itself (connections refused: it is down or
+restarting, not cut off from this worker alone).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from celery import signals
 
 from broker import keys
 from broker.fleet import lease_value
-from broker.redisconn import get_redis, pubsub_messages
+from broker.redisconn import get_redis, pubsub_messages, redis_timeout
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +221,8 @@ def _heartbeat(app: Any) -> None:
         except Exception as err:
             if failing_since is None:
                 failing_since = time.monotonic()
+            # refused (Redis down or restarting, its host answering) or silent (timeouts: a broken link)
+            _state["refused_at"] = time.monotonic() if isinstance(err, redis.ConnectionError) else None
             log.warning("lease heartbeat failed: Redis unreachable from this worker (%s: %s); lease last renewed "
                         "%.1fs ago, this worker exits if it is not renewed within %ds", type(err).__name__, err,
                         time.monotonic() - _state["renewed"], LEASE_TTL_S)
@@ -240,13 +243,26 @@ def _reaper(app: Any) -> None:
 
 
 def _watchdog(exit: Callable[[int], Any] = os._exit) -> None:
-    """Exit the process once its lease has lapsed. Past LEASE_TTL_S without a renewal, other workers may
-    restore this worker's messages: it may be cut off from Redis (a half-open link, where every thread that
-    touches Redis can hang in some library), and a fresh process from the supervisor is the sure way back,
-    while its held calls run elsewhere. Reads no Redis itself, so nothing can hang it."""
+    """Exit the process once its lease has lapsed on a silent link. Past LEASE_TTL_S without a renewal, other
+    workers may restore this worker's messages: it is cut off from a Redis the others may still reach (a
+    half-open link, where every thread that touches Redis can hang in some library), and a fresh process from
+    the supervisor is the sure way back, while its held calls run elsewhere. Not while Redis refuses
+    connections: then Redis itself is down or restarting, every worker is in the same boat, and this one
+    puts its own messages back when Redis returns (`restore_own_orphans`). Reads no Redis itself, so nothing
+    can hang it."""
+    waiting_logged = False
     while True:
         time.sleep(WATCHDOG_TICK_S)
-        silent = time.monotonic() - _state["renewed"]
+        now = time.monotonic()
+        silent = now - _state["renewed"]
+        refused_at = _state.get("refused_at")
+        if silent >= LEASE_TTL_S and refused_at is not None and now - refused_at < 2 * HEARTBEAT_S + redis_timeout():
+            if not waiting_logged:
+                log.error("lease not renewed for %.1fs: Redis refuses connections (down or restarting); waiting "
+                          "for it", silent)
+                waiting_logged = True
+            continue
+        waiting_logged = waiting_logged and silent >= LEASE_TTL_S
         if silent >= LEASE_TTL_S:
             log.critical("lease not renewed for %.1fs (Redis unreachable): exiting with status %d so the supervisor "
                          "restarts this worker; other workers restore the messages it held", silent, EXIT_LEASE_LOST)
@@ -291,5 +307,6 @@ def connect_signals(app: Any, pool_getter: Any, on_config: Any = None) -> None:
     def _on_shutdown(**_: Any) -> None:
         with contextlib.suppress(redis.RedisError):
             r = get_redis()
+            restore_fetching(node_name())  # normally nothing: a clean shutdown leaves no fetch in flight
             r.delete(keys.worker_alive(node_name()))
             r.srem(keys.WORKERS, node_name())
