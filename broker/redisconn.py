@@ -11,9 +11,9 @@ partition logged nothing and renewed nothing for the rest of the test). So:
   Redis answers those in well under a millisecond, and a 500 ms link in 0.5 s);
 - a blocking read (BLPOP, XREAD BLOCK, ...) gets its own read timeout: the time it asked the server to block
   plus that same margin (`LinkRedis` below), so a long XREAD is not cut short and a dead link still shows;
-- a connect times out after the same 5 s, and a timed-out command is not retried (redis-py's default retries
-  it 10 times: a 5 s stall would become a minute; a connection refused or reset is still retried with
-  redis-py's default backoff, ~2-4 s in all, which rides out a quick Redis restart);
+- a connect times out after the same 5 s, and no command is retried by redis-py (a client built with
+  `from_url` retries nothing; kept so: a retried stall doubles it, and a silent reconnect would hide a
+  Redis restart from the reply hub, which must check whether Redis kept its state);
 - TCP keepalive probes after 5 s idle, every 2 s, 3 times: a peer gone from the network is found in ~11 s
   even by a subscriber that reads nothing for minutes (pub/sub: see `pubsub_messages` for the in-band check).
 """
@@ -28,10 +28,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import redis
-from redis._defaults import DEFAULT_RETRY_BASE, DEFAULT_RETRY_CAP, DEFAULT_RETRY_COUNT
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE, PubSub
-from redis.retry import Retry
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 _lock = threading.Lock()
@@ -122,8 +119,6 @@ def client_options() -> dict[str, Any]:
         "socket_keepalive": True,
         "socket_keepalive_options": keepalive_options(),
         "health_check_interval": 30,
-        "retry": Retry(ExponentialWithJitterBackoff(base=DEFAULT_RETRY_BASE, cap=DEFAULT_RETRY_CAP),
-                       retries=DEFAULT_RETRY_COUNT, supported_errors=(redis.ConnectionError,)),
     }
 
 

@@ -19,10 +19,16 @@ from tests.wsclient import RawClient
 EXIT_LEASE_LOST = 75  # workers.control.EXIT_LEASE_LOST (not imported: that would load the Celery app here)
 
 
+# echo's 5 s limit in the test config is not about the link: a worker restarted on a loaded machine may take
+# longer to start its backend, and a call must not time out for that
+ROOMY = {"echo": {"timeout_s": 30}}
+
+
 @contextlib.contextmanager
 def linked_stack(settings: dict[str, dict[str, Any]] | None = None,
                  concurrency: int = 8) -> Iterator[tuple[Stack, FaultProxy, Proc, RedisServer]]:
     """A private Redis, one web process on it, and one echo worker that reaches Redis through a FaultProxy."""
+    settings = settings or ROOMY
     with RedisServer(aof=False) as server, FaultProxy.for_url(server.url) as proxy:
         log_dir = Path(tempfile.mkdtemp(prefix="mcpb-logs-"))
         config = subset_config(["echo"], log_dir / "mcp_servers.json", settings=settings)
