@@ -170,18 +170,21 @@ def redis_sigkill(size: int = 10_000, kills: int = 3, down_s: float = 3.0, secon
 
 
 # ------------------------------------------------------------------ half-open partition of a worker
-def worker_partition(size: int = 5_000, hold_s: float = 30.0, seconds: float = 0.25,
-                     stall_s: float = STALL_S) -> Row:
-    """Two workers, one reaching Redis through a fault proxy; mid-batch the proxy goes silent both ways (sockets
-    open, nothing flows: a half-open link) for `hold_s`, then heals. The other worker must take over the
-    partitioned one's calls; the partitioned worker must notice (with `hold_s` past its lease: exit non-zero,
-    so that its supervisor restarts it) and it, or its restart (behind the same proxy), must serve again after
-    the heal."""
+def worker_partition(size: int = 5_000, per_s: float = 100, hold_s: float = 30.0, seconds: float = 0.25,
+                     after_s: float = 60, stall_s: float = STALL_S) -> Row:
+    """Two workers, one reaching Redis through a fault proxy, under steady traffic (calls arriving at `per_s` a
+    second, as small batches); once a tenth of `size` calls are answered the proxy goes silent both ways
+    (sockets open, nothing flows: a half-open link) for `hold_s`, then heals. The other worker must take over
+    the partitioned one's calls; the partitioned worker must notice (with `hold_s` past its lease: exit
+    non-zero, so that its supervisor restarts it) and it, or its restart (behind the same proxy), must serve
+    again after the heal. Traffic goes on until all `size` calls are made or `after_s` after that."""
     started = time.time()
     with Cluster(workers=1) as cluster, FaultProxy.for_url(cluster.redis_server.url) as proxy:
         cut = cluster.start_worker(env={"REDIS_URL": proxy.url_for(cluster.redis_server.url)})
-        budget = _budget(size, seconds, 2 * cluster.concurrency, 1, 60) + hold_s
-        tally, reader = _start_batch(cluster, "p", size, seconds, budget)
+        budget = 120 + size / per_s + hold_s
+        tally = Tally([f"p{i}" for i in range(size)])
+        reader = Trickle(cluster, tally, seconds, per_s, budget)
+        reader.start()
         faults: list[Fault] = []
         proxied = cluster.env_of(cut)
         back_s: float | None = None
@@ -193,7 +196,7 @@ def worker_partition(size: int = 5_000, hold_s: float = 30.0, seconds: float = 0
             return any(r.worker in pids and r.at > healed_at for runs in read_ledger(cluster.ledger).values()
                        for r in runs)
 
-        if _wait_turn(cluster, tally, reader, 0.2, None, budget, running_on=lambda counts: counts[cut.popen.pid] > 0,
+        if _wait_turn(cluster, tally, reader, 0.1, None, budget, running_on=lambda counts: counts[cut.popen.pid] > 0,
                       stall_s=stall_s):
             now = time.time()
             proxy.partition()
@@ -201,8 +204,10 @@ def worker_partition(size: int = 5_000, hold_s: float = 30.0, seconds: float = 0
             cluster.wait(lambda: False, hold_s)
             proxy.heal()
             healed_at = time.time()
-            if cluster.wait(lambda: serving_again() or reader.finished.is_set(), budget) and serving_again():
+            if cluster.wait(lambda: serving_again() or reader.submitted >= size, budget) and serving_again():
                 back_s = time.time() - healed_at
+                cluster.wait(lambda: reader.submitted >= size, after_s)
+        reader.enough()
         notes = _finish(cluster, reader, budget, stall_s)
         # the issue's expectation: a worker whose link is dead past its lease exits non-zero (its supervisor
         # restarts it) instead of sitting wedged
@@ -271,6 +276,7 @@ LONG: dict[str, tuple[Callable[..., Row], dict[str, float]]] = {
     "worker-kill": (worker_sigkill, {"size": 10_000, "kills": 3, "seconds": 0.25}),
     "web-kill": (web_sigkill, {"size": 3_000, "kills": 3, "clients": 30, "seconds": 0.2}),
     "redis-kill": (redis_sigkill, {"size": 10_000, "kills": 3, "down_s": 3.0, "seconds": 0.1}),
-    "partition": (worker_partition, {"size": 5_000, "hold_s": 30.0, "seconds": 0.25}),
+    "partition": (worker_partition, {"size": 5_000, "per_s": 100, "hold_s": 30.0, "seconds": 0.25,
+                                     "after_s": 60}),
     "hung-backend": (hung_backend, {"size": 3_000, "per_s": 75, "seconds": 0.1, "timeout_s": 10, "after_s": 60}),
 }
