@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx2
 import redis
 
 from broker.devrun import free_port
@@ -117,6 +118,19 @@ class Stack:
                 raise RuntimeError(f"web process exited:\n{proc.log()}")
             time.sleep(0.1)
         raise RuntimeError(f"web process did not listen on {port}:\n{proc.log()}")
+
+    def wait_web_ready(self, port: int, timeout: float = 60) -> None:
+        """Until the web process on `port` answers `/readyz` with 200. `start_web` returns once gunicorn's
+        master listens, but its gevent worker may still be importing the app (measured 1.5 s at load 7 on
+        2 cores, several more under the fuzz tests), and a request sent meanwhile waits for the boot: a test
+        whose own time budget starts earlier (a `requestState` valid for the server's `timeout_s`) waits here."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx2.HTTPError):
+                if httpx2.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"web process on {port} not ready within {timeout:g}s; logs in {self.log_dir}")
 
     def ws_url(self, index: int = 0) -> str:
         return f"ws://127.0.0.1:{self.web_ports[index]}/mcp"

@@ -224,6 +224,7 @@ def test_a_retry_taken_by_another_web_process_still_resumes_the_call(stack: Stac
     port = free_port()
     proc = stack.start_web(port)
     try:
+        stack.wait_web_ready(port)  # the retry must not wait out the new process's boot (the token's clock runs)
         call = {"name": "echo__ask_model", "arguments": {"question": "which process?"}}
         with httpx2.Client(timeout=30) as http:
             first = post(http, f"{stack.http_url()}/mcp", "tools/call", call).json()["result"]
