@@ -5,6 +5,7 @@ last subscribed session leaves (fan-in with reference counts)."""
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 import anyio
@@ -18,10 +19,20 @@ from tests.wsclient import RawClient
 UPDATED = "notifications/resources/updated"
 
 
-def updates(client: RawClient) -> list[str]:
-    """The resource uris the client was told changed so far (a ping flushes what was sent before it)."""
-    client.request("ping")
-    return [n["params"]["uri"] for n in client.notifications if n.get("method") == UPDATED]
+def updates(client: RawClient, at_least: int = 0, timeout: float = 20) -> list[str]:
+    """The resource uris the client was told changed so far, once there are `at_least` of them (or the
+    deadline passed). A ping flushes what the web process sent before it, but an update is not ordered with
+    the caller's result: the worker's SDK session hands a backend's notification to its handler in a task of
+    its own (`JSONRPCDispatcher._dispatch_notification`, `start_soon`) while the response wakes the call at
+    once, so under load the caller's result (and a ping right after it) can come before the update. Expecting
+    none (`at_least=0`) asks once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        client.request("ping")
+        seen = [n["params"]["uri"] for n in client.notifications if n.get("method") == UPDATED]
+        if len(seen) >= at_least or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.1)
 
 
 def test_updates_reach_subscribers_until_the_last_one_leaves(stack: Stack) -> None:
@@ -32,15 +43,15 @@ def test_updates_reach_subscribers_until_the_last_one_leaves(stack: Stack) -> No
         assert scoped.request("resources/subscribe", {"uri": "notes://all"})["result"] == {}
 
         caller.call("notes__add_note", {"text": "subscribed"})
-        assert updates(aggregate) == ["notes+notes://all"]
-        assert updates(scoped) == ["notes://all"]
+        assert updates(aggregate, 1) == ["notes+notes://all"]
+        assert updates(scoped, 1) == ["notes://all"]
         assert updates(caller) == []  # it did not subscribe
 
         # one subscriber leaves: the backend stays subscribed for the other
         assert aggregate.request("resources/unsubscribe", {"uri": "notes+notes://all"})["result"] == {}
         caller.call("notes__add_note", {"text": "one left"})
         assert updates(aggregate) == ["notes+notes://all"]
-        assert updates(scoped) == ["notes://all", "notes://all"]
+        assert updates(scoped, 2) == ["notes://all", "notes://all"]
 
         assert scoped.request("resources/unsubscribe", {"uri": "notes://all"})["result"] == {}
         caller.call("notes__add_note", {"text": "nobody listens"})
@@ -89,7 +100,7 @@ def test_a_restarted_backend_is_subscribed_again(stack: Stack) -> None:
     with RawClient(stack.ws_url()) as subscriber, RawClient(stack.ws_url()) as caller:
         assert subscriber.request("resources/subscribe", {"uri": "notes+notes://all"})["result"] == {}
         caller.call("notes__add_note", {"text": "before the crash"})
-        assert updates(subscriber) == ["notes+notes://all"]
+        assert updates(subscriber, 1) == ["notes+notes://all"]
 
         [backend] = notes_backends(stack)
         backend.kill()
@@ -97,5 +108,5 @@ def test_a_restarted_backend_is_subscribed_again(stack: Stack) -> None:
         after = caller.call("notes__add_note", {"text": "after the crash"}, timeout=30)
         assert after["result"]["structuredContent"] == {"result": 1}  # a fresh backend: its first note
         assert [p.pid for p in notes_backends(stack)] != [backend.pid]
-        assert updates(subscriber) == ["notes+notes://all", "notes+notes://all"]
+        assert updates(subscriber, 2) == ["notes+notes://all", "notes+notes://all"]
         assert subscriber.request("resources/unsubscribe", {"uri": "notes+notes://all"})["result"] == {}
