@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,6 +132,19 @@ class Stack:
                     return
             time.sleep(0.2)
         raise RuntimeError(f"web process on {port} not ready within {timeout:g}s; logs in {self.log_dir}")
+
+    @contextlib.contextmanager
+    def extra_webs(self, env: dict[str, str], count: int = 2) -> Iterator[list[int]]:
+        """`count` more web processes with `env` added, stopped (and their ports forgotten: other tests pick
+        web processes by index) when the block ends."""
+        ports = [free_port() for _ in range(count)]
+        procs = [self.start_web(port, env=env) for port in ports]
+        try:
+            yield ports
+        finally:
+            for proc, port in zip(procs, ports, strict=True):
+                proc.stop()
+                self.web_ports.remove(port)
 
     def ws_url(self, index: int = 0) -> str:
         return f"ws://127.0.0.1:{self.web_ports[index]}/mcp"

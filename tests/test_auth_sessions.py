@@ -193,14 +193,8 @@ def short_lived(stack: Stack) -> Iterator[tuple[Stack, list[int]]]:
     """Two keyed web processes whose sessions expire after TTL_S seconds without traffic."""
     env = {"MCP_BROKER_API_KEYS": ",".join(f"{name}:{key}" for name, key in KEYS.items()),
            "MCP_BROKER_SESSION_TTL_S": str(TTL_S)}
-    ports = [free_port(), free_port()]
-    procs = [stack.start_web(port, env=env) for port in ports]
-    try:
+    with stack.extra_webs(env) as ports:
         yield stack, ports
-    finally:
-        for proc, port in zip(procs, ports, strict=True):
-            proc.stop()
-            stack.web_ports.remove(port)
 
 
 def session_key(session_id: str) -> str:

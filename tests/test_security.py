@@ -33,14 +33,8 @@ def secured(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     ]}))
     env = {"MCP_BROKER_KEYS_FILE": str(keys_file), "MCP_BROKER_MAX_FRAME_BYTES": "4000",
            "MCP_BROKER_MAX_ARGUMENT_BYTES": "1000", "MCP_BROKER_MAX_RPC_BATCH": "3"}
-    ports = [free_port(), free_port()]
-    procs = [stack.start_web(port, env=env) for port in ports]
-    try:
+    with stack.extra_webs(env) as ports:
         yield stack, ports
-    finally:
-        for proc, port in zip(procs, ports, strict=True):
-            proc.stop()
-            stack.web_ports.remove(port)  # other tests pick web processes by index
 
 
 def url(port: int, path: str = "/mcp", scheme: str = "ws") -> str:
