@@ -35,7 +35,7 @@ import redis
 from marshmallow import ValidationError
 
 from broker import keys, wire
-from broker.protocol import call_timeout
+from broker.calls import Call, call_timeout
 from broker.router import Route, Router, UnknownTool
 from broker.schemas import BatchCallSchema, BatchRequestSchema
 
@@ -293,19 +293,10 @@ def prepare_batch(
         requested = loaded["timeout_s"] if loaded["timeout_s"] is not None else default
         timeout = call_timeout(route.spec.settings, requested)
         max_timeout = max(max_timeout, timeout)
-        call: dict[str, Any] = {
-            "call_id": f"{batch_id}.{index}",
-            "server": route.entry.server,
-            "tool": route.entry.tool,
-            "arguments": arguments,
-            "timeout_s": timeout,
-            "expires_at": expires_at,
-            "batch": batch_id,
-            "keep_s": settings.result_ttl_s,  # each outcome stays readable as long as the batch
-        }
-        if client_id is not None:
-            call["id"] = client_id
-        calls_by_queue.setdefault(route.queue, []).append(call)
+        call = Call(f"{batch_id}.{index}", route.entry.server, tool=route.entry.tool, arguments=arguments,
+                    timeout_s=timeout, expires_at=expires_at, batch=batch_id, id=client_id,
+                    keep_s=settings.result_ttl_s)  # each outcome stays readable as long as the batch
+        calls_by_queue.setdefault(route.queue, []).append(call.to_message())
         tools[name] = tools.get(name, 0) + 1
     if problems.count:
         raise problems.error()

@@ -39,8 +39,9 @@ from mcp_types.version import (
 
 from broker import keys, observe, outage, wire
 from broker.cache import BYPASS_META_KEY, READ_RESOURCE, ResultCache
+from broker.calls import QUEUE_GRACE_S, Call, call_timeout, cancel_call
 from broker.catalog import Catalog, CursorError
-from broker.config import BrokerConfig, BrokerSettings
+from broker.config import BrokerConfig
 from broker.leases import LeaseKeeper
 from broker.outage import is_redis_down
 from broker.outbox import Outbox
@@ -65,7 +66,6 @@ log = logging.getLogger(__name__)
 SERVER_INFO = {"name": "mcp-broker", "version": "0.1.0"}
 SESSION_META_KEY = "io.mcp-broker/sessionId"
 TIMEOUT_META_KEY = "io.mcp-broker/timeoutS"  # a client's own time limit for one call (capped by max_timeout_s)
-QUEUE_GRACE_S = 60.0  # how long a call may wait in its queue on top of its own time limit
 CATALOG_REQUEST_INTERVAL_S = 10.0
 TOUCH_INTERVAL_S = 10.0
 STATE_REFUSED = ("Invalid params: requestState was not issued by this broker for this request and key, was "
@@ -264,21 +264,6 @@ def text_emitter(write: Callable[[str], None]) -> Callable[[dict[str, Any], Any]
             write(text)
 
     return emit
-
-
-def call_timeout(settings: BrokerSettings, requested: Any) -> float:
-    """The server's `timeout_s`, or the client's own limit for this call, capped at `max_timeout_s`."""
-    if isinstance(requested, (int, float)) and not isinstance(requested, bool) and requested > 0:
-        return float(min(requested, settings.max_timeout_s))
-    return settings.timeout_s
-
-
-def cancel_call(r: redis.Redis, call_id: str) -> None:
-    """Mark the call cancelled (a queued copy is skipped) and tell the workers (a running copy is cancelled)."""
-    pipe = r.pipeline(transaction=False)
-    pipe.set(keys.cancelled(call_id), "1", ex=3600)
-    pipe.publish(keys.CANCEL_CHANNEL, call_id)
-    pipe.execute()
 
 
 def _invalid(err: ValidationError) -> RPCError:
@@ -690,10 +675,10 @@ class ClientConnection:
         call_id = uuid.uuid4().hex
         self.services.hub.start()
         self.services.hub.expect(call_id, lambda _outcome: None, None, spec.settings.timeout_s * 2 + QUEUE_GRACE_S)
-        self.services.outbox.put(spec.queue, {
-            "call_id": call_id, "method": method, "server": server, "params": params,
-            "reply_to": self.services.hub.channel, "timeout_s": spec.settings.timeout_s,
-            "expires_at": time.time() + spec.settings.timeout_s + QUEUE_GRACE_S, "progress": False})
+        self.services.outbox.put(spec.queue, Call(
+            call_id, server, method, params=params, reply_to=self.services.hub.channel,
+            timeout_s=spec.settings.timeout_s, expires_at=time.time() + spec.settings.timeout_s + QUEUE_GRACE_S,
+        ).to_message())
 
     def _stop_listening(self) -> None:
         """The listen stream ended: leave each resource's subscribers; the last one out unsubscribes the backend."""
@@ -780,10 +765,9 @@ class ClientConnection:
                 return self._client_result("tools/call", server, hit[0])
         elif ttl > 0:
             cache.forget_local(server, tool, arguments)  # the fresh result replaces it; don't serve the old copy
-        call = {"tool": tool, "arguments": arguments}
-        if ttl > 0:
-            call["cache_ttl"] = ttl
-        return self._forward(request_id, "tools/call", server, call, meta)
+        call = Call(uuid.uuid4().hex, server, "tools/call", tool=tool, arguments=arguments,
+                    cache_ttl=ttl if ttl > 0 else None)
+        return self._forward(request_id, call, meta)
 
     def _when_published(self, request_id: Any, server: str, wait_s: float, method: str, params: dict[str, Any],
                         retry: Callable[[], Any]) -> Any:
@@ -815,7 +799,7 @@ class ClientConnection:
             if hit is not None:  # a public result the backend allowed anyone to reuse: what is left of its ttl
                 cached, remaining_ms = hit
                 return self._client_result("resources/read", server, {**cached, "ttlMs": max(0, remaining_ms)})
-        return self._forward(request_id, "resources/read", server, {"params": {"uri": uri}}, meta)
+        return self._forward(request_id, Call(uuid.uuid4().hex, server, "resources/read", params={"uri": uri}), meta)
 
     def _prompts_get(self, request_id: Any, params: dict[str, Any]) -> Any:
         try:
@@ -827,8 +811,9 @@ class ClientConnection:
         if target is None:
             raise RPCError(INVALID_PARAMS, f"Unknown prompt: {loaded['name']}")
         server, name = target
-        forwarded = {"params": {"name": name, "arguments": loaded["arguments"] or {}}}
-        return self._forward(request_id, "prompts/get", server, forwarded, loaded["_meta"] or {})
+        call = Call(uuid.uuid4().hex, server, "prompts/get",
+                    params={"name": name, "arguments": loaded["arguments"] or {}})
+        return self._forward(request_id, call, loaded["_meta"] or {})
 
     def _resource_target(self, params: dict[str, Any]) -> tuple[str, str]:
         """(server, backend uri) of a resources/* request's `uri`."""
@@ -854,7 +839,7 @@ class ClientConnection:
         pipe.sadd(subscribers, self.session_id)
         pipe.expire(subscribers, self.services.sessions.ttl_s)
         pipe.execute()
-        return self._forward(request_id, "resources/subscribe", server, {"params": {"uri": uri}}, {})
+        return self._forward(request_id, Call(uuid.uuid4().hex, server, "resources/subscribe", params={"uri": uri}), {})
 
     def _unsubscribe(self, request_id: Any, params: dict[str, Any]) -> Any:
         """The backend is unsubscribed only when its last subscribed session leaves."""
@@ -868,7 +853,8 @@ class ClientConnection:
         _removed, remaining = pipe.execute()
         if remaining:
             return {}
-        return self._forward(request_id, "resources/unsubscribe", server, {"params": {"uri": uri}}, {})
+        return self._forward(request_id, Call(uuid.uuid4().hex, server, "resources/unsubscribe", params={"uri": uri}),
+                             {})
 
     def resource_updated(self, server: str, uri: str) -> None:
         """A backend resource changed: tell this client if it subscribed (in its own namespace)."""
@@ -898,49 +884,43 @@ class ClientConnection:
             server, ref["uri"] = split
         else:
             raise RPCError(INVALID_PARAMS, "Invalid params: ref.type must be ref/prompt or ref/resource")
-        forwarded = {"params": {"ref": ref, "argument": loaded["argument"], "context": loaded["context"]}}
-        return self._forward(request_id, "completion/complete", server, forwarded, {})
+        call = Call(uuid.uuid4().hex, server, "completion/complete",
+                    params={"ref": ref, "argument": loaded["argument"], "context": loaded["context"]})
+        return self._forward(request_id, call, {})
 
-    def _forward(self, request_id: Any, method: str, server: str, body: dict[str, Any], meta: dict[str, Any]) -> Any:
-        """Queue a request for `server`'s workers; the answer is sent when it arrives."""
+    def _forward(self, request_id: Any, call: Call, meta: dict[str, Any]) -> Any:
+        """Queue a request for its server's workers (`call` says what to ask; here it gets how it travels and
+        comes back); the answer is sent when it arrives."""
         if request_id in self._in_flight:
             raise RPCError(INVALID_REQUEST, f"Invalid Request: request id {request_id!r} is already in flight")
-        spec = self.services.config.server(server)
+        spec = self.services.config.server(call.server)
         timeout = call_timeout(spec.settings, meta.get(TIMEOUT_META_KEY))
         progress_token = meta.get("progressToken")
-        call_id = uuid.uuid4().hex
+        call_id, method, server = call.call_id, call.method, call.server
         self._hold_slot(call_id, timeout * 2 + QUEUE_GRACE_S + 5)
-        call = {
-            "call_id": call_id,
-            "method": method,
-            "server": server,
-            **body,
-            "reply_to": self.services.hub.channel,
-            "timeout_s": timeout,
-            "expires_at": time.time() + timeout + QUEUE_GRACE_S,
-            "progress": progress_token is not None,
-            "session": self.session_id,
-            "rid": request_id,
-            "key": self.principal.id,
-        }
-        if progress_token is not None:
-            call["progress_token"] = progress_token
+        call.reply_to = self.services.hub.channel
+        call.timeout_s = timeout
+        call.expires_at = time.time() + timeout + QUEUE_GRACE_S
+        call.progress = progress_token is not None
+        call.progress_token = progress_token
+        call.session, call.rid, call.key = self.session_id, request_id, self.principal.id
         ours = (TIMEOUT_META_KEY, "progressToken", BYPASS_META_KEY)
         forwarded_meta = {k: v for k, v in meta.items() if k not in ours and not k.startswith(ENVELOPE_META_PREFIX)}
         if forwarded_meta:
-            call["meta"] = forwarded_meta
+            call.meta = forwarded_meta
+        if spec.settings.forward_headers:
+            wanted = [name.lower() for name in spec.settings.forward_headers]
+            call.headers = {name: self.client_headers[name] for name in wanted if name in self.client_headers}
+        message = call.to_message()
         on_outcome, on_event = self._callbacks(request_id, call_id, method, server, progress_token)
         hub = self.services.hub
         hub.start()
         self._in_flight[request_id] = call_id
-        hub.expect(call_id, on_outcome, on_event, timeout * 2 + QUEUE_GRACE_S + 5, call)
-        if spec.settings.forward_headers:
-            wanted = [name.lower() for name in spec.settings.forward_headers]
-            call["headers"] = {name: self.client_headers[name] for name in wanted if name in self.client_headers}
+        hub.expect(call_id, on_outcome, on_event, timeout * 2 + QUEUE_GRACE_S + 5, message)
         queue = spec.queue
         if spec.settings.isolation == "per_client":  # to the worker holding this client's backend session
             queue = self.services.router.queue_for(spec, self.session_id)
-        self.services.outbox.put(queue, call)
+        self.services.outbox.put(queue, message)
         return DEFERRED
 
     def _callbacks(

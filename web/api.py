@@ -45,8 +45,9 @@ from broker.batches import (
     prepare_batch,
     submit_batch,
 )
+from broker.calls import Call, call_timeout, cancel_call
 from broker.outage import TAG_CHARS, is_redis_down
-from broker.protocol import BrokerServices, call_timeout, cancel_call
+from broker.protocol import BrokerServices
 from broker.results import REQUEST_CANCELLED
 from broker.router import Route, UnknownTool
 from broker.schemas import (
@@ -233,16 +234,9 @@ def post_call() -> tuple[Response, int]:
         observe.web_immediate(server, tool, "rejected", time.perf_counter() - started, None, current_principal().id)
         raise
 
-    call = {
-        "call_id": call_id,
-        "server": route.entry.server,
-        "tool": route.entry.tool,
-        "arguments": arguments,
-        "reply_to": services.hub.channel,
-        "timeout_s": timeout,
-        "expires_at": time.time() + queue_s,
-        "key": current_principal().id,
-    }
+    call = Call(call_id, route.entry.server, tool=route.entry.tool, arguments=arguments,
+                reply_to=services.hub.channel, timeout_s=timeout, expires_at=time.time() + queue_s,
+                key=current_principal().id).to_message()
     answered = threading.Event()  # gevent-patched under gunicorn: waiting costs a greenlet, not a thread
     outcome: dict[str, Any] = {}
 

@@ -31,8 +31,9 @@ from mcp_types import INVALID_REQUEST, PARSE_ERROR
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from broker import wire
+from broker.calls import cancel_call
 from broker.metrics import RECORDER
-from broker.protocol import LOG_LEVEL_META_KEY, LOG_LEVELS, ClientConnection, cancel_call, dumps, echoable_id
+from broker.protocol import LOG_LEVEL_META_KEY, LOG_LEVELS, ClientConnection, dumps, echoable_id
 from broker.router import UnknownTool
 from web.auth import current_principal
 
