@@ -18,7 +18,7 @@ from bench.settings import Counts
 from bench.stack import BenchStack
 from bench.stats import summarize_ms
 from bench.wsclient import PipelineResult, RawSession
-from broker.client import AsyncMCPBrokerClient
+from client.async_broker_client import AsyncMCPBrokerClient
 
 UNCACHED_TOOL = "echo__echo"
 CACHED_SERVER = "echo_cached"
@@ -84,7 +84,8 @@ async def _broker(url: str, counts: Counts) -> dict[str, Any]:
             out["broker_cached_raw"] = {"na": "cache not implemented (the backend ran both identical calls)"}
     finally:
         await session.close()
-    out["broker_sdk"] = _summary(await _broker_sdk(url, counts), "broker.client.AsyncMCPBrokerClient (mcp SDK)")
+    out["broker_sdk"] = _summary(await _broker_sdk(url, counts),
+                                 "client.async_broker_client.AsyncMCPBrokerClient (mcp SDK)")
     return out
 
 

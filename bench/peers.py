@@ -34,8 +34,8 @@ from bench.settings import Counts
 from bench.stack import BENCH_DIR, ROOT, BenchStack
 from bench.stats import ratio, summarize_ms
 from bench.wsclient import PipelineResult, RawSession
-from broker.client import AsyncMCPBrokerClient
-from broker.devrun import free_port
+from cli.devrun import free_port
+from client.async_broker_client import AsyncMCPBrokerClient
 
 PEERS_VENV = BENCH_DIR / ".peers-venv"
 PEERS_NODE = BENCH_DIR / ".peers-node"

@@ -2,7 +2,7 @@
 
 Built on `tests.stack.Stack`, so the bench runs exactly the processes the tests and the
 Procfile run (gunicorn -k gevent -w 1 --worker-connections 3000; celery -P threads), and on
-`broker.devrun.ensure_redis`, so a box without Redis still gets one.
+`cli.devrun.ensure_redis`, so a box without Redis still gets one.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import psutil
 
 from bench.wsclient import RawSession, RPCFailure
 from broker.config import load_config
-from broker.devrun import ensure_redis
+from cli.devrun import ensure_redis
 from tests.stack import Proc, Stack
 
 BENCH_DIR = Path(__file__).resolve().parent

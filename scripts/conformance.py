@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from broker.devrun import ensure_redis, free_port  # noqa: E402
+from cli.devrun import ensure_redis, free_port  # noqa: E402
 
 CONFIG = ROOT / "examples" / "conformance.json"
 SERVER = "conformance"

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from broker.devrun import ensure_redis
+from cli.devrun import ensure_redis
 from tests.stack import Stack
 
 TEST_REDIS_URL = "redis://127.0.0.1:6379/15"

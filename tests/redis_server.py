@@ -30,7 +30,7 @@ from typing import Any
 
 import redis
 
-from broker.devrun import free_port, redis_answers, redis_server_binary
+from cli.devrun import free_port, redis_answers, redis_server_binary
 from tests.stack import TEST_CONFIG, Stack
 
 

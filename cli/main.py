@@ -1,0 +1,129 @@
+"""`python -m broker <command>`: the broker's command line.
+
+    python -m broker run [--config F] [--port N]       web + workers (+ embedded Redis if none answers)
+    python -m broker procfile [--config F] [-o FILE]   regenerate the Procfile from the config
+    python -m broker check-config [FILE]               validate the config and list its servers
+    python -m broker call TOOL ['{"arg": 1}'] [--url U]  one call through the HTTP API; prints the result
+    python -m broker batch calls.jsonl -o results.jsonl  submit a batch, live progress, stream the results
+
+Adding a command is one module + one row of `COMMANDS`: a module under `cli/` with a
+`command(args: argparse.Namespace) -> int` function (the exit code), and a `Command` row
+naming it with the command's help and arguments. Only the chosen command's module is
+imported (by name, from the table), so `check-config` stays fast: `call` and `batch`
+would otherwise load Redis' client (`broker.results`, ~0.17 s), `run` honcho and Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from client.http_api import DEFAULT_URL_HELP
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class Arg:
+    flags: tuple[str, ...]
+    options: dict[str, Any]
+
+
+def arg(*flags: str, **options: Any) -> Arg:
+    """One `add_argument(*flags, **options)` of a command."""
+    return Arg(flags, options)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One `python -m broker <name>`: its help, its arguments and the module whose `command` runs it."""
+
+    name: str
+    help: str
+    args: tuple[Arg, ...]
+    module: str
+
+    def handler(self) -> Handler:
+        handler: Handler = importlib.import_module(self.module).command
+        return handler
+
+
+CONFIG_ARG = arg(
+    "--config", "-c", metavar="FILE", help="server config (default: $MCP_BROKER_CONFIG or mcp_servers.json)"
+)
+URL_ARG = arg("--url", metavar="URL", help=DEFAULT_URL_HELP)
+KEY_ARG = arg("--key", metavar="KEY", help="API key, sent as a Bearer token (default: $MCP_BROKER_API_KEY)")
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "run",
+        "run web + one worker per server locally (starts an embedded Redis if none answers)",
+        (CONFIG_ARG, arg("--port", "-p", type=int, help="web port (default: $PORT or 8000)")),
+        "cli.devrun",
+    ),
+    Command(
+        "procfile",
+        "regenerate the Procfile (web + worker_<server> lines) from the config",
+        (CONFIG_ARG,
+         arg("-o", "--output", default="Procfile", metavar="FILE", help="where to write it; '-' prints it")),
+        "cli.procfile",
+    ),
+    Command(
+        "check-config",
+        "validate a config file and list its servers (exit 1 and say why if it is bad)",
+        (arg("file", nargs="?", help="config file (default: $MCP_BROKER_CONFIG or mcp_servers.json)"),),
+        "cli.check_config",
+    ),
+    Command(
+        "call",
+        "call one tool through the broker's HTTP API and print its result as JSON (exit 1 on any error)",
+        (
+            arg("tool", help="namespaced tool name, e.g. time__get_current_time"),
+            arg("arguments", nargs="?", default="{}",
+                help="the arguments as a JSON object (default {}; '-' reads stdin)"),
+            URL_ARG,
+            KEY_ARG,
+            arg("--timeout", type=float, metavar="S",
+                help="the call's time limit in seconds (capped by max_timeout_s)"),
+        ),
+        "cli.call",
+    ),
+    Command(
+        "batch",
+        "submit a file of calls as one batch, show progress, write the results as JSON Lines (exit 1 if any failed)",
+        (
+            arg("file", help="calls, one JSON object per line ({\"tool\", \"arguments\", \"id\"?, \"timeout_s\"?}), "
+                             "or a .json file holding a list or {\"calls\": [...]}; '-' reads stdin"),
+            arg("-o", "--output", default="-", metavar="FILE",
+                help="results file, one JSON line per call (default: stdout)"),
+            URL_ARG,
+            KEY_ARG,
+            arg("--timeout", type=float, metavar="S", help="default time limit of each call, in seconds"),
+            arg("-q", "--quiet", action="store_true", help="no progress line, only the summary"),
+        ),
+        "cli.batch",
+    ),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m broker", description="mcp-broker command line")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd in COMMANDS:
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        for a in cmd.args:
+            p.add_argument(*a.flags, **a.options)
+        p.set_defaults(command_spec=cmd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    spec: Command = args.command_spec
+    try:
+        return int(spec.handler()(args) or 0)
+    except KeyboardInterrupt:
+        return 130
