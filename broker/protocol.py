@@ -38,6 +38,7 @@ from mcp_types.version import (
 )
 
 from broker import keys, observe, outage, wire
+from broker.admission import Admission, Refused
 from broker.cache import BYPASS_META_KEY, READ_RESOURCE, ResultCache
 from broker.calls import QUEUE_GRACE_S, Call, call_timeout, cancel_call
 from broker.catalog import Catalog, CursorError
@@ -71,9 +72,6 @@ TOUCH_INTERVAL_S = 10.0
 STATE_REFUSED = ("Invalid params: requestState was not issued by this broker for this request and key, was "
                  "altered, has expired, or was used already")
 RESOURCE_NOT_FOUND = -32002
-FORBIDDEN = -32003  # implementation-defined server errors (-32000..-32099) of the broker
-RATE_LIMITED = -32005
-TOO_MANY_IN_FLIGHT = -32006
 FORWARDED = ("tools/call", "resources/read", "prompts/get", "completion/complete")
 # 2026-07-28 (stateless per-request envelope): what the handshake era had that this era removed
 REMOVED_IN_MODERN = ("initialize", "ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe")
@@ -286,6 +284,7 @@ class ClientConnection:
         self.principal = principal
         self._emit = emit  # the transport's (message, related request id): write it, or route it to an HTTP stream
         self.scope = scope  # a per-server endpoint: that one backend, names unprefixed
+        self.admission = Admission(services, principal, scope)  # may it, and may it now (broker.admission)
         self.session_id = session_id or uuid.uuid4().hex
         self.protocol_version = LATEST_HANDSHAKE_VERSION
         self.initialized = False
@@ -454,7 +453,7 @@ class ClientConnection:
 
         def run() -> Any:
             if method in FORWARDED:
-                self._admit()
+                self.admission.take_rate()
             if self.modern and method in INPUT_RESUMABLE:  # what an `input_required` token will be bound to
                 self._bindings[request_id] = request_binding(method, params, self.scope)
             if self.modern and method in INPUT_RESUMABLE and params.get("requestState") is not None:
@@ -469,7 +468,10 @@ class ClientConnection:
         """Run a request's handler and answer it: its result, its RPC error, or an internal error."""
         started = time.perf_counter()
         try:
-            result = run()
+            try:
+                result = run()
+            except Refused as refused:  # admission said no: answered with its JSON-RPC error
+                raise RPCError(refused.rpc_code or INTERNAL_ERROR, refused.message, refused.rpc_data) from None
         except RPCError as err:
             self.send({"jsonrpc": "2.0", "id": request_id, "error": err.to_error()})
             if method == "tools/call":
@@ -714,7 +716,7 @@ class ClientConnection:
         catalog.ensure_fresh()
         self.services.request_missing_catalogs()
         items = catalog.server_items(attribute, self.scope) if self.scope else getattr(catalog, attribute)
-        items = [item for item in items if self._visible(attribute, item)]
+        items = [item for item in items if self.admission.visible(attribute, item)]
         try:
             page = catalog.page(items, cursor, self.services.page_size)
         except CursorError as err:
@@ -731,17 +733,17 @@ class ClientConnection:
         except ValidationError as err:
             raise _invalid(err) from None
         name, arguments, meta = loaded["name"], loaded["arguments"] or {}, loaded["_meta"] or {}
-        self._check_allowed("tool", name)
+        self.admission.check("tool", name)
         size = wire.encoded_size(arguments)  # bytes, as on /v1 and in batches
         if size > self.services.max_argument_bytes:
             raise RPCError(INVALID_PARAMS, f"Invalid params: arguments of {size} bytes are over the limit of "
                                            f"{self.services.max_argument_bytes} bytes")
         try:
-            route = self.services.router.route_tool(self._qualified(name))
+            route = self.services.router.route_tool(self.admission.qualified(name))
         except UnknownTool as err:
             self.services.request_missing_catalogs()
             router = self.services.router
-            server = router.unpublished_server(self._qualified(name))
+            server = router.unpublished_server(self.admission.qualified(name))
             if server is not None and not waited and not router.broken_reason(server):
                 # a configured server still starting: wait for its tools (one known to fail says so at once)
                 wait_s = call_timeout(self.services.config.server(server).settings, meta.get(TIMEOUT_META_KEY))
@@ -806,8 +808,8 @@ class ClientConnection:
             loaded = _prompt_params.load(params)
         except ValidationError as err:
             raise _invalid(err) from None
-        self._check_allowed("prompt", loaded["name"])
-        target = self.services.catalog.lookup_prompt(self._qualified(loaded["name"]))
+        self.admission.check("prompt", loaded["name"])
+        target = self.services.catalog.lookup_prompt(self.admission.qualified(loaded["name"]))
         if target is None:
             raise RPCError(INVALID_PARAMS, f"Unknown prompt: {loaded['name']}")
         server, name = target
@@ -825,7 +827,7 @@ class ClientConnection:
         if target is None:
             raise RPCError(RESOURCE_NOT_FOUND, f"Resource not found: {loaded['uri']} (expected <server>+<uri>)",
                            {"uri": loaded["uri"]})
-        self._check_server_allowed("resources of server", target[0])
+        self.admission.check_server("resources of server", target[0])
         return target
 
     def _subscribe(self, request_id: Any, params: dict[str, Any]) -> Any:
@@ -870,8 +872,8 @@ class ClientConnection:
             raise _invalid(err) from None
         ref = dict(loaded["ref"])
         if ref.get("type") == "ref/prompt":
-            self._check_allowed("prompt", str(ref.get("name", "")))
-            target = self.services.catalog.lookup_prompt(self._qualified(str(ref.get("name", ""))))
+            self.admission.check("prompt", str(ref.get("name", "")))
+            target = self.services.catalog.lookup_prompt(self.admission.qualified(str(ref.get("name", ""))))
             if target is None:
                 raise RPCError(INVALID_PARAMS, f"Unknown prompt: {ref.get('name')}")
             server, ref["name"] = target
@@ -880,7 +882,7 @@ class ClientConnection:
             split = (self.scope, uri) if self.scope else self.services.catalog.split_uri(uri)
             if split is None:
                 raise RPCError(INVALID_PARAMS, f"Unknown resource template: {ref.get('uri')}")
-            self._check_server_allowed("resources of server", split[0])
+            self.admission.check_server("resources of server", split[0])
             server, ref["uri"] = split
         else:
             raise RPCError(INVALID_PARAMS, "Invalid params: ref.type must be ref/prompt or ref/resource")
@@ -897,7 +899,7 @@ class ClientConnection:
         timeout = call_timeout(spec.settings, meta.get(TIMEOUT_META_KEY))
         progress_token = meta.get("progressToken")
         call_id, method, server = call.call_id, call.method, call.server
-        self._hold_slot(call_id, timeout * 2 + QUEUE_GRACE_S + 5)
+        self.admission.hold_slot(call_id, timeout * 2 + QUEUE_GRACE_S + 5)
         call.reply_to = self.services.hub.channel
         call.timeout_s = timeout
         call.expires_at = time.time() + timeout + QUEUE_GRACE_S
@@ -931,7 +933,7 @@ class ClientConnection:
                 self._pass_on(call_id, message)  # resumed on another web process, or cancelled
                 return
             del self._in_flight[request_id]
-            self._release_slot(call_id)
+            self.admission.release_slot(call_id)
             self._offered.pop(request_id, None)
             if "error" in message:
                 self.send({"jsonrpc": "2.0", "id": request_id, "error": message["error"]})
@@ -992,7 +994,7 @@ class ClientConnection:
                                  {"error": {"code": METHOD_NOT_FOUND, "message": message}})
             if self._in_flight.get(request_id) == call_id:
                 del self._in_flight[request_id]
-                self._release_slot(call_id)
+                self.admission.release_slot(call_id)
                 self.services.hub.forget(call_id)
                 self._error(request_id, MISSING_CLIENT_CAPABILITY, f"Missing required client capability: {needed}",
                             {"requiredCapabilities": {needed: {}}} if needed else None)
@@ -1024,7 +1026,7 @@ class ClientConnection:
         if not asks or self._in_flight.get(request_id) != call_id:
             return  # cancelled, or answered already
         del self._in_flight[request_id]
-        self._release_slot(call_id)  # suspended for the client's answer: its retry takes a slot again
+        self.admission.release_slot(call_id)  # suspended for the client's answer: its retry takes a slot again
         state = {"call": call_id, "asks": asks, "server": server, "token": progress_token}
         sealed = self.services.request_state().seal(state, self.principal.id, self._bindings.pop(request_id),
                                                     self._ask_timeout(server))
@@ -1057,8 +1059,8 @@ class ClientConnection:
         call_id, server = state["call"], state["server"]
         spec = self.services.config.server(server)
         try:
-            self._hold_slot(call_id, spec.settings.max_timeout_s * 2 + QUEUE_GRACE_S)
-        except RPCError:
+            self.admission.hold_slot(call_id, spec.settings.max_timeout_s * 2 + QUEUE_GRACE_S)
+        except Refused:
             seal.unconsume(state)  # refused for the key's limit, not the token: it may be retried
             raise
         on_outcome, on_event = self._callbacks(request_id, call_id, state["method"], server, state.get("token"))
@@ -1124,62 +1126,6 @@ class ClientConnection:
         self.log_level = level
         return {}
 
-    # ------------------------------------------------------------ limits and permissions
-    def _admit(self) -> None:
-        """Rate limit (per key, across web processes). The cap on calls in flight is taken with the call's
-        id when it is queued (`_hold_slot`): a cached answer is never in flight."""
-        principal = self.principal
-        limiter = self.services.limiter
-        wait_ms = limiter.acquire(principal) if limiter is not None else 0
-        if wait_ms:
-            raise RPCError(RATE_LIMITED, f"Rate limit exceeded for key {principal.id!r} "
-                                         f"({principal.rate_per_s:g} calls/s): retry after {wait_ms} ms",
-                           {"retryAfterMs": wait_ms})
-
-    def _hold_slot(self, call_id: str, max_s: float) -> None:
-        """One of the key's `max_in_flight` slots, counted across every session, transport and web process
-        (broker.leases), held until the call's answer is delivered, cancelled or stored."""
-        leases, limit = self.services.leases, self.principal.max_in_flight
-        if leases is not None and not leases.acquire("calls", self.principal.id, limit, call_id, max_s):
-            raise RPCError(TOO_MANY_IN_FLIGHT, f"Too many calls in flight: key {self.principal.id!r} may have "
-                                               f"{limit} at once", {"retryAfterMs": 100})
-
-    def _release_slot(self, call_id: str) -> None:
-        if self.services.leases is not None:
-            self.services.leases.release(call_id)
-
-    def _check_allowed(self, kind: str, name: str) -> None:
-        """Refuse a tool or prompt the key may not use; `name` as the client wrote it (unprefixed on a
-        per-server endpoint). Checked before the name is looked up, so a refused key learns nothing of
-        what exists."""
-        if not self._may(name):
-            qualified = self._qualified(name)
-            raise RPCError(FORBIDDEN, f"Forbidden: key {self.principal.id!r} may not use {kind} {qualified}")
-
-    def _check_server_allowed(self, kind: str, server: str) -> None:
-        """Refuse a server's resources (read, subscribe, templates, completion) unless the key may use all of it."""
-        if not self.principal.may_use_server(server, self.services.config.separator):
-            raise RPCError(FORBIDDEN, f"Forbidden: key {self.principal.id!r} may not use {kind} {server}")
-
-    def _may(self, name: str) -> bool:
-        """Server and item matched apart (broker.security.split_pattern), never as one glob over the joined name."""
-        server, item = (self.scope, name) if self.scope else self.services.catalog.split_name(name)
-        return self.principal.may(server, item, self.services.config.separator)
-
-    def _visible(self, attribute: str, item: dict[str, Any]) -> bool:
-        """Whether the key may see a listed item (lists show a key only what it may use)."""
-        if self.principal.allow == ("*",):
-            return True
-        if attribute == "resources" or attribute == "resource_templates":
-            uri = item.get("uri") or item.get("uriTemplate") or ""
-            server = self.scope or (self.services.catalog.split_uri(uri) or ("",))[0]
-            return self.principal.may_use_server(server, self.services.config.separator)
-        return self._may(item["name"])
-
-    def _qualified(self, name: str) -> str:
-        """The catalog's name for what the client calls `name` (unprefixed on a per-server endpoint)."""
-        return self.services.catalog.namespaced(self.scope, name) if self.scope else name
-
     def _on_cancelled(self, params: dict[str, Any]) -> None:
         request_id = params.get("requestId")
         exchange = self._modern_requests.get(request_id) if isinstance(request_id, (str, int)) else None
@@ -1189,7 +1135,7 @@ class ClientConnection:
         call_id = self._in_flight.pop(request_id, None) if isinstance(request_id, (str, int)) else None
         if call_id is None or call_id.startswith(CATALOG_WAIT_PREFIX):
             return  # (a call still waiting for its server's catalog just stops waiting)
-        self._release_slot(call_id)
+        self.admission.release_slot(call_id)
         self.services.hub.forget(call_id)
         self.services.sessions.forget(self.session_id, [call_id])
         cancel_call(self.services.redis, call_id)
@@ -1207,8 +1153,7 @@ class ClientConnection:
             self._stop_listening()
         self._closed = True
         for call_id in list(self._in_flight.values()):
-            if self.services.leases is not None:  # it may still run (and the session resume it): still in flight
-                self.services.leases.release_when_answered(call_id)
+            self.admission.release_slot_when_answered(call_id)  # it may still run (and the session resume it)
             self.services.hub.forget(call_id)
         self._in_flight.clear()
         self.services.connections.discard(self)

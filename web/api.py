@@ -32,6 +32,7 @@ from mcp_types import INVALID_PARAMS, REQUEST_TIMEOUT
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from broker import observe, wire
+from broker.admission import Admission, Refused
 from broker.batches import (
     BatchError,
     BatchSettings,
@@ -56,7 +57,6 @@ from broker.schemas import (
     ToolCallRequestSchema,
     first_error,
 )
-from broker.security import Principal
 from web.auth import current_principal
 from web.outage import redis_unavailable
 from web.services import get_services
@@ -125,33 +125,14 @@ def _read_body(limit: int, code: str) -> bytes:
     return b"".join(parts)
 
 
-def _admit(services: BrokerServices, tool: str | None = None) -> Principal:
+def _admit(services: BrokerServices, tool: str | None = None) -> Admission:
     """The caller (authenticated by `web.auth` before any view runs): may it use `tool`, and is it within
     its rate? One token per request: a batch counts once, its calls are paced by the workers."""
-    principal = current_principal()
-    if tool is not None and not may_use_tool(services, principal, tool):
-        raise ApiError(403, "forbidden", f"Forbidden: key {principal.id!r} may not use tool {tool}")
-    limiter = services.limiter
-    wait_ms = limiter.acquire(principal) if limiter is not None else 0
-    if wait_ms:
-        raise ApiError(429, "rate_limited", f"Rate limit exceeded for key {principal.id!r} "
-                       f"({principal.rate_per_s:g} requests/s): retry after {wait_ms} ms", retry_after_ms=wait_ms)
-    return principal
-
-
-def _hold_slot(services: BrokerServices, call_id: str, max_s: float) -> None:
-    """One of the key's `max_in_flight` slots, shared with its sessions on every web process (broker.leases)."""
-    principal = current_principal()
-    limit = principal.max_in_flight
-    if services.leases is not None and not services.leases.acquire("calls", principal.id, limit, call_id, max_s):
-        raise ApiError(429, "too_many_in_flight", f"Too many calls in flight: key {principal.id!r} may have "
-                       f"{limit} at once", retry_after_ms=100)
-
-
-def may_use_tool(services: BrokerServices, principal: Principal, name: str) -> bool:
-    """The allow-list on a namespaced tool name: its server and tool matched apart (broker.security)."""
-    server, tool = services.catalog.split_name(name)
-    return principal.may(server, tool, services.config.separator)
+    admission = Admission(services, current_principal())
+    if tool is not None:
+        admission.check("tool", tool)
+    admission.take_rate("requests")
+    return admission
 
 
 def _batch_urls(batch_id: str) -> dict[str, str]:
@@ -217,7 +198,7 @@ def post_call() -> tuple[Response, int]:
     started = time.perf_counter()
     call_id = uuid.uuid4().hex
     try:
-        _admit(services, name)
+        admission = _admit(services, name)
         route = _route_when_published(services, name, loaded["timeout_s"])
         size = wire.encoded_size(arguments)
         if size > services.max_argument_bytes:
@@ -228,8 +209,8 @@ def post_call() -> tuple[Response, int]:
             raise ApiError(400, "invalid_arguments", f"invalid arguments for tool {name}: {problem}")
         timeout = call_timeout(route.spec.settings, loaded["timeout_s"])
         queue_s = float(current_app.config["CALL_QUEUE_S"])
-        _hold_slot(services, call_id, queue_s + timeout * 2 + 10)
-    except ApiError:  # refused before it was queued: counted like a refused call on a socket
+        admission.hold_slot(call_id, queue_s + timeout * 2 + 10)
+    except (ApiError, Refused):  # refused before it was queued: counted like a refused call on a socket
         server, tool = observe.tool_labels(services.catalog, name)
         observe.web_immediate(server, tool, "rejected", time.perf_counter() - started, None, current_principal().id)
         raise
@@ -254,8 +235,7 @@ def post_call() -> tuple[Response, int]:
             cancel_call(services.redis, call_id)
             raise ApiError(504, "timeout", f"no answer from server {route.entry.server!r} within {wait_s:g}s")
     finally:  # answered, timed out, or the client left (gevent kills this greenlet): the slot is free
-        if services.leases is not None:
-            services.leases.release(call_id)
+        admission.release_slot(call_id)
     if "result" in outcome:
         return jsonify(result=outcome["result"], call_id=call_id), 200
     error = outcome.get("error") or {}
@@ -277,15 +257,15 @@ def post_batch() -> tuple[Response, int, dict[str, str]]:
     query = _load(BatchSubmitQuerySchema(), request.args, "invalid_batch", "query string: ")
     data = _read_body(settings.max_bytes, "batch_too_large")
     services = _services()
-    principal = _admit(services)
+    admission = _admit(services)
     started = time.perf_counter()
     try:
         raw = decode_body(data, request.mimetype, settings)
         prepared = prepare_batch(raw, services.router, settings, query["timeout_s"],
-                                 lambda name: may_use_tool(services, principal, name),
+                                 admission.may,
                                  epoch=services.hub.epochs.current())
         checked = time.perf_counter()
-        submit_batch(services.redis, prepared, _submit_calls(), settings, principal.id)
+        submit_batch(services.redis, prepared, _submit_calls(), settings, admission.principal.id)
     except BatchError as err:
         services.request_missing_catalogs()  # an unknown tool may be a server that has not published yet
         extra = {"details": err.details} if len(err.details) > 1 else {}
@@ -385,6 +365,13 @@ def _api_error(err: ApiError) -> Response:
     if err.status == 413:
         response.headers["Connection"] = "close"  # the unread rest of the body must not be parsed as a request
     return response
+
+
+@api.errorhandler(Refused)
+def _refused(err: Refused) -> Response:
+    """Admission's refusal (broker.admission): its reason is the error code."""
+    extra = {"retry_after_ms": err.retry_after_ms} if err.retry_after_ms is not None else {}
+    return _api_error(ApiError(err.http_status, err.reason, err.message, **extra))
 
 
 @api.errorhandler(HTTPException)

@@ -31,6 +31,7 @@ from mcp_types import INVALID_REQUEST, PARSE_ERROR
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from broker import wire
+from broker.admission import Admission
 from broker.calls import cancel_call
 from broker.metrics import RECORDER
 from broker.protocol import LOG_LEVEL_META_KEY, LOG_LEVELS, ClientConnection, dumps, echoable_id
@@ -71,8 +72,7 @@ def _param_header_rejection(endpoint: HttpEndpoint, scope: str | None, body: dic
         return None
     services = endpoint.services
     name = services.catalog.namespaced(scope, params["name"]) if scope else params["name"]
-    server, tool = (scope, params["name"]) if scope else services.catalog.split_name(name)
-    if not current_principal().may(server, tool, services.config.separator):
+    if not Admission(services, current_principal(), scope).may(params["name"]):
         return None  # refused by the call itself, before anything of the tool (its schema) shows
     try:
         schema = services.router.route_tool(name).entry.definition.get("inputSchema")

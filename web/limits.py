@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 from flask import Flask, Response, jsonify, request
 
+from broker.admission import Admission, Refused
 from web.auth import PUBLIC_PATHS, current_principal
 from web.services import get_services
 
@@ -35,19 +36,18 @@ def register_connection_limits(app: Flask, environ: Mapping[str, str] | None = N
         if keyring is None or not keyring.enabled or request.path in PUBLIC_PATHS:
             return None  # without keys there is one (local) user; probes are anonymous
         principal = current_principal()
-        limit = principal.max_connections or default
-        leases = get_services(app.config.get("BROKER_CONFIG")).leases
-        if leases is None or limit <= 0:
-            return None
+        admission = Admission(get_services(app.config.get("BROKER_CONFIG")), principal)
         lease_id = uuid.uuid4().hex
-        if not leases.acquire("connections", principal.id, limit, lease_id, HELD_FOR_AT_MOST_S):
-            response = jsonify(error={"code": "too_many_connections", "retry_after_ms": 1000,
-                                      "message": f"Too many connections: key {principal.id!r} may hold {limit} "
-                                                 "requests, streams and sockets open at once"})
-            response.status_code = 429
-            response.headers["Retry-After"] = "1"
+        try:
+            if not admission.hold_connection(lease_id, principal.max_connections or default, HELD_FOR_AT_MOST_S):
+                return None
+        except Refused as refused:
+            response = jsonify(error={"code": refused.reason, "retry_after_ms": refused.retry_after_ms,
+                                      "message": refused.message})
+            response.status_code = refused.http_status
+            response.headers["Retry-After"] = str(max(1, -(-int(refused.retry_after_ms or 0) // 1000)))
             return response
-        request.environ[LEASE_ENVIRON_KEY] = lease_id
+        request.environ[LEASE_ENVIRON_KEY] = (admission, lease_id)
         return None
 
     @app.after_request
@@ -58,18 +58,13 @@ def register_connection_limits(app: Flask, environ: Mapping[str, str] | None = N
         gunicorn (it raises StopIteration instead), so the teardown handler gives that one back."""
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return response
-        lease_id = request.environ.pop(LEASE_ENVIRON_KEY, None)
-        if lease_id is not None:
-            response.call_on_close(lambda: _release(lease_id))
+        held = request.environ.pop(LEASE_ENVIRON_KEY, None)
+        if held is not None:
+            response.call_on_close(lambda: held[0].release_connection(held[1]))
         return response
 
     @app.teardown_request
     def _give_connection_back(_error: BaseException | None) -> None:
-        lease_id = request.environ.pop(LEASE_ENVIRON_KEY, None)  # no response was made (an error)
-        if lease_id is not None:
-            _release(lease_id)
-
-    def _release(lease_id: str) -> None:
-        leases = get_services(app.config.get("BROKER_CONFIG")).leases
-        if leases is not None:
-            leases.release(lease_id)
+        held = request.environ.pop(LEASE_ENVIRON_KEY, None)  # no response was made (an error)
+        if held is not None:
+            held[0].release_connection(held[1])
