@@ -132,14 +132,14 @@ def test_sigkilled_worker_mid_batch_loses_nothing_and_answers_each_call_once(sta
 def test_a_fetched_message_is_leased_in_the_transaction_that_fetches_it(stack: Stack) -> None:
     """No moment exists where a message sits in kombu's `unacked` hash without a worker's lease on it:
     a SIGKILL at any point after the fetch leaves a lease a live worker restores (not an hour's wait)."""
-    from workers import control
+    from workers import control, node
     from workers.app import app
     from workers.tasks import run_calls
 
     r = stack.redis()
     queue = f"mcp.lease-{uuid.uuid4().hex[:8]}"
     run_calls.apply_async(args=[[{"call_id": "lease-test", "server": "echo", "tool": "echo"}]], queue=queue)
-    me = control.node_name()
+    me = node.node_name()
     with app.connection_for_write() as conn:
         channel = conn.default_channel
         message = channel.basic_get(queue, no_ack=False)
@@ -156,11 +156,11 @@ def test_a_fetched_message_is_leased_in_the_transaction_that_fetches_it(stack: S
         assert held is not None and r.llen(queue) == 0
         r.sadd(keys.WORKERS, me)  # this process "dies": in the fleet, holding a message, no heartbeat
         r.delete(keys.worker_alive(me))
-        control._state["node"] = f"reaper-{uuid.uuid4().hex[:6]}"
+        node._state["node"] = f"reaper-{uuid.uuid4().hex[:6]}"
         try:
             assert control.reclaim_dead_workers(app) >= 1
         finally:
-            control._state["node"] = me
+            node._state["node"] = me
         assert r.llen(queue) == 1 and not r.hexists(channel.qos.unacked_key, held.delivery_tag)
         assert not r.exists(keys.worker_tags(me)) and not r.sismember(keys.WORKERS, me)
     r.delete(queue)

@@ -36,7 +36,6 @@ from broker.admission import Admission, Refused
 from broker.batches import (
     BatchError,
     BatchSettings,
-    SubmitMany,
     batch_owner,
     batch_status,
     cancel_batch,
@@ -60,6 +59,7 @@ from broker.schemas import (
 from web.auth import current_principal
 from web.outage import redis_unavailable
 from web.services import get_services
+from workers.dispatch import submit_calls
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ def post_batch() -> tuple[Response, int, dict[str, str]]:
                                  admission.may,
                                  epoch=services.hub.epochs.current())
         checked = time.perf_counter()
-        submit_batch(services.redis, prepared, _submit_calls(), settings, admission.principal.id)
+        submit_batch(services.redis, prepared, submit_calls, settings, admission.principal.id)
     except BatchError as err:
         services.request_missing_catalogs()  # an unknown tool may be a server that has not published yet
         extra = {"details": err.details} if len(err.details) > 1 else {}
@@ -275,12 +275,6 @@ def post_batch() -> tuple[Response, int, dict[str, str]]:
     urls = _batch_urls(prepared.batch_id)
     body = jsonify(batch_id=prepared.batch_id, total=prepared.total, state="running", **urls)
     return body, 202, {"Location": urls["status_url"]}
-
-
-def _submit_calls() -> SubmitMany:
-    from workers.dispatch import submit_calls  # the Celery app is built on first use, never at import
-
-    return submit_calls
 
 
 @api.get("/batches/<batch_id>")

@@ -29,6 +29,7 @@ from broker.replies import ReplyHub
 from broker.router import Router
 from broker.security import RateLimiter
 from broker.sessions import DEFAULT_TTL_S, DELIVERED_TTL_S, SessionStore
+from workers.dispatch import request_catalog, submit_calls
 
 _lock = threading.Lock()
 _applied: dict[str, Any] = {"version": 0, "checked": 0.0}  # the reload version this process serves
@@ -39,8 +40,6 @@ _pid: int | None = None
 
 
 def build_services(config: BrokerConfig) -> BrokerServices:
-    from workers.dispatch import request_catalog, submit_calls
-
     r = get_redis()
     catalog = Catalog(r, config)
     hub = ReplyHub(r)

@@ -18,7 +18,7 @@ per call id, so a rerun answers nobody twice.
 Its own orphans: a message whose ack failed while Redis was down (or restarting) stays in `unacked` under
 this LIVE worker, where no reaper looks; measured: after a Redis restart such messages waited for the
 one-hour visibility timeout. Every 2 s (`_reaper`) restores the tags leased to this process that it no longer
-holds (`hold`/`release`, kept by `workers.transport`), so they come back within seconds of Redis.
+holds (`workers.node.hold`/`release`, kept by `workers.transport`), so they come back within seconds of Redis.
 
 The other side of a lease: a worker that cannot renew its own (Redis unreachable, a half-open link) logs
 it at the first failed renewal (within HEARTBEAT_S + the Redis timeout, ~7 s), keeps trying, and once the
@@ -47,6 +47,9 @@ from celery import signals
 from broker import keys
 from broker.fleet import lease_value
 from broker.redisconn import get_redis, pubsub_messages, redis_timeout
+from workers.dispatch import send_calls
+from workers.node import holds, node_name, on_before_hold
+from workers.transport import RESTORE_FETCHED
 
 log = logging.getLogger(__name__)
 
@@ -54,24 +57,8 @@ HEARTBEAT_S = 2.0
 LEASE_TTL_S = 10
 WATCHDOG_TICK_S = 0.5
 EXIT_LEASE_LOST = 75  # EX_TEMPFAIL: the worker lost its lease (Redis unreachable); a restart is the remedy
-_state: dict[str, Any] = {"node": None, "started": False, "renewed": time.monotonic()}
+_state: dict[str, Any] = {"started": False, "renewed": time.monotonic()}
 _lock = threading.Lock()
-_held: set[str] = set()  # delivery tags this process holds: fetched, not yet acked or rejected
-
-
-def hold(tag: str) -> None:
-    _held.add(tag)
-
-
-def release(tag: str) -> None:
-    _held.discard(tag)
-
-
-def node_name() -> str:
-    """This worker process's lease name (host + pid: unique per process, even for pool children)."""
-    if _state["node"] is None:
-        _state["node"] = f"{socket.gethostname()}:{os.getpid()}"
-    return str(_state["node"])
 
 
 def reclaim_dead_workers(app: Any) -> int:
@@ -108,13 +95,13 @@ def restore_own_orphans(app: Any) -> int:
     rejected while Redis was unreachable); how many. A tag acked meanwhile has no `unacked` entry left, and
     `restore_by_tag` then restores nothing."""
     r = get_redis()
-    orphans = [tag for tag in r.hkeys(keys.worker_tags(node_name())) if tag not in _held]
+    orphans = [tag for tag in r.hkeys(keys.worker_tags(node_name())) if not holds(tag)]
     if not orphans:
         return 0
     with app.connection_for_write() as conn:
         qos = conn.default_channel.qos
         for tag in orphans:
-            if tag not in _held:
+            if not holds(tag):
                 qos.restore_by_tag(tag)
     log.warning("%d message(s) of this worker left unacked (Redis was unreachable) restored to their queues",
                 len(orphans))
@@ -124,8 +111,6 @@ def restore_own_orphans(app: Any) -> int:
 def restore_fetching(node: str) -> int:
     """Put back on their queues the messages a dead worker had fetched but not leased (`workers.transport`:
     a fetch reply lost with the worker or its link). LMOVE moves each message once, whoever else reaps."""
-    from workers.transport import RESTORE_FETCHED
-
     r = get_redis()
     moved = 0
     for queue in r.smembers(keys.worker_fetch_queues(node)):
@@ -140,8 +125,6 @@ def drain_direct_queue(app: Any, node: str) -> int:
     """A dead worker's own queue (per_client calls sent to the sessions it held) is consumed by nobody:
     its calls go back to their servers' queues, where a live worker takes the client over (the client's
     backend state is lost with the dead worker, its calls are not). How many calls were moved."""
-    from workers.tasks import run_calls
-
     r = get_redis()
     queue = keys.direct_queue(node)
     moved = 0
@@ -163,7 +146,7 @@ def drain_direct_queue(app: Any, node: str) -> int:
         for call in calls:
             by_server.setdefault(call.get("server", ""), []).append({**call, "hops": 0})
         for server, server_calls in by_server.items():
-            run_calls.apply_async(args=[server_calls], queue=f"mcp.{server}")
+            send_calls(f"mcp.{server}", server_calls)
             moved += len(server_calls)
         log.warning("worker %s died: %d call(s) of its own queue sent back to their servers", node, len(calls))
 
@@ -278,7 +261,7 @@ def start(app: Any, pool_getter: Any, on_config: Any = None) -> None:
     with _lock:
         if _state["started"] and _state.get("pid") == os.getpid():
             return
-        _state.update(started=True, pid=os.getpid(), node=None)
+        _state.update(started=True, pid=os.getpid())
     _state["started_at"] = time.time()
     _renew(app)
     threading.Thread(target=_cancel_listener, args=(pool_getter, on_config), name="cancel-listener",
@@ -298,6 +281,7 @@ def ensure_started() -> None:
 
 def connect_signals(app: Any, pool_getter: Any, on_config: Any = None) -> None:
     _state["args"] = (app, pool_getter, on_config)
+    on_before_hold(ensure_started)
 
     @signals.worker_ready.connect(weak=False)
     def _on_ready(**_: Any) -> None:

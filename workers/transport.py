@@ -37,6 +37,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
 from broker import keys
+from workers.node import hold, node_name, release
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +54,15 @@ end
 
 class LeasedQoS(kombu_redis.QoS):
     def append(self, message: Any, delivery_tag: str) -> None:
-        from workers import control
-
-        control.ensure_started()  # the lease's heartbeat runs before this process holds anything
-        control.hold(delivery_tag)  # before the lease is written: a leased tag is never taken for an orphan
+        # before the lease is written: a leased tag is never taken for an orphan; `workers.control` makes sure
+        # the lease's heartbeat runs before this process holds anything (`workers.node.on_before_hold`)
+        hold(delivery_tag)
         delivery = message.delivery_info
         with self.pipe_or_acquire() as pipe:
             pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
             pipe.hset(self.unacked_key, delivery_tag,
                       dumps([message._raw, delivery["exchange"], delivery["routing_key"]]))
-            pipe.hset(keys.worker_tags(control.node_name()), delivery_tag, "")
+            pipe.hset(keys.worker_tags(node_name()), delivery_tag, "")
             fetched = getattr(self.channel, "fetched", None)
             if fetched is not None:  # taken with BLMOVE: leased now, so off the channel's fetch list
                 pipe.lrem(fetched[0], 1, fetched[1])
@@ -92,8 +92,6 @@ class LeasedQoS(kombu_redis.QoS):
         kombu then fails with an AttributeError that, raised from Celery's consumer while it reconnects,
         wedged the worker), the message stays leased to this process and `workers.control` restores it
         once Redis answers. Either way this process no longer holds it."""
-        from workers import control
-
         try:
             settle()
         except Exception as err:
@@ -101,11 +99,9 @@ class LeasedQoS(kombu_redis.QoS):
                         delivery_tag, err)
             virtual.QoS.ack(self, delivery_tag)  # forget it here; its lease stays in Redis
         finally:
-            control.release(delivery_tag)
+            release(delivery_tag)
 
     def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
-        from workers.control import node_name
-
         return super()._remove_from_indices(delivery_tag, pipe).hdel(keys.worker_tags(node_name()), delivery_tag)
 
 
@@ -125,8 +121,6 @@ class LeasedChannel(kombu_redis.Channel):
         if len(lists) != 1 or self.global_keyprefix:
             self._fetching = None
             return super()._brpop_start(timeout)
-        from workers.control import node_name
-
         queue, fetch_list = queues[0], keys.worker_fetching(node_name(), lists[0])
         with self.conn_or_acquire() as client:
             if self._fetch_lists is None:
@@ -176,6 +170,6 @@ class LeasedChannel(kombu_redis.Channel):
 
 
 class LeasedRedisTransport(kombu_redis.Transport):
-    """Selected for `redis://` and `rediss://` broker URLs by `workers.app`."""
+    """Selected for `redis://` and `rediss://` broker URLs by `celeryconfig.py`."""
 
     Channel = LeasedChannel
