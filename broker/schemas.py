@@ -266,6 +266,7 @@ class ReadResourceParamsSchema(Schema):
 
     uri = fields.String(required=True, validate=validate.Length(min=1, max=8192))
     _meta = fields.Dict(data_key="_meta", load_default=dict, allow_none=True)
+    requestState = fields.Raw(load_default=None)  # a modern retry's sealed state (resources/read), as sent
 
 
 class GetPromptParamsSchema(Schema):

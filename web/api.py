@@ -47,7 +47,6 @@ from broker.batches import (
 )
 from broker.calls import Call, call_timeout, cancel_call
 from broker.outage import TAG_CHARS, is_redis_down
-from broker.protocol import BrokerServices
 from broker.results import REQUEST_CANCELLED
 from broker.router import Route, UnknownTool
 from broker.schemas import (
@@ -56,6 +55,7 @@ from broker.schemas import (
     ToolCallRequestSchema,
     first_error,
 )
+from broker.services import BrokerServices
 from web.auth import current_principal
 from web.outage import redis_unavailable
 from web.services import get_services

@@ -1,6 +1,6 @@
 """The `/mcp` Streamable HTTP endpoint (POST / GET / DELETE), on the same sessions, router and queues.
 
-A session's conversation is a `ClientConnection` whose messages are routed,
+A session's conversation is a `Conversation` whose messages are routed,
 by request id, to the HTTP response stream that carried the request (a POST
 answered as SSE, or as one JSON body for clients that accept only JSON);
 messages that belong to no request (list_changed, log messages) go to the
@@ -35,8 +35,9 @@ from broker import keys, outage, wire
 from broker.events import ENDED, EventLog, parse_event_id
 from broker.metrics import RECORDER
 from broker.outage import is_redis_down
-from broker.protocol import BrokerServices, ClientConnection, dumps, echoable_id
+from broker.protocol import Conversation, dumps, echoable_id
 from broker.security import ANONYMOUS, Principal
+from broker.services import BrokerServices
 from web.auth import current_principal
 from web.errors import error_response
 from web.http_modern import handle_modern_post
@@ -81,7 +82,7 @@ class HttpConversation:
         self._tokens: dict[str, str] = {}  # JSON of a progress token → stream id
         self._lock = threading.Lock()
         self.streams: set[str] = {GET_STREAM}
-        self.connection = ClientConnection(services, self.route, session_id, resume=resume, scope=scope,
+        self.connection = Conversation(services, self.route, session_id, resume=resume, scope=scope,
                                            principal=principal)
         self.session_id = self.connection.session_id
         self.used = time.monotonic()

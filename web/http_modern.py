@@ -7,11 +7,11 @@ own `StreamableHTTPSessionManager` does. It carries its whole context in
 process can serve it: no session, no `Mcp-Session-Id`. The envelope and the
 routing headers (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`) are checked
 with the SDK's own classifier (-32602 / -32020 / -32022 with `data.supported`),
-then the request runs through the same `ClientConnection` as every other one:
+then the request runs through the same `Conversation` as every other one:
 catalog, router, queues, cache. The answer is one JSON body, or an SSE stream
 when notifications (progress, log messages) come first. Closing the stream
 cancels the request. A backend's sampling/elicitation request reaches such a
-client as an `input_required` result (see `ClientConnection._input_required`).
+client as an `input_required` result (see `broker.protocol.handlers.input_required`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from broker import wire
 from broker.admission import Admission
 from broker.calls import cancel_call
 from broker.metrics import RECORDER
-from broker.protocol import LOG_LEVEL_META_KEY, LOG_LEVELS, ClientConnection, dumps, echoable_id
+from broker.protocol import LOG_LEVEL_META_KEY, LOG_LEVELS, Conversation, dumps, echoable_id
 from broker.router import UnknownTool
 from web.auth import current_principal
 
@@ -121,7 +121,7 @@ def handle_modern_post(endpoint: HttpEndpoint, scope: str | None) -> Response:
     state = {"protocolVersion": verdict.protocol_version, "clientInfo": verdict.client_info or {},
              "capabilities": verdict.client_capabilities if isinstance(verdict.client_capabilities, dict) else {},
              "initialized": True, "principal": principal.id}
-    connection = ClientConnection(endpoint.services, lambda message, _related=None: answers.put(message),
+    connection = Conversation(endpoint.services, lambda message, _related=None: answers.put(message),
                                   resume=state, scope=scope, principal=principal)
     connection.client_headers = headers
     params = body.get("params")

@@ -23,11 +23,11 @@ from broker.config import BrokerConfig, load_config
 from broker.leases import LEASE_S, LeaseKeeper
 from broker.metrics import RECORDER
 from broker.outbox import Outbox
-from broker.protocol import BrokerServices
 from broker.redisconn import get_redis
 from broker.replies import ReplyHub
 from broker.router import Router
 from broker.security import RateLimiter
+from broker.services import BrokerServices
 from broker.sessions import DEFAULT_TTL_S, DELIVERED_TTL_S, SessionStore
 from workers.dispatch import request_catalog, submit_calls
 

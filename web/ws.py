@@ -36,7 +36,7 @@ from wsproto.events import AcceptConnection
 from broker import outage
 from broker.metrics import RECORDER
 from broker.outage import REDIS_DOWN, is_redis_down
-from broker.protocol import ClientConnection, text_emitter
+from broker.protocol import Conversation, text_emitter
 from web.auth import current_principal
 from web.http_mcp import origin_allowed
 from web.services import get_services
@@ -128,7 +128,7 @@ def register_websocket(app: Flask, sock: Sock) -> None:
             services = get_services(app.config.get("BROKER_CONFIG"))
             resumed = request.environ.get(SESSION_ENVIRON_KEY) and not request.environ.get(NEW_SESSION_ENVIRON_KEY)
             state = services.sessions.load_owned(ws.session_id, current_principal().id) if resumed else None
-            connection = ClientConnection(services, text_emitter(ws.send), ws.session_id, resume=state,
+            connection = Conversation(services, text_emitter(ws.send), ws.session_id, resume=state,
                                           scope=scope, principal=current_principal())
         except Exception as err:  # after the 101: only a frame and a close may go out, never an HTTP page
             _refuse_after_upgrade(ws, err)

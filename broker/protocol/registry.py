@@ -1,0 +1,112 @@
+"""Every JSON-RPC method the broker serves, as one table: adding a method is a handler and a row here
+(and its params schema in `broker.schemas`), nothing else.
+
+A row (`MethodSpec`) says what the conversation needs to dispatch a request: the handler; the params
+schema it validates first (-32602 naming the first problem); the eras the method exists in (by default,
+those the SDK's own table has it in); what admission takes before the handler runs (a forwarded method
+costs the key one rate token); whether it may answer `input_required` in the modern era (by default, the
+SDK's `INPUT_REQUIRED_METHODS`); and the capability it makes the broker offer, so `initialize` and
+`server/discover` tell exactly what the era's methods serve.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from marshmallow import Schema
+from mcp_types.methods import INPUT_REQUIRED_METHODS
+
+from broker.admission import Admission
+from broker.protocol.era import ERAS, sdk_eras
+from broker.protocol.framing import load_params
+from broker.protocol.handlers import forward, lifecycle, subscriptions
+from broker.protocol.handlers.lists import LISTS, list_items
+from broker.schemas import (
+    CallToolParamsSchema,
+    CompleteParamsSchema,
+    GetPromptParamsSchema,
+    InitializeParamsSchema,
+    PaginatedParamsSchema,
+    ReadResourceParamsSchema,
+)
+
+if TYPE_CHECKING:
+    from broker.protocol.conversation import Conversation
+
+Handler = Callable[["Conversation", Any, dict[str, Any]], Any]  # (conversation, request id, params) → result
+NotificationHandler = Callable[["Conversation", dict[str, Any]], None]
+Admit = Callable[[Admission], None]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    method: str
+    handler: Handler
+    params: Schema | None = None  # validates and loads the params the handler gets (None: as sent)
+    forwarded: bool = False  # answered by a backend (a queued `Call`) rather than by the broker
+    admission: Admit | None = None  # taken before the handler (default: a forwarded method's rate token)
+    capability: dict[str, dict[str, Any]] = field(default_factory=dict)  # what serving it offers the client
+    eras: frozenset[str] = frozenset()  # default: the eras the SDK's `CLIENT_REQUESTS` has it in
+    resumable: bool | None = None  # may answer `input_required` (default: the SDK's `INPUT_REQUIRED_METHODS`)
+
+    def __post_init__(self) -> None:
+        if self.admission is None and self.forwarded:
+            object.__setattr__(self, "admission", Admission.take_rate)
+        if not self.eras:
+            object.__setattr__(self, "eras", sdk_eras(self.method))
+        if self.resumable is None:
+            object.__setattr__(self, "resumable", self.method in INPUT_REQUIRED_METHODS)
+
+    def load(self, params: dict[str, Any]) -> dict[str, Any]:
+        return load_params(self.params, params) if self.params is not None else params
+
+
+def _list(method: str) -> MethodSpec:
+    return MethodSpec(method, functools.partial(list_items, method), PaginatedParamsSchema(),
+                      capability={_CAPABILITY_OF_LIST[method]: {"listChanged": True}})
+
+
+_CAPABILITY_OF_LIST = {"tools/list": "tools", "prompts/list": "prompts", "resources/list": "resources",
+                       "resources/templates/list": "resources"}
+_uri = ReadResourceParamsSchema()
+
+METHODS: dict[str, MethodSpec] = {spec.method: spec for spec in (
+    MethodSpec("initialize", lifecycle.initialize, InitializeParamsSchema()),
+    MethodSpec("ping", lifecycle.ping),
+    *(_list(method) for method in LISTS),
+    MethodSpec("tools/call", forward.tools_call, CallToolParamsSchema(), forwarded=True,
+               capability={"tools": {}}),
+    MethodSpec("resources/read", forward.resources_read, _uri, forwarded=True, capability={"resources": {}}),
+    MethodSpec("prompts/get", forward.prompts_get, GetPromptParamsSchema(), forwarded=True,
+               capability={"prompts": {}}),
+    MethodSpec("completion/complete", forward.complete, CompleteParamsSchema(), forwarded=True,
+               capability={"completions": {}}),
+    MethodSpec("logging/setLevel", lifecycle.set_level, capability={"logging": {}}),
+    MethodSpec("resources/subscribe", subscriptions.subscribe, _uri, capability={"resources": {"subscribe": True}}),
+    MethodSpec("resources/unsubscribe", subscriptions.unsubscribe, _uri),
+    MethodSpec("server/discover", lifecycle.discover),
+    MethodSpec("subscriptions/listen", subscriptions.listen, capability={"resources": {"subscribe": True}}),
+)}
+
+NOTIFICATIONS: dict[str, NotificationHandler] = {
+    "notifications/initialized": lifecycle.initialized,
+    "notifications/cancelled": lifecycle.cancelled,
+}
+
+
+def _capabilities(era: str) -> dict[str, dict[str, Any]]:
+    offered: dict[str, dict[str, Any]] = {}
+    for spec in METHODS.values():
+        if era in spec.eras:
+            for name, flags in spec.capability.items():
+                offered[name] = {**offered.get(name, {}), **flags}
+    return offered
+
+
+CAPABILITIES: dict[str, dict[str, dict[str, Any]]] = {era: _capabilities(era) for era in ERAS}
+"""What the broker offers a client of each era: the capabilities its methods serve (measured against the
+hand-written table it replaces: handshake tools, prompts and resources with listChanged, resources with
+subscribe, completions, logging; modern the same without logging)."""
