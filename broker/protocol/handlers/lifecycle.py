@@ -7,7 +7,6 @@ import typing
 from typing import TYPE_CHECKING, Any
 
 from mcp_types import INVALID_PARAMS, LoggingLevel
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 
 from broker.protocol.framing import RPCError
 from broker.protocol.meta import SERVER_INFO, SESSION_META_KEY
@@ -27,8 +26,7 @@ def level_passes(level: Any, threshold: str | None) -> bool:
 
 def initialize(conversation: Conversation, _id: Any, params: dict[str, Any]) -> dict[str, Any]:
     """The handshake (`params` loaded by `InitializeParamsSchema`): the version both speak, what each offers."""
-    requested = params["protocolVersion"]
-    conversation.protocol_version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+    conversation.protocol_version = conversation.era.negotiate(params["protocolVersion"])
     conversation.client_info = params["clientInfo"]
     conversation.client_capabilities = params["capabilities"]
     conversation.services.sessions.save(conversation.session_id, conversation.state())
@@ -56,7 +54,7 @@ def initialized(conversation: Conversation, _params: dict[str, Any]) -> None:
 
 def discover(conversation: Conversation, _id: Any, _params: dict[str, Any]) -> dict[str, Any]:
     """Modern era: what `initialize` told, asked per request (the capabilities of this era's methods)."""
-    result: dict[str, Any] = {"supportedVersions": list(MODERN_PROTOCOL_VERSIONS),
+    result: dict[str, Any] = {"supportedVersions": list(conversation.era.versions),
                               "capabilities": capabilities(conversation)}
     instructions = _instructions(conversation)
     if instructions:
