@@ -17,10 +17,12 @@ import time
 from collections.abc import Callable
 
 from broker import observe
+from broker.calls import Call
 from broker.metrics import Recorder
 
 CALL = {"call_id": "0123456789abcdef0123456789abcdef", "server": "echo", "tool": "echo", "session": "s" * 32,
         "key": "ops", "queued_at": time.time(), "method": "tools/call"}
+WORKER_CALL = Call.from_message(CALL)  # what a worker reads from the message
 OUTCOME = {"call_id": CALL["call_id"], "result": {"content": [], "isError": False}, "worker": "echo.1@host"}
 
 
@@ -47,12 +49,14 @@ def main() -> int:
         ("counter inc", per_call_us(lambda: recorder.inc("mcp_broker_calls", ("echo", "echo", "ok")))),
         ("histogram observe", per_call_us(lambda: recorder.observe("mcp_broker_end_to_end_seconds", ("echo",), 0.002))),
         ("web side, log line on", per_call_us(lambda: observe.web_outcome(CALL, OUTCOME, 0.002))),
-        ("worker side, log line on", per_call_us(lambda: observe.worker_outcome(CALL, OUTCOME, "w", 0.001, 0.002))),
+        ("worker side, log line on", per_call_us(lambda: observe.worker_outcome(WORKER_CALL, OUTCOME, "w", 0.001,
+                                                                                 0.002))),
     ]
     logging.getLogger(observe.CALL_LOGGER).handlers.clear()
     rows += [
         ("web side, log line off", per_call_us(lambda: observe.web_outcome(CALL, OUTCOME, 0.002))),
-        ("worker side, log line off", per_call_us(lambda: observe.worker_outcome(CALL, OUTCOME, "w", 0.001, 0.002))),
+        ("worker side, log line off", per_call_us(lambda: observe.worker_outcome(WORKER_CALL, OUTCOME, "w", 0.001,
+                                                                                  0.002))),
     ]
     for name, value in rows:
         print(f"{name:28s} {value:8.2f} µs/call")

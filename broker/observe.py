@@ -22,6 +22,7 @@ from typing import Any
 
 from mcp_types import REQUEST_TIMEOUT
 
+from broker.calls import Call
 from broker.metrics import RECORDER
 from broker.results import REQUEST_CANCELLED
 
@@ -110,29 +111,29 @@ def web_immediate(server: str, tool: str, outcome: str, seconds: float, session:
 
 
 # ---------------------------------------------------------------- worker side
-def worker_outcome(call: dict[str, Any], outcome_message: dict[str, Any], worker: str, wait_s: float | None,
+def worker_outcome(call: Call, outcome_message: dict[str, Any], worker: str, wait_s: float | None,
                    exec_s: float) -> None:
     """A worker finished a call (or skipped it as cancelled): count, time and log it."""
-    server, tool = str(call.get("server", "")), str(call.get("tool") or call.get("method") or "")
+    server, tool = str(call.server), str(call.tool or call.method or "")
     outcome, code = outcome_of(outcome_message)
     RECORDER.inc("mcp_broker_executions", (server, tool, outcome))
     RECORDER.observe("mcp_broker_execution_seconds", (server, tool), exec_s)
     if wait_s is not None:
         RECORDER.observe("mcp_broker_queue_wait_seconds", (server,), wait_s)
-    fields: dict[str, Any] = {"call_id": call.get("call_id"), "session": call.get("session"), "key": call.get("key"),
+    fields: dict[str, Any] = {"call_id": call.call_id, "session": call.session, "key": call.key,
                               "server": server, "tool": tool, "outcome": outcome, "exec_ms": _ms(exec_s),
-                              "queue_ms": None if wait_s is None else _ms(wait_s), "attempts": call.get("attempts", 1),
+                              "queue_ms": None if wait_s is None else _ms(wait_s), "attempts": call.attempts,
                               "worker": worker}
-    if call.get("batch"):
-        fields["batch"] = call["batch"]
+    if call.batch:
+        fields["batch"] = call.batch
     if code is not None:
         fields["code"] = code
     call_line("worker", fields)
 
 
-def queue_wait(call: dict[str, Any], now: float | None = None) -> float | None:
+def queue_wait(call: Call, now: float | None = None) -> float | None:
     """Seconds since the web tier queued the call (wall clocks of two machines: clamped at 0)."""
-    queued_at = call.get("queued_at")
+    queued_at = call.queued_at
     if not isinstance(queued_at, (int, float)):
         return None
     return max(0.0, (time.time() if now is None else now) - float(queued_at))

@@ -33,6 +33,7 @@ import redis
 from mcp_types import REQUEST_TIMEOUT
 
 from broker import keys
+from broker.calls import Call
 
 if TYPE_CHECKING:
     from broker.writelane import WriteLane
@@ -63,15 +64,15 @@ return redis.call('PUBLISH', redis.call('GET', KEYS[1]) or ARGV[1], ARGV[2])
 """
 
 
-def answered_ttl(call: dict[str, Any], keep_s: int, now: float | None = None) -> int:
+def answered_ttl(call: Call, keep_s: int, now: float | None = None) -> int:
     """How long the `answered` marker must outlive the outcome's delivery (see the module's docstring)."""
-    expires_at = call.get("expires_at")
+    expires_at = call.expires_at
     if not isinstance(expires_at, (int, float)):
         window = MAX_ANSWERED_TTL_S
     else:
         left = float(expires_at) - (time.time() if now is None else now)
         window = int(min(MAX_ANSWERED_TTL_S, max(0.0, left) + REDELIVERY_MARGIN_S))
-    return max(1, window, keep_s if call.get("batch") else 0)
+    return max(1, window, keep_s if call.batch else 0)
 
 
 def outcome_kind(outcome: dict[str, Any]) -> str:
@@ -95,12 +96,12 @@ class ResultWriter:
         self._publish = r.register_script(_PUBLISH_ROUTED)
         self.lane = lane
 
-    def deliver(self, call: dict[str, Any], outcome: dict[str, Any]) -> bool:
+    def deliver(self, call: Call, outcome: dict[str, Any]) -> bool:
         """Store and publish `{"call_id", "id"?, "result"|"error"}`; False when the call was already answered."""
         key_list, args = self._deliver_args(call, outcome)
         return bool(self._deliver(keys=key_list, args=args))
 
-    async def adeliver(self, call: dict[str, Any], outcome: dict[str, Any]) -> bool:
+    async def adeliver(self, call: Call, outcome: dict[str, Any]) -> bool:
         """`deliver`, awaited through the lane (one pipeline for every outcome ready meanwhile); raises what
         `deliver` would."""
         if self.lane is None:
@@ -130,29 +131,29 @@ class ResultWriter:
         else:
             self.lane.fire(lambda pipe: pipe.eval(_PUBLISH_ROUTED, 1, route, reply_to, data), what)
 
-    def _deliver_args(self, call: dict[str, Any], outcome: dict[str, Any]) -> tuple[list[str], list[Any]]:
-        call_id = call["call_id"]
+    def _deliver_args(self, call: Call, outcome: dict[str, Any]) -> tuple[list[str], list[Any]]:
+        call_id = call.call_id
         message = {"call_id": call_id, **outcome}
-        if call.get("id") is not None:
-            message["id"] = call["id"]  # the batch client's own id for the call
+        if call.id is not None:
+            message["id"] = call.id  # the batch client's own id for the call
         payload = json.dumps(message, separators=(",", ":"))
-        batch_id = call.get("batch")
-        keep = call.get("keep_s")
+        batch_id = call.batch
+        keep = call.keep_s
         keep_s = max(1, int(keep)) if isinstance(keep, (int, float)) and not isinstance(keep, bool) else self._ttl
         if outcome.get("cancelled") and not batch_id:
             keep_s = min(keep_s, CANCELLED_KEEP_S)  # its caller stopped waiting: no session resumes it either
         key_list = [keys.answered(call_id), keys.result(call_id), keys.reply_route(call_id)]
         if batch_id:
             key_list += [keys.batch(batch_id), keys.batch_results(batch_id)]
-        args = [payload, keep_s, call.get("reply_to") or "", outcome_kind(outcome), answered_ttl(call, keep_s)]
+        args = [payload, keep_s, call.reply_to or "", outcome_kind(outcome), answered_ttl(call, keep_s)]
         return key_list, args
 
-    def started(self, calls: list[dict[str, Any]]) -> None:
+    def started(self, calls: list[Call]) -> None:
         """Mark batch calls as running (a set, so a redelivered call is not counted twice)."""
         by_batch: dict[str, list[str]] = {}
         for call in calls:
-            if call.get("batch"):
-                by_batch.setdefault(call["batch"], []).append(call["call_id"])
+            if call.batch:
+                by_batch.setdefault(call.batch, []).append(call.call_id)
         if by_batch:
             pipe = self._r.pipeline(transaction=False)
             for batch_id, call_ids in by_batch.items():
@@ -169,13 +170,13 @@ class ResultWriter:
         data = json.dumps({"call_id": call_id, "progress": note}, separators=(",", ":"))
         self._publish_routed(call_id, reply_to, data, "a progress note")
 
-    def triage(self, calls: list[dict[str, Any]]) -> list[str]:
+    def triage(self, calls: list[Call]) -> list[str]:
         """For each call: "answered" (skip), "cancelled" (answer as cancelled) or "run"; one round trip."""
         pipe = self._r.pipeline(transaction=False)
         for call in calls:
-            pipe.exists(keys.answered(call["call_id"]), keys.result(call["call_id"]))
-            pipe.exists(keys.cancelled(call["call_id"]))
-            pipe.hget(keys.batch(call["batch"]), "state") if call.get("batch") else pipe.echo("")
+            pipe.exists(keys.answered(call.call_id), keys.result(call.call_id))
+            pipe.exists(keys.cancelled(call.call_id))
+            pipe.hget(keys.batch(call.batch), "state") if call.batch else pipe.echo("")
         flags = pipe.execute()
         verdicts = []
         for i in range(len(calls)):

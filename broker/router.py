@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import redis
 
 from broker import health, keys
+from broker.calls import Call
 from broker.catalog import Catalog, ToolEntry
 from broker.config import ServerSpec
 
@@ -61,13 +62,13 @@ def choose_replica(replicas: Sequence[ReplicaState], exclude: frozenset[int] = f
     return min(pool, key=lambda r: (r.backoff_left, r.in_flight, random.random())).index
 
 
-def client_key(call: dict[str, object]) -> str | None:
+def client_key(call: Call) -> str | None:
     """Whose backend session a call of a `per_client` server uses: the client session, else the batch
     job (its calls share one); None for a lone call without either (it gets a one-shot session)."""
-    if call.get("session"):
-        return str(call["session"])
-    if call.get("batch"):
-        return f"batch:{call['batch']}"
+    if call.session:
+        return str(call.session)
+    if call.batch:
+        return f"batch:{call.batch}"
     return None
 
 

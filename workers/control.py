@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ import redis
 from celery import signals
 
 from broker import keys
+from broker.calls import Call
 from broker.fleet import lease_value
 from broker.redisconn import get_redis, pubsub_messages, redis_timeout
 from workers.dispatch import send_calls
@@ -138,13 +140,13 @@ def drain_direct_queue(app: Any, node: str) -> int:
             if message.get("properties", {}).get("body_encoding") == "base64":
                 body = base64.b64decode(body)
             args = json.loads(body)[0]
-            calls = args[0]
+            calls = [Call.from_message(call) for call in args[0]]
         except (ValueError, KeyError, IndexError, TypeError):
             log.exception("dropping an unreadable message of dead worker %s", node)
             continue
         by_server: dict[str, list[dict[str, Any]]] = {}
         for call in calls:
-            by_server.setdefault(call.get("server", ""), []).append({**call, "hops": 0})
+            by_server.setdefault(call.server, []).append(dataclasses.replace(call, hops=0).to_message())
         for server, server_calls in by_server.items():
             send_calls(f"mcp.{server}", server_calls)
             moved += len(server_calls)

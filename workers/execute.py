@@ -5,10 +5,10 @@ calls that arrive together; batch jobs send chunks). The worker runs them all
 concurrently on its event loop over the one warm session, bounded by the
 server's `concurrency`, and delivers each outcome the moment it is ready.
 
-A call payload: `call_id`, `server`, `tool`, `arguments`, and optionally
-`reply_to` (web process channel), `timeout_s`, `expires_at` (epoch: past it a
-still-queued call is answered with a timeout, not run), `progress` (bool),
-`meta`, `batch` and `id` (batch jobs), `session`.
+A call is a `broker.calls.Call` (read from the message by `workers.tasks`): `call_id`, `server`,
+`tool` and `arguments` (or `method` and `params`), and optionally `reply_to` (web process channel),
+`timeout_s`, `expires_at` (epoch: past it a still-queued call is answered with a timeout, not run),
+`progress`, `meta`, `batch` and `id` (batch jobs), `session`.
 
 Transient failures (backend crashed, session broken) are retried inside the
 task, on a restarted session, with exponential backoff and full jitter,
@@ -40,6 +40,7 @@ import redis
 from mcp_types import INTERNAL_ERROR, REQUEST_TIMEOUT
 
 from broker import observe, wire
+from broker.calls import TOOLS_CALL, Call
 from broker.outage import REDIS_DOWN
 from broker.redisconn import get_redis
 from broker.results import ResultWriter, cancelled_outcome, rpc_error, timeout_outcome
@@ -62,9 +63,9 @@ class RedisCallChannel:
     """A running call's way back to its client: events on the caller's web-process channel, answers to
     server-to-client requests on a per-request Redis list (the web process pushes the client's reply there)."""
 
-    def __init__(self, call: dict[str, Any], writer: ResultWriter) -> None:
-        self.call_id = call["call_id"]
-        self.reply_to = call["reply_to"]
+    def __init__(self, call: Call, writer: ResultWriter) -> None:
+        self.call_id = call.call_id
+        self.reply_to = call.reply_to
         self.writer = writer
 
     def progress(self, value: float, total: float | None, message: str | None) -> None:
@@ -104,19 +105,18 @@ def check_result_size(server: str, method: str, result: Any, limit: int) -> None
                               {"server": server, "reason": "result_too_large", "bytes": size, "limit": limit})
 
 
-async def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, Any]:
+async def execute_call(call: Call, writer: ResultWriter) -> dict[str, Any]:
     """Run one call to its outcome (result, error, timeout or cancellation)."""
-    call_id, server, tool = call["call_id"], call["server"], call.get("tool", "")
+    call_id, server, method = call.call_id, call.server, call.method
     spec = broker_config().server(server)
-    timeout = float(call.get("timeout_s") or spec.settings.timeout_s)
-    if call.get("expires_at") and time.time() > float(call["expires_at"]):
+    timeout = float(call.timeout_s or spec.settings.timeout_s)
+    if call.expires_at and time.time() > float(call.expires_at):
         return timeout_outcome(server, timeout, queued=True)
     deadline = time.monotonic() + timeout
-    channel = RedisCallChannel(call, writer) if call.get("reply_to") else None
-    method = call.get("method", "tools/call")
-    # tools/call's name and arguments travel outside `params` (the web tier's call payload)
-    params = {"name": tool, "arguments": call.get("arguments") or {}} if method == "tools/call" else (
-        call.get("params") or {})
+    channel = RedisCallChannel(call, writer) if call.reply_to else None
+    # a tools/call's name and arguments travel outside `params` (`Call.tool`, `Call.arguments`)
+    params = {"name": call.tool or "", "arguments": call.arguments or {}} if method == TOOLS_CALL else (
+        call.params or {})
     forwarded = FORWARDED.get(method)  # unknown: the session answers "Method not forwarded"
     cache = forwarded.cache if forwarded is not None else None  # what the shared cache keeps of its result
     attempt = 0
@@ -128,10 +128,10 @@ async def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, 
         session, one_shot = None, False
         try:
             session, one_shot = backend_pool().session_for_call(spec, call, frozenset(failed_replicas))
-            result = await session.forward(method, params, remaining, call_id, channel, call.get("meta"),
-                                           progress=bool(call.get("progress")))
+            result = await session.forward(method, params, remaining, call_id, channel, call.meta,
+                                           progress=bool(call.progress))
             check_result_size(server, method, result, spec.settings.max_result_bytes)
-            store = cache(server, params, result, call.get("cache_ttl")) if cache is not None else None
+            store = cache(server, params, result, call.cache_ttl) if cache is not None else None
             if store is not None:
                 writer.write_behind(store, "a cache entry")
             return {"result": result}
@@ -156,7 +156,7 @@ async def execute_call(call: dict[str, Any], writer: ResultWriter) -> dict[str, 
             observe.retry(server)
             await anyio.sleep(delay)
             attempt += 1
-            call["attempts"] = attempt + 1  # for the call's log line
+            call.attempts = attempt + 1  # for the call's log line
             with _best_effort("cancel check"):
                 if await anyio.to_thread.run_sync(writer.cancelled, call_id):
                     return cancelled_outcome()
@@ -174,7 +174,7 @@ def _best_effort(what: str) -> Iterator[None]:
         log.warning("%s skipped, Redis unreachable: %r", what, err)
 
 
-async def store_outcome(writer: ResultWriter, call: dict[str, Any], outcome: dict[str, Any]) -> bool:
+async def store_outcome(writer: ResultWriter, call: Call, outcome: dict[str, Any]) -> bool:
     """Deliver an outcome, retried with backoff while Redis is unreachable (a restart takes seconds) for up
     to `STORE_RETRY_S`. Delivery is idempotent (SET NX on the call id), so a retry whose first attempt did
     reach Redis answers nobody twice. False if Redis stayed unreachable: the caller must not ack."""
@@ -184,30 +184,30 @@ async def store_outcome(writer: ResultWriter, call: dict[str, Any], outcome: dic
         try:
             await writer.adeliver(call, outcome)  # off the loop: a slow Redis must not stall the other calls
             if attempt:
-                log.info("call %s: outcome stored after %d retries (Redis was unreachable)", call["call_id"], attempt)
+                log.info("call %s: outcome stored after %d retries (Redis was unreachable)", call.call_id, attempt)
             return True
         except REDIS_DOWN as err:
             if time.monotonic() >= give_up:
-                log.error("call %s: outcome not stored, Redis unreachable for %.0fs: %r", call["call_id"],
+                log.error("call %s: outcome not stored, Redis unreachable for %.0fs: %r", call.call_id,
                           STORE_RETRY_S, err)
                 return False
             if attempt == 0:
                 log.warning("call %s: storing its outcome failed (%r); retrying until Redis is back",
-                            call["call_id"], err)
+                            call.call_id, err)
             await anyio.sleep(min(STORE_BACKOFF_MAX_S, 0.05 * 2**attempt))
             attempt += 1
 
 
-def run_calls_now(calls: list[dict[str, Any]], worker: str) -> None:
+def run_calls_now(calls: list[Call], worker: str) -> None:
     """Run a message's calls concurrently on the backend loop; each answered as soon as it is done."""
     observe.configure_call_log("worker")
     writer = ResultWriter(get_redis(), lane=write_lane())  # what runs on the backend loop writes through the lane
     for call in calls:
-        if not known_server(call.get("server", "")):
-            writer.deliver(call, {**rpc_error(INTERNAL_ERROR, f"Unknown server {call.get('server')!r} (removed by "
-                                                              f"a config reload?)", {"server": call.get("server")}),
+        if not known_server(call.server):
+            writer.deliver(call, {**rpc_error(INTERNAL_ERROR, f"Unknown server {call.server!r} (removed by "
+                                                              f"a config reload?)", {"server": call.server}),
                                   "worker": worker})
-    calls = forward_to_owners([c for c in calls if known_server(c.get("server", ""))], broker_config())
+    calls = forward_to_owners([c for c in calls if known_server(c.server)], broker_config())
     if not calls:
         return
     verdicts = writer.triage(calls)
@@ -221,17 +221,17 @@ def run_calls_now(calls: list[dict[str, Any]], worker: str) -> None:
     writer.started(runnable)
     unstored: list[str] = []
 
-    async def one(call: dict[str, Any]) -> None:
+    async def one(call: Call) -> None:
         wait = observe.queue_wait(call)
         started = time.perf_counter()
         try:
             outcome = await execute_call(call, writer)
         except Exception as err:  # a bug of ours must still answer the client, never leave it waiting
-            log.exception("call %s crashed in the worker", call.get("call_id"))
+            log.exception("call %s crashed in the worker", call.call_id)
             outcome = rpc_error(INTERNAL_ERROR, f"Internal error in the broker's worker: {err!r}")
         outcome["worker"] = worker  # who answered: for logs and for tests of queue pinning
         if not await store_outcome(writer, call, outcome):
-            unstored.append(call["call_id"])
+            unstored.append(call.call_id)
             return
         observe.worker_outcome(call, outcome, worker, wait, time.perf_counter() - started)
 

@@ -8,9 +8,10 @@ and a call of that client taken by another worker is forwarded to the owner's ow
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
 
 from broker import keys
+from broker.calls import Call
 from broker.config import BrokerConfig
 from broker.redisconn import get_redis
 from broker.router import client_key
@@ -46,23 +47,23 @@ def release_owner(server: str, key: str) -> None:
     get_redis().eval(_RELEASE, 1, keys.owner(server, key), node_name())
 
 
-def forward_to_owners(calls: list[dict[str, Any]], config: BrokerConfig) -> list[dict[str, Any]]:
+def forward_to_owners(calls: list[Call], config: BrokerConfig) -> list[Call]:
     """Send each per_client call held by another live worker to that worker's own queue; the calls to
     run here remain. Keeps a client's calls on the one backend session that has its state."""
     me = node_name()
-    mine: list[dict[str, Any]] = []
-    elsewhere: dict[str, list[dict[str, Any]]] = {}
+    mine: list[Call] = []
+    elsewhere: dict[str, list[Call]] = {}
     for call in calls:
-        spec = config.servers.get(call.get("server", ""))
+        spec = config.servers.get(call.server)
         key = client_key(call) if spec is not None and spec.settings.isolation == "per_client" else None
-        if key is None or int(call.get("hops", 0)) >= MAX_HOPS:
+        if key is None or call.hops >= MAX_HOPS:
             mine.append(call)
             continue
         owner = owner_of(spec.name, key, me)  # type: ignore[union-attr]
         if owner == me:
             mine.append(call)
         else:
-            elsewhere.setdefault(owner, []).append({**call, "hops": int(call.get("hops", 0)) + 1})
+            elsewhere.setdefault(owner, []).append(dataclasses.replace(call, hops=call.hops + 1))
     for owner, forwarded in elsewhere.items():
-        send_calls(keys.direct_queue(owner), forwarded)
+        send_calls(keys.direct_queue(owner), [c.to_message() for c in forwarded])
     return mine

@@ -9,6 +9,7 @@ from typing import Any
 
 from celery.exceptions import Reject
 
+from broker.calls import Call
 from broker.outage import is_redis_down
 from workers.app import app
 from workers.dispatch import REFRESH_CATALOG, RUN_CALLS
@@ -26,7 +27,7 @@ def run_calls(self: Any, calls: list[dict[str, Any]]) -> None:
     Redis is back, else left with this worker's lease for `workers.control` to restore once it is), never
     acked with calls unanswered; calls answered meanwhile are skipped when it comes back."""
     try:
-        run_calls_now(calls, self.request.hostname or "")
+        run_calls_now([Call.from_message(call) for call in calls], self.request.hostname or "")
     except Exception as err:
         if not is_redis_down(err):
             raise

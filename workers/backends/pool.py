@@ -16,10 +16,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from anyio.from_thread import start_blocking_portal
 
+from broker.calls import Call
 from broker.config import BrokerConfig, ServerSpec
 from broker.router import ReplicaState, choose_replica, client_key
 from workers.backends.errors import BackendRPCError, BackendTimeout, BackendUnavailable, CallCancelled
@@ -108,7 +108,7 @@ class BackendPool:
             states.append(ReplicaState(index, health.healthy, load.get(index, 0), health.backoff_left()))
         return choose_replica(states, exclude)
 
-    def session_for_call(self, spec: ServerSpec, call: dict[str, Any],
+    def session_for_call(self, spec: ServerSpec, call: Call,
                          exclude: frozenset[int] = frozenset()) -> tuple[BackendSession, bool]:
         """The session a call runs on, and whether it is a one-shot session to close after the call.
 
@@ -116,9 +116,9 @@ class BackendPool:
         per_client: the client's own session, created on its first call and kept on its replica until that
         replica fails; a call without a client (no session, no batch) gets a one-shot session."""
         headers: dict[str, str] = {}
-        if spec.settings.forward_headers and call.get("headers"):
+        if spec.settings.forward_headers and call.headers:
             wanted = {name.lower() for name in spec.settings.forward_headers}
-            headers = {k: str(v) for k, v in call["headers"].items() if k.lower() in wanted}
+            headers = {k: str(v) for k, v in call.headers.items() if k.lower() in wanted}
         header_key = ("h:" + hashlib.sha256(json.dumps(sorted(headers.items())).encode()).hexdigest()[:16]
                       if headers else "")
         if spec.settings.isolation != "per_client":
