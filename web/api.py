@@ -33,16 +33,15 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTo
 
 from broker import observe, wire
 from broker.admission import Admission, Refused
+from broker.batch_input import decode_body, prepare_batch
 from broker.batches import (
     BatchError,
     BatchSettings,
     batch_owner,
     batch_status,
     cancel_batch,
-    decode_body,
     is_batch_id,
     iter_results,
-    prepare_batch,
     submit_batch,
 )
 from broker.calls import Call, call_timeout, cancel_call

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, Response, jsonify, request
 
-from broker.batches import JSONL_MIMETYPES
+from broker.batch_input import JSONL_MIMETYPES
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 PROBE_PATHS = ("/healthz", "/readyz")
