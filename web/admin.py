@@ -11,9 +11,9 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from broker import reload
 from broker.config import ConfigError
-from web.api import error_response
 from web.auth import current_principal
-from web.services import apply_published_config, get_services
+from web.errors import api_error
+from web.services import apply_published_config, current_services
 
 admin = Blueprint("admin", __name__, url_prefix="/v1/admin")
 
@@ -22,12 +22,12 @@ admin = Blueprint("admin", __name__, url_prefix="/v1/admin")
 def reload_config() -> Response:
     principal = current_principal()
     if not principal.admin:
-        return error_response(403, "forbidden", f"Forbidden: key {principal.id!r} is not an admin key")
-    services = get_services(current_app.config.get("BROKER_CONFIG"))
+        return api_error(403, "forbidden", f"Forbidden: key {principal.id!r} is not an admin key")
+    services = current_services()
     try:
         result = reload.reload_from_file(services.redis, services.config)
     except ConfigError as err:
-        return error_response(400, "invalid_config", f"Config rejected; the running one keeps serving: {err}")
+        return api_error(400, "invalid_config", f"Config rejected; the running one keeps serving: {err}")
     apply_published_config(services)  # this process at once; the others on the announcement
     current_app.config["BROKER_CONFIG"] = services.config
     return jsonify(result)

@@ -29,7 +29,7 @@ import redis
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from marshmallow import Schema, ValidationError
 from mcp_types import INVALID_PARAMS, REQUEST_TIMEOUT
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from broker import observe, wire
 from broker.admission import Admission, Refused
@@ -56,8 +56,8 @@ from broker.schemas import (
 )
 from broker.services import BrokerServices
 from web.auth import current_principal
-from web.outage import redis_unavailable
-from web.services import get_services
+from web.errors import api_error, error_response, redis_unavailable, refused_response
+from web.services import current_services
 from workers.dispatch import submit_calls
 
 log = logging.getLogger(__name__)
@@ -78,17 +78,7 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.extra = status, code, message, extra
 
 
-def error_response(status: int, code: str, message: str, **extra: Any) -> Response:
-    response = jsonify(error={"code": code, "message": message, **extra})
-    response.status_code = status
-    return response
-
-
 # ---------------------------------------------------------------- helpers
-def _services() -> BrokerServices:
-    return get_services(current_app.config.get("BROKER_CONFIG"))
-
-
 def _settings() -> BatchSettings:
     return current_app.config["BATCH_SETTINGS"]  # type: ignore[no-any-return]
 
@@ -149,7 +139,7 @@ class BatchLost(ApiError):
 
 
 def _no_such_batch(batch_id: str) -> ApiError:
-    if is_batch_id(batch_id) and _services().hub.epochs.was_lost(batch_id[:TAG_CHARS]):
+    if is_batch_id(batch_id) and current_services().hub.epochs.was_lost(batch_id[:TAG_CHARS]):
         return BatchLost(batch_id)
     return ApiError(404, "not_found", f"no batch {batch_id!r} (unknown, or its results expired)")
 
@@ -183,7 +173,7 @@ def _route_when_published(services: BrokerServices, name: str, timeout_s: float 
 @api.post("/calls")
 def post_call() -> tuple[Response, int]:
     """Run one call and answer with its outcome: the caller holds the HTTP request instead of a socket."""
-    services = _services()
+    services = current_services()
     data = _read_body(services.max_frame_bytes, "request_too_large")
     try:
         body = wire.loads(data)
@@ -255,7 +245,7 @@ def post_batch() -> tuple[Response, int, dict[str, str]]:
     settings = _settings()
     query = _load(BatchSubmitQuerySchema(), request.args, "invalid_batch", "query string: ")
     data = _read_body(settings.max_bytes, "batch_too_large")
-    services = _services()
+    services = current_services()
     admission = _admit(services)
     started = time.perf_counter()
     try:
@@ -278,7 +268,7 @@ def post_batch() -> tuple[Response, int, dict[str, str]]:
 
 @api.get("/batches/<batch_id>")
 def get_batch(batch_id: str) -> Response:
-    services = _services()
+    services = current_services()
     _own_batch(services, batch_id)
     status = batch_status(services.redis, batch_id, _settings())
     if status is None:
@@ -290,7 +280,7 @@ def get_batch(batch_id: str) -> Response:
 def delete_batch(batch_id: str) -> tuple[Response, int]:
     """Cancel: queued calls are skipped, running ones cancelled; 202 with the counts (they settle shortly),
     or 200 if the batch had already finished and there was nothing to cancel."""
-    services = _services()
+    services = current_services()
     _own_batch(services, batch_id)
     status = cancel_batch(services.redis, batch_id, _settings())
     if status is None:
@@ -302,7 +292,7 @@ def delete_batch(batch_id: str) -> tuple[Response, int]:
 def get_batch_results(batch_id: str) -> Response:
     """JSON Lines, one per finished call in completion order, each with `seq` to resume from (`?after=`).
     Streams until every call has a result; `?wait=0` returns only what is there now."""
-    services, settings = _services(), _settings()
+    services, settings = current_services(), _settings()
     _own_batch(services, batch_id)
     status = batch_status(services.redis, batch_id, settings)
     if status is None:
@@ -352,24 +342,15 @@ def _api_error(err: ApiError) -> Response:
         response = jsonify(batch_id=err.batch_id, state="lost", error={"code": err.code, "message": err.message})
         response.status_code = err.status
         return response
-    response = error_response(err.status, err.code, err.message, **err.extra)
-    if "retry_after_ms" in err.extra:
-        response.headers["Retry-After"] = str(max(1, -(-int(err.extra["retry_after_ms"]) // 1000)))
-    if err.status == 413:
-        response.headers["Connection"] = "close"  # the unread rest of the body must not be parsed as a request
-    return response
+    return api_error(err.status, err.code, err.message, **err.extra)
 
 
-@api.errorhandler(Refused)
-def _refused(err: Refused) -> Response:
-    """Admission's refusal (broker.admission): its reason is the error code."""
-    extra = {"retry_after_ms": err.retry_after_ms} if err.retry_after_ms is not None else {}
-    return _api_error(ApiError(err.http_status, err.reason, err.message, **extra))
+api.errorhandler(Refused)(refused_response)
 
 
 @api.errorhandler(HTTPException)
 def _http_error(err: HTTPException) -> Response:
-    return _http_error_response(err)
+    return error_response(err)  # before the catch-all below, which would make a 404 or a 405 a 500
 
 
 @api.errorhandler(Exception)
@@ -377,15 +358,7 @@ def _internal_error(err: Exception) -> Response:
     if is_redis_down(err):
         return redis_unavailable(err)
     log.exception("%s %s failed", request.method, request.path)
-    return error_response(500, "internal_error", f"Internal error: {type(err).__name__}")
-
-
-def _http_error_response(err: HTTPException) -> Response:
-    code = (err.name or "error").lower().replace(" ", "_")
-    response = error_response(err.code or 500, code, err.description or err.name or "error")
-    if isinstance(err, MethodNotAllowed) and err.valid_methods:
-        response.headers["Allow"] = ", ".join(err.valid_methods)
-    return response
+    return api_error(500, "internal_error", f"Internal error: {type(err).__name__}")
 
 
 def register_api(app: Flask, environ: Mapping[str, str] | None = None) -> None:

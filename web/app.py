@@ -11,19 +11,17 @@ from flask_sock import Sock
 
 from broker.config import load_config
 from broker.observe import configure_call_log
-from broker.outage import REDIS_DOWN
 from broker.security import load_keyring
 from web import services as web_services
 from web.admin import register_admin
 from web.api import register_api
 from web.auth import register_auth, register_loopback_guard
 from web.errors import register_errors
-from web.http_mcp import register_http_mcp
 from web.limits import register_connection_limits
 from web.origin import register_browser_guards
-from web.outage import redis_unavailable
 from web.status import register_status
-from web.ws import SUBPROTOCOL, register_websocket
+from web.transports.http import register_http
+from web.transports.ws import SUBPROTOCOL, register_websocket
 
 MAX_FRAME_BYTES = 4 * 1024 * 1024  # a bigger message is refused with -32600 and the socket stays open
 HARD_FRAME_FACTOR = 4  # a frame this many times bigger closes the socket (1009): it is not read at all
@@ -44,7 +42,7 @@ def create_app() -> Flask:
         "max_message_size": max_frame * HARD_FRAME_FACTOR,
     }
     app.config["MAX_CONTENT_LENGTH"] = max_frame  # an HTTP message's body: 413 over it (/v1 sets its own)
-    register_errors(app)
+    register_errors(app)  # JSON for every error; 503 JSON while Redis is unreachable (/v1 and /mcp map their own)
     keyring = load_keyring()  # a key setting that holds no key stops the start here (KeysConfigError)
     register_loopback_guard(app, keyring)  # no keys: loopback peers only, whatever gunicorn bound
     register_browser_guards(app)  # Host, Origin, content type: before anything else (web/origin.py)
@@ -53,7 +51,7 @@ def create_app() -> Flask:
     app.config["ALLOWED_ORIGINS"] = [o for o in os.environ.get("MCP_BROKER_ALLOWED_ORIGINS", "").split(",") if o]
     sock = Sock(app)
     register_websocket(app, sock)
-    register_http_mcp(app)
+    register_http(app)
     register_api(app)
     register_status(app)
     register_admin(app)
@@ -64,9 +62,6 @@ def create_app() -> Flask:
         """A config reload reaches this process even if its listener missed the announcement."""
         with contextlib.suppress(Exception):  # never fail a request over it
             web_services.check_published_config(web_services.get_services(app.config.get("BROKER_CONFIG")))
-
-    for kind in REDIS_DOWN:  # app-wide; /v1 and /mcp map it in their own catch-all handlers
-        app.register_error_handler(kind, redis_unavailable)
 
     @app.get("/healthz")
     def healthz():  # type: ignore[no-untyped-def]

@@ -1,4 +1,5 @@
-"""Authentication at the edge: every MCP handshake and API request, before any work is done.
+"""Authentication at the edge: every MCP handshake and API request, before any work is done; and the
+session-owner rule (a session belongs to the key that opened it: for any other key it does not exist).
 
 `Authorization: Bearer <key>` (clients and scripts) or HTTP Basic with the key
 as the password (so a browser can open the status page). A refusal is a 401
@@ -21,9 +22,12 @@ import logging
 import os
 from typing import Any
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, request
 
+from broker.protocol import Conversation
 from broker.security import ANONYMOUS, KeyRing, Principal
+from broker.services import BrokerServices
+from web.errors import api_error
 
 log = logging.getLogger("mcp_broker.auth")
 
@@ -61,6 +65,17 @@ def current_principal() -> Principal:
     return request.environ.get(PRINCIPAL_KEY, ANONYMOUS)
 
 
+def owned_session(services: BrokerServices, session_id: str) -> dict[str, Any] | None:
+    """The session's saved state if the caller's key opened it; None for an unknown, expired, deleted or
+    another key's session (which a caller cannot tell apart: a session belongs to the key that opened it)."""
+    return services.sessions.load_owned(session_id, current_principal().id)
+
+
+def is_callers(conversation: Conversation) -> bool:
+    """The conversation this process holds belongs to the caller's key (the same rule, without Redis)."""
+    return conversation.principal.id == current_principal().id
+
+
 def register_loopback_guard(app: Flask, keyring: KeyRing) -> None:
     """Without keys, refuse every peer that is not on this machine (403), before anything else looks at the
     request: no Host or Origin header makes a remote peer local. Call first."""
@@ -74,23 +89,20 @@ def register_loopback_guard(app: Flask, keyring: KeyRing) -> None:
         return
 
     @app.before_request
-    def _loopback_only() -> Any:
+    def _loopback_only() -> Response | None:
         if is_loopback(request.remote_addr):
             return None
         log.warning("refused %s %s from %s: no API keys configured, loopback only",
                     request.method, request.path, request.remote_addr)
-        response = jsonify({"error": {"code": "forbidden_remote",
-                                      "message": "Forbidden: this broker has no API keys configured and serves "
-                                                 "only its own machine (loopback)"}})
-        response.status_code = 403
-        return response
+        return api_error(403, "forbidden_remote", "Forbidden: this broker has no API keys configured and serves "
+                                                  "only its own machine (loopback)")
 
 
 def register_auth(app: Flask, keyring: KeyRing) -> None:
     app.config["KEYRING"] = keyring
 
     @app.before_request
-    def _authenticate() -> Any:
+    def _authenticate() -> Response | None:
         if not keyring.enabled or request.path in PUBLIC_PATHS:
             return None
         header = request.headers.get("Authorization")
@@ -98,9 +110,7 @@ def register_auth(app: Flask, keyring: KeyRing) -> None:
         if principal is None:
             reason = "no key" if not header else "wrong key"
             log.warning("auth refused: %s %s from %s (%s)", request.method, request.path, request.remote_addr, reason)
-            response = jsonify({"error": {"code": "unauthorized",
-                                          "message": "Unauthorized: send Authorization: Bearer <API key>"}})
-            response.status_code = 401
+            response = api_error(401, "unauthorized", "Unauthorized: send Authorization: Bearer <API key>")
             scheme = 'Basic realm="mcp-broker"' if request.path.startswith("/status") else "Bearer"
             response.headers["WWW-Authenticate"] = scheme
             return response

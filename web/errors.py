@@ -14,6 +14,13 @@ and 5,000-character names got Flask's and gunicorn's HTML pages):
   that writes the same status as JSON.
 - Python's `json`, whose defaults write `NaN`: `WireJSONProvider` makes every `jsonify` go through
   `broker.wire.dumps` (always valid JSON, always UTF-8).
+
+One builder a shape: `api_error` for `{"error": {"code", "message", ...}}` (the API, the guards, the
+status pages), `web.transports.common.rpc_error_response` for a JSON-RPC error (the MCP endpoints).
+
+Redis unreachable is answered 503 with a JSON error on every route (`redis_unavailable`). Flask's
+default would be its HTML 500 page (measured: `GET /v1/batches/<id>` answered 500 while Redis
+restarted); a client needs to tell "the broker's Redis is down, retry shortly" from a bug.
 """
 
 from __future__ import annotations
@@ -23,16 +30,18 @@ import logging
 import sys
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, Response, jsonify, request
 from flask.json.provider import DefaultJSONProvider
+from mcp_types import INTERNAL_ERROR, INVALID_REQUEST
 from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed, RequestEntityTooLarge
 
 from broker import wire
+from broker.admission import Refused
+from broker.outage import REDIS_DOWN, unavailable_body
+from broker.protocol import RPCError
+from web.transports.common import is_mcp_path, rpc_error_response
 
 log = logging.getLogger(__name__)
-
-INVALID_REQUEST = -32600
-INTERNAL_ERROR = -32603
 
 
 class WireJSONProvider(DefaultJSONProvider):
@@ -45,8 +54,32 @@ class WireJSONProvider(DefaultJSONProvider):
         return wire.dumps(obj, **kwargs)
 
 
-def is_mcp_path(path: str) -> bool:
-    return path == "/mcp" or (path.startswith("/servers/") and path.endswith("/mcp"))
+def api_error(status: int, code: str, message: str, **extra: Any) -> Response:
+    """`{"error": {"code", "message", **extra}}` with `status`: a stable machine-readable code and words
+    naming the problem. `retry_after_ms` in `extra` is also sent as `Retry-After` (whole seconds, at least
+    1); a 413 closes the connection (the unread rest of the body must not be parsed as a request)."""
+    response = jsonify(error={"code": code, "message": message, **extra})
+    response.status_code = status
+    if "retry_after_ms" in extra:
+        response.headers["Retry-After"] = str(max(1, -(-int(extra["retry_after_ms"]) // 1000)))
+    if status == 413:
+        response.headers["Connection"] = "close"
+    return response
+
+
+def refused_response(refused: Refused) -> Response:
+    """Admission's refusal (broker.admission) in the API's shape: its reason is the error code."""
+    extra = {"retry_after_ms": refused.retry_after_ms} if refused.retry_after_ms is not None else {}
+    return api_error(refused.http_status, refused.reason, refused.message, **extra)
+
+
+def redis_unavailable(err: BaseException) -> Response:
+    """503 `{"error": {"code": "redis_unavailable", "message", "detail"}}` with `Retry-After: 1`."""
+    log.warning("%s %s: Redis unreachable: %r", request.method, request.path, err)
+    response = jsonify(unavailable_body(err))
+    response.status_code = 503
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 def describe(err: HTTPException) -> str:
@@ -63,15 +96,14 @@ def error_response(err: HTTPException) -> Response:
     status = err.code or 500
     if is_mcp_path(request.path):
         code = INTERNAL_ERROR if status >= 500 else INVALID_REQUEST
-        body: dict[str, Any] = {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": describe(err)}}
+        response = rpc_error_response(status, RPCError(code, describe(err)))
+        if status == 413:
+            response.headers["Connection"] = "close"  # the unread rest of the body must not be parsed as a request
     else:
         name = (err.name or "error").lower().replace(" ", "_")
-        body = {"error": {"code": name, "message": err.description or err.name or "error"}}
-    response = Response(wire.dumps(body), status=status, mimetype="application/json")
+        response = api_error(status, name, err.description or err.name or "error")
     if isinstance(err, MethodNotAllowed) and err.valid_methods:
         response.headers["Allow"] = ", ".join(err.valid_methods)
-    if status == 413:
-        response.headers["Connection"] = "close"  # the unread rest of the body must not be parsed as a request
     return response
 
 
@@ -88,6 +120,8 @@ def register_errors(app: Flask) -> None:
         log.exception("%s %s failed", request.method, request.path)
         return error_response(InternalServerError(f"the broker failed on this request ({type(err).__name__})"))
 
+    for kind in REDIS_DOWN:  # the API and the MCP endpoints map it in their own catch-all handlers
+        app.register_error_handler(kind, redis_unavailable)
     json_gunicorn_errors()
 
 

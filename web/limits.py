@@ -14,11 +14,13 @@ import os
 import uuid
 from collections.abc import Mapping
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, request
 
 from broker.admission import Admission, Refused
 from web.auth import PUBLIC_PATHS, current_principal
-from web.services import get_services
+from web.errors import refused_response
+from web.services import current_services
+from web.transports.common import is_websocket_upgrade
 
 DEFAULT_MAX_CONNECTIONS = 1000
 HELD_FOR_AT_MOST_S = 30 * 86400.0  # a lease is released at teardown; this only bounds a bug's damage
@@ -36,17 +38,13 @@ def register_connection_limits(app: Flask, environ: Mapping[str, str] | None = N
         if keyring is None or not keyring.enabled or request.path in PUBLIC_PATHS:
             return None  # without keys there is one (local) user; probes are anonymous
         principal = current_principal()
-        admission = Admission(get_services(app.config.get("BROKER_CONFIG")), principal)
+        admission = Admission(current_services(), principal)
         lease_id = uuid.uuid4().hex
         try:
             if not admission.hold_connection(lease_id, principal.max_connections or default, HELD_FOR_AT_MOST_S):
                 return None
         except Refused as refused:
-            response = jsonify(error={"code": refused.reason, "retry_after_ms": refused.retry_after_ms,
-                                      "message": refused.message})
-            response.status_code = refused.http_status
-            response.headers["Retry-After"] = str(max(1, -(-int(refused.retry_after_ms or 0) // 1000)))
-            return response
+            return refused_response(refused)
         request.environ[LEASE_ENVIRON_KEY] = (admission, lease_id)
         return None
 
@@ -56,7 +54,7 @@ def register_connection_limits(app: Flask, environ: Mapping[str, str] | None = N
         client leaves (a teardown handler would run before a stream has even begun). Not a WebSocket's: its
         view returns only once the socket is closed, and flask-sock's response is never closed under
         gunicorn (it raises StopIteration instead), so the teardown handler gives that one back."""
-        if request.headers.get("Upgrade", "").lower() == "websocket":
+        if is_websocket_upgrade():
             return response
         held = request.environ.pop(LEASE_ENVIRON_KEY, None)
         if held is not None:

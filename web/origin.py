@@ -17,18 +17,24 @@ localhost, or on an internal network), makes that browser talk to the broker.
   POST without asking first (no CORS preflight) only as a form or `text/plain`: so the JSON routes accept
   only a JSON content type (JSON Lines for `/v1/batches`), which a browser sends cross-origin only after
   a preflight the broker never grants.
+
+This is the only Origin and Host check: the MCP transports (`web/transports/`) rely on it, since it
+runs before any route (an MCP endpoint is checked on every method, not only the state-changing ones).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, request
+from mcp_types import INVALID_REQUEST
 
 from broker.batch_input import JSONL_MIMETYPES
+from broker.protocol import RPCError
+from web.errors import api_error
+from web.transports.common import is_mcp_path, is_websocket_upgrade, rpc_error_response
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 PROBE_PATHS = ("/healthz", "/readyz")
@@ -79,19 +85,11 @@ def allowed_hosts(environ: Mapping[str, str], keys_enabled: bool) -> tuple[str, 
     return None if keys_enabled else LOOPBACK_HOSTS
 
 
-def _is_mcp_endpoint(path: str) -> bool:
-    return path == "/mcp" or (path.startswith("/servers/") and path.endswith("/mcp"))
-
-
 def _refuse(status: int, code: str, message: str) -> Response:
     """JSON-RPC shaped on the MCP endpoints (their clients read those), the API's shape elsewhere."""
-    if _is_mcp_endpoint(request.path) and request.headers.get("Upgrade", "").lower() != "websocket":
-        body: dict[str, Any] = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": message}}
-    else:
-        body = {"error": {"code": code, "message": message}}
-    response = jsonify(body)
-    response.status_code = status
-    return response
+    if is_mcp_path(request.path) and not is_websocket_upgrade():
+        return rpc_error_response(status, RPCError(INVALID_REQUEST, message))
+    return api_error(status, code, message)
 
 
 def register_browser_guards(app: Flask, environ: Mapping[str, str] | None = None) -> None:
@@ -105,10 +103,9 @@ def register_browser_guards(app: Flask, environ: Mapping[str, str] | None = None
         if request.path not in PROBE_PATHS and not host_allowed(request.headers.get("Host"), hosts):
             return _refuse(421, "host_not_allowed", "Misdirected Request: this broker does not serve the host "
                                                     f"{request.headers.get('Host')!r} (MCP_BROKER_ALLOWED_HOSTS)")
-        changes_state = request.method not in SAFE_METHODS or request.headers.get("Upgrade", "").lower() == "websocket"
+        changes_state = request.method not in SAFE_METHODS or is_websocket_upgrade()
         origins = [o.strip() for o in app.config.get("ALLOWED_ORIGINS", []) if o.strip()]
-        if (changes_state or _is_mcp_endpoint(request.path)) and not origin_allowed(request.headers.get("Origin"),
-                                                                                    origins):
+        if (changes_state or is_mcp_path(request.path)) and not origin_allowed(request.headers.get("Origin"), origins):
             return _refuse(403, "forbidden_origin", "Forbidden: origin not allowed")
         accepted = JSON_BODIES.get(request.path) if request.method == "POST" else None
         if accepted is not None and request.mimetype not in accepted:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from flask import current_app
 from kombu.exceptions import OperationalError
 from mcp_types import INTERNAL_ERROR
 
@@ -126,3 +127,8 @@ def get_services(config: BrokerConfig | None = None) -> BrokerServices:
                 _services = build_services(config or load_config())
                 _pid = os.getpid()
     return _services
+
+
+def current_services() -> BrokerServices:
+    """The services of the app serving the current request (its config, as the latest reload left it)."""
+    return get_services(current_app.config.get("BROKER_CONFIG"))

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
+from functools import wraps
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,9 @@ from broker.fleet import readiness, scrape_time_metrics, status
 from broker.metrics import BrokerCollector
 from broker.redisconn import get_redis
 from web.auth import bearer_of, current_principal
+from web.errors import api_error
 from web.origin import allowed_hosts, host_allowed
-from web.services import get_services
+from web.services import current_services
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +43,22 @@ def _config() -> BrokerConfig:
     return current_app.config["BROKER_CONFIG"]  # type: ignore[no-any-return]
 
 
-def _forbidden_unless_admin() -> Response | None:
-    keyring = current_app.config.get("KEYRING")
-    if keyring is not None and keyring.enabled and not current_principal().admin:
-        response = jsonify(error={"code": "forbidden", "message": "Forbidden: this page needs an admin key"})
-        response.status_code = 403
-        return response
-    return None
+def _admin_page(view: Callable[[], Response]) -> Callable[[], Response]:
+    """A page for admins (403 for any other key, when keys are configured) that reads Redis (503 while
+    it is unreachable)."""
+
+    @wraps(view)
+    def guarded() -> Response:
+        keyring = current_app.config.get("KEYRING")
+        if keyring is not None and keyring.enabled and not current_principal().admin:
+            return api_error(403, "forbidden", "Forbidden: this page needs an admin key")
+        try:
+            return view()
+        except (redis.RedisError, OSError) as err:
+            log.warning("ops endpoint: Redis unavailable: %s", err)
+            return api_error(503, "redis_unavailable", f"Redis is unavailable: {type(err).__name__}")
+
+    return guarded
 
 
 def _sees_detail() -> bool:
@@ -69,13 +81,6 @@ def public_readiness(detail: dict[str, Any]) -> dict[str, Any]:
             "servers_ready": sum(1 for s in servers.values() if s.get("ready")), "servers_total": len(servers)}
 
 
-def _unavailable(err: Exception) -> Response:
-    log.warning("ops endpoint: Redis unavailable: %s", err)
-    response = jsonify(error={"code": "redis_unavailable", "message": f"Redis is unavailable: {type(err).__name__}"})
-    response.status_code = 503
-    return response
-
-
 def _registry(config: BrokerConfig) -> CollectorRegistry:
     """One registry per config object (the app's), whose collector reads Redis at every scrape."""
     key = id(config)
@@ -91,7 +96,7 @@ def _registry(config: BrokerConfig) -> CollectorRegistry:
 def _this_process() -> dict[str, Any]:
     """This web process's part of readiness: it has read the published catalogs (a cold process that had
     not served tools it did not know yet) and listens on its reply channel. Probing does both if needed."""
-    services = get_services(_config())
+    services = current_services()
     try:
         services.catalog.ensure_fresh()
         services.hub.start()
@@ -111,32 +116,19 @@ def register_status(app: Flask) -> None:
         return jsonify(detail if _sees_detail() else public_readiness(detail)), 200 if ready else 503
 
     @app.get("/metrics")
-    def metrics() -> Any:
-        refused = _forbidden_unless_admin()
-        if refused is not None:
-            return refused
-        try:
-            body = generate_latest(_registry(_config()))
-        except (redis.RedisError, OSError) as err:
-            return _unavailable(err)
+    @_admin_page
+    def metrics() -> Response:
+        body = generate_latest(_registry(_config()))
         return Response(body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
 
     @app.get("/status.json")
-    def status_json() -> Any:
-        refused = _forbidden_unless_admin()
-        if refused is not None:
-            return refused
-        try:
-            body = status(get_redis(), _config())
-        except (redis.RedisError, OSError) as err:
-            return _unavailable(err)
-        response = jsonify(body)
+    @_admin_page
+    def status_json() -> Response:
+        response = jsonify(status(get_redis(), _config()))
         response.headers["Cache-Control"] = "no-store"
         return response
 
     @app.get("/status")
-    def status_page() -> Any:
-        refused = _forbidden_unless_admin()
-        if refused is not None:
-            return refused
+    @_admin_page
+    def status_page() -> Response:
         return Response(page, mimetype="text/html", headers={"Cache-Control": "no-store"})

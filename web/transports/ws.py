@@ -20,31 +20,35 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import uuid
 from typing import Any
 
 import flask_sock
 import simple_websocket
-from flask import Flask, jsonify, request
+from flask import Flask, Response, request
 from flask_sock import Sock
 from mcp_types import INTERNAL_ERROR
 from simple_websocket import ConnectionClosed
 from wsproto.events import AcceptConnection
 
-from broker import outage
-from broker.metrics import RECORDER
 from broker.outage import REDIS_DOWN, is_redis_down
-from broker.protocol import Conversation, text_emitter
-from web.auth import current_principal
-from web.http_mcp import origin_allowed
-from web.services import get_services
+from broker.protocol import Conversation, RPCError, dumps, text_emitter
+from web.auth import current_principal, owned_session
+from web.errors import api_error
+from web.services import current_services
+from web.transports.common import (
+    MCP_RULES,
+    SESSION_HEADER,
+    client_headers,
+    is_websocket_upgrade,
+    open_socket,
+    unavailable_error,
+)
 
 log = logging.getLogger(__name__)
 
 SUBPROTOCOL = "mcp"
-SESSION_HEADER = "Mcp-Session-Id"
 SESSION_ENVIRON_KEY = "mcp_broker.session_id"
 NEW_SESSION_ENVIRON_KEY = "mcp_broker.session_new"
 
@@ -80,23 +84,18 @@ class SessionWebSocket(simple_websocket.Server):
 flask_sock.Server = SessionWebSocket  # type: ignore[misc]
 
 
-def _is_upgrade() -> bool:
-    return request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"
-
-
 def register_websocket(app: Flask, sock: Sock) -> None:
     @app.before_request
-    def _check_upgrade() -> Any:
-        """Refuse before the upgrade: a foreign origin (DNS rebinding), an unknown server, an unknown session."""
-        if not _is_upgrade() or not (request.path == "/mcp" or request.path.startswith("/servers/")):
+    def _check_upgrade() -> Response | None:
+        """Refuse before the upgrade: an unknown server, an unknown session (a foreign origin, DNS rebinding:
+        web/origin.py, before this)."""
+        upgrade = request.method == "GET" and is_websocket_upgrade()
+        if not upgrade or not (request.path == "/mcp" or request.path.startswith("/servers/")):
             return None
-        allowed = [o.strip() for o in app.config.get("ALLOWED_ORIGINS", []) if o.strip()]
-        if not origin_allowed(request.headers.get("Origin"), allowed):
-            return jsonify({"error": {"code": "forbidden_origin", "message": "Forbidden: origin not allowed"}}), 403
-        services = get_services(app.config.get("BROKER_CONFIG"))
+        services = current_services()
         scope = (request.view_args or {}).get("scope")
         if scope is not None and scope not in services.config.servers:
-            return jsonify({"error": {"code": "unknown_server", "message": f"Unknown server {scope!r}"}}), 404
+            return api_error(404, "unknown_server", f"Unknown server {scope!r}")
         wanted = requested_session(request.environ)
         if wanted is None:
             # Touch Redis before the 101: an outage is answered 503 JSON here, not after the upgrade.
@@ -107,73 +106,64 @@ def register_websocket(app: Flask, sock: Sock) -> None:
             request.environ[NEW_SESSION_ENVIRON_KEY] = True
             return None
         services.hub.start()
-        state = services.sessions.load_owned(wanted, current_principal().id)  # a session is its owner's only
-        if state is None:
-            body = {"error": {"code": "unknown_session",
-                              "message": f"Unknown or expired session {wanted!r}: initialize a new one"}}
-            return jsonify(body), 404
+        if owned_session(services, wanted) is None:
+            return api_error(404, "unknown_session", f"Unknown or expired session {wanted!r}: initialize a new one")
         request.environ[SESSION_ENVIRON_KEY] = wanted
         return None
 
-    @sock.route("/mcp")
+    all_servers, one_server = MCP_RULES
+
+    @sock.route(all_servers)
     def mcp_socket(ws: SessionWebSocket) -> None:
         serve(ws, None)
 
-    @sock.route("/servers/<scope>/mcp")
+    @sock.route(one_server)
     def server_socket(ws: SessionWebSocket, scope: str) -> None:
         serve(ws, scope)
 
     def serve(ws: SessionWebSocket, scope: str | None) -> None:
         try:
-            services = get_services(app.config.get("BROKER_CONFIG"))
+            services = current_services()
             resumed = request.environ.get(SESSION_ENVIRON_KEY) and not request.environ.get(NEW_SESSION_ENVIRON_KEY)
-            state = services.sessions.load_owned(ws.session_id, current_principal().id) if resumed else None
+            state = owned_session(services, ws.session_id) if resumed else None
             connection = Conversation(services, text_emitter(ws.send), ws.session_id, resume=state,
                                           scope=scope, principal=current_principal())
         except Exception as err:  # after the 101: only a frame and a close may go out, never an HTTP page
             _refuse_after_upgrade(ws, err)
             return
-        connection.client_headers = {name.lower(): value for name, value in request.headers.items()}
-        RECORDER.level("mcp_broker_open_sockets", ("ws",), 1)
-        try:
-            if state is not None:
-                log.info("session %s resumed (%d call(s) pending)", ws.session_id, connection.resume())
-            while True:
-                frame = ws.receive()
-                if frame is None:
-                    break
-                try:
-                    connection.handle_text(frame)
-                except REDIS_DOWN as err:  # e.g. a client's answer that could not be handed on
-                    log.warning("socket %s: Redis unreachable: %r", ws.session_id, err)
-                    connection.send(_unavailable_frame())
-                if connection.expired:  # told why in a JSON-RPC error; the session cannot come back
-                    ws.close(1008, "session expired")
-                    break
-        except ConnectionClosed:
-            pass
-        except Exception as err:
-            _refuse_after_upgrade(ws, err)
-        finally:
-            RECORDER.level("mcp_broker_open_sockets", ("ws",), -1)
-            connection.close()
-
-
-def _unavailable_frame() -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": None,
-            "error": {"code": INTERNAL_ERROR, "message": outage.MESSAGE, "data": {"reason": outage.CODE}}}
+        connection.client_headers = client_headers()
+        with open_socket("ws"):
+            try:
+                if state is not None:
+                    log.info("session %s resumed (%d call(s) pending)", ws.session_id, connection.resume())
+                while True:
+                    frame = ws.receive()
+                    if frame is None:
+                        break
+                    try:
+                        connection.handle_text(frame)
+                    except REDIS_DOWN as err:  # e.g. a client's answer that could not be handed on
+                        log.warning("socket %s: Redis unreachable: %r", ws.session_id, err)
+                        connection.send(unavailable_error().to_message())
+                    if connection.expired:  # told why in a JSON-RPC error; the session cannot come back
+                        ws.close(1008, "session expired")
+                        break
+            except ConnectionClosed:
+                pass
+            except Exception as err:
+                _refuse_after_upgrade(ws, err)
+            finally:
+                connection.close()
 
 
 def _refuse_after_upgrade(ws: SessionWebSocket, err: Exception) -> None:
     """The socket is open and the conversation cannot go on: a JSON-RPC error saying why, then close 1011."""
     if is_redis_down(err):
         log.warning("socket %s closed: Redis unreachable: %r", ws.session_id, err)
-        frame, reason = _unavailable_frame(), "Redis unavailable"
+        error, reason = unavailable_error(), "Redis unavailable"
     else:
         log.exception("socket %s failed", ws.session_id)
-        frame = {"jsonrpc": "2.0", "id": None,
-                 "error": {"code": INTERNAL_ERROR, "message": f"Internal error: {type(err).__name__}"}}
-        reason = "internal error"
+        error, reason = RPCError(INTERNAL_ERROR, f"Internal error: {type(err).__name__}"), "internal error"
     with contextlib.suppress(Exception):
-        ws.send(json.dumps(frame))
+        ws.send(dumps(error.to_message()))
         ws.close(1011, reason)

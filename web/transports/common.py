@@ -1,0 +1,114 @@
+"""What every MCP transport needs, written once: the WebSocket (`ws.py`) and Streamable HTTP in either era
+(`http.py`, `http_handshake.py`, `http_modern.py`).
+
+- Origin and Host: checked app-wide, before any transport sees a request (`web/origin.py`, registered
+  ahead of every route in `web/app.py`: a foreign Origin on an MCP endpoint or a WebSocket handshake is
+  refused there with 403). A transport does not check them again.
+- Which paths are MCP endpoints (`is_mcp_path`): their errors are JSON-RPC errors, elsewhere the API's.
+- JSON-RPC error answers: the broker's one builder (`RPCError`, broker/protocol/framing.py) as an HTTP
+  response (`rpc_error_response`); the error for an unreachable Redis (`unavailable_error`).
+- The checks of a JSON-RPC POST: Accept (406), Content-Type (415), a body that parses (400, -32700).
+- SSE: the response headers, the event and keepalive lines, the open-stream gauge.
+
+(The session-owner rule, that a session is the key's that opened it, is in `web/auth.py`.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Response, request, stream_with_context
+from mcp_types import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR
+
+from broker import outage, wire
+from broker.metrics import RECORDER
+from broker.protocol import RPCError, dumps
+
+MCP_RULES = ("/mcp", "/servers/<scope>/mcp")  # every transport mounts these two (all servers, one server)
+SESSION_HEADER = "Mcp-Session-Id"
+VERSION_HEADER = "MCP-Protocol-Version"
+JSON_MIMETYPE = "application/json"
+EVENT_STREAM = "text/event-stream"
+SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
+KEEPALIVE_S = 15.0  # an idle event stream sends a comment this often (proxies close silent connections)
+KEEPALIVE_EVENT = ": keepalive\n\n"
+
+
+def is_mcp_path(path: str) -> bool:
+    return path == "/mcp" or (path.startswith("/servers/") and path.endswith("/mcp"))
+
+
+def is_websocket_upgrade() -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+def client_headers() -> dict[str, str]:
+    """The request's headers, names lower-cased (what the protocol and the SDK's classifier read)."""
+    return {name.lower(): value for name, value in request.headers.items()}
+
+
+# ---------------------------------------------------------------- JSON-RPC errors
+def rpc_error_response(status: int, error: RPCError, request_id: Any = None) -> Response:
+    """A JSON-RPC error as the HTTP answer to a request (its clients read those, never an HTML page)."""
+    return Response(dumps(error.to_message(request_id)), status=status, mimetype=JSON_MIMETYPE)
+
+
+def unavailable_error() -> RPCError:
+    """Redis unreachable, said so a client can tell "retry shortly" from a bug (`data.reason`)."""
+    return RPCError(INTERNAL_ERROR, outage.MESSAGE, {"reason": outage.CODE})
+
+
+# ---------------------------------------------------------------- a JSON-RPC POST
+@dataclass(frozen=True)
+class JsonPost:
+    """A POST's JSON-RPC body, and how its client takes the answer."""
+
+    body: Any
+    wants_sse: bool
+    wants_json: bool
+
+
+def read_json_post(not_acceptable: str) -> JsonPost | Response:
+    """The POST's parsed body, or the refusal the SDK's own server transport gives: 406 (`not_acceptable`)
+    when the client accepts neither JSON nor an event stream, 415 without a JSON body, 400 (-32700) when
+    the body is not JSON."""
+    accept = request.headers.get("Accept", "")
+    wants_sse, wants_json = EVENT_STREAM in accept, JSON_MIMETYPE in accept
+    if not wants_json and not wants_sse:
+        return rpc_error_response(406, RPCError(INVALID_REQUEST, not_acceptable))
+    if not (request.mimetype or "").startswith(JSON_MIMETYPE):
+        return rpc_error_response(415, RPCError(INVALID_REQUEST, "Unsupported Media Type: Content-Type must be "
+                                                                 "application/json"))
+    try:
+        body = wire.loads(request.get_data(cache=False) or b"")
+    except (ValueError, RecursionError) as err:
+        return rpc_error_response(400, RPCError(PARSE_ERROR, f"Parse error: {err}"))
+    return JsonPost(body, wants_sse, wants_json)
+
+
+def accepts_event_stream() -> bool:
+    return EVENT_STREAM in request.headers.get("Accept", "")
+
+
+# ---------------------------------------------------------------- SSE
+def sse_event(message: dict[str, Any], event_id: str | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: message\ndata: {dumps(message)}\n\n"
+
+
+def sse_response(events: Iterator[str]) -> Response:
+    """An event stream, unbuffered on the way (no proxy holds it back, nothing caches it)."""
+    return Response(stream_with_context(events), mimetype=EVENT_STREAM, headers=SSE_HEADERS)
+
+
+@contextmanager
+def open_socket(kind: str) -> Iterator[None]:
+    """Counts an open WebSocket (`ws`) or event stream (`sse`) for `mcp_broker_open_sockets`."""
+    RECORDER.level("mcp_broker_open_sockets", (kind,), 1)
+    try:
+        yield
+    finally:
+        RECORDER.level("mcp_broker_open_sockets", (kind,), -1)
