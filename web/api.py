@@ -66,6 +66,7 @@ PREFIX = "/v1"
 CALL_QUEUE_S = 60.0  # MCP_BROKER_CALL_QUEUE_S: how long a synchronous call may wait in its queue
 BATCH_STATUS = {"invalid_batch": 400, "forbidden": 403, "batch_too_large": 413, "enqueue_failed": 503}
 RESULTS_MIMETYPE = "application/x-ndjson"
+BatchRead = Callable[[redis.Redis, str, BatchSettings], dict[str, Any] | None]  # batch_status, cancel_batch
 
 api = Blueprint("api", __name__, url_prefix=PREFIX)
 
@@ -144,13 +145,17 @@ def _no_such_batch(batch_id: str) -> ApiError:
     return ApiError(404, "not_found", f"no batch {batch_id!r} (unknown, or its results expired)")
 
 
-def _own_batch(services: BrokerServices, batch_id: str) -> None:
-    """404 unless the batch exists and is the caller's (or the caller is an admin): another key's batch
-    is indistinguishable from a missing one."""
+def _own_batch(services: BrokerServices, batch_id: str, read: BatchRead) -> dict[str, Any]:
+    """What `read` (status or cancel) answers of the batch: 404 unless the batch exists and is the caller's
+    (or the caller is an admin): another key's batch is indistinguishable from a missing one."""
     owner = batch_owner(services.redis, batch_id) if is_batch_id(batch_id) else None
     principal = current_principal()
     if owner is None or (owner and owner != principal.id and not principal.admin):
         raise _no_such_batch(batch_id)
+    status = read(services.redis, batch_id, _settings())
+    if status is None:
+        raise _no_such_batch(batch_id)
+    return status
 
 
 # ---------------------------------------------------------------- one call
@@ -268,23 +273,14 @@ def post_batch() -> tuple[Response, int, dict[str, str]]:
 
 @api.get("/batches/<batch_id>")
 def get_batch(batch_id: str) -> Response:
-    services = current_services()
-    _own_batch(services, batch_id)
-    status = batch_status(services.redis, batch_id, _settings())
-    if status is None:
-        raise _no_such_batch(batch_id)
-    return jsonify(status)
+    return jsonify(_own_batch(current_services(), batch_id, batch_status))
 
 
 @api.delete("/batches/<batch_id>")
 def delete_batch(batch_id: str) -> tuple[Response, int]:
     """Cancel: queued calls are skipped, running ones cancelled; 202 with the counts (they settle shortly),
     or 200 if the batch had already finished and there was nothing to cancel."""
-    services = current_services()
-    _own_batch(services, batch_id)
-    status = cancel_batch(services.redis, batch_id, _settings())
-    if status is None:
-        raise _no_such_batch(batch_id)
+    status = _own_batch(current_services(), batch_id, cancel_batch)
     return jsonify(status), 200 if status["state"] == "done" else 202
 
 
@@ -292,11 +288,8 @@ def delete_batch(batch_id: str) -> tuple[Response, int]:
 def get_batch_results(batch_id: str) -> Response:
     """JSON Lines, one per finished call in completion order, each with `seq` to resume from (`?after=`).
     Streams until every call has a result; `?wait=0` returns only what is there now."""
-    services, settings = current_services(), _settings()
-    _own_batch(services, batch_id)
-    status = batch_status(services.redis, batch_id, settings)
-    if status is None:
-        raise _no_such_batch(batch_id)
+    services = current_services()
+    status = _own_batch(services, batch_id, batch_status)
     query = _load(BatchResultsQuerySchema(), request.args, "invalid_request", "query string: ")
     lines = iter_results(services.redis, batch_id, status["total"], query["after"], query["wait"],
                          client_gone=_disconnect_probe(request.environ))

@@ -24,6 +24,7 @@ from broker.config import BrokerConfig, load_config
 from broker.leases import LEASE_S, LeaseKeeper
 from broker.metrics import RECORDER
 from broker.outbox import Outbox
+from broker.protocol import RPCError
 from broker.redisconn import get_redis
 from broker.replies import ReplyHub
 from broker.router import Router
@@ -49,11 +50,10 @@ def build_services(config: BrokerConfig) -> BrokerServices:
                             int(os.environ.get("MCP_BROKER_DELIVERED_TTL_S", str(DELIVERED_TTL_S))))
 
     def enqueue_failed(call: dict[str, Any], err: Exception) -> None:
-        error: dict[str, Any] = {"code": INTERNAL_ERROR, "message": f"Could not enqueue the call: {err!r}"}
+        error = RPCError(INTERNAL_ERROR, f"Could not enqueue the call: {err!r}")
         if isinstance(err, (*outage.REDIS_DOWN, OperationalError)):  # kombu wraps redis-py's errors
-            error = {"code": INTERNAL_ERROR, "message": f"Could not enqueue the call: {outage.MESSAGE}",
-                     "data": {"reason": outage.CODE}}
-        message = {"call_id": call["call_id"], "error": error}
+            error = RPCError(INTERNAL_ERROR, f"Could not enqueue the call: {outage.MESSAGE}", {"reason": outage.CODE})
+        message = {"call_id": call["call_id"], "error": error.to_error()}
         hub.deliver_local(message)
 
     services = BrokerServices(

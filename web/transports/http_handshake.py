@@ -182,6 +182,13 @@ class HandshakeEndpoint:
             log.info("evicted %d idle Streamable HTTP conversation(s); %d held", len(stale), len(self._sessions))
         return len(stale)
 
+    def _new_session(self, scope: str | None) -> HttpSession:
+        self.sweep()
+        session = HttpSession(self.services, self.events, None, scope, principal=current_principal())
+        with self._lock:
+            self._sessions[(session.session_id, scope)] = session
+        return session
+
     def _session_of_request(self, scope: str | None) -> HttpSession | Response:
         session_id = request.headers.get(SESSION_HEADER)
         if not session_id:
@@ -209,16 +216,9 @@ class HandshakeEndpoint:
             message = f"Invalid Request: a batch of {len(messages)} messages is over the limit of {limit}"
             return rpc_error_response(400, RPCError(INVALID_REQUEST, message))
         initializing = any(m.get("method") == "initialize" and "id" in m for m in messages)
-        if initializing:
-            self.sweep()
-            session = HttpSession(self.services, self.events, None, scope, principal=current_principal())
-            with self._lock:
-                self._sessions[(session.session_id, scope)] = session
-        else:
-            found = self._session_of_request(scope)
-            if isinstance(found, Response):
-                return found
-            session = found
+        session = self._new_session(scope) if initializing else self._session_of_request(scope)
+        if isinstance(session, Response):
+            return session
         session.conversation.client_headers = client_headers()
         requests = [m for m in messages if "method" in m and "id" in m]
         if not requests:
@@ -280,10 +280,9 @@ class HandshakeEndpoint:
         if not accepts_event_stream():
             refusal = RPCError(INVALID_REQUEST, "Not Acceptable: Client must accept text/event-stream")
             return rpc_error_response(406, refusal)
-        found = self._session_of_request(scope)
-        if isinstance(found, Response):
-            return found
-        session = found
+        session = self._session_of_request(scope)
+        if isinstance(session, Response):
+            return session
         last_event = request.headers.get("Last-Event-ID")
         if last_event:
             parsed = parse_event_id(last_event)
@@ -307,10 +306,9 @@ class HandshakeEndpoint:
 
     # ------------------------------------------------------------ DELETE
     def delete(self, scope: str | None) -> Response:
-        found = self._session_of_request(scope)
-        if isinstance(found, Response):
-            return found
-        session = found
+        session = self._session_of_request(scope)
+        if isinstance(session, Response):
+            return session
         session.conversation.close()
         with self._lock:
             self._sessions.pop((session.session_id, scope), None)
