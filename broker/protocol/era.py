@@ -53,7 +53,10 @@ class Era:
         return requested if requested in self.versions else self.versions[-1]
 
     def allows(self, spec: MethodSpec) -> bool:
-        """Whether the method exists in this era (others are answered method-not-found)."""
+        """Whether the method exists in this era (others are answered method-not-found). server/discover is
+        the modern probe: a handshake-era conversation answers method-not-found, so an SDK client in `auto`
+        mode falls back to `initialize`; the modern era has no handshake, ping, log level or
+        resources/subscribe."""
         return self.name in spec.eras
 
     def serves_apart(self, conversation: Conversation, message: dict[str, Any], params: dict[str, Any]) -> bool:
