@@ -1,6 +1,6 @@
 """A worker's Redis writes, off the backend's event loop and many to a round trip.
 
-A worker runs all its backend calls as coroutines on one event loop (workers/backends.py). Any Redis
+A worker runs all its backend calls as coroutines on one event loop (workers/backends/pool.py). Any Redis
 command issued from that loop (storing an outcome, publishing a progress note, a cache store, a health
 record) stops every call of the process for a round trip: on a 500 ms link, 32 concurrent calls spent most
 of their 10 s limit waiting for each other's stores and 13 failed as "did not answer" (issue 12, finding 3).
