@@ -9,7 +9,7 @@ expired. Now:
   a key derived with HKDF, so the client can neither read nor alter it);
 - it binds the API key that caused it (principal), the method, the target (tool or prompt name, resource
   URI, as the client named it, on the endpoint it used) and a digest of the arguments, like the SDK's
-  `RequestStateBoundary`; a stateless 2026 request has no session, and the call id inside stands for it;
+  `RequestStateBoundary`; a modern-era request has no session, and the call id inside stands for it;
 - it expires (the server's `timeout_s`), and it is single-use: the retry that hands over the answers
   consumes its nonce with a Redis `SET NX`, so a second use (by anyone, on any web process) is refused.
 

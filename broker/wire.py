@@ -14,7 +14,7 @@ Python's `json` is more lenient than JSON (RFC 8259) in two ways that hurt a gat
   ASCII escape instead of failing.
 
 The web tier decodes every client frame and body with `loads` and checks it with `lone_surrogate`
-(one place per transport: `ClientConnection.handle_message` for MCP on every transport, the `/v1`
+(one place per transport: `Conversation.handle_message` for MCP on every transport, the `/v1`
 body decoders), and writes every message with `dumps`.
 """
 
