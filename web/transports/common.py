@@ -28,8 +28,7 @@ from broker.metrics import RECORDER
 from broker.protocol import RPCError, dumps
 
 MCP_RULES = ("/mcp", "/servers/<scope>/mcp")  # every transport mounts these two (all servers, one server)
-SESSION_HEADER = "Mcp-Session-Id"
-VERSION_HEADER = "MCP-Protocol-Version"
+SESSION_HEADER = "Mcp-Session-Id"  # as we write it (the SDK's MCP_SESSION_ID_HEADER is its lower-case name)
 JSON_MIMETYPE = "application/json"
 EVENT_STREAM = "text/event-stream"
 SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}

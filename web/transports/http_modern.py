@@ -24,10 +24,11 @@ from typing import Any
 from flask import Response, request
 from mcp.shared.inbound import (
     ERROR_CODE_HTTP_STATUS,
+    MCP_PROTOCOL_VERSION_HEADER,
     InboundLadderRejection,
     validate_mcp_param_headers,
 )
-from mcp_types import INVALID_REQUEST
+from mcp_types import INVALID_REQUEST, UNSUPPORTED_PROTOCOL_VERSION
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from broker.admission import Admission
@@ -39,7 +40,6 @@ from web.auth import current_principal
 from web.transports.common import (
     KEEPALIVE_EVENT,
     KEEPALIVE_S,
-    VERSION_HEADER,
     client_headers,
     open_socket,
     read_json_post,
@@ -48,7 +48,6 @@ from web.transports.common import (
     sse_response,
 )
 
-UNSUPPORTED_PROTOCOL_VERSION = -32022
 WAIT_S = 3600.0
 
 
@@ -92,7 +91,7 @@ class ModernEndpoint:
         if isinstance(read, Response):
             return read
         body, wants_sse = read.body, read.wants_sse
-        version = request.headers.get(VERSION_HEADER, "")
+        version = request.headers.get(MCP_PROTOCOL_VERSION_HEADER, "")
         if isinstance(body, dict) and "method" in body and "id" not in body:  # a notification: nothing to answer
             if version not in MODERN_PROTOCOL_VERSIONS:
                 supported = {"supported": list(MODERN_PROTOCOL_VERSIONS), "requested": version}
@@ -173,5 +172,5 @@ class ModernEndpoint:
 def _no_session_in_modern_era() -> Response:
     """A GET or DELETE naming a revision outside the handshake set: no session, no stream of its own (the
     handshake transport's answer to a version it does not know, as before the eras had a module each)."""
-    version = request.headers.get(VERSION_HEADER)
+    version = request.headers.get(MCP_PROTOCOL_VERSION_HEADER)
     return rpc_error_response(400, RPCError(INVALID_REQUEST, f"Bad Request: unsupported protocol version {version}"))
