@@ -31,6 +31,7 @@ from mcp_types import INTERNAL_ERROR, REQUEST_TIMEOUT
 
 from broker import keys
 from broker.outage import LOST_CODE, LOST_MESSAGE, Epochs
+from broker.rpc_error import RPCError
 
 log = logging.getLogger(__name__)
 
@@ -185,11 +186,11 @@ class ReplyHub:
 
     def _overdue_error(self, pending: PendingCall, now: float) -> dict[str, Any]:
         if pending.lost:
-            return {"code": INTERNAL_ERROR, "message": LOST_MESSAGE, "data": {"reason": LOST_CODE}}
+            return RPCError(INTERNAL_ERROR, LOST_MESSAGE, {"reason": LOST_CODE}).to_error()
         if self._down_since is not None:
-            return {"code": REQUEST_TIMEOUT, "message": f"Request timed out: the broker's Redis has been "
-                    f"unreachable for {now - self._down_since:.0f}s", "data": {"reason": "redis_unavailable"}}
-        return {"code": REQUEST_TIMEOUT, "message": "Request timed out waiting for a worker"}
+            return RPCError(REQUEST_TIMEOUT, f"Request timed out: the broker's Redis has been unreachable for "
+                            f"{now - self._down_since:.0f}s", {"reason": "redis_unavailable"}).to_error()
+        return RPCError(REQUEST_TIMEOUT, "Request timed out waiting for a worker").to_error()
 
     def _state_lost(self) -> None:
         """Redis came back without the state these calls' messages were in: none will be answered by a

@@ -34,6 +34,7 @@ from mcp_types import REQUEST_TIMEOUT
 
 from broker import keys
 from broker.calls import Call
+from broker.rpc_error import RPCError
 
 if TYPE_CHECKING:
     from broker.writelane import WriteLane
@@ -205,10 +206,8 @@ class ResultWriter:
 
 
 def rpc_error(code: int, message: str, data: Any = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if data is not None:
-        error["data"] = data
-    return {"error": error}
+    """An error outcome (what a worker stores for a call that ends without a result)."""
+    return {"error": RPCError(code, message, data).to_error()}
 
 
 def cancelled_outcome() -> dict[str, Any]:

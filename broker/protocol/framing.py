@@ -1,5 +1,5 @@
-"""JSON-RPC framing: what a frame must be before anything reads it, the ids an answer may carry, the one
-JSON-RPC error builder (`RPCError`), and the JSON the broker writes.
+"""JSON-RPC framing: what a frame must be before anything reads it, the ids an answer may carry, the JSON-RPC
+error (`RPCError`, built in `broker.rpc_error`, the one builder), and the JSON the broker writes.
 
 Every transport feeds frames through here (by way of the conversation), so bad input gets the JSON-RPC error
 MCP prescribes, the same on every transport, and the conversation goes on: a frame over the size limit, not
@@ -18,28 +18,10 @@ from mcp.shared.inbound import InboundLadderRejection, InboundModernRoute, class
 from mcp_types import INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR
 
 from broker import wire
+from broker.rpc_error import RPCError
 from broker.schemas import JSONRPCMessageSchema, first_error
 
 _envelope = JSONRPCMessageSchema()
-
-
-class RPCError(Exception):
-    """A JSON-RPC error to answer the current request with: the one place an error object is built."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.data = code, message, data
-
-    def to_error(self) -> dict[str, Any]:
-        """The `error` member of a JSON-RPC response."""
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.data is not None:
-            error["data"] = self.data
-        return error
-
-    def to_message(self, request_id: Any = None) -> dict[str, Any]:
-        """The whole JSON-RPC response answering `request_id` (null: a request the broker could not read)."""
-        return {"jsonrpc": "2.0", "id": request_id, "error": self.to_error()}
 
 
 class _Deferred:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from mcp_types import METHOD_NOT_FOUND
 
 from broker import keys
-from broker.protocol.framing import dumps
+from broker.protocol.framing import RPCError, dumps
 
 if TYPE_CHECKING:
     from broker.protocol.conversation import Conversation
@@ -34,7 +34,7 @@ def refused_for_capability(conversation: Conversation, backend_request: dict[str
         return False
     message = f"Client does not support {method} (it did not declare the {needed!r} capability)"
     answer_backend(conversation, keys.answer(backend_request["id"]),
-                   {"error": {"code": METHOD_NOT_FOUND, "message": message}})
+                   {"error": RPCError(METHOD_NOT_FOUND, message).to_error()})
     return True
 
 
