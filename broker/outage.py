@@ -22,8 +22,10 @@ import secrets
 import threading
 
 import redis
+from mcp_types import INTERNAL_ERROR
 
 from broker import keys
+from broker.rpc_error import RPCError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,12 @@ def unavailable_body(detail: BaseException | None = None) -> dict[str, object]:
     if detail is not None:
         error["detail"] = f"{type(detail).__name__}: {detail}"
     return {"error": error}
+
+
+def unavailable_error(message: str = MESSAGE, code: int = INTERNAL_ERROR) -> RPCError:
+    """The JSON-RPC error for Redis being unreachable: `data.reason` is `CODE`, so a client can tell "retry
+    shortly" from a bug (`message` and `code` for the places that say more, or answer a timeout)."""
+    return RPCError(code, message, {"reason": CODE})
 
 
 def current_epoch(r: redis.Redis) -> str:

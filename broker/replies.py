@@ -30,7 +30,7 @@ import redis
 from mcp_types import INTERNAL_ERROR, REQUEST_TIMEOUT
 
 from broker import keys
-from broker.outage import LOST_CODE, LOST_MESSAGE, Epochs
+from broker.outage import LOST_CODE, LOST_MESSAGE, Epochs, unavailable_error
 from broker.rpc_error import RPCError
 
 log = logging.getLogger(__name__)
@@ -188,8 +188,8 @@ class ReplyHub:
         if pending.lost:
             return RPCError(INTERNAL_ERROR, LOST_MESSAGE, {"reason": LOST_CODE}).to_error()
         if self._down_since is not None:
-            return RPCError(REQUEST_TIMEOUT, f"Request timed out: the broker's Redis has been unreachable for "
-                            f"{now - self._down_since:.0f}s", {"reason": "redis_unavailable"}).to_error()
+            return unavailable_error(f"Request timed out: the broker's Redis has been unreachable for "
+                                     f"{now - self._down_since:.0f}s", REQUEST_TIMEOUT).to_error()
         return RPCError(REQUEST_TIMEOUT, "Request timed out waiting for a worker").to_error()
 
     def _state_lost(self) -> None:

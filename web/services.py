@@ -52,7 +52,7 @@ def build_services(config: BrokerConfig) -> BrokerServices:
     def enqueue_failed(call: dict[str, Any], err: Exception) -> None:
         error = RPCError(INTERNAL_ERROR, f"Could not enqueue the call: {err!r}")
         if isinstance(err, (*outage.REDIS_DOWN, OperationalError)):  # kombu wraps redis-py's errors
-            error = RPCError(INTERNAL_ERROR, f"Could not enqueue the call: {outage.MESSAGE}", {"reason": outage.CODE})
+            error = outage.unavailable_error(f"Could not enqueue the call: {outage.MESSAGE}")
         message = {"call_id": call["call_id"], "error": error.to_error()}
         hub.deliver_local(message)
 

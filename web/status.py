@@ -23,6 +23,7 @@ from flask import Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from broker import outage
 from broker.config import BrokerConfig
 from broker.fleet import readiness, scrape_time_metrics, status
 from broker.metrics import BrokerCollector
@@ -56,7 +57,7 @@ def _admin_page(view: Callable[[], Response]) -> Callable[[], Response]:
             return view()
         except (redis.RedisError, OSError) as err:
             log.warning("ops endpoint: Redis unavailable: %s", err)
-            return api_error(503, "redis_unavailable", f"Redis is unavailable: {type(err).__name__}")
+            return api_error(503, outage.CODE, f"Redis is unavailable: {type(err).__name__}")
 
     return guarded
 

@@ -41,7 +41,7 @@ from mcp_types import INTERNAL_ERROR, REQUEST_TIMEOUT
 
 from broker import observe, wire
 from broker.calls import TOOLS_CALL, Call
-from broker.outage import REDIS_DOWN
+from broker.outage import REDIS_DOWN, unavailable_error
 from broker.redisconn import get_redis
 from broker.results import ResultWriter, cancelled_outcome, rpc_error, timeout_outcome
 from broker.writelane import write_lane
@@ -87,8 +87,8 @@ class RedisCallChannel:
                               {"id": request_id, "method": method, "params": params})
             answer = self.writer.await_answer(request_id, timeout)
         except REDIS_DOWN as err:
-            return rpc_error(INTERNAL_ERROR, f"Could not ask the client ({method}): the broker's Redis is "
-                                             f"unreachable ({err})", {"reason": "redis_unavailable"})
+            return {"error": unavailable_error(f"Could not ask the client ({method}): the broker's Redis is "
+                                              f"unreachable ({err})").to_error()}
         if answer is None:
             return rpc_error(REQUEST_TIMEOUT, f"The client did not answer {method} within {timeout:g}s")
         return answer

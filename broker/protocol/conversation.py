@@ -246,7 +246,7 @@ class Conversation:
         except Exception as err:
             if is_redis_down(err):  # not a bug: say so, so the client retries instead of giving up
                 log.warning("method %s: Redis unreachable: %r", method, err)
-                self.error(request_id, INTERNAL_ERROR, outage.MESSAGE, {"reason": outage.CODE})
+                self.send(outage.unavailable_error().to_message(request_id))
                 return
             log.exception("method %s failed", method)
             self.error(request_id, INTERNAL_ERROR, f"Internal error: {type(err).__name__}")

@@ -5,8 +5,8 @@
   ahead of every route in `web/app.py`: a foreign Origin on an MCP endpoint or a WebSocket handshake is
   refused there with 403). A transport does not check them again.
 - Which paths are MCP endpoints (`is_mcp_path`): their errors are JSON-RPC errors, elsewhere the API's.
-- JSON-RPC error answers: the broker's one builder (`RPCError`, broker/protocol/framing.py) as an HTTP
-  response (`rpc_error_response`); the error for an unreachable Redis (`unavailable_error`).
+- JSON-RPC error answers: the broker's one builder (`RPCError`, broker/rpc_error.py) as an HTTP
+  response (`rpc_error_response`); the error for an unreachable Redis is `broker.outage.unavailable_error`.
 - The checks of a JSON-RPC POST: Accept (406), Content-Type (415), a body that parses (400, -32700).
 - SSE: the response headers, the event and keepalive lines, the open-stream gauge.
 
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Response, request, stream_with_context
-from mcp_types import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR
+from mcp_types import INVALID_REQUEST, PARSE_ERROR
 
-from broker import outage, wire
+from broker import wire
 from broker.metrics import RECORDER
 from broker.protocol import RPCError, dumps
 
@@ -53,11 +53,6 @@ def client_headers() -> dict[str, str]:
 def rpc_error_response(status: int, error: RPCError, request_id: Any = None) -> Response:
     """A JSON-RPC error as the HTTP answer to a request (its clients read those, never an HTML page)."""
     return Response(dumps(error.to_message(request_id)), status=status, mimetype=JSON_MIMETYPE)
-
-
-def unavailable_error() -> RPCError:
-    """Redis unreachable, said so a client can tell "retry shortly" from a bug (`data.reason`)."""
-    return RPCError(INTERNAL_ERROR, outage.MESSAGE, {"reason": outage.CODE})
 
 
 # ---------------------------------------------------------------- a JSON-RPC POST

@@ -20,11 +20,11 @@ from flask import Blueprint, Flask, Response, request
 from mcp_types import INTERNAL_ERROR, INVALID_REQUEST
 from werkzeug.exceptions import HTTPException
 
-from broker.outage import is_redis_down
+from broker.outage import is_redis_down, unavailable_error
 from broker.protocol import HANDSHAKE, MODERN, Era, RPCError, era_of_http_request
 from web.errors import error_response
 from web.services import current_services
-from web.transports.common import MCP_RULES, rpc_error_response, unavailable_error
+from web.transports.common import MCP_RULES, rpc_error_response
 from web.transports.http_handshake import HandshakeEndpoint
 from web.transports.http_modern import ModernEndpoint
 

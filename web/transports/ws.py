@@ -32,7 +32,7 @@ from mcp_types import INTERNAL_ERROR
 from simple_websocket import ConnectionClosed
 from wsproto.events import AcceptConnection
 
-from broker.outage import REDIS_DOWN, is_redis_down
+from broker.outage import REDIS_DOWN, is_redis_down, unavailable_error
 from broker.protocol import Conversation, RPCError, dumps, text_emitter
 from web.auth import current_principal, owned_session
 from web.errors import api_error
@@ -43,7 +43,6 @@ from web.transports.common import (
     client_headers,
     is_websocket_upgrade,
     open_socket,
-    unavailable_error,
 )
 
 log = logging.getLogger(__name__)

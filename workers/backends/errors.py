@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from broker.rpc_error import RPCError
+
 
 class CallChannel(Protocol):
     """What a running call can send back to its client, besides its result (implemented in workers/execute.py)."""
@@ -43,9 +45,5 @@ class CallCancelled(Exception):
     """The client cancelled the call while it ran (the backend was told)."""
 
 
-class BackendRPCError(Exception):
+class BackendRPCError(RPCError):
     """The backend answered with a JSON-RPC error: a definite answer, passed to the client as is."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.data = code, message, data
