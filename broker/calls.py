@@ -52,6 +52,7 @@ class Call:
     batch: str | None = None  # the batch job it belongs to
     id: str | int | None = None  # the batch client's own id for the call (echoed in its result line)
     keep_s: int | None = None  # how long the worker keeps its outcome readable
+    task: str | None = None  # the digest of its task record (broker.tasks): outcome and questions go there too
     queued_at: float | None = None  # epoch seconds it was handed to Celery
     hops: int = 0  # how often a per_client call was forwarded to the worker holding its session
     attempts: int = 1  # runs so far (retries after a backend failure), for its log line

@@ -46,6 +46,11 @@ class BrokerSettings:
     health_interval_s: float = 15.0  # MCP ping of every open (and every down) replica; 0 = no pings
     hang_timeouts: int = 1  # silent call timeouts in a row before a session is probed for a hang; 0 = never
     max_result_bytes: int = 8 * 1024 * 1024  # a bigger result (compact JSON) is answered with an error instead
+    tasks: dict[str, str] = field(default_factory=dict)  # tool (or "*") → optional|required|forbidden (SEP-2663)
+
+    def task_mode(self, tool: str) -> str:
+        """Whether a call of `tool` may (optional), must (required) or never (forbidden) become a task."""
+        return self.tasks.get(tool, self.tasks.get("*", "forbidden"))
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

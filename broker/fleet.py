@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from broker import health, keys
 from broker.config import BrokerConfig
 from broker.metrics import SLOT_S, Snapshot, read_recent, read_snapshot
+from broker.tasks import TaskStore
 
 KOMBU_PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport: queue "q" at priority p>0 is the list "q\x06\x16p"
 KOMBU_PRIORITY_STEPS = (3, 6, 9)
@@ -129,7 +130,7 @@ def cache_stats(r: redis.Redis, config: BrokerConfig) -> dict[tuple[str, str], d
 
 
 def scrape_time_metrics(r: redis.Redis, config: BrokerConfig) -> Iterator[Metric]:
-    """The families only Redis knows at scrape time: queue depth, workers, cache hits/misses."""
+    """The families only Redis knows at scrape time: queue depth, workers, cache hits/misses, tasks by state."""
     depths = queue_depths(r, config)
     by_server = workers_by_server(config, live_workers(r))
     depth = GaugeMetricFamily("mcp_broker_queue_depth", "Calls waiting in a server's queue", labels=["server"])
@@ -149,6 +150,10 @@ def scrape_time_metrics(r: redis.Redis, config: BrokerConfig) -> Iterator[Metric
         misses.add_metric([server, tool], counts["misses"])
     yield hits
     yield misses
+    tasks = GaugeMetricFamily("mcp_broker_tasks", "Live tasks (tasks extension) by state", labels=["state"])
+    for state, count in TaskStore(r).counts().items():
+        tasks.add_metric([state], count)
+    yield tasks
 
 
 def _replicas(backend: dict[str, Any] | None) -> dict[str, int]:
@@ -234,6 +239,7 @@ def status(r: redis.Redis, config: BrokerConfig) -> dict[str, Any]:
         "open_sockets": int(sum(v for (n, _), v in gauges.items() if n == "mcp_broker_open_sockets")),
         "calls_in_flight": int(gauges.get(("mcp_broker_calls_in_flight", ()), 0)),
         "cache_hit_rate": round(all_hits / all_lookups, 4) if all_lookups else None,
+        "tasks": TaskStore(r).counts(),  # live tasks by state (tasks extension)
     }
     return {"generated_at": now, "ready": ready, "redis": detail["redis"], "window_s": round(window, 1),
             "slot_s": SLOT_S, "servers": servers, "totals": totals}

@@ -180,3 +180,14 @@ def metrics_recent(slot: int) -> str:
 def request_state_used(nonce: str) -> str:
     """String: set (NX) when a 2026 `requestState` token is consumed; a second use finds it and is refused."""
     return f"{PREFIX}:rstate:{nonce}"
+
+
+def task(digest: str) -> str:
+    """Hash: one task of the tasks extension (broker.tasks), keyed by the SHA-256 of its handle, so a dump of
+    Redis shows no usable handle."""
+    return f"{PREFIX}:task:{digest}"
+
+
+def task_states(status: str) -> str:
+    """Sorted set: the task keys now in `status` (score: when the task expires), for the gauges."""
+    return f"{PREFIX}:tasks:state:{status}"

@@ -35,6 +35,7 @@ from mcp_types import REQUEST_TIMEOUT
 from broker import keys
 from broker.calls import Call
 from broker.rpc_error import RPCError
+from broker.tasks import DELIVER_TASK, TASK_TTL_S, final_status, task_keys
 
 if TYPE_CHECKING:
     from broker.writelane import WriteLane
@@ -52,11 +53,12 @@ redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
 if ARGV[3] ~= '' then
   redis.call('PUBLISH', redis.call('GET', KEYS[3]) or ARGV[3], ARGV[1])
 end
-if KEYS[4] then
+if ARGV[6] == '1' then
   redis.call('XADD', KEYS[5], '*', 'data', ARGV[1])
   redis.call('HINCRBY', KEYS[4], ARGV[4], 1)
   redis.call('EXPIRE', KEYS[5], ARGV[2])
 end
+""" + DELIVER_TASK + """
 return 1
 """
 # a call's progress or event: to the web process that waits for it now (its session may have moved)
@@ -92,6 +94,7 @@ class ResultWriter:
 
     def __init__(self, r: redis.Redis, ttl_s: int = RESULT_TTL_S, lane: WriteLane | None = None) -> None:
         self._r = r
+        self.redis = r
         self._ttl = ttl_s
         self._deliver = r.register_script(_DELIVER)
         self._publish = r.register_script(_PUBLISH_ROUTED)
@@ -146,7 +149,11 @@ class ResultWriter:
         key_list = [keys.answered(call_id), keys.result(call_id), keys.reply_route(call_id)]
         if batch_id:
             key_list += [keys.batch(batch_id), keys.batch_results(batch_id)]
-        args = [payload, keep_s, call.reply_to or "", outcome_kind(outcome), answered_ttl(call, keep_s)]
+        args = [payload, keep_s, call.reply_to or "", outcome_kind(outcome), answered_ttl(call, keep_s),
+                "1" if batch_id else "", "", "", ""]
+        if call.task:  # its task record takes the outcome in the same step (broker.tasks)
+            key_list += task_keys(call.task)
+            args[6:] = [final_status(outcome), time.time(), TASK_TTL_S]
         return key_list, args
 
     def started(self, calls: list[Call]) -> None:

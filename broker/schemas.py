@@ -22,6 +22,7 @@ from marshmallow import (
 SERVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TOOL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 PROTOCOL_MODES = ("legacy", "auto", "2026-07-28")  # how a worker's backend session negotiates (mcp.Client mode)
+TASK_MODES = ("optional", "required", "forbidden")  # a tool's task support (the tasks extension)
 ISOLATION_MODES = ("shared", "per_client")  # one warm backend session per worker, or one per client session
 HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")  # an HTTP header field name (RFC 9110 token)
 
@@ -60,6 +61,8 @@ class BrokerSettingsSchema(Schema):
     hang_timeouts = fields.Integer(load_default=1, strict=True, validate=validate.Range(min=0, max=1000))
     max_result_bytes = fields.Integer(load_default=8 * 1024 * 1024,
                                       validate=validate.Range(min=1024, max=512 * 1024 * 1024))
+    tasks = fields.Dict(keys=fields.String(validate=validate.Regexp(r"^(\*|[A-Za-z0-9._-]{1,128})$")),
+                        values=fields.String(validate=validate.OneOf(TASK_MODES)), load_default=dict)
 
 
 class EndpointSchema(Schema):
@@ -313,3 +316,18 @@ class KeysFileSchema(Schema):
         unknown = "raise"
 
     keys = fields.List(fields.Nested(KeyEntrySchema), required=True)
+
+
+class TaskParamsSchema(Schema):
+    """`tasks/get` and `tasks/cancel` params (the tasks extension)."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    taskId = fields.String(required=True, validate=validate.Length(min=1, max=300))
+
+
+class TaskUpdateParamsSchema(TaskParamsSchema):
+    """`tasks/update` params: the answers to a task's pending questions, by key."""
+
+    inputResponses = fields.Dict(keys=fields.String(), required=True)

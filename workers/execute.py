@@ -44,6 +44,7 @@ from broker.calls import TOOLS_CALL, Call
 from broker.outage import REDIS_DOWN, unavailable_error
 from broker.redisconn import get_redis
 from broker.results import ResultWriter, cancelled_outcome, rpc_error, timeout_outcome
+from broker.tasks import TaskStore, question_of
 from broker.writelane import write_lane
 from workers.backends.errors import BackendRPCError, BackendTimeout, BackendUnavailable, CallCancelled, SlotWaitTimeout
 from workers.backends.methods import FORWARDED
@@ -63,10 +64,12 @@ class RedisCallChannel:
     """A running call's way back to its client: events on the caller's web-process channel, answers to
     server-to-client requests on a per-request Redis list (the web process pushes the client's reply there)."""
 
-    def __init__(self, call: Call, writer: ResultWriter) -> None:
+    def __init__(self, call: Call, writer: ResultWriter, deadline: float | None = None) -> None:
         self.call_id = call.call_id
         self.reply_to = call.reply_to
         self.writer = writer
+        self.task = call.task  # a task's call: its questions are also written into its record (broker.tasks)
+        self.deadline = deadline  # monotonic: a task's question may wait for an answer until the call's end
 
     def progress(self, value: float, total: float | None, message: str | None) -> None:
         try:  # a note lost while Redis is unreachable must not fail the call
@@ -82,9 +85,14 @@ class RedisCallChannel:
 
     def ask(self, method: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
         request_id = uuid.uuid4().hex
+        asked: dict[str, Any] = {"id": request_id, "method": method, "params": params}
         try:
-            self.writer.event(self.call_id, self.reply_to, "server_request",
-                              {"id": request_id, "method": method, "params": params})
+            if self.task:  # any web process answers it from the record (tasks/update), the client polling
+                key, question = question_of(asked)
+                asked["key"] = TaskStore(self.writer.redis).ask(self.task, key, request_id, question) or request_id
+                if self.deadline is not None:
+                    timeout = max(timeout, self.deadline - time.monotonic())
+            self.writer.event(self.call_id, self.reply_to, "server_request", asked)
             answer = self.writer.await_answer(request_id, timeout)
         except REDIS_DOWN as err:
             return {"error": unavailable_error(f"Could not ask the client ({method}): the broker's Redis is "
@@ -113,7 +121,7 @@ async def execute_call(call: Call, writer: ResultWriter) -> dict[str, Any]:
     if call.expires_at and time.time() > float(call.expires_at):
         return timeout_outcome(server, timeout, queued=True)
     deadline = time.monotonic() + timeout
-    channel = RedisCallChannel(call, writer) if call.reply_to else None
+    channel = RedisCallChannel(call, writer, deadline) if call.reply_to else None
     # a tools/call's name and arguments travel outside `params` (`Call.tool`, `Call.arguments`)
     params = {"name": call.tool or "", "arguments": call.arguments or {}} if method == TOOLS_CALL else (
         call.params or {})

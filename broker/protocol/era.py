@@ -29,6 +29,7 @@ from broker.protocol.framing import RPCError
 from broker.protocol.handlers import input_required, relay, subscriptions
 from broker.protocol.meta import PROTOCOL_VERSION_META_KEY, SERVER_INFO, SERVER_INFO_META_KEY
 from broker.request_state import request_binding
+from broker.tasks import TASKS_EXTENSION
 
 if TYPE_CHECKING:
     from broker.protocol.conversation import Conversation
@@ -101,6 +102,11 @@ class Era:
         to where the call went (else the caller drops an outcome and delivers an event as usual)."""
         return False
 
+    def declares_tasks(self, conversation: Conversation) -> bool:
+        """Whether the request declared the tasks extension (SEP-2663: a modern request's envelope, per
+        request); the handshake era's experimental tasks are not served."""
+        return False
+
 
 class HandshakeEra(Era):
     name = "handshake"
@@ -166,6 +172,10 @@ class ModernEra(Era):
     def pass_on(self, conversation: Conversation, call_id: str, message: dict[str, Any]) -> bool:
         input_required.pass_on(conversation, call_id, message)  # a suspended call resumed on another process
         return True
+
+    def declares_tasks(self, conversation: Conversation) -> bool:
+        extensions = conversation.client_capabilities.get("extensions")
+        return isinstance(extensions, dict) and TASKS_EXTENSION in extensions
 
 
 HANDSHAKE = HandshakeEra()

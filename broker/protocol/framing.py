@@ -14,12 +14,19 @@ from collections.abc import Callable
 from typing import Any
 
 from marshmallow import Schema, ValidationError
-from mcp.shared.inbound import InboundLadderRejection, InboundModernRoute, classify_inbound_request
-from mcp_types import INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR
+from mcp.shared.inbound import (
+    MCP_NAME_HEADER,
+    InboundLadderRejection,
+    InboundModernRoute,
+    classify_inbound_request,
+    decode_header_value,
+)
+from mcp_types import HEADER_MISMATCH, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR
 
 from broker import wire
 from broker.rpc_error import RPCError
 from broker.schemas import JSONRPCMessageSchema, first_error
+from broker.tasks import TASK_NAME_PARAMS
 
 _envelope = JSONRPCMessageSchema()
 
@@ -129,4 +136,10 @@ def classify_modern(message: dict[str, Any], headers: dict[str, str] | None = No
     verdict = classify_inbound_request(message, headers=headers)
     if isinstance(verdict, InboundLadderRejection):
         return RPCError(verdict.code, verdict.message, verdict.data)
+    name_key = TASK_NAME_PARAMS.get(message.get("method"))  # the SDK's ladder knows only the core methods
+    if headers is not None and name_key is not None:
+        body_value = (message.get("params") or {}).get(name_key)
+        if decode_header_value(headers.get(MCP_NAME_HEADER)) != body_value:  # absent counts as a mismatch
+            return RPCError(HEADER_MISMATCH, f"Mcp-Name header does not match the request body's {name_key!r} "
+                                             "parameter")
     return verdict

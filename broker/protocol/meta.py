@@ -12,14 +12,15 @@ from mcp.shared.subscriptions import SUBSCRIPTION_ID_META_KEY
 from mcp_types import LOG_LEVEL_META_KEY, PROTOCOL_VERSION_META_KEY, SERVER_INFO_META_KEY
 
 from broker.cache import BYPASS_META_KEY
+from broker.tasks import INPUT_KEY_META_KEY
 
 SERVER_INFO = {"name": "mcp-broker", "version": "0.1.0"}
 
 # the broker's own keys
 SESSION_META_KEY = "io.mcp-broker/sessionId"  # initialize's result: the session a reconnect resumes
 TIMEOUT_META_KEY = "io.mcp-broker/timeoutS"  # a client's own time limit for one call (capped by max_timeout_s)
-INPUT_KEY_META_KEY = "io.mcp-broker/inputKey"  # a backend's name for its question (the `inputRequests` key)
 # BYPASS_META_KEY (broker.cache): false = do not answer this call from the cache
+# INPUT_KEY_META_KEY (broker.tasks): a backend's name for its question (the `inputRequests` key)
 ENVELOPE_META_PREFIX = "io.modelcontextprotocol/"  # the per-request envelope's `_meta` keys: ours, never forwarded
 NOT_FORWARDED = (TIMEOUT_META_KEY, "progressToken", BYPASS_META_KEY)  # (with the envelope's keys)
 

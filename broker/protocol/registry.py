@@ -20,9 +20,9 @@ from marshmallow import Schema
 from mcp_types.methods import INPUT_REQUIRED_METHODS
 
 from broker.admission import Admission
-from broker.protocol.era import ERAS, sdk_eras
+from broker.protocol.era import ERAS, MODERN, sdk_eras
 from broker.protocol.framing import load_params
-from broker.protocol.handlers import forward, lifecycle, subscriptions
+from broker.protocol.handlers import forward, lifecycle, subscriptions, tasks
 from broker.protocol.handlers.lists import LISTS, list_items
 from broker.schemas import (
     CallToolParamsSchema,
@@ -31,7 +31,10 @@ from broker.schemas import (
     InitializeParamsSchema,
     PaginatedParamsSchema,
     ReadResourceParamsSchema,
+    TaskParamsSchema,
+    TaskUpdateParamsSchema,
 )
+from broker.tasks import TASKS_EXTENSION
 
 if TYPE_CHECKING:
     from broker.protocol.conversation import Conversation
@@ -89,6 +92,11 @@ METHODS: dict[str, MethodSpec] = {spec.method: spec for spec in (
     MethodSpec("resources/unsubscribe", subscriptions.unsubscribe, _uri),
     MethodSpec("server/discover", lifecycle.discover),
     MethodSpec("subscriptions/listen", subscriptions.listen, capability={"resources": {"subscribe": True}}),
+    *(MethodSpec(method, handler, schema, admission=Admission.take_rate, eras=frozenset({MODERN.name}),
+                 capability={"extensions": {TASKS_EXTENSION: {}}})
+      for method, handler, schema in (("tasks/get", tasks.get, TaskParamsSchema()),
+                                      ("tasks/update", tasks.update, TaskUpdateParamsSchema()),
+                                      ("tasks/cancel", tasks.cancel, TaskParamsSchema()))),
 )}
 
 NOTIFICATIONS: dict[str, NotificationHandler] = {
@@ -109,4 +117,4 @@ def _capabilities(era: str) -> dict[str, dict[str, Any]]:
 CAPABILITIES: dict[str, dict[str, dict[str, Any]]] = {era: _capabilities(era) for era in ERAS}
 """What the broker offers a client of each era: the capabilities its methods serve (measured against the
 hand-written table it replaces: handshake tools, prompts and resources with listChanged, resources with
-subscribe, completions, logging; modern the same without logging)."""
+subscribe, completions, logging; modern the same without logging, with the tasks extension)."""

@@ -23,6 +23,7 @@ import mcp_types as types
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.prompts.base import Prompt, UserMessage
+from mcp.shared.exceptions import MCPError
 
 log = logging.getLogger("conformance")
 
@@ -317,6 +318,70 @@ async def test_input_required_result_capabilities(ctx: Context) -> str:
 async def test_missing_capability(ctx: Context) -> str:
     """Needs sampling; asked by a client that did not declare it, the broker answers -32021."""
     return _text_of(await _ask_sampling(ctx, "needed", "This needs sampling"))
+
+
+# ---------------------------------------------------------------- tasks extension (SEP-2663) fixtures
+# The broker makes the tasks: each tool's task support is in examples/conformance.json (`broker.tasks`). The
+# sleeps say when a question comes relative to the broker's hold (250 ms, broker/protocol/handlers/tasks.py):
+# `test_tool_with_task` asks at once (an input_required round before the task exists), `confirm_delete` and
+# `multi_input` after 0.5 s (inside the task: `input_required` on tasks/get).
+
+@server.tool()
+def greet(name: str) -> str:
+    """A synchronous tool (never a task)."""
+    return f"Hello, {name}!"
+
+
+@server.tool()
+async def slow_compute(seconds: float = 1.0, label: str = "") -> str:
+    """Task support optional: sleeps `seconds`."""
+    await anyio.sleep(seconds)
+    return f"computed {label or 'it'} after {seconds:g}s"
+
+
+@server.tool()
+async def failing_job() -> str:
+    """Task support required: a tool error after a second (the task completes with isError)."""
+    await anyio.sleep(1)
+    raise ToolError("failing_job failed, as it always does")
+
+
+@server.tool()
+async def protocol_error_job() -> str:
+    """Task support optional: a JSON-RPC error after a second (the task fails)."""
+    await anyio.sleep(1)
+    raise MCPError(types.INTERNAL_ERROR, "protocol_error_job: internal error, as it always does")
+
+
+@server.tool()
+async def confirm_delete(filename: str, ctx: Context) -> str:
+    """Task support optional: asks for a confirmation (key `confirm`) inside the task."""
+    await anyio.sleep(0.5)
+    answer = await _ask_elicit(ctx, "confirm", f"Delete {filename}?", {"confirm": {"type": "boolean"}})
+    return f"{filename}: {answer.action}, confirm={json.dumps((answer.content or {}).get('confirm'))}"
+
+
+@server.tool()
+async def multi_input(ctx: Context) -> str:
+    """Task support optional: two questions at once (`first`, `second`) inside the task."""
+    answers: dict[str, types.ElicitResult] = {}
+
+    async def ask(key: str) -> None:
+        answers[key] = await _ask_elicit(ctx, key, f"The {key} answer?", {"value": {"type": "string"}})
+
+    await anyio.sleep(0.5)
+    async with anyio.create_task_group() as group:
+        group.start_soon(ask, "first")
+        group.start_soon(ask, "second")
+    return f"first={answers['first'].action}, second={answers['second'].action}"
+
+
+@server.tool()
+async def test_tool_with_task(ctx: Context) -> str:
+    """Task support required: asks a name at once (before the task exists), then works a second."""
+    answer = await _ask_elicit(ctx, "user_name", "What is your name?", {"name": {"type": "string"}})
+    await anyio.sleep(1)
+    return f"Hello, {(answer.content or {}).get('name', 'stranger')}!"
 
 
 @server.tool()

@@ -19,6 +19,7 @@ from broker import wire
 from broker.cache import BYPASS_META_KEY, READ_RESOURCE
 from broker.calls import QUEUE_GRACE_S, Call, call_timeout
 from broker.protocol.framing import DEFERRED, RPCError
+from broker.protocol.handlers import tasks
 from broker.protocol.handlers.outcomes import Waiting, client_result
 from broker.protocol.meta import TIMEOUT_META_KEY, forwarded_meta
 from broker.router import UnknownTool
@@ -56,6 +57,7 @@ def tools_call(conversation: Conversation, request_id: Any, params: dict[str, An
     if problem is not None:
         return conversation.era.invalid_arguments(conversation, f"Invalid arguments for tool {name}: {problem}")
     server, tool = route.entry.server, route.entry.tool
+    as_task = tasks.wants_task(conversation, services.config.server(server).settings, tool)
     cache = services.cache
     ttl = cache.ttl(server, tool)
     if ttl > 0 and meta.get(BYPASS_META_KEY) is not False:
@@ -66,7 +68,7 @@ def tools_call(conversation: Conversation, request_id: Any, params: dict[str, An
         cache.forget_local(server, tool, arguments)  # the fresh result replaces it; don't serve the old copy
     call = Call(uuid.uuid4().hex, server, "tools/call", tool=tool, arguments=arguments,
                 cache_ttl=ttl if ttl > 0 else None)
-    return forward(conversation, request_id, call, meta)
+    return forward(conversation, request_id, call, meta, task_tool=name if as_task else None)
 
 
 def when_published(conversation: Conversation, request_id: Any, server: str, wait_s: float, method: str,
@@ -150,14 +152,18 @@ def resource_target(conversation: Conversation, uri: str) -> tuple[str, str]:
     return target
 
 
-def forward(conversation: Conversation, request_id: Any, call: Call, meta: dict[str, Any]) -> Any:
+def forward(conversation: Conversation, request_id: Any, call: Call, meta: dict[str, Any],
+            task_tool: str | None = None) -> Any:
     """Queue a request for its server's workers (`call` says what to ask; here it gets how it travels and
-    comes back); the answer is sent when it arrives."""
+    comes back); the answer is sent when it arrives. `task_tool` (the tool as the client named it): the call
+    may become a task (handlers/tasks.py), with the server's `max_timeout_s` as its time limit."""
     if request_id in conversation.in_flight:
         raise RPCError(INVALID_REQUEST, f"Invalid Request: request id {request_id!r} is already in flight")
     services = conversation.services
     spec = services.config.server(call.server)
     timeout = call_timeout(spec.settings, meta.get(TIMEOUT_META_KEY))
+    if task_tool is not None and meta.get(TIMEOUT_META_KEY) is None:
+        timeout = spec.settings.max_timeout_s
     progress_token = meta.get("progressToken")
     conversation.admission.hold_slot(call.call_id, timeout * 2 + QUEUE_GRACE_S + 5)
     call.reply_to = services.hub.channel
@@ -171,8 +177,9 @@ def forward(conversation: Conversation, request_id: Any, call: Call, meta: dict[
         wanted = [name.lower() for name in spec.settings.forward_headers]
         headers = conversation.client_headers
         call.headers = {name: headers[name] for name in wanted if name in headers}
+    handle = tasks.start(conversation, call, task_tool, timeout) if task_tool is not None else None
     message = call.to_message()
-    waiting = Waiting(conversation, request_id, call.call_id, call.method, call.server, progress_token)
+    waiting = Waiting(conversation, request_id, call.call_id, call.method, call.server, progress_token, handle)
     hub = services.hub
     hub.start()
     conversation.in_flight[request_id] = call.call_id
@@ -181,6 +188,8 @@ def forward(conversation: Conversation, request_id: Any, call: Call, meta: dict[
     if spec.settings.isolation == "per_client":  # to the worker holding this client's backend session
         queue = services.router.queue_for(spec, conversation.session_id)
     services.outbox.put(queue, message)
+    if handle is not None:
+        tasks.hold(conversation, waiting)
     return DEFERRED
 
 

@@ -19,10 +19,11 @@ from broker import keys
 from broker.admission import Refused
 from broker.calls import QUEUE_GRACE_S
 from broker.protocol.framing import DEFERRED, RPCError, dumps
+from broker.protocol.handlers import tasks
 from broker.protocol.handlers.outcomes import Waiting
 from broker.protocol.handlers.relay import CLIENT_CAPABILITY_OF, answer_backend, refused_for_capability
-from broker.protocol.meta import INPUT_KEY_META_KEY
 from broker.request_state import RequestStateRefused
+from broker.tasks import TaskStore, digest_of, question_of
 
 if TYPE_CHECKING:
     from broker.protocol.conversation import Conversation
@@ -50,20 +51,17 @@ def input_required(conversation: Conversation, backend_request: dict[str, Any], 
         return
     if not waiting.current():
         return  # cancelled, or answered already
-    params = dict(backend_request.get("params") or {})
-    meta = dict(params.get("_meta") or {})
-    key = str(meta.pop(INPUT_KEY_META_KEY, "") or backend_request["id"])
-    if meta:
-        params["_meta"] = meta
-    else:
-        params.pop("_meta", None)
+    named, question = question_of(backend_request)
+    key = str(backend_request.get("key") or named or backend_request["id"])  # a task's: as in its record
     offered = conversation.offered.get(request_id, {}).get(key)
     if isinstance(offered, dict):  # the request already carried the answer to this question
-        answer_backend(conversation, keys.answer(backend_request["id"]), {"result": offered})
+        if waiting.task is not None:  # through its task's record, which lists the question
+            TaskStore(conversation.services.redis).answer(digest_of(waiting.task), {key: {"result": offered}})
+        else:
+            answer_backend(conversation, keys.answer(backend_request["id"]), {"result": offered})
         return
     round_ = conversation.questions.setdefault(request_id, [])
-    round_.append({"key": key, "ask": backend_request["id"],
-                   "question": {"method": backend_request["method"], "params": params}})
+    round_.append({"key": key, "ask": backend_request["id"], "question": question})
     if len(round_) == 1:  # questions asked together arrive together: gather them for a moment
         timer = threading.Timer(QUESTION_WINDOW_S, ask_round, (conversation, waiting))
         timer.daemon = True
@@ -79,6 +77,8 @@ def ask_round(conversation: Conversation, waiting: Waiting) -> None:
     del conversation.in_flight[request_id]
     conversation.admission.release_slot(call_id)  # suspended for the client's answer: its retry takes a slot again
     state = {"call": call_id, "asks": asks, "server": waiting.server, "token": waiting.progress_token}
+    if waiting.task is not None:  # a call held before becoming a task: the retry holds it again
+        state["task"] = waiting.task
     sealed = conversation.services.request_state().seal(state, conversation.principal.id,
                                                         conversation.bindings.pop(request_id),
                                                         ask_timeout(conversation, waiting.server))
@@ -117,15 +117,21 @@ def resume_with_input(conversation: Conversation, request_id: Any, params: dict[
     except Refused:
         seal.unconsume(state)  # refused for the key's limit, not the token: it may be retried
         raise
-    waiting = Waiting(conversation, request_id, call_id, state["method"], server, state.get("token"))
+    waiting = Waiting(conversation, request_id, call_id, state["method"], server, state.get("token"),
+                      state.get("task"))
     hub = services.hub
     hub.start()
     conversation.in_flight[request_id] = call_id
     hub.expect(call_id, waiting.on_outcome, waiting.on_event, spec.settings.max_timeout_s * 2 + QUEUE_GRACE_S)
     # the worker still answers the process that started the call: it passes them on to this one
     services.redis.set(keys.resumed_at(call_id), hub.channel, ex=int(ask_timeout(conversation, server) * 4) + 60)
-    for ask_id, answer in answers.items():
-        answer_backend(conversation, keys.answer(ask_id), {"result": answer})
+    if waiting.task is not None:  # its record's questions are answered too (the answers go through it)
+        TaskStore(services.redis).answer(digest_of(waiting.task), {ask["key"]: {"result": answers[ask["ask"]]}
+                                                                   for ask in state["asks"]})
+        tasks.hold(conversation, waiting)
+    else:
+        for ask_id, answer in answers.items():
+            answer_backend(conversation, keys.answer(ask_id), {"result": answer})
     return DEFERRED
 
 

@@ -82,14 +82,14 @@ def cancelled(conversation: Conversation, params: dict[str, Any]) -> None:
 def capabilities(conversation: Conversation) -> dict[str, Any]:
     """What the broker offers in this conversation's era (`registry.capabilities`): everything for the
     aggregate; a backend's own capabilities on its endpoint (a client must not be told of, say, prompts a
-    server does not have)."""
+    server does not have). The broker's own extensions (tasks: the broker makes them) on every endpoint."""
     relayed = conversation.offered_capabilities()
     if not conversation.scope:
         return relayed
     catalog = conversation.services.catalog
     catalog.ensure_fresh()
     backend = catalog.documents.get(conversation.scope, {}).get("capabilities") or {}
-    offered = {name: relayed[name] for name in relayed if name in backend}
+    offered = {name: relayed[name] for name in relayed if name in backend or name == "extensions"}
     if "resources" in offered:  # subscriptions only where the backend has them
         offered["resources"] = {**offered["resources"],
                                 "subscribe": bool((backend.get("resources") or {}).get("subscribe"))}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from broker.protocol.handlers.lifecycle import level_passes
+from broker.tasks import TaskStore, digest_of
 
 if TYPE_CHECKING:
     from broker.protocol.conversation import Conversation
@@ -28,6 +29,7 @@ class Waiting:
     method: str
     server: str
     progress_token: Any
+    task: str | None = None  # the handle of the task it may become (handlers/tasks.py), while it is held
 
     def current(self) -> bool:
         """Whether the conversation still waits for this call under this request id."""
@@ -41,6 +43,8 @@ class Waiting:
         del conversation.in_flight[self.request_id]
         conversation.admission.release_slot(self.call_id)
         conversation.offered.pop(self.request_id, None)
+        if self.task is not None:  # answered before it became a task: nobody will ask for the task
+            TaskStore(conversation.services.redis).discard(digest_of(self.task))
         if "error" in message:
             conversation.send({"jsonrpc": "2.0", "id": self.request_id, "error": message["error"]})
         else:
