@@ -21,7 +21,10 @@ from marshmallow import (
 
 SERVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TOOL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-PROTOCOL_MODES = ("legacy", "auto", "2026-07-28")  # how a worker's backend session negotiates (mcp.Client mode)
+# how a worker's backend session negotiates (`mcp.Client`'s mode): the modes that negotiate the revision
+# (initialize, or server/discover first), or a pinned modern revision
+NEGOTIATING_MODES = ("legacy", "auto")
+PROTOCOL_MODES = (*NEGOTIATING_MODES, "2026-07-28")
 TASK_MODES = ("optional", "required", "forbidden")  # a tool's task support (the tasks extension)
 ISOLATION_MODES = ("shared", "per_client")  # one warm backend session per worker, or one per client session
 HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")  # an HTTP header field name (RFC 9110 token)

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 from mcp.shared.inbound import InboundModernRoute
 from mcp_types import INTERNAL_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND
-from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
 from broker import keys, observe, outage
 from broker.admission import Admission, Refused
@@ -82,7 +81,7 @@ class Conversation:
         self.scope = scope  # a per-server endpoint: that one backend, names unprefixed
         self.admission = Admission(services, principal, scope)  # may it, and may it now (broker.admission)
         self.session_id = session_id or uuid.uuid4().hex
-        self.protocol_version = LATEST_HANDSHAKE_VERSION
+        self.protocol_version = HANDSHAKE.latest
         self.era: Era = HANDSHAKE  # (a modern exchange: envelope per request, no server-to-client requests)
         self.initialized = False
         self.client_info: dict[str, Any] = {}
@@ -278,7 +277,7 @@ class Conversation:
                 "principal": self.principal.id}
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.protocol_version = state.get("protocolVersion") or LATEST_HANDSHAKE_VERSION
+        self.protocol_version = state.get("protocolVersion") or HANDSHAKE.latest
         self.client_info = state.get("clientInfo") or {}
         self.client_capabilities = state.get("capabilities") or {}
         self.initialized = bool(state.get("initialized"))

@@ -48,10 +48,15 @@ class Era:
     versions: ClassVar[tuple[str, ...]]  # the SDK's table of this era's protocol revisions
     hears_list_changes: ClassVar[bool]  # told of every catalog change from the start (else: on a listen stream)
 
+    @property
+    def latest(self) -> str:
+        """The era's newest revision (the SDK's tables list them oldest first)."""
+        return self.versions[-1]
+
     def negotiate(self, requested: str) -> str:
         """The revision to speak with a client that asked for `requested`: it, if this era has it, else the
         era's latest (the client then decides whether it can go on)."""
-        return requested if requested in self.versions else self.versions[-1]
+        return requested if requested in self.versions else self.latest
 
     def allows(self, spec: MethodSpec) -> bool:
         """Whether the method exists in this era (others are answered method-not-found). server/discover is

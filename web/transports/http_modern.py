@@ -29,11 +29,10 @@ from mcp.shared.inbound import (
     validate_mcp_param_headers,
 )
 from mcp_types import INVALID_REQUEST, UNSUPPORTED_PROTOCOL_VERSION
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from broker.admission import Admission
 from broker.calls import cancel_call
-from broker.protocol import Conversation, RPCError, classify_modern, dumps, echoable_id
+from broker.protocol import MODERN, Conversation, RPCError, classify_modern, dumps, echoable_id
 from broker.router import UnknownTool
 from broker.services import BrokerServices
 from web.auth import current_principal
@@ -93,8 +92,8 @@ class ModernEndpoint:
         body, wants_sse = read.body, read.wants_sse
         version = request.headers.get(MCP_PROTOCOL_VERSION_HEADER, "")
         if isinstance(body, dict) and "method" in body and "id" not in body:  # a notification: nothing to answer
-            if version not in MODERN_PROTOCOL_VERSIONS:
-                supported = {"supported": list(MODERN_PROTOCOL_VERSIONS), "requested": version}
+            if version not in MODERN.versions:
+                supported = {"supported": list(MODERN.versions), "requested": version}
                 return rpc_error_response(400, RPCError(UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version",
                                                         supported))
             return Response(status=202)

@@ -9,6 +9,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp_types import METHOD_NOT_FOUND
 
+from broker.schemas import NEGOTIATING_MODES
 from workers.backends.methods import dump
 
 
@@ -17,7 +18,7 @@ async def list_catalog(client: Client, protocol: str) -> dict[str, Any]:
     caps = client.server_capabilities
     # A session pinned to a modern revision (2026-07-28) adopts it without server/discover, so it knows no
     # capabilities: every list is tried, and one the backend does not serve (-32601) is empty.
-    pinned = protocol not in ("legacy", "auto")
+    pinned = protocol not in NEGOTIATING_MODES
     out: dict[str, Any] = {"tools": [], "resources": [], "resourceTemplates": [], "prompts": []}
     served: dict[str, Any] = {}
     listings = [("tools", client.list_tools, caps.tools)]
