@@ -20,11 +20,11 @@ import sys
 import time
 from typing import Any
 
+from mcp.server.streamable_http import REQUEST_CANCELLED
 from mcp_types import REQUEST_TIMEOUT
 
 from broker.calls import Call
 from broker.metrics import RECORDER
-from broker.results import REQUEST_CANCELLED
 
 CALL_LOGGER = "mcp_broker.calls"
 

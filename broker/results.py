@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
+from mcp.server.streamable_http import REQUEST_CANCELLED  # LSP's code, used by MCP SDKs for a cancelled request
 from mcp_types import REQUEST_TIMEOUT
 
 from broker import keys
@@ -44,7 +45,6 @@ RESULT_TTL_S = 3600  # the outcome's lifetime when the call does not say (a call
 REDELIVERY_MARGIN_S = 60  # past a call's expires_at, how long a restored message may still bring it back
 MAX_ANSWERED_TTL_S = 3600  # the visibility timeout: no message comes back later than this
 CANCELLED_KEEP_S = 60  # a cancelled call's outcome (not a batch's): nobody reads it, the hub's sweep aside
-REQUEST_CANCELLED = -32800  # LSP's code, used by MCP SDKs for a cancelled request
 
 _DELIVER = """
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end

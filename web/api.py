@@ -28,6 +28,7 @@ from typing import Any
 import redis
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from marshmallow import Schema, ValidationError
+from mcp.server.streamable_http import REQUEST_CANCELLED
 from mcp_types import INVALID_PARAMS, REQUEST_TIMEOUT
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -46,7 +47,6 @@ from broker.batches import (
 )
 from broker.calls import Call, call_timeout, cancel_call
 from broker.outage import TAG_CHARS, is_redis_down
-from broker.results import REQUEST_CANCELLED
 from broker.router import Route, UnknownTool
 from broker.schemas import (
     BatchResultsQuerySchema,

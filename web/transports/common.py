@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Response, request, stream_with_context
+from mcp.server.streamable_http import CONTENT_TYPE_JSON, CONTENT_TYPE_SSE
 from mcp_types import INVALID_REQUEST, PARSE_ERROR
 
 from broker import wire
@@ -29,8 +30,6 @@ from broker.protocol import RPCError, dumps
 
 MCP_RULES = ("/mcp", "/servers/<scope>/mcp")  # every transport mounts these two (all servers, one server)
 SESSION_HEADER = "Mcp-Session-Id"  # as we write it (the SDK's MCP_SESSION_ID_HEADER is its lower-case name)
-JSON_MIMETYPE = "application/json"
-EVENT_STREAM = "text/event-stream"
 SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
 KEEPALIVE_S = 15.0  # an idle event stream sends a comment this often (proxies close silent connections)
 KEEPALIVE_EVENT = ": keepalive\n\n"
@@ -52,7 +51,7 @@ def client_headers() -> dict[str, str]:
 # ---------------------------------------------------------------- JSON-RPC errors
 def rpc_error_response(status: int, error: RPCError, request_id: Any = None) -> Response:
     """A JSON-RPC error as the HTTP answer to a request (its clients read those, never an HTML page)."""
-    return Response(dumps(error.to_message(request_id)), status=status, mimetype=JSON_MIMETYPE)
+    return Response(dumps(error.to_message(request_id)), status=status, mimetype=CONTENT_TYPE_JSON)
 
 
 # ---------------------------------------------------------------- a JSON-RPC POST
@@ -70,10 +69,10 @@ def read_json_post(not_acceptable: str) -> JsonPost | Response:
     when the client accepts neither JSON nor an event stream, 415 without a JSON body, 400 (-32700) when
     the body is not JSON."""
     accept = request.headers.get("Accept", "")
-    wants_sse, wants_json = EVENT_STREAM in accept, JSON_MIMETYPE in accept
+    wants_sse, wants_json = CONTENT_TYPE_SSE in accept, CONTENT_TYPE_JSON in accept
     if not wants_json and not wants_sse:
         return rpc_error_response(406, RPCError(INVALID_REQUEST, not_acceptable))
-    if not (request.mimetype or "").startswith(JSON_MIMETYPE):
+    if not (request.mimetype or "").startswith(CONTENT_TYPE_JSON):
         return rpc_error_response(415, RPCError(INVALID_REQUEST, "Unsupported Media Type: Content-Type must be "
                                                                  "application/json"))
     try:
@@ -84,7 +83,7 @@ def read_json_post(not_acceptable: str) -> JsonPost | Response:
 
 
 def accepts_event_stream() -> bool:
-    return EVENT_STREAM in request.headers.get("Accept", "")
+    return CONTENT_TYPE_SSE in request.headers.get("Accept", "")
 
 
 # ---------------------------------------------------------------- SSE
@@ -95,7 +94,7 @@ def sse_event(message: dict[str, Any], event_id: str | None = None) -> str:
 
 def sse_response(events: Iterator[str]) -> Response:
     """An event stream, unbuffered on the way (no proxy holds it back, nothing caches it)."""
-    return Response(stream_with_context(events), mimetype=EVENT_STREAM, headers=SSE_HEADERS)
+    return Response(stream_with_context(events), mimetype=CONTENT_TYPE_SSE, headers=SSE_HEADERS)
 
 
 @contextmanager
