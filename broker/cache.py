@@ -60,7 +60,7 @@ READ_RESOURCE = "resources/read"  # the cache's "tool" name for a backend's reso
 
 
 def store_directed(r: redis.Redis, server: str, tool: str, arguments: dict[str, Any], result: dict[str, Any]) -> bool:
-    """Worker-side, 2026-07-28 cache directives: a result the backend marked `cacheScope: "public"` with
+    """Worker-side, the modern era's cache directives: a result the backend marked `cacheScope: "public"` with
     `ttlMs > 0` may be served to anyone, so it is kept that long; a "private" one is not kept (it may not be
     shared across clients, and per-session caching is not worth a round trip)."""
     ttl_ms = result.get("ttlMs")

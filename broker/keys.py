@@ -178,7 +178,7 @@ def metrics_recent(slot: int) -> str:
 
 
 def request_state_used(nonce: str) -> str:
-    """String: set (NX) when a 2026 `requestState` token is consumed; a second use finds it and is refused."""
+    """String: set (NX) when a modern-era `requestState` token is consumed; a second use finds it and is refused."""
     return f"{PREFIX}:rstate:{nonce}"
 
 

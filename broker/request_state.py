@@ -1,4 +1,4 @@
-"""The 2026-07-28 `requestState` the broker hands out with an `input_required` result: sealed, bound, single-use.
+"""The modern era's `requestState` the broker hands out with an `input_required` result: sealed, bound, single-use.
 
 The token names a suspended call (its id and the backend's questions), so whoever presents it answers that
 call's questions and receives its result. Before this module it was an HMAC over plain JSON bound to nothing:

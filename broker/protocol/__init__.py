@@ -1,7 +1,7 @@
 """MCP, the client side of the broker: one JSON-RPC conversation per client, transport-agnostic.
 
     conversation.py  the kernel `Conversation`: state, send/notify, dispatch, calls in flight, resume, close
-    framing.py       frames (size, UTF-8, batches, envelopes), ids, `RPCError` (re-exported from `broker.rpc_error`)
+    framing.py       frames (size, UTF-8, batches, shape), ids, `RPCError` (re-exported from `broker.rpc_error`)
     registry.py      `MethodSpec` rows: every method, its params schema, handler, eras, admission, capability
     era.py           one policy object per protocol era (handshake, modern); `era_of_http_request`
     meta.py          the `_meta` keys the broker reads and writes

@@ -42,7 +42,7 @@ from broker.protocol.framing import (
     classify_modern,
     decode_frame,
     echoable_id,
-    envelope_error,
+    message_error,
     unencodable_error,
 )
 from broker.protocol.handlers import relay, subscriptions
@@ -180,8 +180,8 @@ class Conversation:
         if unencodable is not None:
             self._refuse_unencodable(message, unencodable)
             return
-        problem = envelope_error(message)
-        if problem is not None:  # an id the envelope refused is echoed only if JSON-RPC allows it
+        problem = message_error(message)
+        if problem is not None:  # an id the message's shape refused is echoed only if JSON-RPC allows it
             self.send(problem.to_message(echoable_id(message.get("id"))))
             return
         method = message.get("method")

@@ -3,7 +3,7 @@ error (`RPCError`, built in `broker.rpc_error`, the one builder), and the JSON t
 
 Every transport feeds frames through here (by way of the conversation), so bad input gets the JSON-RPC error
 MCP prescribes, the same on every transport, and the conversation goes on: a frame over the size limit, not
-UTF-8 or not JSON; an empty or oversized batch; a message that is not a JSON-RPC envelope; text no backend
+UTF-8 or not JSON; an empty or oversized batch; a message that is not a JSON-RPC message; text no backend
 can be sent (a lone surrogate, see `broker.wire`).
 """
 
@@ -28,7 +28,7 @@ from broker.rpc_error import RPCError
 from broker.schemas import JSONRPCMessageSchema, first_error
 from broker.tasks import TASK_NAME_PARAMS
 
-_envelope = JSONRPCMessageSchema()
+_message_schema = JSONRPCMessageSchema()
 
 
 class _Deferred:
@@ -104,10 +104,10 @@ def batch_messages(decoded: Any, max_messages: int) -> list[Any]:
 NOT_AN_OBJECT = RPCError(INVALID_REQUEST, "Invalid Request: a JSON-RPC message must be an object")
 
 
-def envelope_error(message: dict[str, Any]) -> RPCError | None:
+def message_error(message: dict[str, Any]) -> RPCError | None:
     """Why `message` is not a JSON-RPC request, notification or response (None: it is one)."""
     try:
-        errors = _envelope.validate(message)
+        errors = _message_schema.validate(message)
     except RecursionError:
         errors = {"_schema": ["message nested too deeply"]}
     if errors:

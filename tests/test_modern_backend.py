@@ -1,10 +1,11 @@
-"""A 2026-07-28-era backend behind the broker, for clients of both eras. Its own stack: one backend
+"""A modern-era backend behind the broker, for clients of both eras. Its own stack: one backend
 (`examples/servers/stamps.py`, once with `protocol: "auto"`, once pinned to `"2026-07-28"`), a worker, a web.
 
 - Cache directives: its `cacheScope: "public"` result with `ttlMs > 0` is kept in the shared cache and served
-  to any client without running the backend again; a 2026 client is told the remaining `ttlMs`.
+  to any client without running the backend again; a modern-era client is told the remaining `ttlMs`.
 - Its `input_required` rounds: the worker's SDK client answers them through its callbacks, i.e. the broker's
-  relay, so a handshake-era client is sent a real elicitation request and a 2026 client an `input_required`.
+  relay, so a handshake-era client is sent a real elicitation request and a modern-era client an
+  `input_required`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class Backend:
 @pytest.fixture(scope="module", params=["auto", "2026-07-28"])
 def stamps(request: pytest.FixtureRequest, redis_url: str,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    """`auto` discovers the backend, then speaks 2026; a pinned `2026-07-28` adopts it without discovery."""
+    """`auto` discovers the backend, then speaks the modern era; a pinned `2026-07-28` adopts it without
+    discovery."""
     name = "stamps" if request.param == "auto" else "stamps_pinned"
     config = tmp_path_factory.mktemp(name) / "mcp_servers.json"
     config.write_text(json.dumps({"mcpServers": {name: {
@@ -83,11 +85,11 @@ def test_its_input_required_rounds_reach_clients_of_both_eras(stamps: Backend) -
 
     async def scenario() -> None:
         # a handshake-era client on the WebSocket: the backend's question arrives as a pushed request
-        async with Client(WebSocketTransport(stamps.ws_url()), elicitation_callback=elicitation) as legacy:
-            assert legacy.session.initialize_result is not None
-            pushed = await legacy.call_tool(f"{stamps.name}__favourite", {})
+        async with Client(WebSocketTransport(stamps.ws_url()), elicitation_callback=elicitation) as handshake:
+            assert handshake.session.initialize_result is not None
+            pushed = await handshake.call_tool(f"{stamps.name}__favourite", {})
             assert pushed.structured_content == {"result": "favourite colour: colour 1"}
-        # a 2026 client over HTTP: the same question arrives as an input_required round
+        # a modern-era client over HTTP: the same question arrives as an input_required round
         async with Client(f"{stamps.http_url()}/mcp", mode="2026-07-28", elicitation_callback=elicitation) as modern:
             rounds = await modern.call_tool(f"{stamps.name}__favourite", {})
             assert rounds.structured_content == {"result": "favourite colour: colour 2"}
