@@ -69,7 +69,7 @@ class Refused(Exception):
 
 
 class AdmissionServices(Protocol):
-    """What admission reads of the web process's services (`broker.protocol.BrokerServices` has it all)."""
+    """What admission reads of the web process's services (`broker.services.BrokerServices` has it all)."""
 
     catalog: Catalog
     config: BrokerConfig

@@ -115,6 +115,6 @@ def _capabilities(era: str) -> dict[str, dict[str, Any]]:
 
 
 CAPABILITIES: dict[str, dict[str, dict[str, Any]]] = {era: _capabilities(era) for era in ERAS}
-"""What the broker offers a client of each era: the capabilities its methods serve (measured against the
-hand-written table it replaces: handshake tools, prompts and resources with listChanged, resources with
-subscribe, completions, logging; modern the same without logging, with the tasks extension)."""
+"""What the broker offers a client of each era: the union of the `capability` of every row the era serves,
+so a new method's capability follows from its row (handshake: tools, prompts and resources with listChanged,
+resources with subscribe, completions, logging; modern the same without logging, with the tasks extension)."""

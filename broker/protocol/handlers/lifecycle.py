@@ -80,7 +80,7 @@ def cancelled(conversation: Conversation, params: dict[str, Any]) -> None:
 
 
 def capabilities(conversation: Conversation) -> dict[str, Any]:
-    """What the broker offers in this conversation's era (`registry.capabilities`): everything for the
+    """What the broker offers in this conversation's era (`registry.CAPABILITIES`): everything for the
     aggregate; a backend's own capabilities on its endpoint (a client must not be told of, say, prompts a
     server does not have). The broker's own extensions (tasks: the broker makes them) on every endpoint."""
     relayed = conversation.offered_capabilities()
