@@ -24,8 +24,6 @@ import json
 import math
 from typing import Any
 
-NON_FINITE = ("NaN", "Infinity", "-Infinity")
-
 
 class NonFiniteNumber(ValueError):
     """The text holds a number JSON cannot carry (NaN, Infinity, or a literal beyond a double's range)."""

@@ -10,7 +10,7 @@ from tests.stack import Stack
 
 
 def test_each_call_is_answered_by_a_worker_of_its_own_server(stack: Stack) -> None:
-    from workers.dispatch import submit_call
+    from workers.dispatch import submit_calls
 
     r = stack.redis()
     channel = keys.replies(f"test-{uuid.uuid4().hex}")
@@ -23,8 +23,8 @@ def test_each_call_is_answered_by_a_worker_of_its_own_server(stack: Stack) -> No
                               ("notes", "list_notes", {})][i % 3]
         call_id = uuid.uuid4().hex
         calls[call_id] = server
-        submit_call(f"mcp.{server}", {"call_id": call_id, "server": server, "tool": tool, "arguments": args,
-                                      "reply_to": channel})
+        submit_calls(f"mcp.{server}", [{"call_id": call_id, "server": server, "tool": tool, "arguments": args,
+                                        "reply_to": channel}])
     answered: dict[str, str] = {}
     while len(answered) < len(calls):
         message = pubsub.get_message(timeout=20)

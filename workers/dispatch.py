@@ -37,9 +37,5 @@ def send_calls(queue: str, calls: list[dict[str, Any]]) -> None:
                   kwargsrepr="{}")
 
 
-def submit_call(queue: str, call: dict[str, Any]) -> None:
-    submit_calls(queue, [call])
-
-
 def request_catalog(server: str, queue: str) -> None:
     app.send_task(REFRESH_CATALOG, args=[server], queue=queue, ignore_result=True)

@@ -13,13 +13,9 @@ The web tier imports what it needs from here.
 from broker.protocol.conversation import Conversation
 from broker.protocol.era import HANDSHAKE, MODERN, Era, era_of_http_request
 from broker.protocol.framing import RPCError, classify_modern, dumps, echoable_id, text_emitter
-from broker.protocol.handlers.lifecycle import LOG_LEVELS
-from broker.protocol.meta import LOG_LEVEL_META_KEY
 
 __all__ = [
     "HANDSHAKE",
-    "LOG_LEVELS",
-    "LOG_LEVEL_META_KEY",
     "MODERN",
     "Conversation",
     "Era",

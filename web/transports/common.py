@@ -61,7 +61,6 @@ class JsonPost:
 
     body: Any
     wants_sse: bool
-    wants_json: bool
 
 
 def read_json_post(not_acceptable: str) -> JsonPost | Response:
@@ -79,7 +78,7 @@ def read_json_post(not_acceptable: str) -> JsonPost | Response:
         body = wire.loads(request.get_data(cache=False) or b"")
     except (ValueError, RecursionError) as err:
         return rpc_error_response(400, RPCError(PARSE_ERROR, f"Parse error: {err}"))
-    return JsonPost(body, wants_sse, wants_json)
+    return JsonPost(body, wants_sse)
 
 
 def accepts_event_stream() -> bool:
