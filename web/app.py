@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
 from flask_sock import Sock
 
 from broker.config import load_config
@@ -64,7 +64,7 @@ def create_app() -> Flask:
             web_services.check_published_config(web_services.get_services(app.config.get("BROKER_CONFIG")))
 
     @app.get("/healthz")
-    def healthz():  # type: ignore[no-untyped-def]
+    def healthz() -> Response:
         return jsonify(status="ok", servers=sorted(app.config["BROKER_CONFIG"].servers))
 
     return app

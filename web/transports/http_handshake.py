@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Response, request
+from mcp.server.streamable_http import CONTENT_TYPE_JSON
 from mcp_types import INVALID_REQUEST
 
 from broker import keys
@@ -247,7 +248,7 @@ class HandshakeEndpoint:
                     answers.discard(json.dumps(message["id"]))
                     collected.append(message)
         batch = isinstance(read.body, list)
-        return Response(dumps(collected if batch else collected[0]), mimetype="application/json")
+        return Response(dumps(collected if batch else collected[0]), mimetype=CONTENT_TYPE_JSON)
 
     def _sse(self, session: HttpSession, stream_id: str, after: str, answers: set[str] | None) -> Iterator[str]:
         """Events of one stream as SSE; a POST stream ends when every request it carried is answered.

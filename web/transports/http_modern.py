@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Response, request
+from mcp.server.streamable_http import CONTENT_TYPE_JSON
 from mcp.shared.inbound import (
     ERROR_CODE_HTTP_STATUS,
     MCP_PROTOCOL_VERSION_HEADER,
@@ -135,7 +136,7 @@ class ModernEndpoint:
             return rpc_error_response(504, RPCError(INVALID_REQUEST, "Gateway Timeout: no answer"), request_id)
         if is_answer(first):
             conversation.close()
-            return Response(dumps(first), status=_status_of(first), mimetype="application/json")
+            return Response(dumps(first), status=_status_of(first), mimetype=CONTENT_TYPE_JSON)
 
         def events() -> Iterator[str]:
             message: dict[str, Any] | None = first

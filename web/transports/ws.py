@@ -89,6 +89,8 @@ def register_websocket(app: Flask, sock: Sock) -> None:
         """Refuse before the upgrade: an unknown server, an unknown session (a foreign origin, DNS rebinding:
         web/origin.py, before this)."""
         upgrade = request.method == "GET" and is_websocket_upgrade()
+        # Not `is_mcp_path` on purpose: this pre-upgrade check has always taken any upgrade under `/servers/`
+        # (not only `.../mcp`), and the layout change keeps it as it was; the route then decides.
         if not upgrade or not (request.path == "/mcp" or request.path.startswith("/servers/")):
             return None
         services = current_services()
@@ -126,7 +128,7 @@ def register_websocket(app: Flask, sock: Sock) -> None:
             resumed = request.environ.get(SESSION_ENVIRON_KEY) and not request.environ.get(NEW_SESSION_ENVIRON_KEY)
             state = owned_session(services, ws.session_id) if resumed else None
             connection = Conversation(services, text_emitter(ws.send), ws.session_id, resume=state,
-                                          scope=scope, principal=current_principal())
+                                      scope=scope, principal=current_principal())
         except Exception as err:  # after the 101: only a frame and a close may go out, never an HTTP page
             _refuse_after_upgrade(ws, err)
             return

@@ -136,7 +136,6 @@ class StderrPump:
         return " | ".join(list(self.tail)[-5:])
 
 
-
 def open_stdio(opening: Opening) -> Opened:
     """A server started as this worker's child, speaking MCP on its stdin/stdout."""
     endpoint = opening.endpoint
