@@ -17,7 +17,9 @@ import anyio
 import mcp_types
 from mcp import Client
 from mcp.shared.dispatcher import ProgressFnT
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from client.tasks import AsyncTaskHandle, OnInput, TasksExtension, create_task, refuse_elicitation, refuse_sampling
 from client.websocket import DEFAULT_MAX_SIZE, DEFAULT_OPEN_TIMEOUT_S, WebSocketTransport
 
 __all__ = ["DEFAULT_TIMEOUT_S", "AsyncMCPBrokerClient", "text"]
@@ -65,14 +67,22 @@ class AsyncMCPBrokerClient:
             open_timeout: Seconds allowed to open the WebSocket.
             max_size: Largest inbound frame in bytes.
             mode: `mcp.Client` negotiation mode; "auto" probes `server/discover` and falls
-                back to `initialize` when the broker does not know it.
+                back to `initialize` when the broker does not know it (its WebSocket does not:
+                the handshake era); "2026-07-28" speaks the modern era per request, which
+                `submit` (tasks) needs.
             client_info: Name/version announced to the broker.
         """
         self.url = url
         self._transport = WebSocketTransport(
             url, headers=headers, session_id=session_id, max_size=max_size, open_timeout=open_timeout
         )
-        self._client = Client(self._transport, read_timeout_seconds=timeout, mode=mode, client_info=client_info)
+        # The tasks extension is declared on modern-era requests only (the SDK drops it in the handshake era);
+        # a modern-era client also declares elicitation and sampling, answered through `submit`'s on_input.
+        modern = mode in MODERN_PROTOCOL_VERSIONS
+        self._client = Client(self._transport, read_timeout_seconds=timeout, mode=mode, client_info=client_info,
+                              extensions=[TasksExtension()],
+                              elicitation_callback=refuse_elicitation if modern else None,
+                              sampling_callback=refuse_sampling if modern else None)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r}, session_id={self.session_id!r})"
@@ -118,6 +128,21 @@ class AsyncMCPBrokerClient:
             read_timeout_seconds=timeout,
             progress_callback=progress_callback,
         )
+
+    async def submit(
+        self,
+        tool: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        on_input: OnInput | None = None,
+    ) -> AsyncTaskHandle:
+        """Start a tool call as a task (client/tasks.py) and hand back its handle at once: `await
+        handle.result()`, `status()`, `cancel()`. A backend's question is answered by `on_input` (questions by
+        key in, answers by key out, sync or async). A call answered within the broker's hold, or of a tool
+        without task support, gives an already finished handle. Needs a modern-era connection
+        (`mode="2026-07-28"`), else raises `TasksUnavailable`."""
+        created = await create_task(self._client.session, tool, arguments, on_input)
+        return AsyncTaskHandle(lambda: self._client.session, created, on_input)
 
     async def list_tools(self) -> list[mcp_types.Tool]:
         """Every tool the broker exposes, all pages walked."""

@@ -18,8 +18,10 @@ from typing import Any, Literal, Self, TypeVar, overload
 import mcp_types
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from mcp import MCPError
+from mcp.client import ClientSession
 
 from client.async_broker_client import DEFAULT_TIMEOUT_S, AsyncMCPBrokerClient
+from client.tasks import Answers, TaskHandle, create_task
 from client.websocket import DEFAULT_MAX_SIZE, DEFAULT_OPEN_TIMEOUT_S
 
 __all__ = ["MCPBrokerClient"]
@@ -175,6 +177,22 @@ class MCPBrokerClient:
     ) -> mcp_types.CallToolResult:
         """Call one tool and wait for its result (see `AsyncMCPBrokerClient.call`)."""
         return self._run(lambda c: c.call(tool, arguments, timeout=timeout))
+
+    def submit(
+        self,
+        tool: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        on_input: Callable[[mcp_types.InputRequests], Answers] | None = None,
+    ) -> TaskHandle:
+        """Start a tool call as a task; its handle at once (see `AsyncMCPBrokerClient.submit`). The handle's
+        `result()` polls from the caller's thread, where `on_input` (a plain function) runs too."""
+        created = self._run(lambda c: create_task(c.client.session, tool, arguments, on_input))
+        return TaskHandle(self._run_session, created, on_input)
+
+    def _run_session(self, fn: Callable[[ClientSession], Awaitable[_T]]) -> _T:
+        """`fn` with the current connection's session, on the event loop thread (a task handle's round trips)."""
+        return self._run(lambda c: fn(c.client.session))
 
     def list_tools(self) -> list[mcp_types.Tool]:
         """Every tool the broker exposes."""
