@@ -3,6 +3,7 @@
     client/websocket.py            WebSocketTransport: the `mcp` SDK's missing WebSocket transport
     client/async_broker_client.py  AsyncMCPBrokerClient (and `text`): mcp.Client on that transport
     client/broker_client.py        MCPBrokerClient: the blocking one, for scripts and notebooks
+    client/tasks.py                `submit`'s task handles (the tasks extension, modern era)
     client/http_api.py             the stdlib HTTP client of the broker's /v1 API (`python -m broker call|batch`)
 
 Nothing is imported here on purpose: `python -m broker call` imports `client.http_api`
