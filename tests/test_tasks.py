@@ -17,6 +17,7 @@ import pytest
 from broker import keys
 from broker.tasks import digest_of
 from tests.stack import ROOT, Stack
+from tests.wsclient import RawClient
 
 MODERN = "2026-07-28"
 TASKS = "io.modelcontextprotocol/tasks"
@@ -230,6 +231,48 @@ def test_the_gates(tasks_stack: Stack, webs: tuple[int, int]) -> None:
             assert gone.status_code == 404 and gone.json()["error"]["code"] == -32601
         discover = a.post("server/discover", {}).json()["result"]
         assert discover["capabilities"]["extensions"] == {TASKS: {}} and "tasks" not in discover["capabilities"]
+
+
+def test_the_same_flow_over_the_websocket_envelope(tasks_stack: Stack, webs: tuple[int, int]) -> None:
+    auth = {"Authorization": f"Bearer {KEYS['alice']}"}
+    with RawClient(f"ws://127.0.0.1:{webs[0]}/servers/conf/mcp", initialize=False, additional_headers=auth) as ws:
+        created = ws.request("tools/call", {"name": "confirm_delete", "arguments": {"filename": "ws.txt"},
+                                            "_meta": envelope()})["result"]
+        assert created["resultType"] == "task"
+        handle = created["taskId"]
+        deadline = time.monotonic() + 10
+        while ws.request("tasks/get", {"taskId": handle, "_meta": envelope()})["result"]["status"] != "input_required":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        answer = {"confirm": {"action": "accept", "content": {"confirm": True}}}
+        ack = ws.request("tasks/update", {"taskId": handle, "inputResponses": answer, "_meta": envelope()})
+        assert ack["result"]["resultType"] == "complete"
+    with httpx2.Client(timeout=30) as http:  # the socket is gone: the task is not
+        done = Web(http, webs[1]).until(handle, "completed")
+        assert done["result"]["content"][0]["text"] == "ws.txt: accept, confirm=true"
+
+
+def test_a_task_outlives_the_web_process_that_made_it(tasks_stack: Stack) -> None:
+    with httpx2.Client(timeout=30) as http:
+        with tasks_stack.extra_webs(WEB_ENV, count=1) as ports:
+            tasks_stack.wait_web_ready(ports[0])
+            handle = Web(http, ports[0]).call("slow_compute", {"seconds": 2, "label": "orphan"})["result"]["taskId"]
+        with tasks_stack.extra_webs(WEB_ENV, count=1) as ports:  # the maker is gone: a new process serves it
+            tasks_stack.wait_web_ready(ports[0])
+            done = Web(http, ports[0]).until(handle, "completed")
+            assert done["result"]["content"][0]["text"] == "computed orphan after 2s"
+
+
+def test_a_finished_task_expires_after_its_ttl(tasks_stack: Stack) -> None:
+    with httpx2.Client(timeout=30) as http, tasks_stack.extra_webs({**WEB_ENV, "MCP_BROKER_TASK_TTL_S": "3"},
+                                                                   count=1) as ports:
+        tasks_stack.wait_web_ready(ports[0])
+        web = Web(http, ports[0])
+        handle = web.call("slow_compute", {"seconds": 60})["result"]["taskId"]
+        web.task("cancel", handle)  # finished now: readable for 3 s more
+        assert web.task("get", handle)["result"]["status"] == "cancelled"
+        time.sleep(4)
+        assert web.task("get", handle)["error"]["code"] == -32602
 
 
 def test_metrics_and_status_count_tasks_by_state(tasks_stack: Stack, webs: tuple[int, int]) -> None:

@@ -9,6 +9,7 @@ dropped, and a suspended modern call resumed on another web process is passed on
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,9 @@ from broker.tasks import TaskStore, digest_of
 
 if TYPE_CHECKING:
     from broker.protocol.conversation import Conversation
+
+
+_CLAIM = threading.Lock()
 
 
 @dataclass(eq=False)
@@ -35,12 +39,20 @@ class Waiting:
         """Whether the conversation still waits for this call under this request id."""
         return self.conversation.in_flight.get(self.request_id) == self.call_id
 
+    def claim(self) -> bool:
+        """Take the request to answer it: True for exactly one caller (the outcome on the hub's thread and
+        the end of a task's hold on a timer's may race for it)."""
+        with _CLAIM:
+            if not self.current():
+                return False
+            del self.conversation.in_flight[self.request_id]
+            return True
+
     def on_outcome(self, message: dict[str, Any]) -> None:
         conversation = self.conversation
-        if not self.current():
+        if not self.claim():
             conversation.era.pass_on(conversation, self.call_id, message)  # resumed elsewhere, or cancelled
             return
-        del conversation.in_flight[self.request_id]
         conversation.admission.release_slot(self.call_id)
         conversation.offered.pop(self.request_id, None)
         if self.task is not None:  # answered before it became a task: nobody will ask for the task

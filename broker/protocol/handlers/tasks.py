@@ -84,9 +84,8 @@ def hold(conversation: Conversation, waiting: Waiting) -> None:
 
 def announce(conversation: Conversation, waiting: Waiting) -> None:
     request_id, call_id, handle = waiting.request_id, waiting.call_id, waiting.task
-    if handle is None or conversation.in_flight.get(request_id) != call_id or conversation.questions.get(request_id):
+    if handle is None or conversation.questions.get(request_id) or not waiting.claim():
         return  # answered (outcome, cancel), or a question round is being gathered: it answers the request
-    conversation.in_flight.pop(request_id, None)
     conversation.admission.release_slot(call_id)  # a task does not count as a call in flight of its key
     conversation.services.hub.forget(call_id)
     conversation.services.sessions.forget(conversation.session_id, [call_id])
