@@ -52,9 +52,11 @@ _MOVE = """
 local order = {working=2, input_required=3, completed=4, failed=5, cancelled=6}
 local function move(status, now)
   for i = 2, 6 do redis.call('ZREM', KEYS[i], KEYS[1]) end
-  local ttl = redis.call('TTL', KEYS[1])
-  redis.call('ZADD', KEYS[order[status]], tonumber(now) + math.max(ttl, 0), KEYS[1])
   redis.call('HSET', KEYS[1], 'status', status, 'updated', now)
+  if redis.call('HGET', KEYS[1], 'visible') == '1' then  -- a task nobody was told of is not counted
+    local ttl = redis.call('TTL', KEYS[1])
+    redis.call('ZADD', KEYS[order[status]], tonumber(now) + math.max(ttl, 0), KEYS[1])
+  end
 end
 local function terminal(status)
   return status == 'completed' or status == 'failed' or status == 'cancelled'
@@ -115,6 +117,13 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 move('cancelled', ARGV[1])
 return 1
 """
+# made visible (the client is told of it): ARGV = now; the record and its remaining lifetime (ms)
+_ANNOUNCE = _MOVE + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+redis.call('HSET', KEYS[1], 'visible', '1')
+move(redis.call('HGET', KEYS[1], 'status'), redis.call('HGET', KEYS[1], 'updated'))
+return {redis.call('HGETALL', KEYS[1]), redis.call('PTTL', KEYS[1])}
+"""
 # the outcome, as a part of results._DELIVER: its last six KEYS are the task and its state sets
 DELIVER_TASK = """
 if ARGV[7] ~= '' then
@@ -130,7 +139,9 @@ if ARGV[7] ~= '' then
     redis.call('EXPIRE', tk, ARGV[9])
     local order = {working=2, input_required=3, completed=4, failed=5, cancelled=6}
     for i = 2, 6 do redis.call('ZREM', KEYS[base + i], tk) end
-    redis.call('ZADD', KEYS[base + order[ARGV[7]]], tonumber(ARGV[8]) + tonumber(ARGV[9]), tk)
+    if redis.call('HGET', tk, 'visible') == '1' then
+      redis.call('ZADD', KEYS[base + order[ARGV[7]]], tonumber(ARGV[8]) + tonumber(ARGV[9]), tk)
+    end
   end
 end
 """
@@ -181,26 +192,27 @@ class TaskStore:
         self._ask = r.register_script(_ASK)
         self._answer = r.register_script(_ANSWER)
         self._cancel = r.register_script(_CANCEL)
+        self._announce = r.register_script(_ANNOUNCE)
 
     def create(self, digest: str, fields: dict[str, Any], lifetime_s: int) -> None:
-        """A hidden, `working` record (the web process, before the call is sent)."""
+        """A hidden, `working` record (the web process, before the call is sent): not counted by state until
+        it is announced (a call answered within the hold, or whose first question round is never retried,
+        was never a task)."""
         now = time.time()
         key = keys.task(digest)
         pipe = self._r.pipeline(transaction=True)
         pipe.hset(key, mapping={**fields, "visible": "0", "status": "working", "created": now, "updated": now})
         pipe.expire(key, lifetime_s)
-        pipe.zadd(keys.task_states("working"), {key: now + lifetime_s})
         pipe.execute()
 
-    def announce(self, digest: str) -> dict[str, str]:
-        """Made visible: the client is told its handle now. The record as it is."""
-        key = keys.task(digest)
-        pipe = self._r.pipeline(transaction=True)
-        pipe.hset(key, "visible", "1")
-        pipe.hgetall(key)
-        pipe.pttl(key)
-        _, record, pttl = pipe.execute()
-        return {**_decoded(record), "pttl": str(pttl)}
+    def announce(self, digest: str) -> dict[str, str] | None:
+        """Made visible (and counted): the client is told its handle now. The record as it is, or None if it is
+        gone."""
+        found = self._announce(keys=task_keys(digest), args=[])
+        if not found:
+            return None
+        flat, pttl = found
+        return {**_decoded(dict(zip(flat[::2], flat[1::2], strict=True))), "pttl": str(pttl)}
 
     def discard(self, digest: str) -> None:
         """A call answered synchronously while it might still have become a task: its record goes."""

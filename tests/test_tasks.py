@@ -292,6 +292,11 @@ def test_metrics_and_status_count_tasks_by_state(tasks_stack: Stack, webs: tuple
         a.task("cancel", handle)
         after = counts(http)
         assert after["working"] == before["working"] and after["cancelled"] == before["cancelled"] + 1
+        quick = a.call("slow_compute", {"seconds": 0})["result"]  # answered within the hold (unless slow)
+        asked = a.call("test_tool_with_task")["result"]  # its first question round, never retried
+        time.sleep(0.5)
+        if quick["resultType"] == "complete" and asked["resultType"] == "input_required":
+            assert counts(http) == after  # neither was a task anyone was told of
 
 
 def test_a_task_survives_a_sigkilled_worker(tasks_stack: Stack, webs: tuple[int, int]) -> None:

@@ -45,6 +45,8 @@ def input_required(conversation: Conversation, backend_request: dict[str, Any], 
             del conversation.in_flight[request_id]
             conversation.admission.release_slot(call_id)
             conversation.services.hub.forget(call_id)
+            if waiting.task is not None:  # refused before it became a task
+                TaskStore(conversation.services.redis).discard(digest_of(waiting.task))
             conversation.error(request_id, MISSING_REQUIRED_CLIENT_CAPABILITY,
                                f"Missing required client capability: {needed}",
                                {"requiredCapabilities": {needed: {}}} if needed else None)

@@ -26,7 +26,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from mcp_types import INVALID_PARAMS, MISSING_REQUIRED_CLIENT_CAPABILITY
+from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, MISSING_REQUIRED_CLIENT_CAPABILITY
 
 from broker.calls import QUEUE_GRACE_S, Call, cancel_call
 from broker.config import BrokerSettings
@@ -90,6 +90,9 @@ def announce(conversation: Conversation, waiting: Waiting) -> None:
     conversation.services.hub.forget(call_id)
     conversation.services.sessions.forget(conversation.session_id, [call_id])
     record = TaskStore(conversation.services.redis).announce(digest_of(handle))
+    if record is None:  # its record is gone (Redis lost its data): the call is not a task anyone can follow
+        conversation.error(request_id, INTERNAL_ERROR, "Internal error: the task's record was lost")
+        return
     conversation.respond(request_id, {"resultType": "task", **task_fields(handle, record)})
 
 
