@@ -249,7 +249,8 @@ class AsyncTaskHandle:
         return f"{type(self).__name__}(task_id={self.task_id!r})"
 
     async def status(self) -> TaskStatus:
-        """The task as the broker has it now (one `tasks/get`)."""
+        """The task as the broker has it now (one `tasks/get`); a handle finished at once is `completed`, with
+        its result and an empty `task_id`."""
         if self.task_id is None:
             assert self._result is not None
             return _finished("", self._result)
@@ -306,6 +307,7 @@ class TaskHandle:
         return f"{type(self).__name__}(task_id={self.task_id!r})"
 
     def status(self) -> TaskStatus:
+        """As `AsyncTaskHandle.status`."""
         if self.task_id is None:
             assert self._result is not None
             return _finished("", self._result)
@@ -335,6 +337,7 @@ class TaskHandle:
         self._run(lambda session: update_task(session, task_id, answers))
 
     def cancel(self) -> None:
+        """As `AsyncTaskHandle.cancel`."""
         if self.task_id is not None:
             task_id = self.task_id
             self._run(lambda session: cancel_task(session, task_id))
