@@ -58,6 +58,7 @@ from workers.backends.listing import list_catalog
 from workers.backends.methods import FORWARDED
 from workers.backends.relay import Relay
 from workers.backends.transports import Opening, StderrPump, open_transport, watched
+from workers.backends.upstream_tasks import CALL_CHANNEL, UpstreamTasks
 from workers.streams import Unsendable
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,8 @@ class BackendSession(HangWatch):
             "cache": None,
             "message_handler": self._on_message,
             **Relay(self.channels, spec.settings.timeout_s).callbacks(),  # a backend's requests to the client
+            # a backend's own tasks (modern era only: the SDK declares the extension there and nowhere else)
+            "extensions": [UpstreamTasks(spec.settings.timeout_s)],
         }
         self._secrets = secret_values({**endpoint.env, **endpoint.headers}) + tuple(
             v for v in self.extra_headers.values() if len(v) >= 4)  # a client's forwarded token, too
@@ -341,6 +344,7 @@ class BackendSession(HangWatch):
                 channel.progress(value, total, message)
 
         async def send(client: Client) -> Any:
+            CALL_CHANNEL.set(channel)  # this call's, for a backend's own task's questions (`upstream_tasks`)
             return await forwarded.perform(client, params, meta or None, on_progress if progress and channel else None)
 
         try:
