@@ -114,3 +114,18 @@ def test_a_cancelled_task_cancels_the_backend_task(fm_stack: Stack, marks: Path)
         assert web.task("cancel", handle)["result"]["resultType"] == "complete"
         assert web.until(handle, "cancelled", timeout=5)["status"] == "cancelled"
         assert wait_for(marks / "cancelled-cancel") == upstream_id  # the backend's own task was cancelled
+
+
+def test_a_client_without_the_extension_answers_a_backend_task_question_in_a_round(fm_stack: Stack) -> None:
+    """confirm_delete is a task-only tool of the backend: the worker's task lets a client that declares
+    nothing use it, its question coming back as the modern era's `input_required` round."""
+    with httpx2.Client(timeout=60) as http:
+        web = Web(http, fm_stack.web_ports[0], path=PATH)
+        round_one = web.call("confirm_delete", {"filename": "y.txt"}, tasks=False)["result"]
+        assert round_one["resultType"] == "input_required" and "taskId" not in round_one
+        (key, question), = round_one["inputRequests"].items()
+        assert question["method"] == "elicitation/create"
+        done = web.call("confirm_delete", {"filename": "y.txt"}, tasks=False, requestState=round_one["requestState"],
+                        inputResponses={key: {"action": "accept", "content": {"confirm": False}}})["result"]
+        assert done["resultType"] == "complete"
+        assert done["content"][0]["text"] == "deleted y.txt: accept, confirm=False"
