@@ -19,7 +19,7 @@ help:
 	@echo "make bench      benchmarks"
 	@echo "make chaos      fault scenarios at full size (worker/web/Redis kills, partition, hung backend): lost, duplicated, recovery"
 	@echo "make conformance  the official MCP conformance suites against /servers/conformance/mcp"
-	@echo "make venv       create .venv and install requirements.txt (only when it changed)"
+	@echo "make venv       create .venv and install requirements-test.txt (runtime + test requirements; only when changed)"
 	@echo "make clean      caches; make distclean also removes .venv"
 
 venv deps: $(STAMP)
@@ -42,9 +42,10 @@ $(PY):
 	  $$py -m virtualenv $(VENV); \
 	fi
 
-# Reinstall only when requirements.txt is newer than the stamp: a second `make test` is instant.
-$(STAMP): requirements.txt | $(PY)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+# Reinstall only when a requirements file is newer than the stamp: a second `make test` is instant.
+# requirements.txt is what the broker runs on; requirements-test.txt adds the tests' and tools' own.
+$(STAMP): requirements.txt requirements-test.txt | $(PY)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements-test.txt
 	@touch $(STAMP)
 
 run: deps
