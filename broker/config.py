@@ -47,6 +47,8 @@ class BrokerSettings:
     hang_timeouts: int = 1  # silent call timeouts in a row before a session is probed for a hang; 0 = never
     max_result_bytes: int = 8 * 1024 * 1024  # a bigger result (compact JSON) is answered with an error instead
     tasks: dict[str, str] = field(default_factory=dict)  # tool (or "*") → optional|required|forbidden (SEP-2663)
+    max_result_tokens: dict[str, int] = field(default_factory=dict)  # tool (or "*") → limit of a shaped result
+    result_format: dict[str, str] = field(default_factory=dict)  # tool (or "*") → raw|compact|toon
 
     def task_mode(self, tool: str) -> str:
         """Whether a call of `tool` may (optional), must (required) or never (forbidden) become a task."""

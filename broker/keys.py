@@ -191,3 +191,8 @@ def task(digest: str) -> str:
 def task_states(status: str) -> str:
     """Sorted set: the task keys now in `status` (score: when the task expires), for the gauges."""
     return f"{PREFIX}:tasks:state:{status}"
+
+
+def result_pages(handle: str) -> str:
+    """Hash: a result cut for a model (broker.context.result_pages): its principal, page count and pages."""
+    return f"{PREFIX}:pages:{handle}"

@@ -27,6 +27,9 @@ NEGOTIATING_MODES = ("legacy", "auto")
 PROTOCOL_MODES = (*NEGOTIATING_MODES, "2026-07-28")
 TASK_MODES = ("optional", "required", "forbidden")  # a tool's task support (the tasks extension)
 ISOLATION_MODES = ("shared", "per_client")  # one warm backend session per worker, or one per client session
+RESULT_FORMATS = ("raw", "compact", "toon")  # JSON text content as the backend wrote it, minified, or TOON
+RESULTS_MODES = ("shaped", "raw")  # results cut and compacted for a model's context, or passed through whole
+MIN_RESULT_TOKENS = 256  # a smaller page would be mostly its note
 HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")  # an HTTP header field name (RFC 9110 token)
 
 
@@ -40,6 +43,32 @@ class CacheTTLs(fields.Dict):
             values=fields.Float(validate=validate.Range(min=0)),
             **kwargs,
         )
+
+
+class PerTool(fields.Field):
+    """A value for every tool of the server (`20000`), or by tool with `*` for the rest (`{"*": 20000,
+    "tail_log": 4000}`); loaded as the map."""
+
+    def __init__(self, value: fields.Field, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._map = fields.Dict(keys=fields.String(validate=validate.Regexp(r"^(\*|[A-Za-z0-9._-]{1,128})$")),
+                                values=value)
+        self._value = value
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict[str, Any]:
+        if isinstance(value, dict):
+            return self._map.deserialize(value, attr, data, **kwargs)  # type: ignore[no-any-return]
+        return {"*": self._value.deserialize(value, attr, data, **kwargs)}
+
+
+def _result_tokens() -> fields.Integer:
+    """0 = never cut; else at least MIN_RESULT_TOKENS."""
+    return fields.Integer(strict=True, validate=lambda n: n == 0 or MIN_RESULT_TOKENS <= n <= 10_000_000
+                          or _raise(f"must be 0 (never cut) or {MIN_RESULT_TOKENS}..10000000"))
+
+
+def _raise(message: str) -> bool:
+    raise ValidationError(message)
 
 
 class BrokerSettingsSchema(Schema):
@@ -66,6 +95,8 @@ class BrokerSettingsSchema(Schema):
                                       validate=validate.Range(min=1024, max=512 * 1024 * 1024))
     tasks = fields.Dict(keys=fields.String(validate=validate.Regexp(r"^(\*|[A-Za-z0-9._-]{1,128})$")),
                         values=fields.String(validate=validate.OneOf(TASK_MODES)), load_default=dict)
+    max_result_tokens = PerTool(_result_tokens(), load_default=dict)  # shaped results (broker.context.shaping)
+    result_format = PerTool(fields.String(validate=validate.OneOf(RESULT_FORMATS)), load_default=dict)
 
 
 class EndpointSchema(Schema):
@@ -312,6 +343,8 @@ class KeyEntrySchema(Schema):
     max_in_flight = fields.Integer(load_default=0, validate=validate.Range(min=0))
     max_connections = fields.Integer(load_default=0, validate=validate.Range(min=0))
     admin = fields.Boolean(load_default=False)
+    results = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(RESULTS_MODES))
+    result_format = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(RESULT_FORMATS))
 
 
 class KeysFileSchema(Schema):

@@ -57,6 +57,8 @@ class Principal:
     max_in_flight: int = 0  # per key, across web processes and transports; 0 = unlimited
     admin: bool = False
     max_connections: int = 0  # open sockets/requests per key, across web processes; 0 = unlimited
+    results: str | None = None  # shaped|raw: how its MCP results come unless the endpoint is asked otherwise
+    result_format: str | None = None  # raw|compact|toon for its shaped results, over the servers' setting
 
     def may(self, server: str, name: str, separator: str = DEFAULT_SEPARATOR) -> bool:
         """Whether the key may use item `name` (a tool or prompt, as its backend names it) of `server`."""
@@ -114,6 +116,8 @@ def _principal(entry: dict[str, Any], index: int) -> Principal:
         max_in_flight=int(entry.get("max_in_flight") or 0),
         max_connections=int(entry.get("max_connections") or 0),
         admin=bool(entry.get("admin", False)),
+        results=entry.get("results"),
+        result_format=entry.get("result_format"),
     )
 
 
