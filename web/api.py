@@ -188,12 +188,21 @@ def post_call() -> tuple[Response, int]:
     if where is not None:
         raise ApiError(400, "invalid_call", wire.describe_surrogate(where))
     loaded = _load(ToolCallRequestSchema(), body, "invalid_call")
-    name, arguments = loaded["tool"], loaded["arguments"] or {}
+    call_id, result = run_call(services, loaded["tool"], loaded["arguments"] or {}, loaded["timeout_s"])
+    return jsonify(result=result, call_id=call_id), 200
+
+
+def run_call(services: BrokerServices, name: str, arguments: dict[str, Any],
+             timeout_s: float | None) -> tuple[str, dict[str, Any]]:
+    """(call id, result) of one call of tool `name`, waited for: admission, route, argument checks, a slot of the
+    key's calls in flight, the durable call through the outbox and the reply hub. Every failure is an `ApiError`
+    or a `Refused` (the view's error handlers answer them). `POST /v1/calls` and `POST /v1/tools/<name>` both
+    run their call here."""
     started = time.perf_counter()
     call_id = uuid.uuid4().hex
     try:
         admission = _admit(services, name)
-        route = _route_when_published(services, name, loaded["timeout_s"])
+        route = _route_when_published(services, name, timeout_s)
         size = wire.encoded_size(arguments)
         if size > services.max_argument_bytes:
             raise ApiError(413, "arguments_too_large", f"arguments of {size} bytes are over the limit of "
@@ -201,7 +210,7 @@ def post_call() -> tuple[Response, int]:
         problem = route.entry.argument_errors(arguments)
         if problem is not None:
             raise ApiError(400, "invalid_arguments", f"invalid arguments for tool {name}: {problem}")
-        timeout = call_timeout(route.spec.settings, loaded["timeout_s"])
+        timeout = call_timeout(route.spec.settings, timeout_s)
         queue_s = float(current_app.config["CALL_QUEUE_S"])
         admission.hold_slot(call_id, queue_s + timeout * 2 + 10)
     except (ApiError, Refused):  # refused before it was queued: counted like a refused call on a socket
@@ -231,7 +240,7 @@ def post_call() -> tuple[Response, int]:
     finally:  # answered, timed out, or the client left (gevent kills this greenlet): the slot is free
         admission.release_slot(call_id)
     if "result" in outcome:
-        return jsonify(result=outcome["result"], call_id=call_id), 200
+        return call_id, outcome["result"]
     error = outcome.get("error") or {}
     code, message = error.get("code"), str(error.get("message", "unknown error"))
     if code == REQUEST_TIMEOUT:
