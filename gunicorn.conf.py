@@ -61,3 +61,6 @@ def when_ready(server):
             "%s only; set keys to serve other machines", where)
     else:
         server.log.info("mcp-broker: API keys required; listening on %s", where)
+# gunicorn >= 25 opens a control socket at ~/.gunicorn/gunicorn.ctl by default: one path for every gunicorn of
+# the user, so a second broker on the host took the first one's. The broker is not operated through gunicornc.
+control_socket_disable = True

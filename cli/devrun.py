@@ -33,14 +33,23 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from broker.config import ConfigError, load_config
 from broker.security import KeysConfigError, load_keyring
+from cli.banner import announce_when_ready
 from cli.procfile import render_processes
+
+if TYPE_CHECKING:
+    from honcho.manager import Manager
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PORT = 8000
+INTERRUPTED = (130, 143)  # honcho's return code after SIGINT / SIGTERM (honcho.manager.SIGNALS)
+# Celery warns at every worker start when it runs as root (a container's default user): in `make run` that
+# was 10 lines per worker of the ~100 that buried the banner. Dev only: a platform's workers keep it.
+WORKER_ENV = {"PYTHONWARNINGS": "ignore:You're running the worker with superuser privileges"}  # Celery's SecurityWarning
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -87,7 +96,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether gunicorn could listen on `host:port` now. SO_REUSEADDR, as gunicorn sets it: a broker just
+    stopped leaves its connections in TIME_WAIT for 60 s, which bar a plain bind but not gunicorn's, and
+    `make run` right after Ctrl-C refused "port in use" for that minute. A live listener still refuses."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -203,18 +216,6 @@ def ensure_redis(url: str | None = None, announce: Callable[[str], object] = pri
         embedded.stop()
 
 
-def _announce_when_listening(port: int, processes: int, stop: threading.Event) -> None:
-    deadline = time.monotonic() + 120
-    while not stop.is_set() and time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            print(
-                f"\n==> mcp-broker is up: ws://127.0.0.1:{port}/mcp  ({processes} processes; Ctrl-C stops all)\n",
-                flush=True,
-            )
-            return
-        stop.wait(0.25)
-
-
 def run(config_path: str | None = None, port: int | None = None) -> int:
     """Run web + one worker per server until Ctrl-C; return the exit code."""
     try:
@@ -249,20 +250,33 @@ def run(config_path: str | None = None, port: int | None = None) -> int:
         )
         manager = Manager()
         for name, cmd in processes.items():
-            manager.add_process(name, cmd, env=dict(env), cwd=str(ROOT))
+            manager.add_process(name, cmd, env=dict(env) if name == "web" else {**env, **WORKER_ENV}, cwd=str(ROOT))
         workers = ", ".join(f"{n} (-c {s.settings.concurrency})" for n, s in config.servers.items())
         print(f"config {config.path}: workers for {workers}", flush=True)
-        print(f"starting web on 127.0.0.1:{port}; the WebSocket endpoint will be ws://127.0.0.1:{port}/mcp", flush=True)
+        print(f"starting web on 127.0.0.1:{port}; the endpoints are listed once every tool is callable", flush=True)
         stop = threading.Event()
         threading.Thread(
-            target=_announce_when_listening, args=(port, len(processes), stop), daemon=True, name="announce"
+            target=announce_when_ready, args=(port, len(processes), config, url, stop), daemon=True, name="announce"
         ).start()
         try:
             manager.loop()
         finally:
             stop.set()
         print("stopped all processes" + ("; stopping the embedded Redis" if url != redis_url() else ""), flush=True)
-        return int(manager.returncode or 0)
+        return exit_code(manager)
+
+
+def exit_code(manager: Manager) -> int:
+    """0 when the run ended because it was asked to (Ctrl-C, SIGTERM) and every process stopped within its
+    grace; honcho's own 130/143 made `make run` end every session with `make: *** [run] Error 130`. A process
+    that had to be SIGKILLed, or one that exited by itself (which stops the others), is a failure."""
+    stopped = {name: p.get("returncode") for name, p in manager._processes.items()}
+    killed = [name for name, rc in stopped.items() if rc == -signal.SIGKILL]
+    if killed:
+        print(f"had to SIGKILL {', '.join(killed)}: it outlived honcho's grace", file=sys.stderr, flush=True)
+    if manager.returncode in INTERRUPTED and not killed:
+        return 0
+    return int(manager.returncode or 0)
 
 
 def command(args: argparse.Namespace) -> int:

@@ -31,18 +31,32 @@ def process_name(server: str) -> str:
     return "worker_" + server.replace("-", "_")
 
 
-def web_command(bind: str, launcher: str = "gunicorn") -> str:
-    return f"{launcher} -k gevent -w 1 --worker-connections 3000 -b {bind} {shlex.quote(WEB_APP)}"
+# `make run` only. The web's grace must end before honcho's SIGKILL, which comes 5 s (honcho's KILL_WAIT)
+# after the first process stops: gunicorn's default 10 s (gunicorn.conf.py) got the web SIGKILLed at every
+# Ctrl-C that left a WebSocket open. Workers are quiet (no banner, warnings only): ~100 lines of Celery
+# banners and INFO per start buried the "up" banner (cli/banner.py says what a newcomer needs instead).
+DEV_WEB_OPTIONS = "--graceful-timeout 3 --log-level warning"
+DEV_WORKER_LOG_LEVEL = "warning"
 
 
-def worker_command(server: str, concurrency: int, node: str, launcher: str = "celery") -> str:
+def web_command(bind: str, launcher: str = "gunicorn", extra: str = "") -> str:
+    """`--no-control-socket`: gunicorn >= 25 opens a control socket at ~/.gunicorn/gunicorn.ctl by default,
+    one path for every gunicorn of the user, so two brokers on a host (or two `make run`) took each other's;
+    the broker needs none (gunicornc is not how it is operated)."""
+    options = f"-k gevent -w 1 --worker-connections 3000 --no-control-socket {extra}".strip()
+    return f"{launcher} {options} -b {bind} {shlex.quote(WEB_APP)}"
+
+
+def worker_command(server: str, concurrency: int, node: str, launcher: str = "celery", log_level: str = "info",
+                   quiet: bool = False) -> str:
+    """`quiet`: Celery's global `-q` (before the subcommand), which leaves out the startup banner."""
     return (
-        f"{launcher} -A workers.app worker -Q {shlex.quote('mcp.' + server)} -P threads -c {int(concurrency)}"
-        f" -n {node} --without-gossip --without-mingle -l info"
+        f"{launcher}{' -q' if quiet else ''} -A workers.app worker -Q {shlex.quote('mcp.' + server)} -P threads"
+        f" -c {int(concurrency)} -n {node} --without-gossip --without-mingle -l {log_level}"
     )
 
 
-def _processes(config: BrokerConfig, web: str, node_suffix: str, celery: str) -> dict[str, str]:
+def _processes(config: BrokerConfig, web: str, node_suffix: str, celery: str, dev: bool = False) -> dict[str, str]:
     processes = {"web": web}
     for name, spec in config.servers.items():
         key = process_name(name)
@@ -50,7 +64,8 @@ def _processes(config: BrokerConfig, web: str, node_suffix: str, celery: str) ->
             raise ConfigError(f"servers {name!r} and another one both map to the process name {key!r}; rename one")
         # `%h` is Celery's host name; the suffix keeps node names unique per copy.
         node = f"{name}.{node_suffix}@%h"
-        processes[key] = worker_command(name, spec.settings.concurrency, node, celery)
+        processes[key] = worker_command(name, spec.settings.concurrency, node, celery,
+                                        DEV_WORKER_LOG_LEVEL if dev else "info", quiet=dev)
     return processes
 
 
@@ -68,8 +83,8 @@ def render_procfile(config: BrokerConfig) -> str:
 def render_processes(config: BrokerConfig, port: int, python: str | None = None) -> dict[str, str]:
     """Commands for a local run: web on 127.0.0.1:`port`, workers with this interpreter."""
     py = shlex.quote(python or sys.executable)
-    web = web_command(f"127.0.0.1:{int(port)}", f"{py} -m gunicorn")
-    return _processes(config, web, str(int(port)), f"{py} -m celery")
+    web = web_command(f"127.0.0.1:{int(port)}", f"{py} -m gunicorn", DEV_WEB_OPTIONS)
+    return _processes(config, web, str(int(port)), f"{py} -m celery", dev=True)
 
 
 def command(args: argparse.Namespace) -> int:

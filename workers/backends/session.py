@@ -358,7 +358,13 @@ class BackendSession(HangWatch):
         generation = self.generation
 
         async def send(client: Client) -> Any:
-            return await client.send_ping()
+            # `Client.send_ping` warns MCPDeprecationWarning whatever was negotiated (once per worker in
+            # every `make run`): a handshake-era session pings through its session, a modern-era one, where
+            # ping is gone, asks `server/discover` again (the session's `discover()` would answer from memory).
+            session = client.session
+            if session.initialize_result is None:
+                return await session.send_discover(client.protocol_version)
+            return await session.send_ping()
 
         try:
             await self._guarded(send, timeout, slotted=False)
