@@ -47,8 +47,8 @@ if TYPE_CHECKING:
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PORT = 8000
 INTERRUPTED = (130, 143)  # honcho's return code after SIGINT / SIGTERM (honcho.manager.SIGNALS)
-# Celery warns (SecurityWarning) at every worker start when it runs as root (a container's default user): in `make run` that
-# was 10 lines per worker of the ~100 that buried the banner. Dev only: a platform's workers keep it.
+# Celery warns (SecurityWarning) at every worker start when it runs as root (a container's default user): in
+# `make run` that was 10 lines per worker of the ~100 that buried the banner. Dev only: a platform's keep it.
 WORKER_ENV = {"PYTHONWARNINGS": "ignore:You're running the worker with superuser privileges"}
 ROOT = Path(__file__).resolve().parent.parent
 
