@@ -18,7 +18,8 @@ from typing import Any
 
 from marshmallow import ValidationError
 
-from broker.schemas import ConfigFileSchema
+from broker.context.names import RESERVED_SERVER
+from broker.schemas import CATALOG_MODES, ConfigFileSchema
 
 DEFAULT_CONFIG = "mcp_servers.json"
 DEFAULT_SEPARATOR = "__"
@@ -49,6 +50,8 @@ class BrokerSettings:
     tasks: dict[str, str] = field(default_factory=dict)  # tool (or "*") → optional|required|forbidden (SEP-2663)
     max_result_tokens: dict[str, int] = field(default_factory=dict)  # tool (or "*") → limit of a shaped result
     result_format: dict[str, str] = field(default_factory=dict)  # tool (or "*") → raw|compact|toon
+    defer: bool = False  # kept out of tools/list (found by broker__search_tools): broker.context.modes
+    pin: tuple[str, ...] = ()  # globs of tools listed in either catalog mode
 
     def task_mode(self, tool: str) -> str:
         """Whether a call of `tool` may (optional), must (required) or never (forbidden) become a task."""
@@ -175,6 +178,7 @@ class BrokerConfig:
     servers: dict[str, ServerSpec]
     path: str = ""
     separator: str = DEFAULT_SEPARATOR
+    catalog_mode: str = "full"  # the top-level `"broker": {"tools": ...}`: full or search (broker.context.modes)
 
     def server(self, name: str) -> ServerSpec:
         return self.servers[name]
@@ -208,8 +212,14 @@ def parse_config(data: Any, source: str = "<config>") -> BrokerConfig:
         pretty = [d.replace("mcpServers.", "server ", 1).replace(".value.", ": field ", 1) for d in details]
         raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(pretty)) from None
     separator = str(loaded["broker"].get("separator", DEFAULT_SEPARATOR))
+    catalog_mode = loaded["broker"].get("tools", "full")
+    if catalog_mode not in CATALOG_MODES:
+        raise ConfigError(f"{source}: broker.tools: must be one of {', '.join(CATALOG_MODES)}, not {catalog_mode!r}")
     servers: dict[str, ServerSpec] = {}
     for name, entry in loaded["mcpServers"].items():
+        if name == RESERVED_SERVER:
+            raise ConfigError(f"{source}: server {name}: the name {RESERVED_SERVER!r} is reserved for the broker's "
+                              f"own tools ({RESERVED_SERVER}{separator}search_tools)")
         if separator in name:
             raise ConfigError(f"{source}: server {name}: the name must not contain the separator {separator!r}")
         if (name + separator).find(separator) != len(name):
@@ -218,7 +228,8 @@ def parse_config(data: Any, source: str = "<config>") -> BrokerConfig:
             raise ConfigError(f"{source}: server {name}: the name must not end with the start of the separator "
                               f"{separator!r} (where its name ends in '{name}{separator}<tool>' is ambiguous)")
         settings = BrokerSettings(**{**entry["broker"],
-                                     "forward_headers": tuple(entry["broker"]["forward_headers"])})
+                                     "forward_headers": tuple(entry["broker"]["forward_headers"]),
+                                     "pin": tuple(entry["broker"]["pin"])})
         replicas = tuple(
             Endpoint(r.get("command"), tuple(r["args"]), dict(r["env"]), r["cwd"], r.get("url"), dict(r["headers"]))
             for r in entry.get("replicas") or ()
@@ -234,7 +245,7 @@ def parse_config(data: Any, source: str = "<config>") -> BrokerConfig:
             settings=settings,
             replicas=replicas,
         )
-    return BrokerConfig(servers=servers, path=source, separator=separator)
+    return BrokerConfig(servers=servers, path=source, separator=separator, catalog_mode=catalog_mode)
 
 
 def read_config_document(path: str | os.PathLike[str] | None = None) -> tuple[str, Any]:

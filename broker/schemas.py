@@ -26,6 +26,7 @@ TOOL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 NEGOTIATING_MODES = ("legacy", "auto")
 PROTOCOL_MODES = (*NEGOTIATING_MODES, "2026-07-28")
 TASK_MODES = ("optional", "required", "forbidden")  # a tool's task support (the tasks extension)
+CATALOG_MODES = ("full", "search")  # what tools/list shows (broker.context.modes)
 ISOLATION_MODES = ("shared", "per_client")  # one warm backend session per worker, or one per client session
 RESULT_FORMATS = ("raw", "compact", "toon")  # JSON text content as the backend wrote it, minified, or TOON
 RESULTS_MODES = ("shaped", "raw")  # results cut and compacted for a model's context, or passed through whole
@@ -97,6 +98,8 @@ class BrokerSettingsSchema(Schema):
                         values=fields.String(validate=validate.OneOf(TASK_MODES)), load_default=dict)
     max_result_tokens = PerTool(_result_tokens(), load_default=dict)  # shaped results (broker.context.shaping)
     result_format = PerTool(fields.String(validate=validate.OneOf(RESULT_FORMATS)), load_default=dict)
+    defer = fields.Boolean(load_default=False)  # tools/list leaves the server out; search finds it
+    pin = fields.List(fields.String(validate=validate.Length(min=1, max=128)), load_default=list)
 
 
 class EndpointSchema(Schema):
@@ -345,6 +348,8 @@ class KeyEntrySchema(Schema):
     admin = fields.Boolean(load_default=False)
     results = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(RESULTS_MODES))
     result_format = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(RESULT_FORMATS))
+    tools = fields.String(load_default=None, validate=validate.OneOf(CATALOG_MODES))  # the key's catalog mode
+    pin = fields.List(fields.String(validate=validate.Length(min=1, max=200)), load_default=list)
 
 
 class KeysFileSchema(Schema):

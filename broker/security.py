@@ -59,6 +59,8 @@ class Principal:
     max_connections: int = 0  # open sockets/requests per key, across web processes; 0 = unlimited
     results: str | None = None  # shaped|raw: how its MCP results come unless the endpoint is asked otherwise
     result_format: str | None = None  # raw|compact|toon for its shaped results, over the servers' setting
+    catalog_mode: str | None = None  # the key's `tools` setting: full or search (broker.context.modes)
+    pin: tuple[str, ...] = ()  # allow-style patterns of tools listed in either catalog mode
 
     def may(self, server: str, name: str, separator: str = DEFAULT_SEPARATOR) -> bool:
         """Whether the key may use item `name` (a tool or prompt, as its backend names it) of `server`."""
@@ -118,6 +120,8 @@ def _principal(entry: dict[str, Any], index: int) -> Principal:
         admin=bool(entry.get("admin", False)),
         results=entry.get("results"),
         result_format=entry.get("result_format"),
+        catalog_mode=entry.get("tools"),
+        pin=tuple(entry.get("pin") or ()),
     )
 
 

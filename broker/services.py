@@ -19,6 +19,7 @@ from broker import keys
 from broker.cache import ResultCache
 from broker.catalog import Catalog
 from broker.config import BrokerConfig
+from broker.context.keeper import IndexKeeper
 from broker.leases import LeaseKeeper
 from broker.outbox import Outbox
 from broker.replies import ReplyHub
@@ -61,6 +62,7 @@ class BrokerServices:
     _last_catalog_request: float = 0.0
     _request_state: RequestStateSeal | None = None
     connections: weakref.WeakSet[Listener] = field(default_factory=weakref.WeakSet)
+    tool_index: IndexKeeper = field(default_factory=IndexKeeper)  # broker__search_tools (broker.context)
 
     def __post_init__(self) -> None:
         # A backend's resources/updated reaches every web process; each tells its own subscribed clients.
@@ -111,6 +113,7 @@ class BrokerServices:
     def on_catalog_changed(self) -> None:
         """A backend's offer changed: reload (clients hear of what moved through `_lists_changed`)."""
         self.catalog.ensure_fresh(force=True)
+        self.tool_index.refresh(self.catalog)  # searchable at once, not after the next search's rebuild
 
     def _lists_changed(self, attributes: set[str]) -> None:
         """Tell every connected client which lists moved, off the caller's thread (a request or the hub's

@@ -98,6 +98,7 @@ class Conversation:
         self._touched = time.monotonic()
         self.client_headers: dict[str, str] = {}  # the transport's request headers (lower-case names), for
         # servers that pass some on (`broker.forward_headers`); set by the transport
+        self.catalog_mode: str | None = None  # the endpoint's `?tools=` (broker.context.modes); set by the transport
         self.expired = False  # the session expired or was deleted while this transport was open: it ends
         if resume is not None:
             self._restore(resume)
@@ -265,6 +266,7 @@ class Conversation:
             return
         exchange = Conversation.for_modern_request(self.services, self._emit, route, message["params"]["_meta"],
                                                    self.scope, self.principal, self.client_headers)
+        exchange.catalog_mode = self.catalog_mode
         if isinstance(message["id"], (str, int)):
             self._modern_requests[message["id"]] = exchange  # alive while in flight: its callbacks hold it
         exchange.handle_message(message)

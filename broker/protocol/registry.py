@@ -20,6 +20,7 @@ from marshmallow import Schema
 from mcp_types.methods import INPUT_REQUIRED_METHODS
 
 from broker.admission import Admission
+from broker.context import tools as broker_tools
 from broker.protocol.era import ERAS, MODERN, sdk_eras
 from broker.protocol.framing import load_params
 from broker.protocol.handlers import forward, lifecycle, subscriptions, tasks
@@ -80,7 +81,7 @@ METHODS: dict[str, MethodSpec] = {spec.method: spec for spec in (
     MethodSpec("initialize", lifecycle.initialize, InitializeParamsSchema()),
     MethodSpec("ping", lifecycle.ping),
     *(_list(method) for method in LISTS),
-    MethodSpec("tools/call", forward.tools_call, CallToolParamsSchema(), forwarded=True,
+    MethodSpec("tools/call", broker_tools.tools_call, CallToolParamsSchema(), forwarded=True,
                capability={"tools": {}}),
     MethodSpec("resources/read", forward.resources_read, _uri, forwarded=True, capability={"resources": {}}),
     MethodSpec("prompts/get", forward.prompts_get, GetPromptParamsSchema(), forwarded=True,

@@ -4,6 +4,7 @@
 - Origin and Host: checked app-wide, before any transport sees a request (`web/origin.py`, registered
   ahead of every route in `web/app.py`: a foreign Origin on an MCP endpoint or a WebSocket handshake is
   refused there with 403). A transport does not check them again.
+- The catalog mode a URL asks for (`?tools=full|search`, `requested_catalog_mode`); a bad value is a 400.
 - Which paths are MCP endpoints (`is_mcp_path`): their errors are JSON-RPC errors, elsewhere the API's.
 - JSON-RPC error answers: the broker's one builder (`RPCError`, broker/rpc_error.py) as an HTTP
   response (`rpc_error_response`); the error for an unreachable Redis is `broker.outage.unavailable_error`.
@@ -27,12 +28,14 @@ from mcp_types import INVALID_REQUEST, PARSE_ERROR
 from broker import wire
 from broker.metrics import RECORDER
 from broker.protocol import RPCError, dumps
+from broker.schemas import CATALOG_MODES
 
 MCP_RULES = ("/mcp", "/servers/<scope>/mcp")  # every transport mounts these two (all servers, one server)
 SESSION_HEADER = "Mcp-Session-Id"  # as we write it (the SDK's MCP_SESSION_ID_HEADER is its lower-case name)
 SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
 KEEPALIVE_S = 15.0  # an idle event stream sends a comment this often (proxies close silent connections)
 KEEPALIVE_EVENT = ": keepalive\n\n"
+CATALOG_MODE_PARAM = "tools"  # `/mcp?tools=search`: the endpoint's catalog mode
 
 
 def is_mcp_path(path: str) -> bool:
@@ -41,6 +44,19 @@ def is_mcp_path(path: str) -> bool:
 
 def is_websocket_upgrade() -> bool:
     return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+def requested_catalog_mode() -> str | None:
+    """The endpoint's `?tools=full|search` (broker.context.modes), or None when the URL does not say."""
+    return request.args.get(CATALOG_MODE_PARAM) or None
+
+
+def catalog_mode_problem() -> str | None:
+    """What is wrong with the URL's `?tools=`, or None (checked before anything else is done)."""
+    mode = requested_catalog_mode()
+    if mode is None or mode in CATALOG_MODES:
+        return None
+    return f"Bad Request: ?{CATALOG_MODE_PARAM}= must be one of {', '.join(CATALOG_MODES)}, not {mode[:40]!r}"
 
 
 def client_headers() -> dict[str, str]:

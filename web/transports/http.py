@@ -24,7 +24,7 @@ from broker.outage import is_redis_down, unavailable_error
 from broker.protocol import HANDSHAKE, MODERN, Era, RPCError, era_of_http_request
 from web.errors import error_response
 from web.services import current_services
-from web.transports.common import MCP_RULES, rpc_error_response
+from web.transports.common import MCP_RULES, catalog_mode_problem, rpc_error_response
 from web.transports.http_handshake import HandshakeEndpoint
 from web.transports.http_modern import ModernEndpoint
 
@@ -50,6 +50,9 @@ class HttpRoutes:
         def handle(scope: str | None = None) -> Response:
             if scope is not None and scope not in current_services().config.servers:
                 return rpc_error_response(404, RPCError(INVALID_REQUEST, f"Unknown server {scope!r}"))
+            problem = catalog_mode_problem()
+            if problem is not None:
+                return rpc_error_response(400, RPCError(INVALID_REQUEST, problem))
             endpoint = self.eras[era_of_http_request(request.headers)]
             return getattr(endpoint, method)(scope)  # type: ignore[no-any-return]
 

@@ -45,6 +45,7 @@ from web.transports.common import (
     client_headers,
     open_socket,
     read_json_post,
+    requested_catalog_mode,
     rpc_error_response,
     sse_event,
     sse_response,
@@ -221,6 +222,7 @@ class HandshakeEndpoint:
         if isinstance(session, Response):
             return session
         session.conversation.client_headers = client_headers()
+        session.conversation.catalog_mode = requested_catalog_mode()
         requests = [m for m in messages if "method" in m and "id" in m]
         if not requests:
             for message in messages:

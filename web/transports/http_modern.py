@@ -43,6 +43,7 @@ from web.transports.common import (
     client_headers,
     open_socket,
     read_json_post,
+    requested_catalog_mode,
     rpc_error_response,
     sse_event,
     sse_response,
@@ -122,6 +123,7 @@ class ModernEndpoint:
         conversation = Conversation.for_modern_request(services, lambda message, _related=None: answers.put(message),
                                                        verdict, meta if isinstance(meta, dict) else {}, scope,
                                                        current_principal(), headers)
+        conversation.catalog_mode = requested_catalog_mode()
         conversation.handle_message(body)
 
         def is_answer(message: dict[str, Any]) -> bool:

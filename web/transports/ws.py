@@ -40,9 +40,11 @@ from web.services import current_services
 from web.transports.common import (
     MCP_RULES,
     SESSION_HEADER,
+    catalog_mode_problem,
     client_headers,
     is_websocket_upgrade,
     open_socket,
+    requested_catalog_mode,
 )
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,9 @@ def register_websocket(app: Flask, sock: Sock) -> None:
         scope = (request.view_args or {}).get("scope")
         if scope is not None and scope not in services.config.servers:
             return api_error(404, "unknown_server", f"Unknown server {scope!r}")
+        problem = catalog_mode_problem()
+        if problem is not None:
+            return api_error(400, "invalid_catalog_mode", problem)
         wanted = requested_session(request.environ)
         if wanted is None:
             # Touch Redis before the 101: an outage is answered 503 JSON here, not after the upgrade.
@@ -133,6 +138,7 @@ def register_websocket(app: Flask, sock: Sock) -> None:
             _refuse_after_upgrade(ws, err)
             return
         connection.client_headers = client_headers()
+        connection.catalog_mode = requested_catalog_mode()
         with open_socket("ws"):
             try:
                 if state is not None:

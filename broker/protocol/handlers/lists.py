@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 from mcp_types import INVALID_PARAMS
 
 from broker.catalog import CursorError
+from broker.context.modes import listed_backend_tools
+from broker.context.tools import listed_broker_tools
 from broker.protocol.framing import RPCError
 
 if TYPE_CHECKING:
@@ -32,8 +34,11 @@ def list_items(method: str, conversation: Conversation, _id: Any, params: dict[s
     catalog = services.catalog
     catalog.ensure_fresh()
     services.request_missing_catalogs()
-    items = catalog.server_items(attribute, scope) if scope else getattr(catalog, attribute)
-    items = [item for item in items if conversation.admission.visible(attribute, item)]
+    if attribute == "tools":  # the catalog mode's choice (broker.context.modes), the broker's own tools first
+        items = listed_broker_tools(conversation) + listed_backend_tools(conversation)
+    else:
+        items = catalog.server_items(attribute, scope) if scope else getattr(catalog, attribute)
+        items = [item for item in items if conversation.admission.visible(attribute, item)]
     try:
         page = catalog.page(items, params["cursor"], services.page_size)
     except CursorError as err:
