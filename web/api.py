@@ -19,9 +19,7 @@ import logging
 import os
 import select
 import socket
-import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -30,10 +28,10 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from marshmallow import Schema, ValidationError
 from mcp.server.streamable_http import REQUEST_CANCELLED
 from mcp_types import INVALID_PARAMS, REQUEST_TIMEOUT
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 
 from broker import observe, wire
-from broker.admission import Admission, Refused
+from broker.admission import Refused
 from broker.batch_input import decode_body, prepare_batch
 from broker.batches import (
     BatchError,
@@ -45,9 +43,7 @@ from broker.batches import (
     iter_results,
     submit_batch,
 )
-from broker.calls import Call, call_timeout, cancel_call
 from broker.outage import TAG_CHARS, is_redis_down
-from broker.router import Route, UnknownTool
 from broker.schemas import (
     BatchResultsQuerySchema,
     BatchSubmitQuerySchema,
@@ -56,8 +52,10 @@ from broker.schemas import (
 )
 from broker.services import BrokerServices
 from web.auth import current_principal
+from web.call_path import ApiError, admit, await_call, queue_call, read_body
 from web.errors import api_error, error_response, redis_unavailable, refused_response
 from web.services import current_services
+from web.toolcalls import call_format, run_tool_calls
 from workers.dispatch import submit_calls
 
 log = logging.getLogger(__name__)
@@ -71,14 +69,6 @@ BatchRead = Callable[[redis.Redis, str, BatchSettings], dict[str, Any] | None]  
 api = Blueprint("api", __name__, url_prefix=PREFIX)
 
 
-class ApiError(Exception):
-    """An error answer: HTTP status, a stable machine-readable code and a message naming the problem."""
-
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.extra = status, code, message, extra
-
-
 # ---------------------------------------------------------------- helpers
 def _settings() -> BatchSettings:
     return current_app.config["BATCH_SETTINGS"]  # type: ignore[no-any-return]
@@ -89,40 +79,6 @@ def _load(schema: Schema, data: Any, code: str, where: str = "") -> dict[str, An
         return schema.load(data)  # type: ignore[no-any-return]
     except ValidationError as err:
         raise ApiError(400, code, f"{where}{first_error(err)}") from None
-
-
-def _read_body(limit: int, code: str) -> bytes:
-    """The request body, refused (413, connection closed) as soon as it is known to exceed `limit`: a
-    declared Content-Length is checked before reading anything, a chunked body while it is read.
-    `limit` replaces the app-wide MAX_CONTENT_LENGTH (sized for MCP messages) for this request."""
-    request.max_content_length = limit
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise ApiError(413, code, f"the body is {declared} bytes; the limit is {limit}")
-    parts: list[bytes] = []
-    size = 0
-    try:
-        while True:
-            part = request.stream.read(min(1 << 20, limit + 1 - size))
-            if not part:
-                break
-            parts.append(part)
-            size += len(part)
-            if size > limit:
-                raise RequestEntityTooLarge()
-    except RequestEntityTooLarge:
-        raise ApiError(413, code, f"the body is over the limit of {limit} bytes") from None
-    return b"".join(parts)
-
-
-def _admit(services: BrokerServices, tool: str | None = None) -> Admission:
-    """The caller (authenticated by `web.auth` before any view runs): may it use `tool`, and is it within
-    its rate? One token per request: a batch counts once, its calls are paced by the workers."""
-    admission = Admission(services, current_principal())
-    if tool is not None:
-        admission.check("tool", tool)
-    admission.take_rate("requests")
-    return admission
 
 
 def _batch_urls(batch_id: str) -> dict[str, str]:
@@ -159,27 +115,12 @@ def _own_batch(services: BrokerServices, batch_id: str, read: BatchRead) -> dict
 
 
 # ---------------------------------------------------------------- one call
-def _route_when_published(services: BrokerServices, name: str, timeout_s: float | None) -> Route:
-    """The tool's route; a tool of a configured server whose catalog is not published yet (its worker is
-    still starting) is waited for, up to the call's own time limit, instead of refused at once."""
-    for waited in (False, True):
-        try:
-            return services.router.route_tool(name)
-        except UnknownTool as err:
-            services.request_missing_catalogs()
-            server = services.router.unpublished_server(name)
-            if waited or server is None or services.router.broken_reason(server):
-                raise ApiError(400, "unknown_tool", str(err)) from None
-            services.catalog.wait_published(server, call_timeout(services.config.server(server).settings,
-                                                                 timeout_s))
-    raise AssertionError("unreachable")
-
-
 @api.post("/calls")
 def post_call() -> tuple[Response, int]:
-    """Run one call and answer with its outcome: the caller holds the HTTP request instead of a socket."""
+    """Run one call and answer with its outcome: the caller holds the HTTP request instead of a socket.
+    A model's tool calls in an LLM API's shape (`?format=`, or recognized) go to `web.toolcalls`."""
     services = current_services()
-    data = _read_body(services.max_frame_bytes, "request_too_large")
+    data = read_body(services.max_frame_bytes, "request_too_large")
     try:
         body = wire.loads(data)
     except (ValueError, RecursionError) as err:
@@ -187,6 +128,9 @@ def post_call() -> tuple[Response, int]:
     where = wire.lone_surrogate(body)
     if where is not None:
         raise ApiError(400, "invalid_call", wire.describe_surrogate(where))
+    shape = call_format(body, request.args.get("format"))
+    if shape is not None:
+        return run_tool_calls(services, body, shape)
     loaded = _load(ToolCallRequestSchema(), body, "invalid_call")
     call_id, result = run_call(services, loaded["tool"], loaded["arguments"] or {}, loaded["timeout_s"])
     return jsonify(result=result, call_id=call_id), 200
@@ -199,48 +143,16 @@ def run_call(services: BrokerServices, name: str, arguments: dict[str, Any],
     or a `Refused` (the view's error handlers answer them). `POST /v1/calls` and `POST /v1/tools/<name>` both
     run their call here."""
     started = time.perf_counter()
-    call_id = uuid.uuid4().hex
     try:
-        admission = _admit(services, name)
-        route = _route_when_published(services, name, timeout_s)
-        size = wire.encoded_size(arguments)
-        if size > services.max_argument_bytes:
-            raise ApiError(413, "arguments_too_large", f"arguments of {size} bytes are over the limit of "
-                           f"{services.max_argument_bytes} bytes (MCP_BROKER_MAX_ARGUMENT_BYTES)")
-        problem = route.entry.argument_errors(arguments)
-        if problem is not None:
-            raise ApiError(400, "invalid_arguments", f"invalid arguments for tool {name}: {problem}")
-        timeout = call_timeout(route.spec.settings, timeout_s)
-        queue_s = float(current_app.config["CALL_QUEUE_S"])
-        admission.hold_slot(call_id, queue_s + timeout * 2 + 10)
-    except (ApiError, Refused):  # refused before it was queued: counted like a refused call on a socket
+        admission = admit(services, name)
+    except Refused:
         server, tool = observe.tool_labels(services.catalog, name)
         observe.web_immediate(server, tool, "rejected", time.perf_counter() - started, None, current_principal().id)
         raise
-
-    call = Call(call_id, route.entry.server, tool=route.entry.tool, arguments=arguments,
-                reply_to=services.hub.channel, timeout_s=timeout, expires_at=time.time() + queue_s,
-                key=current_principal().id).to_message()
-    answered = threading.Event()  # gevent-patched under gunicorn: waiting costs a greenlet, not a thread
-    outcome: dict[str, Any] = {}
-
-    def on_outcome(message: dict[str, Any]) -> None:
-        outcome.update(message)
-        answered.set()
-
-    services.hub.start()
-    wait_s = queue_s + timeout + 5  # the hub answers with a timeout error itself once this passes
-    services.hub.expect(call_id, on_outcome, None, wait_s, call)
-    try:
-        services.outbox.put(route.queue, call)
-        if not answered.wait(wait_s + 5):
-            services.hub.forget(call_id)
-            cancel_call(services.redis, call_id)
-            raise ApiError(504, "timeout", f"no answer from server {route.entry.server!r} within {wait_s:g}s")
-    finally:  # answered, timed out, or the client left (gevent kills this greenlet): the slot is free
-        admission.release_slot(call_id)
+    pending = queue_call(services, admission, name, arguments, timeout_s)
+    outcome = await_call(services, pending)
     if "result" in outcome:
-        return call_id, outcome["result"]
+        return pending.call_id, outcome["result"]
     error = outcome.get("error") or {}
     code, message = error.get("code"), str(error.get("message", "unknown error"))
     if code == REQUEST_TIMEOUT:
@@ -258,9 +170,9 @@ def post_batch() -> tuple[Response, int, dict[str, str]]:
     """Check the whole batch, then queue it; 202 with where to follow it. On any problem nothing is queued."""
     settings = _settings()
     query = _load(BatchSubmitQuerySchema(), request.args, "invalid_batch", "query string: ")
-    data = _read_body(settings.max_bytes, "batch_too_large")
+    data = read_body(settings.max_bytes, "batch_too_large")
     services = current_services()
-    admission = _admit(services)
+    admission = admit(services)
     started = time.perf_counter()
     try:
         raw = decode_body(data, request.mimetype, settings)

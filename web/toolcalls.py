@@ -1,0 +1,84 @@
+"""`POST /v1/calls` with a model's tool calls in an LLM API's shape, answered in that API's shape.
+
+A chat completion, an Anthropic message, a Gemini response (see `broker.translate.call_formats`) is read
+into tool calls; each call's function name is mapped back to the MCP tool it stands for among the tools the
+caller may see (`broker.translate.names.resolve`: a name the caller could not have been shown resolves to
+nothing), and every call then takes the native path (`web.call_path`: admission, allow-lists, argument checks,
+time limits, workers, cache). All are queued before any is awaited, so a message's calls run side by side.
+A call that cannot run is answered as a tool error in the provider's shape: the answer always has one entry
+per tool call, in the model's order, which is what each API requires of the next request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, jsonify
+
+from broker.admission import Admission, Refused
+from broker.services import BrokerServices
+from broker.translate.call_formats import UnknownShape, find_format
+from broker.translate.names import resolve
+from broker.translate.toolcalls import CallFormat, ShapeError, ToolCall, render
+from web.call_path import ApiError, PendingCall, admit, await_call, queue_call
+
+
+def call_format(body: Any, named: str | None) -> CallFormat | None:
+    """The provider format of a `/v1/calls` body (None: a native call); 400 for an unknown or ambiguous one."""
+    try:
+        return find_format(body, named)
+    except UnknownShape as err:
+        raise ApiError(400, "invalid_call", str(err)) from None
+
+
+def visible_tools(services: BrokerServices, admission: Admission) -> list[str]:
+    """The MCP names of the tools the caller may see: what a provider name may resolve to."""
+    services.catalog.ensure_fresh()
+    return [t["name"] for t in services.catalog.tools if admission.visible("tools", t)]
+
+
+def resolve_calls(calls: list[ToolCall], visible: list[str], shape: CallFormat) -> None:
+    """Set each runnable call's MCP tool, or its problem when no visible tool has its name."""
+    for call in calls:
+        if call.problem is None:
+            call.tool = resolve(call.name, visible, shape.provider)
+            if call.tool is None:
+                call.problem = (f"unknown tool {call.name!r}: no tool this key may use has that "
+                                f"{shape.provider} name (GET /v1/tools?format={shape.provider} lists them)")
+
+
+def read_calls(body: Any, shape: CallFormat) -> list[ToolCall]:
+    try:
+        return shape.read(body)
+    except ShapeError as err:
+        raise ApiError(400, "invalid_call", f"not a valid {shape.name} tool call body: {err}") from None
+
+
+def _problem_of(err: ApiError | Refused) -> str:
+    return err.message if isinstance(err, ApiError) else str(err)
+
+
+def run_tool_calls(services: BrokerServices, body: Any, shape: CallFormat) -> tuple[Response, int]:
+    """Run every tool call of `body` and answer with the provider's next message (one rate token for all)."""
+    calls = read_calls(body, shape)
+    admission = admit(services)
+    resolve_calls(calls, visible_tools(services, admission), shape)
+    pending: list[PendingCall | None] = []
+    for call in calls:
+        started: PendingCall | None = None
+        if call.problem is None and call.tool is not None:
+            try:
+                started = queue_call(services, admission, call.tool, call.arguments or {}, None)
+            except (ApiError, Refused) as err:
+                call.problem = _problem_of(err)
+        pending.append(started)
+    answers = []
+    for call, waiting in zip(calls, pending, strict=True):
+        outcome: dict[str, Any] | None = None
+        if waiting is not None:
+            try:
+                outcome = await_call(services, waiting)
+            except ApiError as err:
+                call.problem = err.message
+        answers.append(shape.answer(call, render(outcome, call.problem)))
+    return jsonify({"format": shape.name, **shape.reply(answers)}), 200
