@@ -147,3 +147,12 @@ def test_bad_bodies_are_400(broker: str) -> None:
         status, answer = http(broker, "POST", path, body)
         assert status == 400, (path, body, answer)
         assert answer["error"]["code"] == "invalid_call" and answer["error"]["message"]
+
+
+def test_native_calls_still_take_their_own_path(broker: str) -> None:
+    status, body = http(broker, "POST", "/v1/calls", {"tool": "echo__echo", "arguments": {"text": "native"}})
+    assert status == 200 and body["result"]["content"][0]["text"] == "native", body
+    status, body = http(broker, "POST", "/v1/calls", {"tool": "echo__add", "arguments": {"a": 1, "b": 2}}, key="narrow")
+    assert status == 403 and body["error"]["code"] == "forbidden", body
+    status, body = http(broker, "POST", "/v1/calls", {"tool": "echo__add", "arguments": {"a": "x", "b": 2}})
+    assert status == 400 and body["error"]["code"] == "invalid_arguments", body
