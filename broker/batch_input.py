@@ -163,12 +163,15 @@ def prepare_batch(
     may: Callable[[str], bool] | None = None,
     cooperate: Callable[[], None] = cooperate_now,
     epoch: str = "",
+    skip: Callable[[int, str], None] | None = None,
 ) -> PreparedBatch:
     """Check every call (schema, tool exists and `may` be used by the caller, arguments fit the tool's input
     schema, ids unique) and build the queue payloads; raise `BatchError` listing the problems if any call is
     bad, so nothing is queued (code `forbidden` if a tool is not allowed, else `invalid_batch`).
     The batch id begins with `epoch`, the tag of Redis's state (`broker.outage`): a batch Redis lost in a
-    restart without persistence is then told from one that never existed."""
+    restart without persistence is then told from one that never existed.
+    With `skip`, a bad call does not fail the batch: `skip(index, problem)` is told, and the call is left out
+    (the translator answers it as a tool error in the model's API shape, `web.toolcall_batches`)."""
     if not raw.calls:
         raise BatchError("invalid_batch", "the batch has no calls")
     if len(raw.calls) > settings.max_calls:
@@ -185,24 +188,30 @@ def prepare_batch(
     tools: dict[str, int] = {}
     max_timeout = 0.0
     router.catalog.ensure_fresh()
+    def bad(index: int, message: str) -> None:
+        if skip is None:
+            problems.add(message)
+        else:
+            skip(index, message)
+
     for index, item in enumerate(raw.calls):
         if index and index % YIELD_EVERY == 0:
             cooperate()
         if not isinstance(item, dict):
-            problems.add(f"{raw.at(index)}: a call must be a JSON object, not {type(item).__name__}")
+            bad(index, f"{raw.at(index)}: a call must be a JSON object, not {type(item).__name__}")
             continue
         try:
             loaded = schema.load(item)
         except ValidationError as err:
             for where, message in _flatten(err.messages):
-                problems.add(f"{raw.at(index, where or None)}: {message}")
+                bad(index, f"{raw.at(index, where or None)}: {message}")
             continue
         name = loaded["tool"]
         route = routes.get(name)
         if route is None:
             if may is not None and not may(name):
                 route = f"Forbidden: this key may not use tool {name}"
-                problems.forbidden = True
+                problems.forbidden = skip is None
             else:
                 try:
                     route = router.route_tool(name)
@@ -210,23 +219,23 @@ def prepare_batch(
                     route = str(err)
             routes[name] = route
         if isinstance(route, str):
-            problems.add(f"{raw.at(index, 'tool')}: {route}")
+            bad(index, f"{raw.at(index, 'tool')}: {route}")
             continue
         arguments = loaded["arguments"] or {}
         size = wire.encoded_size(arguments)
         if size > settings.max_argument_bytes:
-            problems.add(f"{raw.at(index, 'arguments')}: arguments of {size} bytes are over the limit of "
+            bad(index, f"{raw.at(index, 'arguments')}: arguments of {size} bytes are over the limit of "
                          f"{settings.max_argument_bytes} bytes (MCP_BROKER_MAX_ARGUMENT_BYTES)")
             continue
-        bad = route.entry.argument_errors(arguments)
-        if bad is not None:
-            problems.add(f"{raw.at(index, 'arguments')}: invalid arguments for tool {name}: {bad}")
+        invalid = route.entry.argument_errors(arguments)
+        if invalid is not None:
+            bad(index, f"{raw.at(index, 'arguments')}: invalid arguments for tool {name}: {invalid}")
             continue
         client_id = loaded["id"]
         if client_id is not None:
             first = first_index_of_id.setdefault(client_id, index)
             if first != index:
-                problems.add(f"{raw.at(index, 'id')}: duplicate id {client_id!r} (also {raw.at(first)})")
+                bad(index, f"{raw.at(index, 'id')}: duplicate id {client_id!r} (also {raw.at(first)})")
                 continue
         if problems.count:
             continue  # keep checking, but stop building payloads that will never be sent

@@ -154,7 +154,8 @@ def _mark_finished(r: redis.Redis, batch_id: str, settings: BatchSettings) -> fl
     finished_at = int(last[0][0].split("-")[0]) / 1000 if last else time.time()
     if r.hsetnx(keys.batch(batch_id), "finished_at", finished_at):
         pipe = r.pipeline(transaction=False)
-        for key in (keys.batch(batch_id), keys.batch_results(batch_id), keys.batch_started(batch_id)):
+        for key in (keys.batch(batch_id), keys.batch_results(batch_id), keys.batch_started(batch_id),
+                    keys.batch_calls(batch_id)):
             pipe.expire(key, settings.result_ttl_s)
         pipe.execute()
         return finished_at

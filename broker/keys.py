@@ -68,6 +68,12 @@ def batch_started(batch_id: str) -> str:
     return f"{PREFIX}:batch:{batch_id}:started"
 
 
+def batch_calls(batch_id: str) -> str:
+    """Hash of a batch of a model's tool calls (broker.translate.batch_files): `format` and, per call index, where
+    the call came from (custom_id, line, tool call id, name), to answer it in the provider's shape."""
+    return f"{PREFIX}:batch:{batch_id}:calls"
+
+
 def worker_alive(node: str) -> str:
     """Heartbeat of one worker process (expires when it dies)."""
     return f"{PREFIX}:worker:{node}:alive"

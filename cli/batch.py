@@ -1,5 +1,8 @@
 """`python -m broker batch calls.jsonl -o results.jsonl`: submit a batch, show live progress, stream the results.
 
+`--from openai-batch|anthropic-batch|openai|anthropic|gemini|openai-responses` submits a model's output file
+instead (`web.toolcall_batches`): its skipped lines are listed, and each result line is the provider's answer.
+
 The results stream is resumed from the last result received (`?after=<seq>`) when the
 connection drops, RESUME_ATTEMPTS times in a row at most. Exit 0 only when every call is done.
 """
@@ -62,6 +65,11 @@ class Progress:
             self.stream.flush()
 
 
+def answer_kind(line: dict[str, Any]) -> str:
+    """The counter of a result answered in a provider's shape (`--from`): cancelled, failed or done."""
+    return "cancelled" if line.get("cancelled") else ("failed" if line.get("is_error") else "done")
+
+
 def duration(seconds: float) -> str:
     if seconds < 10:
         return f"{seconds:.1f}s"
@@ -80,8 +88,11 @@ def command(args: argparse.Namespace) -> int:
     except OSError as err:
         print(f"cannot read {args.file}: {err.strerror}", file=sys.stderr)
         return 2
+    source = getattr(args, "source", None)
     content_type = "application/json" if args.file.endswith(".json") else "application/x-ndjson"
-    query = f"?timeout_s={args.timeout}" if args.timeout is not None else ""
+    params = {"timeout_s": args.timeout, "from": source}
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+    query = f"?{query}" if query else ""
     began = time.monotonic()
     payload = post_expecting(202, url, f"/v1/batches{query}", data, content_type, 600, args.key)
     if payload is None:
@@ -89,6 +100,10 @@ def command(args: argparse.Namespace) -> int:
     batch_id, total = payload["batch_id"], int(payload["total"])
     results_url = urllib.parse.urljoin(url + "/", payload["results_url"])
     print(f"batch {batch_id}: {total} calls queued", file=sys.stderr)
+    if payload.get("skipped_count"):
+        print(f"{payload['skipped_count']} line(s) of {args.file} skipped (nothing to run):", file=sys.stderr)
+        for skipped in payload["skipped"]:
+            print(f"  line {skipped['line']} {skipped.get('custom_id', '')}: {skipped['reason']}", file=sys.stderr)
 
     counts = {"done": 0, "failed": 0, "cancelled": 0}
     progress = Progress(total, sys.stderr, enabled=not args.quiet)
@@ -106,7 +121,7 @@ def command(args: argparse.Namespace) -> int:
                         out.write(raw.decode("utf-8").rstrip("\n") + "\n")
                         received += 1
                         last_seq = outcome.get("seq", last_seq)
-                        counts[outcome_kind(outcome)] += 1
+                        counts[answer_kind(outcome) if "answer" in outcome else outcome_kind(outcome)] += 1
                         progress.update(counts["done"], counts["failed"], counts["cancelled"])
             except urllib.error.HTTPError as err:
                 if err.code == 404:

@@ -5,6 +5,7 @@
     python -m broker check-config [FILE]               validate the config and list its servers
     python -m broker call TOOL ['{"arg": 1}'] [--url U]  one call through the HTTP API; prints the result
     python -m broker batch calls.jsonl -o results.jsonl  submit a batch, live progress, stream the results
+    python -m broker batch --from openai-batch out.jsonl  run the tool calls of an LLM batch output file
 
 Adding a command is one module + one row of `COMMANDS`: a module under `cli/` with a
 `command(args: argparse.Namespace) -> int` function (the exit code), and a `Command` row
@@ -103,6 +104,11 @@ COMMANDS: tuple[Command, ...] = (
             KEY_ARG,
             arg("--timeout", type=float, metavar="S", help="default time limit of each call, in seconds"),
             arg("-q", "--quiet", action="store_true", help="no progress line, only the summary"),
+            arg("--from", dest="source", metavar="FORMAT",
+                help="the file is a model's output, not calls: openai-batch (an OpenAI Batch API output file), "
+                     "anthropic-batch (a Message Batches results file), or openai, openai-responses, anthropic, "
+                     "gemini (one model output a line); results are the provider's answers, keyed by custom_id "
+                     "and tool call id"),
         ),
         "cli.batch",
     ),

@@ -5,7 +5,10 @@ the provider's own published types (openai, anthropic, google-genai)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,9 +16,13 @@ import pytest
 from broker.translate.names import provider_name
 from tests.stack import Stack
 from tests.toolcalls_support import (
+    FIXTURES,
+    KEYS,
+    ROOT,
     fixture,
     http,
     start,
+    stream,
     valid_anthropic_message,
     valid_gemini_content,
     valid_openai,
@@ -156,3 +163,94 @@ def test_native_calls_still_take_their_own_path(broker: str) -> None:
     assert status == 403 and body["error"]["code"] == "forbidden", body
     status, body = http(broker, "POST", "/v1/calls", {"tool": "echo__add", "arguments": {"a": "x", "b": 2}})
     assert status == 400 and body["error"]["code"] == "invalid_arguments", body
+
+
+# ---------------------------------------------------------------- batch files (part 3)
+JSONL = "application/x-ndjson"
+
+
+def _results(base: str, submitted: dict[str, Any], key: str = "full") -> list[dict[str, Any]]:
+    lines = list(stream(base, submitted["results_url"], key=key))
+    assert len(lines) == submitted["total"]
+    return lines
+
+
+def test_openai_batch_output_file_through_the_api(broker: str) -> None:
+    data = (FIXTURES / "openai_batch_output.jsonl").read_bytes()
+    status, submitted = http(broker, "POST", "/v1/batches?from=openai-batch", data, ctype="application/jsonl")
+    assert status == 202, submitted
+    assert submitted["format"] == "openai-batch" and submitted["total"] == 5 and submitted["not_runnable"] == 2
+    assert submitted["skipped_count"] == 3
+    assert {(s["custom_id"], s["line"]) for s in submitted["skipped"]} == {("req-2", 2), ("req-3", 3), ("req-6", 6)}
+    assert "could not be executed before the completion window expired" in str(submitted["skipped"])
+    by_call = {(r["custom_id"], r["tool_call_id"]): r for r in _results(broker, submitted)}
+    for line in by_call.values():
+        assert line["format"] == "openai" and line["answer"]["tool_call_id"] == line["tool_call_id"]
+        valid_openai(line["answer"])
+    assert by_call["req-1", "call_reqOne1aaaaaaaaaaaaaaaa"]["answer"]["content"] == "batch one"
+    assert by_call["req-1", "call_reqOne2bbbbbbbbbbbbbbbb"]["answer"]["content"] == "42.0"
+    broken = by_call["req-4", "call_reqFour1cccccccccccccccc"]
+    assert broken["is_error"] and "not valid JSON" in broken["answer"]["content"]
+    vanished = by_call["req-4", "call_reqFour2dddddddddddddddd"]
+    assert vanished["is_error"] and "unknown tool 'echo__vanished'" in vanished["answer"]["content"]
+    mixed = by_call["req-5", "call_reqFive1eeeeeeeeeeeeeeee"]["answer"]["content"]
+    assert "Multiple content types test:" in mixed and "[image" in mixed
+    status, done = http(broker, "GET", submitted["status_url"])
+    assert status == 200 and done["state"] == "done" and done["done"] == 3 and done["failed"] == 2, done
+
+
+def test_anthropic_batch_results_file_through_the_cli(broker: str, tmp_path: Path) -> None:
+    out = tmp_path / "answers.jsonl"
+    run = subprocess.run([sys.executable, "-m", "broker", "batch", "--from", "anthropic-batch",
+                          str(FIXTURES / "anthropic_batch_results.jsonl"), "-o", str(out), "-q",
+                          "--url", broker, "--key", KEYS["full"]], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 1, run.stderr  # two of the four calls are errors
+    assert "4 line(s)" in run.stderr and "msg-3" in run.stderr and "expired" in run.stderr, run.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 4 and all(line["format"] == "anthropic" for line in lines)
+    by_call = {(r["custom_id"], r["tool_call_id"]): r["answer"] for r in lines}
+    assert by_call["msg-1", "toolu_01BatchOneAaaaaaaaaaaaa"]["content"] == [{"type": "text", "text": "anthropic batch"}]
+    assert by_call["msg-1", "toolu_01BatchOneBbbbbbbbbbbbb"]["content"][0]["type"] == "image"
+    assert by_call["msg-4", "toolu_01BatchFourCccccccccccc"]["is_error"] is True
+    invalid = by_call["msg-4", "toolu_01BatchFourDddddddddddd"]
+    assert invalid["is_error"] is True and "invalid arguments for tool echo__add" in invalid["content"][0]["text"]
+    # the next request of each conversation: one user message with its tool_result blocks, in the model's order
+    for custom_id in ("msg-1", "msg-4"):
+        blocks = sorted((r for r in lines if r["custom_id"] == custom_id), key=lambda r: r["tool_call_id"])
+        valid_anthropic_message({"role": "user", "content": [r["answer"] for r in blocks]})
+
+
+def test_batch_files_follow_the_allow_list_and_are_detected(broker: str) -> None:
+    """The narrow key (echo__echo only), no `?from=`: the source is told by the first line."""
+    data = (FIXTURES / "anthropic_batch_results.jsonl").read_bytes()
+    status, submitted = http(broker, "POST", "/v1/batches", data, key="narrow", ctype=JSONL)
+    assert status == 202 and submitted["format"] == "anthropic-batch", submitted
+    lines = _results(broker, submitted, key="narrow")
+    ran = [r for r in lines if not r["is_error"]]
+    assert [r["answer"]["content"][0]["text"] for r in ran] == ["anthropic batch"]
+    assert all("unknown tool" in r["answer"]["content"][0]["text"] for r in lines if r["is_error"])
+
+
+def test_gemini_and_responses_bodies_as_batches(broker: str) -> None:
+    status, submitted = http(broker, "POST", "/v1/batches?format=gemini", fixture("gemini_response.json"))
+    assert status == 202 and submitted["total"] == 5, submitted
+    parts = {r["tool_call_id"]: r["answer"] for r in _results(broker, submitted)}
+    valid_gemini_content({"role": "user", "parts": list(parts.values())})
+    assert parts["gc-5d2e8c10"]["functionResponse"]["response"]["key"] == "gemini"
+    lines = b"\n".join(json.dumps(fixture("openai_response.json")).encode() for _ in range(2))
+    status, submitted = http(broker, "POST", "/v1/batches?format=openai-responses", lines, ctype=JSONL)
+    assert status == 202 and submitted["total"] == 6, submitted
+    for line in _results(broker, submitted):
+        valid_openai_responses(line["answer"])
+        assert line["line"] in (1, 2)
+
+
+def test_batch_file_errors(broker: str) -> None:
+    data = (FIXTURES / "openai_batch_output.jsonl").read_bytes()
+    status, body = http(broker, "POST", "/v1/batches?from=klingon-batch", data, ctype=JSONL)
+    assert status == 400 and "unknown batch source" in body["error"]["message"], body
+    nothing = data.split(b"\n")[1] + b"\n" + data.split(b"\n")[2]  # no tool calls, an errored request
+    status, body = http(broker, "POST", "/v1/batches?from=openai-batch", nothing, ctype=JSONL)
+    assert status == 400 and body["error"]["code"] == "invalid_batch", body
+    assert "no tool calls to run: 2 line(s) skipped" in body["error"]["message"]

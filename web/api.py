@@ -55,6 +55,7 @@ from web.auth import current_principal
 from web.call_path import ApiError, admit, await_call, queue_call, read_body
 from web.errors import api_error, error_response, redis_unavailable, refused_response
 from web.services import current_services
+from web.toolcall_batches import batch_source, submit_file, translated
 from web.toolcalls import call_format, run_tool_calls
 from workers.dispatch import submit_calls
 
@@ -175,6 +176,11 @@ def post_batch() -> tuple[Response, int, dict[str, str]]:
     admission = admit(services)
     started = time.perf_counter()
     try:
+        source = batch_source(data, request.mimetype, request.args)
+        if source is not None:  # a model's outputs or a provider's batch results file (web.toolcall_batches)
+            submitted = submit_file(services, admission, data, request.mimetype, source, settings, query["timeout_s"])
+            urls = _batch_urls(submitted["batch_id"])
+            return jsonify(**submitted, **urls), 202, {"Location": urls["status_url"]}
         raw = decode_body(data, request.mimetype, settings)
         prepared = prepare_batch(raw, services.router, settings, query["timeout_s"],
                                  admission.may,
@@ -212,8 +218,9 @@ def get_batch_results(batch_id: str) -> Response:
     services = current_services()
     status = _own_batch(services, batch_id, batch_status)
     query = _load(BatchResultsQuerySchema(), request.args, "invalid_request", "query string: ")
-    lines = iter_results(services.redis, batch_id, status["total"], query["after"], query["wait"],
-                         client_gone=_disconnect_probe(request.environ))
+    lines = translated(services.redis, batch_id, iter_results(
+        services.redis, batch_id, status["total"], query["after"], query["wait"],
+        client_gone=_disconnect_probe(request.environ)))
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no", "X-Batch-Total": str(status["total"])}
     return Response(_guarded(lines, batch_id), mimetype=RESULTS_MIMETYPE, headers=headers)
 

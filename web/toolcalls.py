@@ -17,7 +17,7 @@ from flask import Response, jsonify
 
 from broker.admission import Admission, Refused
 from broker.services import BrokerServices
-from broker.translate.call_formats import UnknownShape, find_format
+from broker.translate.call_formats import CALL_FORMATS, UnknownShape, find_format
 from broker.translate.names import resolve
 from broker.translate.toolcalls import CallFormat, ShapeError, ToolCall, render
 from web.call_path import ApiError, PendingCall, admit, await_call, queue_call
@@ -37,21 +37,26 @@ def visible_tools(services: BrokerServices, admission: Admission) -> list[str]:
     return [t["name"] for t in services.catalog.tools if admission.visible("tools", t)]
 
 
-def resolve_calls(calls: list[ToolCall], visible: list[str], shape: CallFormat) -> None:
-    """Set each runnable call's MCP tool, or its problem when no visible tool has its name."""
+def resolve_calls(calls: list[ToolCall], visible: list[str]) -> None:
+    """Set each runnable call's MCP tool, or its problem when no visible tool has its name (in the name rule
+    of the format the call was read in)."""
     for call in calls:
         if call.problem is None:
-            call.tool = resolve(call.name, visible, shape.provider)
+            provider = CALL_FORMATS[call.format].provider
+            call.tool = resolve(call.name, visible, provider)
             if call.tool is None:
                 call.problem = (f"unknown tool {call.name!r}: no tool this key may use has that "
-                                f"{shape.provider} name (GET /v1/tools?format={shape.provider} lists them)")
+                                f"{provider} name (GET /v1/tools?format={provider} lists them)")
 
 
 def read_calls(body: Any, shape: CallFormat) -> list[ToolCall]:
     try:
-        return shape.read(body)
+        calls = shape.read(body)
     except ShapeError as err:
         raise ApiError(400, "invalid_call", f"not a valid {shape.name} tool call body: {err}") from None
+    for call in calls:
+        call.format = shape.name
+    return calls
 
 
 def _problem_of(err: ApiError | Refused) -> str:
@@ -62,7 +67,7 @@ def run_tool_calls(services: BrokerServices, body: Any, shape: CallFormat) -> tu
     """Run every tool call of `body` and answer with the provider's next message (one rate token for all)."""
     calls = read_calls(body, shape)
     admission = admit(services)
-    resolve_calls(calls, visible_tools(services, admission), shape)
+    resolve_calls(calls, visible_tools(services, admission))
     pending: list[PendingCall | None] = []
     for call in calls:
         started: PendingCall | None = None

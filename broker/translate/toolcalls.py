@@ -34,6 +34,7 @@ class ToolCall:
     tool: str | None = None  # the MCP tool (namespaced) it resolved to
     custom_id: str | None = None  # a batch file's request id
     line: int | None = None  # the JSON Lines line it came from
+    format: str = ""  # the call format it was read in (a batch file may hold chat completions and Responses)
 
 
 @dataclass(frozen=True)
