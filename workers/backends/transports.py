@@ -7,7 +7,8 @@ kind: it opens whatever the table gives and watches its streams (`watched`).
 
 stdio: the server is a child of the worker process that must die with it (`die_with_worker`), its
 stderr goes to the worker's log, redacted (`StderrPump`). http: Streamable HTTP, with the config's
-`${VAR}`-expanded headers and the client headers the server asks for (`forward_headers`).
+`${VAR}`-expanded headers and the client headers the server asks for (`forward_headers`), over kept-alive
+connections (`workers.backends.keepalive`).
 """
 
 from __future__ import annotations
@@ -26,11 +27,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-import httpx2
 from mcp import StdioServerParameters, stdio_client
-from mcp.client.streamable_http import streamable_http_client
 
 from broker.config import Endpoint, expand_all, redact
+from workers.backends.keepalive import streamable_http
 from workers.streams import CheckedWriteStream, HeardReadStream
 
 
@@ -152,9 +152,7 @@ def open_http(opening: Opening) -> Opened:
     endpoint = opening.endpoint
     assert endpoint.url is not None
     headers = {**expand_all(endpoint.headers, f"server {opening.server}: header"), **opening.extra_headers}
-    http = streamable_http_client(endpoint.url, http_client=httpx2.AsyncClient(headers=headers)) if headers \
-        else streamable_http_client(endpoint.url)
-    return Opened(http)
+    return Opened(streamable_http(endpoint.url, headers or None))
 
 
 TRANSPORTS: dict[str, Callable[[Opening], Opened]] = {
