@@ -230,3 +230,18 @@ def test_a_per_server_endpoint_searches_its_own_server_unprefixed(sstack: Search
         assert results and "create_pull_request" in results and not [n for n in results if "__" in n]
         via = client.call(CALL, {"name": "list_commits", "arguments": {"owner": "o", "repo": "r"}})
         assert via["result"]["content"][0]["text"].startswith("list_commits called with")
+
+
+# ---------------------------------------------------------------- the labeled query set of `make bench`
+def test_the_query_set_is_everyday_requests_labeled_with_real_tools() -> None:
+    queries = json.loads((ROOT / "bench" / "context" / "queries.json").read_text())["queries"]
+    known = {f"{server}__{tool['name']}" for path in CATALOGS.glob("*.json")
+             for server, tools in [(json.loads(path.read_text())["server"], json.loads(path.read_text())["tools"])]
+             for tool in tools}
+    assert len(queries) >= 200 and len({q["query"] for q in queries}) == len(queries)
+    assert len({label.split("__")[0] for q in queries for label in q["expect"]}) >= 20
+    for entry in queries:
+        assert entry["expect"] and set(entry["expect"]) <= known, entry
+        for label in entry["expect"]:  # a request names no tool (one-word names like `query` aside)
+            tool = label.split("__", 1)[1]
+            assert not any(sep in tool for sep in "_-") or tool.lower() not in entry["query"].lower(), entry

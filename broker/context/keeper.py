@@ -20,6 +20,9 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import numpy as np
+
+from broker.context.embeddings import DIM, embed, tool_text
 from broker.context.index import Document, SearchIndex, document_words
 
 if TYPE_CHECKING:
@@ -47,7 +50,8 @@ class IndexKeeper:
 
     def __init__(self) -> None:
         self._index: SearchIndex | None = None
-        self._words: dict[tuple[str, str], list[list[str]]] = {}  # (server, digest) → its tools' words
+        # (server, digest) → its tools' words and vectors: a change re-reads only the server that moved
+        self._kept: dict[tuple[str, str], tuple[list[list[str]], np.ndarray]] = {}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -78,17 +82,21 @@ class IndexKeeper:
     def _build(self, identity: Identity, catalog_documents: dict[str, dict[str, Any]]) -> SearchIndex:
         documents: list[Document] = []
         corpus: list[list[str]] = []
-        kept: dict[tuple[str, str], list[list[str]]] = {}
+        vectors: list[np.ndarray] = []
+        kept: dict[tuple[str, str], tuple[list[list[str]], np.ndarray]] = {}
         for server, digest in identity:
             doc = catalog_documents[server]
             tools = [Document(server, str(tool.get("name", "")), tool) for tool in doc.get("tools", [])]
             info = doc.get("serverInfo") or {}
             title = f"{info.get('title') or ''} {info.get('description') or ''}"
-            server_words = self._words.get((server, digest))
-            if server_words is None:
-                server_words = [document_words(tool, title) for tool in tools]
-            kept[(server, digest)] = server_words
+            server_kept = self._kept.get((server, digest))
+            if server_kept is None:
+                server_kept = ([document_words(tool, title) for tool in tools],
+                               embed([tool_text(server, tool.tool, tool.definition) for tool in tools]))
+            kept[(server, digest)] = server_kept
             documents += tools
-            corpus += server_words
-        self._words = kept
-        return SearchIndex(identity, documents, corpus)
+            corpus += server_kept[0]
+            vectors.append(server_kept[1])
+        self._kept = kept
+        matrix = np.concatenate(vectors) if vectors else np.zeros((0, DIM), dtype=np.float32)
+        return SearchIndex(identity, documents, corpus, matrix)
