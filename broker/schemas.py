@@ -331,15 +331,12 @@ class CompleteParamsSchema(Schema):
     context = fields.Dict(load_default=dict, allow_none=True)
 
 
-class KeyEntrySchema(Schema):
-    """One key of the keys file: only its hash is stored (`python -m broker hash-key KEY`)."""
+class PrincipalLimitsSchema(Schema):
+    """What a caller may use and how fast: a key's entry, or an OAuth profile (broker.oauth.settings)."""
 
     class Meta:
         unknown = "raise"
 
-    id = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9_.-]{1,64}$"))
-    hash = fields.String(required=True, validate=validate.Regexp(r"^sha256:[0-9a-f]{64}$",
-                                                                  error="must be sha256:<64 hex digits>"))
     allow = fields.List(fields.String(validate=validate.Length(min=1, max=200)), load_default=lambda: ["*"])
     rate_per_s = fields.Float(load_default=0, validate=validate.Range(min=0))
     burst = fields.Integer(load_default=0, validate=validate.Range(min=0))
@@ -352,11 +349,22 @@ class KeyEntrySchema(Schema):
     pin = fields.List(fields.String(validate=validate.Length(min=1, max=200)), load_default=list)
 
 
+class KeyEntrySchema(PrincipalLimitsSchema):
+    """One key of the keys file: only its hash is stored (`python -m broker hash-key KEY`)."""
+
+    id = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9_.-]{1,64}$"))
+    hash = fields.String(required=True, validate=validate.Regexp(r"^sha256:[0-9a-f]{64}$",
+                                                                  error="must be sha256:<64 hex digits>"))
+
+
 class KeysFileSchema(Schema):
+    """`keys` and/or `oauth` (validated by broker.oauth.settings); `keys` may be left out when `oauth` is set."""
+
     class Meta:
         unknown = "raise"
 
-    keys = fields.List(fields.Nested(KeyEntrySchema), required=True)
+    keys = fields.List(fields.Nested(KeyEntrySchema), load_default=list)
+    oauth = fields.Dict(load_default=None)
 
 
 class TaskParamsSchema(Schema):

@@ -37,6 +37,8 @@ from broker.schemas import KeysFileSchema, first_error
 if TYPE_CHECKING:  # gunicorn.conf.py loads keys in the gunicorn master, before gevent patches: no redis there
     import redis
 
+    from broker.oauth.settings import OAuthSettings
+
 
 class KeysConfigError(Exception):
     """The keys file or variable cannot be used."""
@@ -90,10 +92,12 @@ class KeyRing:
 
     principals: dict[str, Principal] = field(default_factory=dict)
     defaults: Principal = ANONYMOUS
+    oauth: OAuthSettings | None = None  # bearer tokens of trusted issuers too (broker.oauth)
 
     @property
     def enabled(self) -> bool:
-        return bool(self.principals)
+        """Whether callers must authenticate (with a key, or a token when OAuth is configured)."""
+        return bool(self.principals) or self.oauth is not None
 
     def authenticate(self, authorization: str | None) -> Principal | None:
         """The principal of an `Authorization: Bearer <key>` header; None if keys are on and it is wrong."""
@@ -108,7 +112,7 @@ class KeyRing:
         return None
 
 
-def _principal(entry: dict[str, Any], index: int) -> Principal:
+def principal_of(entry: dict[str, Any], index: int) -> Principal:
     allow = entry.get("allow")
     return Principal(
         id=entry.get("id") or f"key{index}",
@@ -131,7 +135,9 @@ def load_keyring(env: dict[str, str] | None = None) -> KeyRing:
 
     A setting that is present but yields no usable key (`","`, `{"keys": []}`) is an error, not "no keys":
     no keys means anonymous admin access, and an operator who set a key variable meant the opposite.
-    `id:key:` (an empty pattern list) allows nothing."""
+    `id:key:` (an empty pattern list) allows nothing. The `oauth` block (the keys file's, or
+    `MCP_BROKER_OAUTH`) is loaded too (broker.oauth.settings): a ring with only OAuth is enabled."""
+    from broker.oauth.settings import load_oauth  # it builds on this module
     env = dict(os.environ) if env is None else env
     ring = KeyRing()
     variable = env.get("MCP_BROKER_API_KEYS", "")
@@ -144,12 +150,13 @@ def load_keyring(env: dict[str, str] | None = None) -> KeyRing:
         if not key:
             raise KeysConfigError(f"MCP_BROKER_API_KEYS entry {index + 1}: empty key")
         entry = {"id": key_id or f"env{index + 1}", "admin": key_id == "admin", "allow": allow}
-        ring.principals[hash_key(key)] = _principal(entry, index)
+        ring.principals[hash_key(key)] = principal_of(entry, index)
     if variable and not ring.principals:
         raise KeysConfigError("MCP_BROKER_API_KEYS is set but holds no key (expected `key`, `id:key` or "
                               "`id:key:pattern|pattern`, comma separated); unset it to run without keys on "
                               "loopback only")
     path = env.get("MCP_BROKER_KEYS_FILE")
+    oauth_block: dict[str, Any] | None = None
     if path:
         try:
             data = json.loads(Path(path).read_text())
@@ -160,11 +167,13 @@ def load_keyring(env: dict[str, str] | None = None) -> KeyRing:
             raise KeysConfigError(f"MCP_BROKER_KEYS_FILE {path}: not valid JSON: {err}") from None
         except ValidationError as err:
             raise KeysConfigError(f"MCP_BROKER_KEYS_FILE {path}: invalid keys file: {first_error(err)}") from None
-        if not loaded["keys"]:
+        oauth_block = loaded["oauth"]
+        if not loaded["keys"] and oauth_block is None:
             raise KeysConfigError(f"MCP_BROKER_KEYS_FILE {path}: the keys file holds no key; add one or unset "
                                   "MCP_BROKER_KEYS_FILE to run without keys on loopback only")
         for index, entry in enumerate(loaded["keys"]):
-            ring.principals[entry["hash"]] = _principal(entry, index)
+            ring.principals[entry["hash"]] = principal_of(entry, index)
+    ring.oauth = load_oauth(env, oauth_block)
     return ring
 
 

@@ -4,6 +4,10 @@ session-owner rule (a session belongs to the key that opened it: for any other k
 `Authorization: Bearer <key>` (clients and scripts) or HTTP Basic with the key
 as the password (so a browser can open the status page). A refusal is a 401
 with a JSON body; it is logged with the peer and the reason, never the key.
+With OAuth configured (broker.oauth), a bearer that is no key is checked as an
+access token: refused with RFC 6750's challenge (web/oauth.py), or 503
+`issuer_unavailable` when its authorization server cannot be reached (the token
+may be good: a 401 would send a connector through its browser flow again).
 
 With no keys every caller is the anonymous admin, so the app itself serves
 loopback peers only (403 for any other), whatever address gunicorn was told to
@@ -24,15 +28,18 @@ from typing import Any
 
 from flask import Flask, Response, request
 
+from broker.oauth.tokens import IssuerUnavailable, TokenRejected, TokenVerifier
 from broker.protocol import Conversation
 from broker.security import ANONYMOUS, KeyRing, Principal
 from broker.services import BrokerServices
 from web.errors import api_error
+from web.oauth import accepted_audiences, is_metadata_path, refusal, register_resource_metadata
 
 log = logging.getLogger("mcp_broker.auth")
 
 PRINCIPAL_KEY = "mcp_broker.principal"
 PUBLIC_PATHS = ("/healthz", "/readyz")
+ISSUER_RETRY_MS = 2000  # an authorization server that did not answer: the token may be fine, retry soon
 
 
 def bearer_of(authorization: str | None) -> str | None:
@@ -98,15 +105,27 @@ def register_loopback_guard(app: Flask, keyring: KeyRing) -> None:
                                                   "only its own machine (loopback)")
 
 
+def is_public(path: str) -> bool:
+    """Probes, and the OAuth metadata a client must read before it has a token."""
+    return path in PUBLIC_PATHS or is_metadata_path(path)
+
+
 def register_auth(app: Flask, keyring: KeyRing) -> None:
+    """Keys first (a hash lookup), then, when OAuth is configured, the token as an access token
+    (broker.oauth): a refusal then carries the RFC 9728 challenge (web/oauth.py)."""
     app.config["KEYRING"] = keyring
+    verifier = TokenVerifier.build(keyring.oauth) if keyring.oauth is not None else None
+    register_resource_metadata(app, keyring.oauth)
 
     @app.before_request
     def _authenticate() -> Response | None:
-        if not keyring.enabled or request.path in PUBLIC_PATHS:
+        if not keyring.enabled or is_public(request.path):
             return None
         header = request.headers.get("Authorization")
-        principal = keyring.authenticate(bearer_of(header))
+        bearer = bearer_of(header)
+        principal = keyring.authenticate(bearer)
+        if principal is None and verifier is not None:
+            return _by_token(verifier, bearer)
         if principal is None:
             reason = "no key" if not header else "wrong key"
             log.warning("auth refused: %s %s from %s (%s)", request.method, request.path, request.remote_addr, reason)
@@ -116,3 +135,24 @@ def register_auth(app: Flask, keyring: KeyRing) -> None:
             return response
         request.environ[PRINCIPAL_KEY] = principal
         return None
+
+
+def _by_token(verifier: TokenVerifier, bearer: str | None) -> Response | None:
+    """The caller by its OAuth access token (None: let the request through); else the refusal."""
+    settings = verifier.settings
+    token = bearer[7:].strip() if bearer and bearer[:7].lower() == "bearer " else ""
+    if not token:
+        log.warning("auth refused: %s %s from %s (no token)", request.method, request.path, request.remote_addr)
+        return refusal(settings, None)
+    try:
+        principal = verifier.verify(token, accepted_audiences(settings, request.path))
+    except TokenRejected as rejected:
+        log.warning("auth refused: %s %s from %s (%s: %s)", request.method, request.path, request.remote_addr,
+                    rejected.error, rejected.description)
+        return refusal(settings, rejected)
+    except IssuerUnavailable as err:
+        log.warning("auth: %s %s: authorization server unavailable: %s", request.method, request.path, err)
+        return api_error(503, "issuer_unavailable", f"Service Unavailable: the token cannot be checked now ({err})",
+                         retry_after_ms=ISSUER_RETRY_MS)
+    request.environ[PRINCIPAL_KEY] = principal
+    return None

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from flask import Flask, Response, request
 
 from broker.admission import Admission, Refused
-from web.auth import PUBLIC_PATHS, current_principal
+from web.auth import current_principal, is_public
 from web.errors import refused_response
 from web.services import current_services
 from web.transports.common import is_websocket_upgrade
@@ -35,7 +35,7 @@ def register_connection_limits(app: Flask, environ: Mapping[str, str] | None = N
     @app.before_request
     def _take_connection() -> Response | None:
         keyring = app.config.get("KEYRING")
-        if keyring is None or not keyring.enabled or request.path in PUBLIC_PATHS:
+        if keyring is None or not keyring.enabled or is_public(request.path):
             return None  # without keys there is one (local) user; probes are anonymous
         principal = current_principal()
         admission = Admission(current_services(), principal)

@@ -1,0 +1,110 @@
+"""What a hosted connector sees of the broker as an OAuth 2.1 resource server (MCP authorization spec).
+
+- Protected Resource Metadata (RFC 9728), public JSON, at `/.well-known/oauth-protected-resource` (the
+  broker as a whole) and at the path-suffixed forms the spec names for each MCP endpoint:
+  `/.well-known/oauth-protected-resource/mcp` and `/.well-known/oauth-protected-resource/servers/<name>/mcp`.
+  Each names its `resource` (the endpoint's own URL: RFC 9728 §3.3 wants the identifier the well-known
+  URL was formed from), the trusted `authorization_servers` and the `scopes_supported`.
+- The 401 challenge: `WWW-Authenticate: Bearer resource_metadata="…"` (the metadata of the path asked
+  for), with `scope` when scopes are required and `error="invalid_token"` when a token was sent but is
+  no good, on every protected path (both MCP transports, /v1, /status…); 403 `insufficient_scope` the same.
+
+The resource identifier's base is the `resource` setting, else the request's own scheme and host: behind
+a proxy that terminates TLS, set it (`MCP_BROKER_OAUTH_RESOURCE=https://broker.example.com`), or the
+metadata names `http://` and audiences will not match. A token is accepted on a path when its `aud` names
+the base, the whole broker's `/mcp`, the path's own endpoint, or one of `audiences`: a token for one
+server's endpoint works there only; one for `/mcp` works on every endpoint (its allow-list still decides).
+"""
+
+from __future__ import annotations
+
+import re
+
+from flask import Flask, Response, jsonify, request
+
+from broker.oauth.settings import OAuthSettings
+from broker.oauth.tokens import TokenRejected
+from web.errors import api_error
+
+WELL_KNOWN = "/.well-known/oauth-protected-resource"
+MCP_PATH = re.compile(r"^/(?:mcp|servers/[^/]+/mcp)$")
+
+
+def base_url(settings: OAuthSettings) -> str:
+    return settings.resource or f"{request.scheme}://{request.host}"
+
+
+def resource_of(settings: OAuthSettings, path: str) -> str:
+    """The resource identifier of an endpoint: its URL for an MCP endpoint, the base for anything else."""
+    return base_url(settings) + (path if MCP_PATH.match(path) else "")
+
+
+def metadata_url(settings: OAuthSettings, path: str) -> str:
+    return base_url(settings) + WELL_KNOWN + (path if MCP_PATH.match(path) else "")
+
+
+def accepted_audiences(settings: OAuthSettings, path: str) -> list[str]:
+    base = base_url(settings)
+    return list(dict.fromkeys([base, f"{base}/", f"{base}/mcp", resource_of(settings, path), *settings.audiences]))
+
+
+def is_metadata_path(path: str) -> bool:
+    return path == WELL_KNOWN or path.startswith(WELL_KNOWN + "/")
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def challenge(settings: OAuthSettings, rejected: TokenRejected | None = None) -> str:
+    """The `WWW-Authenticate` value for this request's path (RFC 6750 §3, RFC 9728 §5.1)."""
+    params = [("resource_metadata", metadata_url(settings, request.path))]
+    if settings.scopes_required or (rejected is not None and rejected.error == "insufficient_scope"):
+        params.append(("scope", " ".join(settings.scopes_required or settings.scopes_supported)))
+    if rejected is not None:
+        params += [("error", rejected.error), ("error_description", rejected.description[:300])]
+    return "Bearer " + ", ".join(f"{name}={_quoted(value)}" for name, value in params if value)
+
+
+def refusal(settings: OAuthSettings, rejected: TokenRejected | None) -> Response:
+    """401 (no token, or a bad one) or 403 (insufficient scope): JSON body, RFC 6750 challenge."""
+    if rejected is None:
+        response = api_error(401, "unauthorized", "Unauthorized: send Authorization: Bearer <API key or OAuth "
+                                                  "access token>; how to get a token: "
+                                                  f"{metadata_url(settings, request.path)}")
+    else:
+        words = "Unauthorized" if rejected.http_status == 401 else "Forbidden"
+        response = api_error(rejected.http_status, rejected.error, f"{words}: {rejected.description}")
+    response.headers["WWW-Authenticate"] = challenge(settings, rejected)
+    return response
+
+
+def register_resource_metadata(app: Flask, settings: OAuthSettings | None) -> None:
+    """The RFC 9728 documents (public: a client reads them before it has a token). Without OAuth the paths
+    stay unmatched (404 JSON)."""
+    if settings is None:
+        return
+
+    def document(path: str) -> Response:
+        body = {"resource": resource_of(settings, path),
+                "authorization_servers": [i.issuer for i in settings.issuers],
+                "bearer_methods_supported": ["header"],
+                "resource_name": "mcp-broker"}
+        if settings.scopes_supported:
+            body["scopes_supported"] = list(settings.scopes_supported)
+        response = jsonify(body)
+        response.headers["Access-Control-Allow-Origin"] = "*"  # public metadata; browser-based clients read it
+        response.headers["Cache-Control"] = "max-age=300"
+        return response
+
+    @app.get(WELL_KNOWN)
+    def _resource_metadata() -> Response:
+        return document("")
+
+    @app.get(f"{WELL_KNOWN}/mcp")
+    def _resource_metadata_mcp() -> Response:
+        return document("/mcp")
+
+    @app.get(f"{WELL_KNOWN}/servers/<name>/mcp")
+    def _resource_metadata_server(name: str) -> Response:
+        return document(f"/servers/{name}/mcp")
