@@ -32,12 +32,11 @@ from marshmallow import ValidationError
 
 from broker import keys
 from broker.config import DEFAULT_SEPARATOR
+from broker.oauth.settings import OAuthConfigError, OAuthSettings, load_oauth
 from broker.schemas import KeysFileSchema, first_error
 
 if TYPE_CHECKING:  # gunicorn.conf.py loads keys in the gunicorn master, before gevent patches: no redis there
     import redis
-
-    from broker.oauth.settings import OAuthSettings
 
 
 class KeysConfigError(Exception):
@@ -137,7 +136,6 @@ def load_keyring(env: dict[str, str] | None = None) -> KeyRing:
     no keys means anonymous admin access, and an operator who set a key variable meant the opposite.
     `id:key:` (an empty pattern list) allows nothing. The `oauth` block (the keys file's, or
     `MCP_BROKER_OAUTH`) is loaded too (broker.oauth.settings): a ring with only OAuth is enabled."""
-    from broker.oauth.settings import load_oauth  # it builds on this module
     env = dict(os.environ) if env is None else env
     ring = KeyRing()
     variable = env.get("MCP_BROKER_API_KEYS", "")
@@ -173,7 +171,10 @@ def load_keyring(env: dict[str, str] | None = None) -> KeyRing:
                                   "MCP_BROKER_KEYS_FILE to run without keys on loopback only")
         for index, entry in enumerate(loaded["keys"]):
             ring.principals[entry["hash"]] = principal_of(entry, index)
-    ring.oauth = load_oauth(env, oauth_block)
+    try:
+        ring.oauth = load_oauth(env, oauth_block)
+    except OAuthConfigError as err:
+        raise KeysConfigError(str(err)) from None
     return ring
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import secrets
 import threading
 import time
@@ -230,7 +231,9 @@ class AuthServer:
 
         @app.get("/authorize")
         def _authorize() -> Response:
-            return server.create_authorization_response(grant_user=dict(outer.user))  # consent: granted at once
+            user = dict(outer.user)
+            grant = server.get_consent_grant(end_user=user)  # validates the request (PKCE required)
+            return server.create_authorization_response(grant=grant, grant_user=user)  # consent: granted at once
 
         @app.post("/token")
         def _token() -> Response:
@@ -257,6 +260,7 @@ class AuthServer:
 
     # ------------------------------------------------------------ lifecycle
     def __enter__(self) -> AuthServer:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request in the test output
         self._server = make_server("127.0.0.1", self.port, self.app(), threaded=True)
         self._thread = threading.Thread(target=self._server.serve_forever, name=f"oauth-as-{self.port}", daemon=True)
         self._thread.start()

@@ -7,6 +7,9 @@ principal mapping beside API keys, and an unreachable issuer. Tokens are minted 
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import re
 import secrets
@@ -182,12 +185,19 @@ def _stranger_with_kid(kid: str) -> Any:
 
 
 def _hs256(broker: Broker, now: int) -> str:
-    """HS256 keyed with the server's public key (the classic confusion attack)."""
-    import jwt as pyjwt
-    public = json.dumps(broker.main.keys[-1].as_dict(private=False))
-    return pyjwt.encode({"iss": broker.main.issuer, "sub": "alice", "scope": "mcp", "groups": ["staff"],
-                         "aud": f"{broker.base}/mcp", "exp": now + 600}, public, algorithm="HS256",
-                        headers={"kid": broker.main.keys[-1].kid})
+    """HS256 keyed with the server's public key (the classic confusion attack). Made by hand: PyJWT and joserfc
+    both refuse to, rightly."""
+    key = broker.main.keys[-1]
+    header = {"alg": "HS256", "kid": key.kid, "typ": "at+jwt"}
+    claims = {"iss": broker.main.issuer, "sub": "alice", "scope": "mcp", "groups": ["staff"],
+              "aud": f"{broker.base}/mcp", "exp": now + 600}
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+    secret = json.dumps(key.as_dict(private=False)).encode()
+    return f"{signing_input}.{_b64(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest())}"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def _without_exp(broker: Broker) -> str:

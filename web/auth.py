@@ -33,7 +33,7 @@ from broker.protocol import Conversation
 from broker.security import ANONYMOUS, KeyRing, Principal
 from broker.services import BrokerServices
 from web.errors import api_error
-from web.oauth import accepted_audiences, is_metadata_path, refusal, register_resource_metadata
+from web.oauth import accepted_audiences, refusal, register_resource_metadata
 
 log = logging.getLogger("mcp_broker.auth")
 
@@ -106,8 +106,9 @@ def register_loopback_guard(app: Flask, keyring: KeyRing) -> None:
 
 
 def is_public(path: str) -> bool:
-    """Probes, and the OAuth metadata a client must read before it has a token."""
-    return path in PUBLIC_PATHS or is_metadata_path(path)
+    """Probes, and the well-known documents (the OAuth metadata a client must read before it has a token; any
+    other well-known path is a 404, not a 401: a client probing for metadata learns there is none)."""
+    return path in PUBLIC_PATHS or path.startswith("/.well-known/")
 
 
 def register_auth(app: Flask, keyring: KeyRing) -> None:

@@ -48,10 +48,6 @@ def accepted_audiences(settings: OAuthSettings, path: str) -> list[str]:
     return list(dict.fromkeys([base, f"{base}/", f"{base}/mcp", resource_of(settings, path), *settings.audiences]))
 
 
-def is_metadata_path(path: str) -> bool:
-    return path == WELL_KNOWN or path.startswith(WELL_KNOWN + "/")
-
-
 def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

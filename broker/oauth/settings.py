@@ -29,12 +29,15 @@ from urllib.parse import urlsplit
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from broker.schemas import PrincipalLimitsSchema, first_error
-from broker.security import KeysConfigError, Principal, principal_of
 
 # Asymmetric only: `none` and the HS* family (a shared secret, which a public JWKS must never be) are refused.
 SAFE_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 DEFAULT_PROFILE = "default"
 _URL = validate.URL(schemes={"http", "https"}, require_tld=False)
+
+
+class OAuthConfigError(Exception):
+    """The `oauth` block cannot be used (broker.security raises it as its own KeysConfigError)."""
 
 
 class IntrospectionSchema(Schema):
@@ -133,22 +136,25 @@ class OAuthSettings:
     jwks_cache_s: float = 900.0
     jwks_refetch_s: float = 30.0
     introspection_cache_s: float = 60.0
-    profiles: dict[str, Principal] = field(default_factory=dict)
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)  # name → a key's fields (no id, no hash)
     rules: tuple[Rule, ...] = ()
 
     def issuer(self, iss: str) -> IssuerSettings | None:
         return next((i for i in self.issuers if i.issuer == iss), None)
 
-    def principal_for(self, claims: Mapping[str, Any]) -> Principal | None:
-        """The first matching rule's profile, as this token's own principal; None when no rule matches."""
-        profile = DEFAULT_PROFILE if not self.rules else next(
-            (r.profile for r in self.rules if r.matches(claims)), None)
-        if profile is None:
-            return None
-        template = self.profiles.get(profile) or Principal(id=profile, admin=False)
-        who = str(claims.get("sub") or claims.get("client_id") or "unknown")
-        host = urlsplit(str(claims.get("iss") or "")).netloc
-        return Principal(**{**template.__dict__, "id": f"oauth:{profile}:{who}@{host}"})
+    def profile_for(self, claims: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        """The first matching rule's profile (name, fields); `default` (everything, no admin right) when there
+        are no rules; None when no rule matches."""
+        if not self.rules:
+            return DEFAULT_PROFILE, self.profiles.get(DEFAULT_PROFILE, {"allow": ["*"], "admin": False})
+        name = next((r.profile for r in self.rules if r.matches(claims)), None)
+        return None if name is None else (name, self.profiles[name])
+
+
+def principal_id(profile: str, claims: Mapping[str, Any]) -> str:
+    """`oauth:<profile>:<sub>@<issuer host>`: per person (sessions, rates, caps), never per profile."""
+    who = str(claims.get("sub") or claims.get("client_id") or "unknown")
+    return f"oauth:{profile}:{who}@{urlsplit(str(claims.get('iss') or '')).netloc}"
 
 
 def _globs(value: Any) -> tuple[str, ...]:
@@ -184,13 +190,13 @@ def _raw_block(env: Mapping[str, str], keys_file_block: dict[str, Any] | None) -
             try:
                 text = Path(text).read_text()
             except OSError as err:
-                raise KeysConfigError(f"MCP_BROKER_OAUTH {text}: cannot read the file: {err.strerror}") from None
+                raise OAuthConfigError(f"MCP_BROKER_OAUTH {text}: cannot read the file: {err.strerror}") from None
         try:
             block = json.loads(text)
         except ValueError as err:
-            raise KeysConfigError(f"MCP_BROKER_OAUTH: not valid JSON: {err}") from None
+            raise OAuthConfigError(f"MCP_BROKER_OAUTH: not valid JSON: {err}") from None
         if not isinstance(block, dict):
-            raise KeysConfigError("MCP_BROKER_OAUTH: expected a JSON object (the `oauth` block)")
+            raise OAuthConfigError("MCP_BROKER_OAUTH: expected a JSON object (the `oauth` block)")
     else:
         block = dict(keys_file_block) if keys_file_block is not None else None
     shorthand = {
@@ -214,7 +220,7 @@ def _issuer(raw: Any, env: Mapping[str, str]) -> IssuerSettings:
         if intro["client_secret_env"]:
             secret = env.get(intro["client_secret_env"], "")
             if not secret:
-                raise KeysConfigError(f"oauth: issuer {loaded['issuer']}: the variable "
+                raise OAuthConfigError(f"oauth: issuer {loaded['issuer']}: the variable "
                                       f"{intro['client_secret_env']} (client_secret_env) is not set")
         introspection = Introspection(intro["endpoint"], intro["client_id"], secret)
     algorithms = tuple(loaded["algorithms"] or SAFE_ALGORITHMS)
@@ -223,7 +229,7 @@ def _issuer(raw: Any, env: Mapping[str, str]) -> IssuerSettings:
 
 def load_oauth(env: Mapping[str, str], keys_file_block: dict[str, Any] | None = None) -> OAuthSettings | None:
     """The OAuth settings, or None when OAuth is off. A block that does not validate stops the start
-    (`KeysConfigError`), like a bad keys file."""
+    (`OAuthConfigError`, raised by `load_keyring` as its `KeysConfigError`), like a bad keys file."""
     block = _raw_block(env, keys_file_block)
     if block is None:
         return None
@@ -231,8 +237,8 @@ def load_oauth(env: Mapping[str, str], keys_file_block: dict[str, Any] | None = 
         loaded = OAuthSchema().load(block)
         issuers = tuple(_issuer(raw, env) for raw in loaded["issuers"])
     except ValidationError as err:
-        raise KeysConfigError(f"oauth: {first_error(err)}") from None
-    profiles = {name: principal_of({**entry, "id": name}, 0) for name, entry in loaded["profiles"].items()}
+        raise OAuthConfigError(f"oauth: {first_error(err)}") from None
+    profiles = dict(loaded["profiles"])
     rules = tuple(Rule(tuple((claim, _globs(globs)) for claim, globs in r["match"].items()), r["profile"])
                   for r in loaded["rules"])
     supported = loaded["scopes_supported"]

@@ -23,8 +23,8 @@ import jwt
 
 from broker.oauth.introspection import Introspector
 from broker.oauth.issuers import IssuerKeys, IssuerUnavailable
-from broker.oauth.settings import OAuthSettings, token_scopes
-from broker.security import Principal
+from broker.oauth.settings import OAuthSettings, principal_id, token_scopes
+from broker.security import Principal, principal_of
 
 __all__ = ["IssuerUnavailable", "TokenRejected", "TokenVerifier"]
 
@@ -79,10 +79,11 @@ class TokenVerifier:
         missing = [s for s in self.settings.scopes_required if s not in token_scopes(claims)]
         if missing:
             raise TokenRejected("insufficient_scope", f"the token lacks the scope {' '.join(missing)}")
-        principal = self.settings.principal_for(claims)
-        if principal is None:
+        profile = self.settings.profile_for(claims)
+        if profile is None:
             raise TokenRejected("insufficient_scope", "no rule of this broker maps the token's claims to a profile")
-        return principal
+        name, fields = profile
+        return principal_of({**fields, "id": principal_id(name, claims)}, 0)
 
     def _jwt_claims(self, token: str, audiences: Collection[str]) -> dict[str, Any]:
         header = jwt.get_unverified_header(token)
