@@ -245,3 +245,52 @@ def test_the_query_set_is_everyday_requests_labeled_with_real_tools() -> None:
         for label in entry["expect"]:  # a request names no tool (one-word names like `query` aside)
             tool = label.split("__", 1)[1]
             assert not any(sep in tool for sep in "_-") or tool.lower() not in entry["query"].lower(), entry
+
+
+# ---------------------------------------------------------------- a catalog change, on every web process
+def searchable_everywhere(sstack: SearchStack, query: dict[str, Any], wanted: str, timeout: float = 60) -> float:
+    """Search on both web processes until `wanted` is a result on each; seconds from the first try."""
+    clients = [sstack.ws(query="?tools=search", index=i) for i in range(2)]
+    started, pending = time.monotonic(), {0, 1}
+    try:
+        while pending:
+            for index in sorted(pending):
+                answer = clients[index].call(SEARCH, query)
+                if "result" in answer and not answer["result"].get("isError") and wanted in [
+                        t["name"] for t in answer["result"]["structuredContent"]["tools"]]:
+                    pending.discard(index)
+            assert time.monotonic() - started < timeout, f"{wanted} not found on web process(es) {pending}"
+            time.sleep(0.05)
+        return time.monotonic() - started
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_a_tool_added_by_list_changed_is_searchable_on_every_web_process(sstack: SearchStack) -> None:
+    name = f"zebrafinder{uuid.uuid4().hex[:6]}"
+    with sstack.ws() as client:
+        searchable_everywhere(sstack, {"query": "echo text unchanged", "server": "echo"}, "echo__echo")  # warm
+        assert client.call("echo__grow", {"name": name})["result"]["isError"] is False
+    seconds = searchable_everywhere(sstack, {"query": name, "server": "echo"}, f"echo__{name}")
+    print(f"grown tool searchable on both web processes {seconds:.2f} s after the call returned")
+
+
+def test_a_server_added_by_reload_is_searchable_on_every_web_process(sstack: SearchStack) -> None:
+    path = sstack.stack.config_path
+    changed = json.loads(path.read_text())
+    changed["mcpServers"]["fetchy"] = served("mcp-server-fetch")
+    path.write_text(json.dumps(changed))
+    answer = httpx2.post(f"{sstack.url()}/v1/admin/reload", timeout=30,
+                         headers={"Authorization": f"Bearer {KEYS['admin']}"})
+    assert answer.status_code == 200 and answer.json()["added"] == ["fetchy"], answer.text
+    argv = [str(VENV_BIN / "celery"), "-A", "workers.app", "worker", "-Q", "mcp.fetchy", "-P", "threads", "-c", "2",
+            "-n", f"fetchy.{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle", "-l", "info"]
+    sstack.stack._spawn("worker-fetchy", argv)
+    deadline = time.monotonic() + 90
+    while not sstack.published("fetchy"):
+        assert time.monotonic() < deadline, f"fetchy not published; logs in {sstack.stack.log_dir}"
+        time.sleep(0.05)
+    seconds = searchable_everywhere(sstack, {"query": "fetch a web page from the internet as markdown",
+                                             "server": "fetchy"}, "fetchy__fetch")
+    print(f"added server searchable on both web processes {seconds:.2f} s after its catalog was published")

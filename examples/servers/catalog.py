@@ -7,6 +7,10 @@ so the broker's catalog, tool search and token counts can be measured on real ca
 the tool's name and the arguments it got, as text. A tool that declares an `outputSchema` answers with
 `isError` (this fixture cannot make up structured content its schema accepts, and a client's SDK checks it).
 
+Standard library only, like `tiny.py`: the bench starts one per published catalog (87), and an SDK server
+takes ~0.5 s of CPU and ~40 MB to start; this one takes milliseconds. `tools/list` pages by 100 (a
+catalog of 235 tools is listed in three pages, as real servers do).
+
 `CATALOG_EXTRA_TOOL=name` adds one more tool (`name`, taking `text`), so a test can change a catalog.
 """
 
@@ -18,10 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import anyio
-import mcp_types as types
-from mcp.server.lowlevel import Server
-from mcp.server.stdio import stdio_server
+PAGE = 100
 
 
 def load_tools(paths: list[str]) -> list[dict[str, Any]]:
@@ -35,26 +36,43 @@ def load_tools(paths: list[str]) -> list[dict[str, Any]]:
     return tools
 
 
-def build(tools: list[dict[str, Any]]) -> Server[Any]:
-    listed = [types.Tool.model_validate(tool) for tool in tools]
-    with_output = {tool["name"] for tool in tools if tool.get("outputSchema")}
+def answer(tools: list[dict[str, Any]], message: dict[str, Any]) -> dict[str, Any] | None:
+    method, request_id, params = message.get("method"), message.get("id"), message.get("params") or {}
+    if request_id is None:
+        return None  # a notification
+    if method == "initialize":
+        result: dict[str, Any] = {"protocolVersion": params.get("protocolVersion") or "2025-06-18",
+                                  "capabilities": {"tools": {}}, "serverInfo": {"name": "catalog", "version": "1"}}
+    elif method == "ping":
+        result = {}
+    elif method == "tools/list":
+        start = int(params.get("cursor") or 0)
+        result = {"tools": tools[start:start + PAGE]}
+        if start + PAGE < len(tools):
+            result["nextCursor"] = str(start + PAGE)
+    elif method == "tools/call":
+        name, arguments = str(params.get("name")), params.get("arguments") or {}
+        tool = next((t for t in tools if t["name"] == name), None)
+        if tool is None:
+            return {"jsonrpc": "2.0", "id": request_id, "error": {"code": -32602, "message": f"Unknown tool: {name}"}}
+        text = f"{name} called with {json.dumps(arguments, sort_keys=True)}"
+        result = {"content": [{"type": "text", "text": text}], "isError": bool(tool.get("outputSchema"))}
+    else:
+        return {"jsonrpc": "2.0", "id": request_id, "error": {"code": -32601, "message": f"Method not found: {method}"}}
+    return {"jsonrpc": "2.0", "id": request_id, "result": result}
 
-    async def list_tools(_ctx: Any, _params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=listed)
 
-    async def call_tool(_ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
-        text = f"{params.name} called with {json.dumps(params.arguments or {}, sort_keys=True)}"
-        return types.CallToolResult(content=[types.TextContent(type="text", text=text)],
-                                    is_error=params.name in with_output)
-
-    return Server("catalog", on_list_tools=list_tools, on_call_tool=call_tool)
-
-
-async def main(paths: list[str]) -> None:
-    server = build(load_tools(paths))
-    async with stdio_server() as (read, write):
-        await server.run(read, write, server.create_initialization_options())
+def main(paths: list[str]) -> None:
+    tools = load_tools(paths)
+    for line in sys.stdin:
+        try:
+            reply = answer(tools, json.loads(line))
+        except ValueError:
+            continue
+        if reply is not None:
+            sys.stdout.write(json.dumps(reply) + "\n")
+            sys.stdout.flush()
 
 
 if __name__ == "__main__":
-    anyio.run(main, sys.argv[1:])
+    main(sys.argv[1:])
