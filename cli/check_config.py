@@ -23,6 +23,10 @@ def command(args: argparse.Namespace) -> int:
     print(f"{config.path}: OK, {len(config.servers)} server(s)")
     print(f"  API keys: {len(keyring.principals)}" if keyring.enabled else
           "  API keys: none (anonymous admin access, served to loopback peers only)")
+    if keyring.oauth is not None:
+        oauth = keyring.oauth
+        print(f"  OAuth: {len(oauth.issuers)} issuer(s) ({', '.join(i.issuer for i in oauth.issuers)}), "
+              f"{len(oauth.rules)} rule(s), resource {oauth.resource or 'from each request'}")
     for name, spec in config.servers.items():
         target = " | ".join(endpoint.describe() for endpoint in spec.endpoints)
         s = spec.settings

@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from base64 import b64encode
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -30,6 +31,7 @@ from broker.oauth.settings import IssuerSettings
 log = logging.getLogger("mcp_broker.oauth")
 
 MAX_DOCUMENT_BYTES = 1024 * 1024  # a metadata document or a JWKS bigger than this is refused
+FAILURE_BACKOFF_S = 5.0  # after a failed fetch, requests are refused (503) without trying again for this long
 KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}  # alg prefix → the JWK `kty` it needs
 
 
@@ -98,6 +100,8 @@ class IssuerKeys:
     _fetched_at: float = float("-inf")
     _refetched_at: float = float("-inf")
     _lock: threading.RLock = field(default_factory=threading.RLock)  # a refresh reads the metadata under it
+    _failed_at: float = float("-inf")
+    _failure: str = ""
 
     @property
     def issuer(self) -> str:
@@ -109,8 +113,19 @@ class IssuerKeys:
             return self._metadata
         with self._lock:
             if self._metadata is None:
-                self._metadata = self._fetch_metadata()
+                self._metadata = self._guarded(self._fetch_metadata)
         return self._metadata
+
+    def _guarded(self, fetch: Callable[[], Any]) -> Any:
+        """`fetch()`, unless it failed less than `FAILURE_BACKOFF_S` ago: then the same failure at once, so a
+        server that is down costs each request nothing rather than a timeout (and the lock's queue)."""
+        if time.monotonic() - self._failed_at < FAILURE_BACKOFF_S:
+            raise IssuerUnavailable(self._failure)
+        try:
+            return fetch()
+        except IssuerUnavailable as err:
+            self._failed_at, self._failure = time.monotonic(), str(err)
+            raise
 
     def _fetch_metadata(self) -> dict[str, Any]:
         errors = []
@@ -139,6 +154,15 @@ class IssuerKeys:
             found = self._matching(kid, alg)
         return found
 
+    def _fetch_keys(self) -> list[Any]:
+        uri = self.settings.jwks_uri or self.metadata().get("jwks_uri")
+        if not isinstance(uri, str) or not uri:
+            raise IssuerUnavailable(f"{self.issuer}: its metadata names no jwks_uri")
+        keys = http_json(uri, self.timeout_s).get("keys")
+        if not isinstance(keys, list):
+            raise IssuerUnavailable(f"{uri}: not a JWK set (no `keys` list)")
+        return keys
+
     def _matching(self, kid: str | None, alg: str) -> list[dict[str, Any]]:
         return [k for k in self._keys if (kid is None or k.get("kid") == kid) and key_fits(k, alg)]
 
@@ -148,12 +172,7 @@ class IssuerKeys:
             if self._fetched_at != before:
                 return  # another request fetched while this one waited
             try:
-                uri = self.settings.jwks_uri or self.metadata().get("jwks_uri")
-                if not isinstance(uri, str) or not uri:
-                    raise IssuerUnavailable(f"{self.issuer}: its metadata names no jwks_uri")
-                keys = http_json(uri, self.timeout_s).get("keys")
-                if not isinstance(keys, list):
-                    raise IssuerUnavailable(f"{uri}: not a JWK set (no `keys` list)")
+                keys = self._guarded(self._fetch_keys)
             except IssuerUnavailable as err:
                 if not stale_ok:
                     raise

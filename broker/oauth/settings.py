@@ -186,7 +186,7 @@ def token_scopes(claims: Mapping[str, Any]) -> set[str]:
 def _raw_block(env: Mapping[str, str], keys_file_block: dict[str, Any] | None) -> dict[str, Any] | None:
     text = env.get("MCP_BROKER_OAUTH", "").strip()
     if text:
-        if not text.startswith("{"):
+        if not text.startswith(("{", "[")):  # else the path of a file that holds it
             try:
                 text = Path(text).read_text()
             except OSError as err:
