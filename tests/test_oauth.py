@@ -249,6 +249,10 @@ def test_claims_map_to_principals_with_their_allow_lists_and_admin_rights(broker
         assert status.status_code == 403  # staff: not an admin
         admin = broker.token(scope="mcp mcp:admin", groups=["ops"])
         assert http.get(f"{broker.base}/status.json", headers={"Authorization": f"Bearer {admin}"}).status_code == 200
+        detail = http.get(f"{broker.base}/readyz", headers={"Authorization": f"Bearer {admin}"}).json()
+        assert "echo" in json.dumps(detail)  # per-server detail: for admins only
+        public = http.get(f"{broker.base}/readyz", headers={"Authorization": f"Bearer {broker.token()}"}).json()
+        assert "echo" not in json.dumps(public) and "servers_total" in public
         # mcp:admin alone is not enough: the rule also wants the ops group, so this token is staff
         half = broker.token(scope="mcp mcp:admin", groups=["staff"])
         assert http.get(f"{broker.base}/status.json", headers={"Authorization": f"Bearer {half}"}).status_code == 403

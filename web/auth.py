@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import ipaddress
 import logging
 import os
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
 
 from broker.oauth.tokens import IssuerUnavailable, TokenRejected, TokenVerifier
 from broker.protocol import Conversation
@@ -116,6 +117,7 @@ def register_auth(app: Flask, keyring: KeyRing) -> None:
     (broker.oauth): a refusal then carries the RFC 9728 challenge (web/oauth.py)."""
     app.config["KEYRING"] = keyring
     verifier = TokenVerifier.build(keyring.oauth) if keyring.oauth is not None else None
+    app.config["OAUTH_VERIFIER"] = verifier
     register_resource_metadata(app, keyring.oauth)
 
     @app.before_request
@@ -136,6 +138,19 @@ def register_auth(app: Flask, keyring: KeyRing) -> None:
             return response
         request.environ[PRINCIPAL_KEY] = principal
         return None
+
+
+def optional_principal() -> Principal | None:
+    """The caller of a public path (a probe may show more to an admin): its key's or token's principal, None
+    for anyone else (no refusal: the path is public)."""
+    keyring: KeyRing = current_app.config["KEYRING"]
+    bearer = bearer_of(request.headers.get("Authorization"))
+    principal = keyring.authenticate(bearer)
+    verifier: TokenVerifier | None = current_app.config.get("OAUTH_VERIFIER")
+    if principal is None and verifier is not None and bearer and bearer[:7].lower() == "bearer ":
+        with contextlib.suppress(TokenRejected, IssuerUnavailable):
+            principal = verifier.verify(bearer[7:].strip(), accepted_audiences(verifier.settings, request.path))
+    return principal
 
 
 def _by_token(verifier: TokenVerifier, bearer: str | None) -> Response | None:

@@ -28,7 +28,7 @@ from broker.config import BrokerConfig
 from broker.fleet import readiness, scrape_time_metrics, status
 from broker.metrics import BrokerCollector
 from broker.redisconn import get_redis
-from web.auth import bearer_of, current_principal
+from web.auth import current_principal, optional_principal
 from web.errors import api_error
 from web.origin import allowed_hosts, host_allowed
 from web.services import current_services
@@ -69,7 +69,7 @@ def _sees_detail() -> bool:
     and a DNS-rebinding page would otherwise read it."""
     keyring = current_app.config.get("KEYRING")
     if keyring is not None and keyring.enabled:
-        principal = keyring.authenticate(bearer_of(request.headers.get("Authorization")))
+        principal = optional_principal()
         return principal is not None and principal.admin
     return host_allowed(request.headers.get("Host"), allowed_hosts(os.environ, False))
 
