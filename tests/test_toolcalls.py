@@ -18,6 +18,7 @@ from tests.stack import Stack
 from tests.toolcalls_support import (
     FIXTURES,
     KEYS,
+    MAX_BATCH_CALLS,
     ROOT,
     fixture,
     http,
@@ -254,3 +255,8 @@ def test_batch_file_errors(broker: str) -> None:
     status, body = http(broker, "POST", "/v1/batches?from=openai-batch", nothing, ctype=JSONL)
     assert status == 400 and body["error"]["code"] == "invalid_batch", body
     assert "no tool calls to run: 2 line(s) skipped" in body["error"]["message"]
+    calls = [{"type": "tool_use", "id": f"toolu_{i}", "name": "echo__echo", "input": {"text": str(i)}}
+             for i in range(MAX_BATCH_CALLS + 1)]
+    status, body = http(broker, "POST", "/v1/batches?format=anthropic", calls)
+    assert status == 413 and body["error"]["code"] == "batch_too_large", body
+    assert f"more than {MAX_BATCH_CALLS} tool calls" in body["error"]["message"]

@@ -23,6 +23,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "llm"
 TEST_CONFIG = Path(__file__).resolve().parent / "mcp_servers.test.json"
 KEYS = {"full": "tc-full-key", "narrow": "tc-narrow-key"}
 SERVERS = ("echo", "time", "conformance")
+MAX_BATCH_CALLS = 40  # a batch file with more tool calls is refused whole
 
 
 def fixture(name: str) -> Any:
@@ -43,7 +44,8 @@ def config(path: Path) -> Path:
 
 def start(redis_url: str, folder: Path) -> tuple[Stack, str]:
     stack = Stack(redis_url, config_path=config(folder / "mcp_servers.json"))
-    env = {"MCP_BROKER_API_KEYS": f"full:{KEYS['full']},narrow:{KEYS['narrow']}:echo__echo"}
+    env = {"MCP_BROKER_API_KEYS": f"full:{KEYS['full']},narrow:{KEYS['narrow']}:echo__echo",
+           "MCP_BROKER_MAX_BATCH_CALLS": str(MAX_BATCH_CALLS)}
     for server in SERVERS:
         stack.start_worker(server)
     port = free_port()

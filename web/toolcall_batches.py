@@ -7,7 +7,8 @@ allow-lists, same workers, results in the same Redis stream. A call that cannot 
 no visible tool has, a tool the key may not use) is answered at once with its error through the workers'
 own result writer, so it is counted and streamed like any other outcome, and the file's other calls run.
 Where each call came from (format, custom_id, line, tool call id, name) is kept in one Redis hash per batch
-(~100 bytes a call) so the results stream (`translated`) can answer in the provider's shape.
+(104 bytes a call: MEMORY USAGE of a 2,000-call file's hash) so the results stream (`translated`) can
+answer in the provider's shape.
 """
 
 from __future__ import annotations
