@@ -124,6 +124,7 @@ class AuthServer:
     clients: dict[str, Client] = field(default_factory=dict)
     codes: dict[str, Code] = field(default_factory=dict)
     opaque: dict[str, OpaqueToken] = field(default_factory=dict)
+    issued: list[dict[str, Any]] = field(default_factory=list)  # the claims of every token the flow issued
     jwks_fetches: int = 0
     introspections: int = 0
     token_ttl_s: int = 600
@@ -157,6 +158,7 @@ class AuthServer:
         claims = {k: v for k, v in user.items() if k != "resource"}
         resource = request.form.get("resource") or user.get("resource")
         claims.update(client_id=client.client_id, scope=scope, aud=resource or client.client_id)
+        self.issued.append(claims)
         return {"access_token": self.mint(claims), "token_type": "Bearer", "expires_in": self.token_ttl_s,
                 "scope": scope}
 

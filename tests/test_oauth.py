@@ -50,10 +50,12 @@ def oauth_block(main: AuthServer, other: AuthServer, dead_issuer: str) -> dict[s
             "admin": {"allow": ["*"], "admin": True},
             "staff": {"allow": ["*"]},
             "timekeeper": {"allow": ["time__*"], "rate_per_s": 50, "burst": 50},
+            "metered": {"allow": ["echo__*"], "rate_per_s": 0.01, "burst": 3},
         },
         "rules": [
             {"match": {"scope": "mcp:admin", "groups": "ops"}, "profile": "admin"},
             {"match": {"scope": "mcp:time"}, "profile": "timekeeper"},
+            {"match": {"groups": "metered"}, "profile": "metered"},
             {"match": {"groups": ["staff", "ops"]}, "profile": "staff"},
         ],
     }
@@ -293,3 +295,11 @@ def test_an_unreachable_issuer_is_a_503_not_a_401(broker: Broker) -> None:
         response = http.post(f"{broker.base}/mcp", json=INIT, headers={**ACCEPT, "Authorization": f"Bearer {token}"})
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "issuer_unavailable" and response.headers["retry-after"]
+
+
+def test_a_profiles_rate_limit_holds_per_person(broker: Broker) -> None:
+    """`metered`: 3 calls, then -32005; another person of the same profile has a bucket of their own."""
+    for who in ("dora", "emil"):
+        with ws(broker, broker.token(sub=f"{who}-{secrets.token_hex(3)}", groups=["metered"])) as client:
+            answers = [client.call("echo__echo", {"text": str(i)}) for i in range(4)]
+        assert [a.get("error", {}).get("code") for a in answers] == [None, None, None, -32005], (who, answers)

@@ -23,6 +23,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from playwright.sync_api import sync_playwright
@@ -151,3 +152,16 @@ def test_a_users_groups_map_to_a_restricted_profile(flow_broker: tuple[str, Auth
     assert names and all(n.startswith("time__") for n in names)
     refused = first(events, "call_error")
     assert refused["code"] == -32003 and "oauth:timekeeper:tim@" in refused["message"]
+
+
+def test_a_per_server_endpoint_has_its_own_resource(flow_broker: tuple[str, AuthServer]) -> None:
+    """`/servers/echo/mcp`: the client follows the path-suffixed metadata and gets a token for that endpoint."""
+    base, server = flow_broker
+    events = run_flow(f"{base}/servers/echo/mcp", "echo", {"text": "one server"})
+    http = [e for e in events if e["event"] == "http"]
+    metadata = f"{base}/.well-known/oauth-protected-resource/servers/echo/mcp"
+    assert f'resource_metadata="{metadata}"' in http[0]["www_authenticate"]
+    assert ("GET", metadata, 200) in [(e["method"], e["url"], e["status"]) for e in http]
+    assert "resource=" + quote(f"{base}/servers/echo/mcp", safe="") in first(events, "authorize")["url"]
+    assert "one server" in json.dumps(first(events, "result")["result"])
+    assert server.issued[-1]["aud"] == f"{base}/servers/echo/mcp"  # RFC 8707: bound to that endpoint
