@@ -12,6 +12,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from bench.context import report as context_report
 from bench.stats import ratio
 
 GIB = 1024.0
@@ -205,6 +206,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         add(f"{biggest['sockets']:,} sockets held, web RSS (MiB)", biggest["web_rss_peak_mib"],
             "all connected, < 1 GiB (target is 2,000)", ok,
             f"all connected: {biggest['all_stayed_connected']}")
+    context_report.targets(results.get("context") or {}, add)
     return out
 
 
@@ -250,7 +252,7 @@ def notes(results: dict[str, Any]) -> str:
 def render(results: dict[str, Any]) -> str:
     parts = [f"mcp-broker bench ({results['meta']['mode']} run, {results['meta'].get('duration_s', 0):.0f} s)"]
     sections = [("overhead", overhead_section), ("throughput", throughput_section),
-                ("connections", connections_section), ("peers", peers_section)]
+                ("connections", connections_section), ("peers", peers_section), ("context", context_report.render)]
     for key, fn in sections:
         value = results.get(key)
         if value is None:

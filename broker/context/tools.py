@@ -95,9 +95,11 @@ def find(conversation: Conversation, name: str) -> BrokerTool | None:
 
 def listed_broker_tools(conversation: Conversation) -> list[dict[str, Any]]:
     """The broker tools `tools/list` shows this conversation, by name."""
-    separator = conversation.services.config.separator
-    return sorted((tool.definition(separator) for tool in BROKER_TOOLS.values() if tool.listed(conversation)),
-                  key=lambda tool: tool["name"])
+    services = conversation.services
+    listed = [tool.definition(services.config.separator) for tool in BROKER_TOOLS.values() if tool.listed(conversation)]
+    if offers_search(conversation):
+        services.tool_index.warm(services.catalog)  # the model's first search finds the index built
+    return sorted(listed, key=lambda tool: tool["name"])
 
 
 def tools_call(conversation: Conversation, request_id: Any, params: dict[str, Any]) -> Any:

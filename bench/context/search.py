@@ -1,0 +1,186 @@
+"""Tool search measured on the real stack over the published catalogs of `../shared/catalogs/`.
+
+A broker of its own (its own key prefix, so it shares Redis with the main bench stack without touching
+it): one backend per catalog (`examples/servers/catalog.py`, 87 of them, 2,379 tools), one Celery worker
+for all their queues, one web process, two keys: `all` (every tool) and `hundred` (allowed only the 15
+reference servers `server-*`/`mcp-server-*` but `server-everything`: 101 tools, a typical desktop setup).
+
+Measured, side by side in one run:
+- tokens (cl100k, `broker.context.tokens`) of the `tools` a client gets from `tools/list` (every page),
+  in full mode and in search mode (`?tools=search`), for each key;
+- recall@1 and @5 of `broker__search_tools` (limit 5) on `queries.json`, over the WebSocket, and the
+  same measured in-process for the BM25 ranking alone and the embedding ranking alone (what the fusion
+  buys); the search's latency (the first search of a cold web process builds the index);
+- the index's build cost in-process: whole catalog, and after one server changed.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench.catalogs import catalog_names, catalog_path
+from bench.settings import Counts
+from broker.context import tokens
+from broker.security import hash_key
+from tests.stack import ROOT, VENV_BIN, Stack
+from tests.wsclient import RawClient
+
+QUERIES = Path(__file__).resolve().parent / "queries.json"
+CATALOG_SERVER = ROOT / "examples" / "servers" / "catalog.py"
+SEARCH = "broker__search_tools"
+KEYS = {"all": f"bench-all-{uuid.uuid4().hex}", "hundred": f"bench-hundred-{uuid.uuid4().hex}"}
+
+
+def hundred_servers() -> list[str]:
+    return [n for n in catalog_names() if n.startswith(("server-", "mcp-server-")) and n != "server-everything"]
+
+
+def queries() -> list[dict[str, Any]]:
+    return list(json.loads(QUERIES.read_text())["queries"])
+
+
+class ContextStack:
+    """The catalog broker: started in `__enter__`, every catalog published, stopped in `__exit__`."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="mcpb-context-"))
+        servers = {name: {"command": sys.executable, "args": [str(CATALOG_SERVER), str(catalog_path(name))],
+                          "broker": {"timeout_s": 30}} for name in catalog_names()}
+        config, keys_file = self.folder / "mcp_servers.json", self.folder / "keys.json"
+        config.write_text(json.dumps({"mcpServers": servers}))
+        keys_file.write_text(json.dumps({"keys": [
+            {"id": "all", "hash": hash_key(KEYS["all"])},
+            {"id": "hundred", "hash": hash_key(KEYS["hundred"]), "allow": hundred_servers()}]}))
+        self.prefix = f"mcpbctx{uuid.uuid4().hex[:6]}"
+        extra = {"MCP_BROKER_PREFIX": self.prefix, "MCP_BROKER_KEYS_FILE": str(keys_file)}
+        original = Stack.env
+
+        def env(stack: Stack) -> dict[str, str]:
+            return {**original.fget(stack), **extra}  # type: ignore[attr-defined]
+
+        self.stack: Stack = type("ContextStack", (Stack,), {"env": property(env)})(redis_url, config_path=config)
+        self.servers = list(servers)
+
+    def __enter__(self) -> ContextStack:
+        queues = ",".join(f"mcp.{name}" for name in self.servers)
+        argv = [str(VENV_BIN / "celery"), "-A", "workers.app", "worker", "-Q", queues, "-P", "threads", "-c", "4",
+                "-n", f"context.{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle", "-l", "info"]
+        worker = self.stack._spawn("worker-context", argv)
+        port = self.stack.start_web()
+        r = self.stack.redis()
+        deadline = time.monotonic() + 300
+        while not all(r.exists(f"{self.prefix}:catalog:{s}") for s in self.servers):
+            if time.monotonic() > deadline or not worker.alive():
+                self.stack.stop()
+                raise RuntimeError(f"catalogs not published; logs in {self.stack.log_dir}")
+            time.sleep(0.5)
+        del port
+        self.stack.wait_web_ready(self.stack.web_ports[0])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.stop()
+
+    def client(self, key: str, mode: str | None = None) -> RawClient:
+        query = f"?tools={mode}" if mode else ""
+        return RawClient(f"{self.stack.ws_url()}{query}", additional_headers={"Authorization": f"Bearer {KEYS[key]}"},
+                         max_size=64 * 1024 * 1024)
+
+
+def listed_tools(client: RawClient) -> list[dict[str, Any]]:
+    """Every page of tools/list."""
+    tools: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        page = client.request("tools/list", {"cursor": cursor} if cursor else None, timeout=60)["result"]
+        tools += page["tools"]
+        cursor = page.get("nextCursor")
+        if not cursor:
+            return tools
+
+
+def list_tokens(ctx: ContextStack, key: str, mode: str | None) -> dict[str, Any]:
+    with ctx.client(key, mode) as client:
+        tools = listed_tools(client)
+    text = json.dumps(tools, separators=(",", ":"), ensure_ascii=False)
+    return {"tools": len(tools), "bytes": len(text.encode()), "tokens": tokens.count(text)}
+
+
+def hits(found: list[str], expect: list[str]) -> tuple[bool, bool]:
+    wanted = set(expect)
+    return bool(found[:1]) and found[0] in wanted, bool(wanted & set(found[:5]))
+
+
+def stack_recall(ctx: ContextStack, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """recall@1/@5 of broker__search_tools over the WebSocket, and its latency."""
+    one = five = 0
+    latencies: list[float] = []
+    with ctx.client("all", "search") as client:
+        started = time.perf_counter()
+        client.call(SEARCH, {"query": "warm up: build the index"}, timeout=120)
+        first_s = time.perf_counter() - started
+        for item in items:
+            started = time.perf_counter()
+            answer = client.call(SEARCH, {"query": item["query"], "limit": 5}, timeout=60)
+            latencies.append(time.perf_counter() - started)
+            found = [tool["name"] for tool in answer["result"]["structuredContent"]["tools"]]
+            at1, at5 = hits(found, item["expect"])
+            one, five = one + at1, five + at5
+    return {"queries": len(items), "recall_at_1": one / len(items), "recall_at_5": five / len(items),
+            "first_search_s": first_s, "search_ms_p50": statistics.median(latencies) * 1000,
+            "search_ms_max": max(latencies) * 1000}
+
+
+def offline_rankings(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The index in this process over the same catalogs: build cost, and each ranking's recall alone."""
+    from broker.context.index import words
+    from broker.context.keeper import IndexKeeper
+    from broker.context.thesaurus import expand
+
+    documents = {}
+    for name in catalog_names():
+        documents[name] = {"tools": json.loads(catalog_path(name).read_text())["tools"], "digest": "0"}
+    keeper, servers = IndexKeeper(), list(documents)
+    started = time.perf_counter()
+    index = keeper._build(keeper.identity(servers, documents), documents)
+    build_s = time.perf_counter() - started
+    documents[servers[0]] = {**documents[servers[0]], "digest": "1"}
+    started = time.perf_counter()
+    keeper._build(keeper.identity(servers, documents), documents)
+    rebuild_s = time.perf_counter() - started
+
+    def recall(rank: Any) -> dict[str, float]:
+        one = five = 0
+        for item in items:
+            found = [f"{index.documents[i].server}__{index.documents[i].tool}" for i in rank(item["query"])[:5]]
+            at1, at5 = hits(found, item["expect"])
+            one, five = one + at1, five + at5
+        return {"recall_at_1": one / len(items), "recall_at_5": five / len(items)}
+
+    return {"tools": len(index.documents), "build_s": build_s, "rebuild_one_server_s": rebuild_s,
+            "bm25_plain": recall(lambda q: index.lexical(words(q))),
+            "bm25_thesaurus": recall(lambda q: index.lexical(words(expand(q)))),
+            "embeddings": recall(lambda q: index.semantic(expand(q))),
+            "fused": recall(index.ranked)}
+
+
+def run(counts: Counts, redis_url: str) -> dict[str, Any]:
+    del counts  # the same work in --quick: the catalog is what it is, and 307 searches take seconds
+    items = queries()
+    out: dict[str, Any] = {"offline": offline_rankings(items)}
+    with ContextStack(redis_url) as ctx:
+        out["servers"] = len(ctx.servers)
+        out["list"] = {f"{key}_{mode or 'full'}": list_tokens(ctx, key, mode)
+                       for key in ("all", "hundred") for mode in (None, "search")}
+        out["recall"] = stack_recall(ctx, items)
+    for key in ("all", "hundred"):
+        full, search = out["list"][f"{key}_full"]["tokens"], out["list"][f"{key}_search"]["tokens"]
+        out["list"][f"{key}_saved"] = 1 - search / full if full else 0.0
+    return out
