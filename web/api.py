@@ -288,3 +288,10 @@ def register_api(app: Flask, environ: Mapping[str, str] | None = None) -> None:
     app.config.setdefault("BATCH_SETTINGS", BatchSettings.from_env(env))
     app.config.setdefault("CALL_QUEUE_S", float(env.get("MCP_BROKER_CALL_QUEUE_S", CALL_QUEUE_S)))
     app.register_blueprint(api)  # routing errors (404/405 under /v1 too) are answered by web.errors
+
+
+def share_error_handlers(blueprint: Blueprint) -> None:
+    """The `/v1` error answers on another blueprint's routes (`web.translator`): the same JSON for the same error."""
+    for kind, handler in ((ApiError, _api_error), (Refused, refused_response), (HTTPException, _http_error),
+                          (Exception, _internal_error)):
+        blueprint.register_error_handler(kind, handler)

@@ -20,6 +20,7 @@ from web.errors import register_errors
 from web.limits import register_connection_limits
 from web.origin import register_browser_guards
 from web.status import register_status
+from web.translator import register_translator
 from web.transports.http import register_http
 from web.transports.ws import SUBPROTOCOL, register_websocket
 
@@ -53,6 +54,7 @@ def create_app() -> Flask:
     register_websocket(app, sock)
     register_http(app)
     register_api(app)
+    register_translator(app)
     register_status(app)
     register_admin(app)
     web_services.config_listeners.append(lambda new: app.config.__setitem__("BROKER_CONFIG", new))

@@ -44,6 +44,13 @@ JSON_BODIES: dict[str, frozenset[str]] = {  # POST route → the content types i
     "/v1/calls": JSON,
     "/v1/batches": JSON | JSONL_MIMETYPES,
 }
+JSON_BODY_PREFIXES: dict[str, frozenset[str]] = {"/v1/tools/": JSON}  # POST /v1/tools/<name> (web/translator.py)
+
+
+def json_body_types(path: str) -> frozenset[str] | None:
+    """The content types a POST to `path` may have, or None if the route does not restrict them."""
+    return JSON_BODIES.get(path) or next((types for prefix, types in JSON_BODY_PREFIXES.items()
+                                          if path.startswith(prefix)), None)
 
 
 def origin_allowed(origin: str | None, allowed: list[str]) -> bool:
@@ -107,7 +114,7 @@ def register_browser_guards(app: Flask, environ: Mapping[str, str] | None = None
         origins = [o.strip() for o in app.config.get("ALLOWED_ORIGINS", []) if o.strip()]
         if (changes_state or is_mcp_path(request.path)) and not origin_allowed(request.headers.get("Origin"), origins):
             return _refuse(403, "forbidden_origin", "Forbidden: origin not allowed")
-        accepted = JSON_BODIES.get(request.path) if request.method == "POST" else None
+        accepted = json_body_types(request.path) if request.method == "POST" else None
         if accepted is not None and request.mimetype not in accepted:
             return _refuse(415, "unsupported_media_type", f"Unsupported Media Type: {request.path} takes "
                                                           f"{' or '.join(sorted(accepted))}, not "

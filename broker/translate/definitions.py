@@ -62,7 +62,33 @@ class UnknownFormat(ValueError):
         super().__init__(f"unknown format {name!r}: one of {', '.join(FORMATS)}")
 
 
-def tool_definitions(tools: Iterable[dict[str, Any]], format_name: str, strict: bool = True) -> dict[str, Any]:
+class DefinitionCache:
+    """A web process's definitions by (format, strict, tool name), reused while the tool is unchanged: adapting
+    the 2,379 catalog tools takes ~1 s (OpenAI strict forms), comparing them with the cached ones ~50 ms."""
+
+    MAX_ENTRIES = 50_000
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, bool, str], tuple[dict[str, Any], Definition | Unexpressible]] = {}
+
+    def define(self, fmt: Format, format_name: str, tool: dict[str, Any], name: str, strict: bool) -> Definition:
+        key = (format_name, strict, str(tool.get("name", "")))
+        hit = self._entries.get(key)
+        if hit is None or hit[0] != tool:
+            try:
+                made: Definition | Unexpressible = fmt.define(tool, name, strict)
+            except Unexpressible as err:
+                made = err
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+            hit = self._entries[key] = (tool, made)
+        if isinstance(hit[1], Unexpressible):
+            raise hit[1]
+        return hit[1]
+
+
+def tool_definitions(tools: Iterable[dict[str, Any]], format_name: str, strict: bool = True,
+                     cache: DefinitionCache | None = None) -> dict[str, Any]:
     """The answer of `GET /v1/tools?format=...` for these (the caller's visible) MCP tools."""
     fmt = FORMATS.get(format_name)
     if fmt is None:
@@ -81,7 +107,8 @@ def tool_definitions(tools: Iterable[dict[str, Any]], format_name: str, strict: 
                                                         f"{taken[name]!r}"})
             continue
         try:
-            definition = fmt.define(tool, mapped, strict)
+            definition = (cache.define(fmt, format_name, tool, mapped, strict) if cache is not None
+                          else fmt.define(tool, mapped, strict))
         except Unexpressible as err:
             unsupported.append({"name": name, "reason": str(err)})
             continue
