@@ -6,6 +6,9 @@
     python -m broker call TOOL ['{"arg": 1}'] [--url U]  one call through the HTTP API; prints the result
     python -m broker batch calls.jsonl -o results.jsonl  submit a batch, live progress, stream the results
     python -m broker batch --from openai-batch out.jsonl  run the tool calls of an LLM batch output file
+    python -m broker connect URL [--key KEY]           a stdio MCP server bridged to a running broker (hosts)
+
+Installed as a package (`pip install .`), the same commands are `mcp-broker <command>`.
 
 Adding a command is one module + one row of `COMMANDS`: a module under `cli/` with a
 `command(args: argparse.Namespace) -> int` function (the exit code), and a `Command` row
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -112,11 +117,31 @@ COMMANDS: tuple[Command, ...] = (
         ),
         "cli.batch",
     ),
+    Command(
+        "connect",
+        "serve a running broker to a stdio MCP host (Claude Desktop, Cursor, IDEs): forwards every message both "
+        "ways and keeps the session across broker restarts; exits 0 when stdin closes",
+        (
+            arg("url", help="the broker's MCP endpoint: ws://HOST:PORT/mcp (resumes calls across restarts) or "
+                            "http://HOST:PORT/mcp; /servers/<name>/mcp for one server"),
+            arg("--key", metavar="KEY",
+                help="API key, sent as a Bearer token (default: $MCP_BROKER_KEY, else $MCP_BROKER_API_KEY)"),
+            arg("--give-up", type=float, default=60.0, metavar="S",
+                help="with the broker away this long, waiting requests get an error (default 60)"),
+            arg("-v", "--verbose", action="store_true", help="also log the transports' warnings on stderr"),
+        ),
+        "cli.connect",
+    ),
 )
 
 
+def program_name() -> str:
+    """`mcp-broker` when run as the installed console script, else `python -m broker`."""
+    return "mcp-broker" if os.path.basename(sys.argv[0] or "").startswith("mcp-broker") else "python -m broker"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m broker", description="mcp-broker command line")
+    parser = argparse.ArgumentParser(prog=program_name(), description="mcp-broker command line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for cmd in COMMANDS:
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)

@@ -114,6 +114,13 @@ async def ask_user(question: str, ctx: Context) -> str:
 
 
 @server.tool()
+async def ask_roots(ctx: Context) -> list[str]:
+    """Ask the CLIENT for its roots (roots/list) and return their URIs."""
+    listed = await ctx.session.list_roots()
+    return [str(root.uri) for root in listed.roots]
+
+
+@server.tool()
 def blob(size: int) -> str:
     """A text of `size` bytes: for tests of the broker's result size limit."""
     return "x" * max(0, size)

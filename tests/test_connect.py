@@ -1,0 +1,208 @@
+"""`mcp-broker connect`: the SDK's stdio client spawns the bridge, which serves a real broker to it over stdio.
+
+Everything a desktop host does goes through the spawned command: list, call, progress, cancellation,
+sampling/elicitation/roots answered by the host, a broker web process killed and restarted mid-call,
+exit on stdin close, and the errors of a wrong URL or key.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+from mcp_types import CreateMessageResult, ElicitResult, ListRootsResult, Root, TextContent
+
+from cli.devrun import free_port
+from tests.stack import ROOT, Stack
+
+BRIDGE = [sys.executable, "-m", "broker", "connect"]
+
+
+def bridge(url: str, *extra: str, env: dict[str, str] | None = None) -> StdioServerParameters:
+    """`python -m broker connect URL`, as a host's config would start it (from outside the checkout)."""
+    return StdioServerParameters(command=sys.executable, args=["-m", "broker", "connect", url, *extra],
+                                 env={"PYTHONPATH": str(ROOT), **(env or {})}, cwd="/")
+
+
+async def sampling(_context: Any, params: Any) -> CreateMessageResult:
+    return CreateMessageResult(role="assistant", content=TextContent(type="text", text=f"host says: "
+                                                                     f"{params.messages[0].content.text}"),
+                               model="host-model")
+
+
+async def elicitation(_context: Any, params: Any) -> ElicitResult:
+    return ElicitResult(action="accept", content={"colour": "teal"})
+
+
+async def roots(_context: Any) -> ListRootsResult:
+    return ListRootsResult(roots=[Root(uri="file:///work/project", name="project")])
+
+
+def host(params: StdioServerParameters) -> Client:
+    return Client(params, sampling_callback=sampling, elicitation_callback=elicitation, list_roots_callback=roots,
+                  read_timeout_seconds=60, mode="legacy")
+
+
+@pytest.mark.parametrize("scheme", ["ws", "http"])
+def test_a_stdio_host_lists_calls_and_sees_progress(stack: Stack, scheme: str) -> None:
+    url = stack.ws_url() if scheme == "ws" else f"{stack.http_url()}/mcp"
+
+    async def scenario() -> None:
+        async with host(bridge(url)) as client:
+            names = {tool.name for tool in (await client.list_tools()).tools}
+            assert {"echo__echo", "echo__slow", "time__get_current_time"} <= names
+            echoed = await client.call_tool("echo__echo", {"text": "through stdio"})
+            assert echoed.structured_content == {"result": "through stdio"}
+            seen: list[float] = []
+
+            async def progress(done: float, total: float | None, message: str | None) -> None:
+                seen.append(done)
+
+            slow = await client.call_tool("echo__slow", {"seconds": 0.4, "steps": 4}, progress_callback=progress)
+            assert slow.structured_content == {"result": "slept 0.4s"}
+            assert seen == [1, 2, 3, 4]
+
+    anyio.run(scenario)
+
+
+@pytest.mark.parametrize("scheme", ["ws", "http"])
+def test_sampling_elicitation_and_roots_reach_the_host_and_its_answers_return(stack: Stack, scheme: str) -> None:
+    url = stack.ws_url() if scheme == "ws" else f"{stack.http_url()}/mcp"
+
+    async def scenario() -> None:
+        async with host(bridge(url)) as client:
+            sampled = await client.call_tool("echo__ask_model", {"question": "why?"})
+            assert sampled.structured_content == {"result": "host says: why?"}
+            elicited = await client.call_tool("echo__ask_user", {"question": "colour?"})
+            assert elicited.structured_content == {"result": "accept: teal"}
+            listed = await client.call_tool("echo__ask_roots", {})
+            assert listed.structured_content == {"result": ["file:///work/project"]}
+
+    anyio.run(scenario)
+
+
+def test_cancelling_through_the_bridge_cancels_the_call_on_the_broker(stack: Stack) -> None:
+    """solo runs one call at a time: a call with a 5 s limit of its own succeeds only if the cancelled 20 s
+    call gave its slot back, i.e. the host's notifications/cancelled reached the broker."""
+
+    async def scenario() -> None:
+        async with host(bridge(stack.ws_url())) as client:
+            started = anyio.Event()
+
+            async def progress(done: float, total: float | None, message: str | None) -> None:
+                started.set()
+
+            async with anyio.create_task_group() as tg:
+                async def long_call() -> None:
+                    await client.call_tool("solo__slow", {"seconds": 20, "steps": 20}, progress_callback=progress)
+
+                tg.start_soon(long_call)
+                await started.wait()
+                tg.cancel_scope.cancel()  # the SDK sends notifications/cancelled for the call
+            quick = await client.call_tool("solo__echo", {"text": "next"}, meta={"io.mcp-broker/timeoutS": 5})
+            assert quick.structured_content == {"result": "next"}
+
+    anyio.run(scenario)
+
+
+@pytest.fixture
+def own_web(stack: Stack) -> Iterator[int]:
+    """A web process of this test's own (killed and restarted by it), forgotten when the test ends."""
+    port = free_port()
+    stack.start_web(port)
+    stack.wait_web_ready(port)
+    try:
+        yield port
+    finally:
+        for proc in [p for p in stack.procs if p.name == f"web-{port}"]:
+            proc.stop()
+        stack.web_ports.remove(port)
+
+
+def test_a_call_in_flight_is_answered_after_the_broker_web_restarts(stack: Stack, own_web: int) -> None:
+    """The web process is SIGKILLed mid-call and started again: the bridge reconnects, resumes the session by
+    id, and the call's answer arrives; the host never saw the break."""
+
+    async def scenario() -> None:
+        async with host(bridge(f"ws://127.0.0.1:{own_web}/mcp")) as client:
+            assert (await client.call_tool("echo__echo", {"text": "before"})).structured_content == {"result": "before"}
+            started = anyio.Event()
+            answer: dict[str, Any] = {}
+
+            async def progress(done: float, total: float | None, message: str | None) -> None:
+                started.set()
+
+            async def long_call() -> None:
+                result = await client.call_tool("echo__slow", {"seconds": 4, "steps": 4}, progress_callback=progress)
+                answer["result"] = result.structured_content
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(long_call)
+                await started.wait()
+                await anyio.to_thread.run_sync(restart_web, stack, own_web)
+            assert answer["result"] == {"result": "slept 4.0s"}
+            # and the session goes on: lists and calls on the resumed session
+            assert any(t.name == "echo__echo" for t in (await client.list_tools()).tools)
+            assert (await client.call_tool("echo__echo", {"text": "after"})).structured_content == {"result": "after"}
+
+    anyio.run(scenario)
+
+
+def restart_web(stack: Stack, port: int) -> None:
+    stack.web_proc(port).stop(signal.SIGKILL)
+    stack.start_web(port)
+    stack.wait_web_ready(port)
+
+
+def run_bridge(url: str, *extra: str, stdin: str = "", env: dict[str, str] | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*BRIDGE, url, *extra], input=stdin, capture_output=True, text=True, timeout=timeout,
+                          cwd="/", env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+def test_the_bridge_exits_0_when_the_host_closes_stdin(stack: Stack) -> None:
+    initialize = ('{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", '
+                  '"capabilities": {}, "clientInfo": {"name": "shell", "version": "1"}}}\n')
+    done = run_bridge(stack.ws_url(), stdin=initialize)
+    assert done.returncode == 0, done.stderr
+    assert '"id":1' in done.stdout and '"protocolVersion"' in done.stdout
+
+
+def test_an_unreachable_broker_or_a_bad_url_is_one_line_on_stderr(stack: Stack) -> None:
+    for url in (f"ws://127.0.0.1:{free_port()}/mcp", f"http://127.0.0.1:{free_port()}/mcp"):
+        done = run_bridge(url)
+        assert done.returncode == 1
+        assert "cannot reach the broker" in done.stderr and "Traceback" not in done.stderr
+    done = run_bridge("ftp://127.0.0.1/mcp")
+    assert done.returncode == 2 and "expected ws://, wss://, http:// or https://" in done.stderr
+
+
+def test_a_bad_key_is_refused_at_start_and_the_right_one_from_the_environment_works(stack: Stack) -> None:
+    port = free_port()
+    stack.start_web(port, env={"MCP_BROKER_API_KEYS": "desk:desk-key"})
+    try:
+        stack.wait_web_ready(port)
+        for url in (f"ws://127.0.0.1:{port}/mcp", f"http://127.0.0.1:{port}/mcp"):
+            for extra, env in ((("--key", "wrong"), {}), ((), {"MCP_BROKER_KEY": "wrong"}), ((), {})):
+                done = run_bridge(url, *extra, env=env)
+                assert done.returncode == 1, done.stderr
+                assert "refused the connection: HTTP 401" in done.stderr and "Traceback" not in done.stderr
+
+            async def scenario(target: str = url) -> None:
+                async with host(bridge(target, env={"MCP_BROKER_KEY": "desk-key"})) as client:
+                    echoed = await client.call_tool("echo__echo", {"text": "keyed"})
+                    assert echoed.structured_content == {"result": "keyed"}
+
+            anyio.run(scenario)
+    finally:
+        for proc in [p for p in stack.procs if p.name == f"web-{port}"]:
+            proc.stop()
+        stack.web_ports.remove(port)
