@@ -140,7 +140,8 @@ class Catalog:
         return self._r
 
     def namespaced(self, server: str, name: str) -> str:
-        return f"{server}{self.config.separator}{name}"
+        """`<server>__<name>`, or `<alias>__<name>` for a server with an alias (BrokerConfig.prefix)."""
+        return f"{self.config.prefix(server)}{self.config.separator}{name}"
 
     @staticmethod
     def namespaced_uri(server: str, uri: str) -> str:
@@ -168,8 +169,9 @@ class Catalog:
             return prompt
         separator = self.config.separator
         for server in self.config.servers:
-            if name.startswith(server + separator):
-                return server, name[len(server) + len(separator):]
+            prefix = self.config.prefix(server) + separator
+            if name.startswith(prefix):
+                return server, name[len(prefix):]
         return "", name
 
     def server_items(self, attribute: str, server: str) -> list[dict[str, Any]]:

@@ -52,6 +52,7 @@ class BrokerSettings:
     result_format: dict[str, str] = field(default_factory=dict)  # tool (or "*") → raw|compact|toon
     defer: bool = False  # kept out of tools/list (found by broker__search_tools): broker.context.modes
     pin: tuple[str, ...] = ()  # globs of tools listed in either catalog mode
+    alias: str | None = None  # the prefix of its tool and prompt names instead of the server's name
 
     def task_mode(self, tool: str) -> str:
         """Whether a call of `tool` may (optional), must (required) or never (forbidden) become a task."""
@@ -183,6 +184,18 @@ class BrokerConfig:
     def server(self, name: str) -> ServerSpec:
         return self.servers[name]
 
+    def prefix(self, server: str) -> str:
+        """What a server's tool and prompt names start with (before the separator): its `alias`, else its name.
+        Hosts prefix names again (`mcp__broker__` + `filesystem__list_directory_with_sizes` is 50 of the 64
+        characters some allow), so an alias (`fs`) keeps them short. Allow-lists, metrics and resource URIs
+        still name the server."""
+        spec = self.servers.get(server)
+        return (spec.settings.alias if spec is not None else None) or server
+
+    def server_of_prefix(self, prefix: str) -> str | None:
+        """The configured server whose names start with `prefix` (its alias, or its name when it has none)."""
+        return next((name for name in self.servers if self.prefix(name) == prefix), None)
+
 
 def config_path() -> str:
     return os.environ.get("MCP_BROKER_CONFIG", DEFAULT_CONFIG)
@@ -216,17 +229,25 @@ def parse_config(data: Any, source: str = "<config>") -> BrokerConfig:
     if catalog_mode not in CATALOG_MODES:
         raise ConfigError(f"{source}: broker.tools: must be one of {', '.join(CATALOG_MODES)}, not {catalog_mode!r}")
     servers: dict[str, ServerSpec] = {}
+    prefixes: dict[str, str] = {}  # name prefix → server
     for name, entry in loaded["mcpServers"].items():
-        if name == RESERVED_SERVER:
-            raise ConfigError(f"{source}: server {name}: the name {RESERVED_SERVER!r} is reserved for the broker's "
-                              f"own tools ({RESERVED_SERVER}{separator}search_tools)")
-        if separator in name:
-            raise ConfigError(f"{source}: server {name}: the name must not contain the separator {separator!r}")
-        if (name + separator).find(separator) != len(name):
-            # `echo_` + `__` reads as `echo` + `__` + `_`: `<server>__<tool>` names and allow patterns
-            # (broker.security.split_pattern) would not say where the server's name ends
-            raise ConfigError(f"{source}: server {name}: the name must not end with the start of the separator "
-                              f"{separator!r} (where its name ends in '{name}{separator}<tool>' is ambiguous)")
+        alias = entry["broker"].get("alias")
+        for what, word in (("name", name), *((("alias", alias),) if alias else ())):
+            if word == RESERVED_SERVER:
+                raise ConfigError(f"{source}: server {name}: the {what} {RESERVED_SERVER!r} is reserved for the "
+                                  f"broker's own tools ({RESERVED_SERVER}{separator}search_tools)")
+            if separator in word:
+                raise ConfigError(f"{source}: server {name}: the {what} must not contain the separator {separator!r}")
+            if (word + separator).find(separator) != len(word):
+                # `echo_` + `__` reads as `echo` + `__` + `_`: `<server>__<tool>` names and allow patterns
+                # (broker.security.split_pattern) would not say where the server's name ends
+                raise ConfigError(f"{source}: server {name}: the {what} must not end with the start of the separator "
+                                  f"{separator!r} (where its {what} ends in '{word}{separator}<tool>' is ambiguous)")
+        for word in {name, alias or name}:
+            other = prefixes.setdefault(word, name)
+            if other != name:
+                raise ConfigError(f"{source}: server {name}: {word!r} is already the name or alias of server "
+                                  f"{other!r} (two servers' tool names would collide)")
         settings = BrokerSettings(**{**entry["broker"],
                                      "forward_headers": tuple(entry["broker"]["forward_headers"]),
                                      "pin": tuple(entry["broker"]["pin"])})

@@ -165,4 +165,4 @@ def tool_labels(catalog: Any, qualified: str) -> tuple[str, str]:
     if entry is not None:
         return entry.server, entry.tool
     prefix, sep, _ = qualified.partition(catalog.config.separator)
-    return (prefix if sep and prefix in catalog.config.servers else ""), ""
+    return ((catalog.config.server_of_prefix(prefix) or "") if sep else ""), ""

@@ -91,8 +91,9 @@ class Router:
         yet (its worker is still starting, or none runs): a call to it may wait for the catalog (unless its
         workers already know it cannot start: `broken_reason`)."""
         prefix, sep, _ = name.partition(self.catalog.config.separator)
-        if sep and prefix in self.catalog.config.servers and prefix in self.catalog.missing:
-            return prefix
+        server = self.catalog.config.server_of_prefix(prefix) if sep else None
+        if server is not None and server in self.catalog.missing:
+            return server
         return None
 
     def route_tool(self, name: str) -> Route:

@@ -100,6 +100,11 @@ class BrokerSettingsSchema(Schema):
     result_format = PerTool(fields.String(validate=validate.OneOf(RESULT_FORMATS)), load_default=dict)
     defer = fields.Boolean(load_default=False)  # tools/list leaves the server out; search finds it
     pin = fields.List(fields.String(validate=validate.Length(min=1, max=128)), load_default=list)
+    # the prefix of the server's tool and prompt names instead of its name (short names for hosts that
+    # prefix them again: broker.config.BrokerConfig.prefix)
+    alias = fields.String(load_default=None, validate=validate.Regexp(
+        r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$", error="1 to 32 letters, digits, '_' or '-', starting with a letter "
+                                                 "or digit"))
 
 
 class EndpointSchema(Schema):
