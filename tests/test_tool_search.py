@@ -158,6 +158,11 @@ def test_search_mode_lists_pinned_tools_and_the_broker_tools_on_every_transport(
             json={"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {"_meta": ENVELOPE}})
         assert modern.status_code == 200, modern.text
         assert names(modern.json()) == expected
+        searched = http.post(f"{sstack.url(1)}/mcp?tools=search", headers={
+            **headers, "Accept": "application/json", "MCP-Protocol-Version": MODERN, "Mcp-Method": "tools/call",
+            "Mcp-Name": SEARCH}, json={"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {
+                "name": SEARCH, "arguments": {"query": "list the files in a folder"}, "_meta": ENVELOPE}})
+        assert "fs__list_directory" in [t["name"] for t in found(searched.json())]
         bad = http.post(f"{sstack.url()}/mcp?tools=everything", json=init, headers=headers)
         assert bad.status_code == 400 and bad.json()["error"]["code"] == -32600
         assert "tools" in bad.json()["error"]["message"]
