@@ -86,7 +86,18 @@ def call_timeout(settings: BrokerSettings, requested: Any) -> float:
 
 def cancel_call(r: redis.Redis, call_id: str) -> None:
     """Mark the call cancelled (a queued copy is skipped) and tell the workers (a running copy is cancelled)."""
+    cancel_calls(r, [call_id])
+
+
+def cancel_calls(r: redis.Redis, call_ids: list[str]) -> None:
+    """`cancel_call` for several calls at once, announced in ONE message (ids separated by spaces) that a worker
+    applies in one step: cancelled one by one, a call waiting for the slot of another (a session's second call
+    to a `concurrency: 1` server) took the slot the first one freed and reached its backend before its own
+    cancel arrived."""
+    if not call_ids:
+        return
     pipe = r.pipeline(transaction=False)
-    pipe.set(keys.cancelled(call_id), "1", ex=3600)
-    pipe.publish(keys.CANCEL_CHANNEL, call_id)
+    for call_id in call_ids:
+        pipe.set(keys.cancelled(call_id), "1", ex=3600)
+    pipe.publish(keys.CANCEL_CHANNEL, " ".join(call_ids))
     pipe.execute()

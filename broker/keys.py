@@ -51,6 +51,9 @@ def replies(web_id: str) -> str:
 
 
 CANCEL_CHANNEL = f"{PREFIX}:cancel"  # call ids published here; every worker process cancels its running copy
+# pub/sub: a modern-era `notifications/cancelled` POSTed to any web process (data: JSON naming the key's id,
+# the endpoint and the request id); the process holding that request's POST cancels it (web/transports/modern_cancel.py)
+MODERN_CANCEL_CHANNEL = f"{PREFIX}:cancel:modern"
 
 
 def batch(batch_id: str) -> str:

@@ -31,6 +31,7 @@ from broker.router import Router
 from broker.security import RateLimiter
 from broker.services import BrokerServices
 from broker.sessions import DEFAULT_TTL_S, DELIVERED_TTL_S, SessionStore
+from web.transports import modern_cancel
 from workers.dispatch import request_catalog, submit_calls
 
 _lock = threading.Lock()
@@ -82,6 +83,8 @@ def build_services(config: BrokerConfig) -> BrokerServices:
             threading.Thread(target=services.on_catalog_changed, name="catalog-changed", daemon=True).start()
 
     hub.listeners.append(on_channel_message)
+    hub.extra_channels.append(keys.MODERN_CANCEL_CHANNEL)  # a modern-era notifications/cancelled, from any process
+    hub.listeners.append(modern_cancel.on_message)
     hub.extra_channels.append(keys.CONFIG_CHANGED)
     hub.listeners.append(lambda channel, _data: channel == keys.CONFIG_CHANGED and threading.Thread(
         target=apply_published_config, args=(services,), name="config-reload", daemon=True).start())

@@ -163,8 +163,8 @@ def _cancel_listener(pool_getter: Any, on_config: Any = None) -> None:
                     if on_config is not None:  # off this thread: applying may talk to Celery and backends
                         threading.Thread(target=on_config, name="config-reload", daemon=True).start()
                     continue
-                with contextlib.suppress(Exception):
-                    pool_getter().cancel(message["data"])
+                with contextlib.suppress(Exception):  # one call id, or several (`broker.calls.cancel_calls`)
+                    pool_getter().cancel(*str(message["data"]).split())
         except redis.RedisError as err:
             log.warning("cancel listener: Redis connection lost (%s); resubscribing", err)
             time.sleep(0.5)

@@ -5,12 +5,16 @@ arguments (add), a slow call with progress (slow), a tool that always fails
 (fail), a counter that tells tests how often the backend really ran (runs,
 stamp), a tool that changes the tool list at run time (grow), and tools that
 talk back to the client mid-call: log messages (chatty), sampling (ask_model)
-and elicitation (ask_user); and a result of any size (blob) for the broker's result limit.
+and elicitation (ask_user); and a result of any size (blob) for the broker's result limit. `nap` sleeps
+without a word (no progress, nothing until its result), and `naps` tells whether a nap was cancelled: the
+cancellation tests watch the backend itself see a client's cancel.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
@@ -131,6 +135,38 @@ def whoami() -> dict[str, int | str]:
     """The backend's pid and an env var, so tests can see which process answered."""
     return {"pid": os.getpid(), "marker": os.environ.get("ECHO_MARKER", "")}
 
+
+NAPS_DIR = Path(os.environ.get("ECHO_NAPS_DIR") or Path(tempfile.gettempdir()) / "mcp-broker-naps")
+
+
+def _nap_state(key: str, state: str | None = None) -> str:
+    """A nap's state, kept in a file per key so a test can read it without a call (a backend that runs one
+    call at a time could not answer `naps` while it naps)."""
+    path = NAPS_DIR / "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+    if state is not None:
+        NAPS_DIR.mkdir(parents=True, exist_ok=True)
+        path.write_text(state)
+        return state
+    return path.read_text() if path.exists() else "unknown"
+
+
+@server.tool()
+async def nap(key: str, seconds: float = 30.0) -> str:
+    """Sleep `seconds` sending nothing (no progress, no log); `naps(key)` says whether it was cancelled."""
+    _nap_state(key, "started")
+    try:
+        await anyio.sleep(seconds)
+    except anyio.get_cancelled_exc_class():
+        _nap_state(key, "cancelled")
+        raise
+    _nap_state(key, "finished")
+    return f"napped {seconds}s"
+
+
+@server.tool()
+def naps(key: str) -> str:
+    """What became of the nap `key`: started, cancelled, finished, or unknown."""
+    return _nap_state(key)
 
 if __name__ == "__main__":
     server.run("stdio")

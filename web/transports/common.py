@@ -70,6 +70,13 @@ def rpc_error_response(status: int, error: RPCError, request_id: Any = None) -> 
     return Response(dumps(error.to_message(request_id)), status=status, mimetype=CONTENT_TYPE_JSON)
 
 
+def empty_response(status: int) -> Response:
+    """An answer with no body and no Content-Type (Flask's default would label nothing as text/html)."""
+    response = Response(status=status)
+    response.headers.remove("Content-Type")
+    return response
+
+
 # ---------------------------------------------------------------- a JSON-RPC POST
 @dataclass(frozen=True)
 class JsonPost:

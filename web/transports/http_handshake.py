@@ -31,6 +31,7 @@ from mcp.server.streamable_http import CONTENT_TYPE_JSON
 from mcp_types import INVALID_REQUEST
 
 from broker import keys
+from broker.calls import cancel_calls
 from broker.events import ENDED, EventLog, parse_event_id
 from broker.protocol import Conversation, RPCError, dumps, echoable_id
 from broker.security import ANONYMOUS, Principal
@@ -43,6 +44,7 @@ from web.transports.common import (
     JsonPost,
     accepts_event_stream,
     client_headers,
+    empty_response,
     open_socket,
     read_json_post,
     requested_catalog_mode,
@@ -227,7 +229,7 @@ class HandshakeEndpoint:
         if not requests:
             for message in messages:
                 session.conversation.handle_message(message)
-            return self._with_session(Response(status=202), session)
+            return self._with_session(empty_response(202), session)
         stream_id = f"p{time.time_ns():x}"
         for message in requests:
             session.expect(stream_id, message)
@@ -312,9 +314,14 @@ class HandshakeEndpoint:
         session = self._session_of_request(scope)
         if isinstance(session, Response):
             return session
+        # A deleted session can never be resumed, so nobody will read its calls' answers: cancel them all, queued
+        # (never run) and running (the backend is told), wherever they were sent from (the session's calls are
+        # in Redis; this process's conversation may hold some not yet recorded there).
+        calls = set(self.services.sessions.pending(session.session_id)) | set(session.conversation.in_flight_calls())
         session.conversation.close()
+        cancel_calls(self.services.redis, sorted(calls))  # in one step: a queued one cannot take a freed slot
         with self._lock:
             self._sessions.pop((session.session_id, scope), None)
         self.services.sessions.delete(session.session_id)
         self.events.drop_session(session.session_id, sorted(session.streams))
-        return Response(status=200)
+        return empty_response(200)

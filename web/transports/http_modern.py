@@ -17,7 +17,9 @@ client as an `input_required` result (see `broker.protocol.handlers.input_requir
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,15 +34,17 @@ from mcp.shared.inbound import (
 from mcp_types import INVALID_REQUEST, UNSUPPORTED_PROTOCOL_VERSION
 
 from broker.admission import Admission
-from broker.calls import cancel_call
+from broker.calls import cancel_calls
 from broker.protocol import MODERN, Conversation, RPCError, classify_modern, dumps, echoable_id
 from broker.router import UnknownTool
 from broker.services import BrokerServices
 from web.auth import current_principal
+from web.transports import modern_cancel
 from web.transports.common import (
     KEEPALIVE_EVENT,
     KEEPALIVE_S,
     client_headers,
+    empty_response,
     open_socket,
     read_json_post,
     requested_catalog_mode,
@@ -48,6 +52,7 @@ from web.transports.common import (
     sse_event,
     sse_response,
 )
+from web.transports.disconnect import DisconnectWatch, request_socket
 
 WAIT_S = 3600.0
 
@@ -98,7 +103,9 @@ class ModernEndpoint:
                 supported = {"supported": list(MODERN.versions), "requested": version}
                 return rpc_error_response(400, RPCError(UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version",
                                                         supported))
-            return Response(status=202)
+            if body.get("method") == "notifications/cancelled":  # a courtesy: the closed stream is the signal
+                modern_cancel.publish(services.redis, current_principal().id, scope, body.get("params"))
+            return empty_response(202)
         if not isinstance(body, dict) or "method" not in body or "id" not in body:
             return rpc_error_response(400, RPCError(INVALID_REQUEST, "Invalid Request: a 2026-07-28 POST carries "
                                                                      "one JSON-RPC request"))
@@ -117,27 +124,50 @@ class ModernEndpoint:
         if mismatch is not None:
             return rpc_error_response(400, RPCError(mismatch.code, mismatch.message, mismatch.data), request_id)
 
-        answers: queue.Queue[dict[str, Any]] = queue.Queue()
+        answers: queue.Queue[dict[str, Any] | None] = queue.Queue()  # None: given up (closed or cancelled)
         params = body.get("params")
         meta = params.get("_meta") if isinstance(params, dict) else None
+        principal = current_principal()
         conversation = Conversation.for_modern_request(services, lambda message, _related=None: answers.put(message),
                                                        verdict, meta if isinstance(meta, dict) else {}, scope,
-                                                       current_principal(), headers)
+                                                       principal, headers)
         conversation.catalog_mode = requested_catalog_mode()
-        conversation.handle_message(body)
+        given_up = threading.Event()
 
-        def is_answer(message: dict[str, Any]) -> bool:
-            return message.get("id") == body["id"] and ("result" in message or "error" in message)
+        def give_up() -> None:
+            """The client closed the stream or cancelled the request: cancel its calls (on any worker), wake
+            the waiting POST, which ends with no answer."""
+            if given_up.is_set():
+                return
+            given_up.set()
+            conversation.cancel(body["id"])
+            cancel_calls(services.redis, list(conversation.in_flight_calls()))
+            answers.put(None)
+
+        cleanup = contextlib.ExitStack()  # unwound by `finish`, when the POST is answered or given up
+        cleanup.callback(conversation.close)
+        cleanup.enter_context(modern_cancel.cancellable(principal.id, scope, body["id"],
+                                                        modern_cancel.client_name(meta), give_up))
+        conversation.handle_message(body)
+        cleanup.callback(DisconnectWatch(request_socket(request.environ), give_up).start().stop)
+        finish = cleanup.close
+
+        def is_answer(message: dict[str, Any] | None) -> bool:
+            return message is not None and message.get("id") == body["id"] and ("result" in message or
+                                                                               "error" in message)
 
         try:
             first = answers.get(timeout=WAIT_S)
-            while not wants_sse and not is_answer(first):  # a JSON-only client gets the answer alone
+            while first is not None and not wants_sse and not is_answer(first):  # JSON-only: the answer alone
                 first = answers.get(timeout=WAIT_S)
         except queue.Empty:
-            conversation.close()
+            finish()
             return rpc_error_response(504, RPCError(INVALID_REQUEST, "Gateway Timeout: no answer"), request_id)
+        if first is None:  # given up before anything was sent: the client reads nothing of this
+            finish()
+            return empty_response(204)
         if is_answer(first):
-            conversation.close()
+            finish()
             return Response(dumps(first), status=_status_of(first), mimetype=CONTENT_TYPE_JSON)
 
         def events() -> Iterator[str]:
@@ -145,7 +175,7 @@ class ModernEndpoint:
             answered = False
             try:
                 with open_socket("sse"):
-                    while not answered:
+                    while not answered and not given_up.is_set():
                         if message is None:
                             yield KEEPALIVE_EVENT
                         else:
@@ -158,9 +188,8 @@ class ModernEndpoint:
                                 message = None
             finally:
                 if not answered:  # the client went away: in the modern era, closing the stream cancels the request
-                    for call_id in list(conversation.in_flight_calls()):
-                        cancel_call(services.redis, call_id)
-                conversation.close()
+                    give_up()
+                finish()
 
         return sse_response(events())
 

@@ -274,11 +274,13 @@ class BackendPool:
         self.served &= set(config.servers)
         self.listed &= {name for name in config.servers if config.servers[name] == old.servers.get(name)}
 
-    def cancel(self, call_id: str) -> bool:
-        """Cancel the call wherever it runs in this process (any thread)."""
+    def cancel(self, *call_ids: str) -> bool:
+        """Cancel the calls wherever they run in this process (any thread), all in one step on the loop: none
+        of them can take a slot another one frees in between. True if any was found."""
 
         def on_loop() -> bool:
-            return any(session.cancel(call_id) for session in list(self._sessions.values()))
+            sessions = list(self._sessions.values())
+            return bool(sum(any(session.cancel(call_id) for session in sessions) for call_id in call_ids))
 
         return bool(self.portal.call(on_loop))
 

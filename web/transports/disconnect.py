@@ -1,0 +1,100 @@
+"""Notice that an HTTP client went away while its request waits, without writing to it.
+
+In the modern era (2026-07-28) closing a request's response stream IS its cancellation (the SDK's client
+aborts the POST and sends nothing else). A POST whose backend call sends no progress writes nothing until
+the answer (the SSE keepalive comes every 15 s, and a JSON-only answer not at all), and a dead peer is seen
+only by a write: a 25 s backend call ran to its end for a client that gave up at 2.5 s. So a watcher looks
+at the request's own socket (gunicorn puts it in the WSGI environ) every `POLL_S`, reading the kernel's TCP
+state (`TCP_INFO`): it is `ESTABLISHED` while the client holds the connection, whatever it does; a FIN from
+the client (CLOSE_WAIT) or a reset (CLOSE) means it is gone. Reading the state takes nothing from the socket,
+so neither a client slow to read the answer (its receive window fills: still ESTABLISHED) nor a keep-alive
+client that already pipelined its next request (bytes waiting: still ESTABLISHED) is taken for gone; a
+peek that sees bytes could not tell the latter from a FIN behind them. A client that half-closes its side
+while waiting (`shutdown(SHUT_WR)`, which no MCP client does) reads as gone. Non-TCP sockets (gunicorn on
+a unix socket) are peeked instead: an empty non-blocking `MSG_PEEK` is EOF.
+
+Under gunicorn's gevent worker the watcher is a greenlet (threading is patched), and one `getsockopt` per
+request every 0.25 s costs ~1 us: noticed within ~0.25 s of the close, cancelled on the worker through
+Redis (`broker.calls.cancel_call`) from whichever web process holds the request.
+"""
+
+from __future__ import annotations
+
+import _socket
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+POLL_S = 0.25
+TCP_ESTABLISHED = 1  # tcpi_state, the first byte of struct tcp_info (linux/tcp.h)
+ENVIRON_SOCKET_KEYS = ("gunicorn.socket", "gunicorn.sock", "werkzeug.socket")
+
+
+def request_socket(environ: dict[str, Any]) -> socket.socket | None:
+    """The client connection's socket, where the server exposes it."""
+    for key in ENVIRON_SOCKET_KEYS:
+        sock = environ.get(key)
+        if sock is not None and hasattr(sock, "fileno"):
+            return sock
+    return None
+
+
+def peer_gone(sock: socket.socket) -> bool:
+    """Whether the client closed or reset the connection (see the module's docstring for why this way)."""
+    try:
+        fd = sock.fileno()
+    except OSError:
+        return True
+    if fd < 0:
+        return True
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and hasattr(socket, "TCP_INFO"):
+        try:
+            return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != TCP_ESTABLISHED
+        except OSError:
+            return True
+    return _peek_eof(fd)
+
+
+def _peek_eof(fd: int) -> bool:
+    """An unpatched, non-blocking peek on a duplicate of `fd` (a gevent socket would wait for data)."""
+    probe = _socket.socket(fileno=os.dup(fd))
+    try:
+        probe.setblocking(False)
+        return probe.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        probe.close()
+
+
+class DisconnectWatch:
+    """Calls `on_gone` once if the client's connection closes before `stop()`; a no-op without a socket."""
+
+    def __init__(self, sock: socket.socket | None, on_gone: Callable[[], None], poll_s: float = POLL_S) -> None:
+        self._sock = sock
+        self._on_gone = on_gone
+        self._poll_s = poll_s
+        self._stopped = threading.Event()
+
+    def start(self) -> DisconnectWatch:
+        if self._sock is not None:
+            threading.Thread(target=self._run, name="disconnect-watch", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _run(self) -> None:
+        assert self._sock is not None
+        while not self._stopped.wait(self._poll_s):
+            if peer_gone(self._sock):
+                if not self._stopped.is_set():
+                    self._stopped.set()
+                    with contextlib.suppress(Exception):
+                        self._on_gone()
+                return
