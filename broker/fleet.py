@@ -162,6 +162,9 @@ def _replicas(backend: dict[str, Any] | None) -> dict[str, int]:
     return {"reported": len(records), "healthy": sum(1 for rec in records.values() if rec.get("healthy"))}
 
 
+FAILURES = ("error", "timeout")  # outcomes of a run that got no answer from the tool (a tool error is an answer)
+
+
 def _mean_ms(row: dict[str, float], name: str) -> float | None:
     n = row.get(f"{name}:n", 0.0)
     return round(row.get(f"{name}:sum", 0.0) / n * 1000, 3) if n else None
@@ -186,12 +189,13 @@ def status(r: redis.Redis, config: BrokerConfig) -> dict[str, Any]:
     for name, spec in config.servers.items():
         row = recent.get(name, {})
         executed = sum(v for k, v in row.items() if k.startswith("mcp_broker_executions:"))
-        failed = sum(row.get(f"mcp_broker_executions:{o}", 0.0) for o in ("error", "timeout", "tool_error"))
+        tool_errors = row.get("mcp_broker_executions:tool_error", 0.0)  # the tool answered isError: it ran
+        failures = sum(row.get(f"mcp_broker_executions:{o}", 0.0) for o in FAILURES)  # no answer from the tool
         hits = sum(c["hits"] for (server, _), c in cache.items() if server == name)
         misses = sum(c["misses"] for (server, _), c in cache.items() if server == name)
-        p95 = [snapshot.quantile("mcp_broker_execution_seconds", labels, 0.95)
-               for (metric, labels) in snapshot.buckets if metric == "mcp_broker_execution_seconds"
-               and labels[0] == name]
+        p95 = snapshot.quantile("mcp_broker_execution_seconds", [
+            labels for (metric, labels) in snapshot.buckets if metric == "mcp_broker_execution_seconds"
+            and labels[0] == name], 0.95)
         servers.append({
             "name": name,
             "transport": getattr(spec, "transport", None),
@@ -213,12 +217,14 @@ def status(r: redis.Redis, config: BrokerConfig) -> dict[str, Any]:
             "retries_total": int(snapshot.counters.get(("mcp_broker_retries", (name,)), 0)),
             "backend_restarts_total": int(snapshot.counters.get(("mcp_broker_backend_restarts", (name,)), 0)),
             "calls_per_s": round(executed / window, 3),
-            "errors_per_s": round(failed / window, 3),
+            "errors_per_s": round((tool_errors + failures) / window, 3),
+            "tool_errors_per_s": round(tool_errors / window, 3),
+            "failures_per_s": round(failures / window, 3),
             "latency_ms": {
                 "execution_mean": _mean_ms(row, "mcp_broker_execution_seconds"),
                 "queue_wait_mean": _mean_ms(row, "mcp_broker_queue_wait_seconds"),
                 "end_to_end_mean": _mean_ms(row, "mcp_broker_end_to_end_seconds"),
-                "execution_p95_max": max((p for p in p95 if p is not None), default=None),
+                "execution_p95": round(p95 * 1000, 3) if p95 is not None else None,  # since Redis was emptied
             },
             "cache": {"hits": hits, "misses": misses,
                       "hit_rate": round(hits / (hits + misses), 4) if hits + misses else None},
@@ -235,6 +241,8 @@ def status(r: redis.Redis, config: BrokerConfig) -> dict[str, Any]:
         "executions_total": sum(s["executions_total"] for s in servers),
         "calls_per_s": round(sum(s["calls_per_s"] for s in servers), 3),
         "errors_per_s": round(sum(s["errors_per_s"] for s in servers), 3),
+        "tool_errors_per_s": round(sum(s["tool_errors_per_s"] for s in servers), 3),
+        "failures_per_s": round(sum(s["failures_per_s"] for s in servers), 3),
         "open_sessions": int(gauges.get(("mcp_broker_sessions_open", ()), 0)),
         "open_sockets": int(sum(v for (n, _), v in gauges.items() if n == "mcp_broker_open_sockets")),
         "calls_in_flight": int(gauges.get(("mcp_broker_calls_in_flight", ()), 0)),

@@ -15,6 +15,10 @@ and 5,000-character names got Flask's and gunicorn's HTML pages):
 - Python's `json`, whose defaults write `NaN`: `WireJSONProvider` makes every `jsonify` go through
   `broker.wire.dumps` (always valid JSON, always UTF-8).
 
+An answer with no body (an OPTIONS, a 202 to a notification) has no Content-Type at all (`untyped_when_empty`):
+Flask's default `text/html` labelled them HTML. The two deliberate exceptions are `/status` (an HTML page)
+and `/metrics` (Prometheus' text format).
+
 One builder a shape: `api_error` for `{"error": {"code", "message", ...}}` (the API, the guards, the
 status pages), `web.transports.common.rpc_error_response` for a JSON-RPC error (the MCP endpoints).
 
@@ -122,7 +126,16 @@ def register_errors(app: Flask) -> None:
 
     for kind in REDIS_DOWN:  # the API and the MCP endpoints map it in their own catch-all handlers
         app.register_error_handler(kind, redis_unavailable)
+    app.after_request(untyped_when_empty)
     json_gunicorn_errors()
+
+
+def untyped_when_empty(response: Response) -> Response:
+    """An answer with no body carries no Content-Type: Flask labels every Response `text/html` by default, so
+    its automatic OPTIONS answers (every route) and the 202s of MCP notifications said HTML for nothing."""
+    if response.mimetype == "text/html" and not response.is_streamed and response.calculate_content_length() == 0:
+        response.headers.remove("Content-Type")
+    return response
 
 
 def _json_write_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:

@@ -11,7 +11,9 @@ with the SDK's own classifier (-32602 / -32020 / -32022 with `data.supported`),
 then the request runs through the same `Conversation` as every other one:
 catalog, router, queues, cache. The answer is one JSON body, or an SSE stream
 when notifications (progress, log messages) come first. Closing the stream
-cancels the request. A backend's sampling/elicitation request reaches such a
+cancels the request: a watcher on the connection notices it within ~0.25 s even while nothing has been
+written (`web/transports/disconnect.py`); a `notifications/cancelled` POSTed to any web process cancels
+it too (`web/transports/modern_cancel.py`). A backend's sampling/elicitation request reaches such a
 client as an `input_required` result (see `broker.protocol.handlers.input_required`).
 """
 
