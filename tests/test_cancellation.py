@@ -162,26 +162,38 @@ def test_modern_notifications_cancelled_cancels_the_named_request_only(stack: St
 
 # ---------------------------------------------------------------- handshake era: DELETE
 def test_python_sdk_closing_its_handshake_session_deletes_it_and_cancels_running_and_queued(stack: Stack) -> None:
-    """`solo` runs one call at a time: the first nap runs, the second waits in the queue. The SDK's transport
-    sends DELETE when its session closes (the calls were sent as bare requests, so no notifications/cancelled
-    could do the cancelling instead)."""
-    running, queued = f"del-run-{uuid.uuid4().hex[:8]}", f"del-queued-{uuid.uuid4().hex[:8]}"
+    """`solo` runs one call at a time: of two naps, one runs and the other waits for the slot (which one is up
+    to the two POSTs' race). The SDK's transport sends DELETE when its session closes (the calls were sent as
+    bare requests, so no notifications/cancelled could do the cancelling instead)."""
+    naps = [f"del-a-{uuid.uuid4().hex[:8]}", f"del-b-{uuid.uuid4().hex[:8]}"]
+    running: list[str] = []
+
+    def wait_for_one_started() -> None:
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            running.extend(key for key in naps if nap_state(key) == "started")
+            if running:
+                return
+            time.sleep(0.1)
+        pytest.fail(f"neither of {naps} started within {WAIT_S:g}s")
 
     async def scenario() -> None:
         async with (streamable_http_client(f"{stack.http_url()}/mcp") as (read, write),
                     ClientSession(read, write) as session):
             await session.initialize()
-            for rid, key in ((901, running), (902, queued)):
+            for rid, key in enumerate(naps, start=901):
                 request = JSONRPCRequest(jsonrpc="2.0", id=rid, method="tools/call", params={
                     "name": "solo__nap", "arguments": {"key": key, "seconds": 90}, "_meta": LONG})
                 await write.send(SessionMessage(request))
-            await anyio.to_thread.run_sync(wait_for_nap, running, "started")
+            await anyio.to_thread.run_sync(wait_for_one_started)
         # leaving the transport's block sent DELETE (terminate_on_close)
 
     anyio.run(scenario)
-    wait_for_nap(running, "cancelled")
-    # the queue is first in, first out and `solo` runs one call at a time: had the queued nap survived, it
-    # would run before this one
+    assert len(running) == 1, running  # one slot
+    queued = next(key for key in naps if key not in running)
+    wait_for_nap(running[0], "cancelled")
+    # `solo` runs one call at a time, in the order they wait: had the queued nap survived, it would run
+    # before this one
     httpx2.post(f"{stack.http_url()}/v1/calls", timeout=120,
                 json={"tool": "solo__nap", "arguments": {"key": "after-" + queued, "seconds": 0.1}}).raise_for_status()
     assert nap_state(queued) == "unknown"

@@ -35,6 +35,17 @@ log = logging.getLogger(__name__)
 PING_LIMIT_S = 10.0  # the most a health ping (or a hang probe) waits for its answer
 
 
+async def liveness_probe(client: Client) -> Any:
+    """The cheapest request a backend must answer at once, in its era: `ping` in the handshake era; in the
+    modern era, where ping is gone, `server/discover` again (the session's `discover()` answers from memory).
+    Not `Client.send_ping`: it warns MCPDeprecationWarning whatever was negotiated (once per worker and
+    backend in every `make run`)."""
+    session = client.session
+    if session.initialize_result is None:
+        return await session.send_discover(client.protocol_version)
+    return await session.send_ping()
+
+
 class HangWatch:
     """When the backend last spoke, the requests it has not answered, and the probe of a suspected hang."""
 
@@ -76,13 +87,10 @@ class HangWatch:
     def _probe(self, generation: int, reason: str) -> None:
         limit = min(self.spec.settings.timeout_s, PING_LIMIT_S)
 
-        async def send(client: Client) -> Any:
-            return await client.send_ping()
-
         try:
             if self.generation != generation or self._client is None:
                 return
-            self._portal.call(functools.partial(self._guarded, send, limit, slotted=False, record=False))
+            self._portal.call(functools.partial(self._guarded, liveness_probe, limit, slotted=False, record=False))
             log.info("backend %s: %s, but it answers a ping: slow, not hung", self.label, reason)
         except BackendTimeout:
             self.restart_hung(generation, f"hung: {reason}; a ping (which takes no call slot) went unanswered "

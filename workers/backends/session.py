@@ -52,7 +52,7 @@ from workers.backends.errors import (
     CallChannel,
     SlotWaitTimeout,
 )
-from workers.backends.hangs import HangWatch
+from workers.backends.hangs import HangWatch, liveness_probe
 from workers.backends.health import EndpointHealth
 from workers.backends.listing import list_catalog
 from workers.backends.methods import FORWARDED
@@ -357,17 +357,8 @@ class BackendSession(HangWatch):
         time is hung: it counts as a failure and is restarted."""
         generation = self.generation
 
-        async def send(client: Client) -> Any:
-            # `Client.send_ping` warns MCPDeprecationWarning whatever was negotiated (once per worker in
-            # every `make run`): a handshake-era session pings through its session, a modern-era one, where
-            # ping is gone, asks `server/discover` again (the session's `discover()` would answer from memory).
-            session = client.session
-            if session.initialize_result is None:
-                return await session.send_discover(client.protocol_version)
-            return await session.send_ping()
-
         try:
-            await self._guarded(send, timeout, slotted=False)
+            await self._guarded(liveness_probe, timeout, slotted=False)
         except BackendTimeout:
             await anyio.to_thread.run_sync(self.restart_if, generation, f"ping not answered within {timeout:g}s")
             raise
