@@ -129,6 +129,24 @@ def test_raw_client_closing_mid_call_cancels_but_a_pipelined_one_is_answered(sta
     assert b"napped 2" in received
 
 
+def test_a_client_that_reads_nothing_while_events_stream_is_not_taken_for_gone(stack: Stack) -> None:
+    """An SSE answer (progress first) to a client that reads nothing until the call has ended: the events pile
+    up unread on its side while the watcher runs; the call still runs to its end and the answer is there."""
+    port = stack.web_ports[0]
+    body = modern_body(5, "tools/call", {"name": "echo__slow", "arguments": {"seconds": 2, "steps": 40}})
+    body["params"]["_meta"]["progressToken"] = "slow-reader"
+    with socket.create_connection(("127.0.0.1", port)) as sleepy:
+        sleepy.sendall(modern_request_bytes(port, body))
+        time.sleep(4)  # the call (2 s) ends while nothing is read; not a timing assertion: any delay will do
+        sleepy.settimeout(30)
+        received = b""
+        while b"slept 2" not in received:
+            chunk = sleepy.recv(65536)
+            assert chunk, f"the stream ended without the answer: {received[-500:]!r}"
+            received += chunk
+    assert received.count(b"notifications/progress") == 40
+
+
 # ---------------------------------------------------------------- modern era: notifications/cancelled
 def test_modern_notifications_cancelled_cancels_the_named_request_only(stack: Stack) -> None:
     url = f"{stack.http_url()}/mcp"
