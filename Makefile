@@ -9,7 +9,7 @@ PYTEST_ARGS ?= -q
 PYTHON      ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv deps run test lint procfile bench chaos conformance inspector install-check clean distclean
+.PHONY: help venv deps run test lint procfile bench chaos conformance hosts install-check clean distclean
 
 help:
 	@echo "make run        web + one worker per server (embedded Redis if none answers at \$$REDIS_URL)"
@@ -19,7 +19,7 @@ help:
 	@echo "make bench      benchmarks"
 	@echo "make chaos      fault scenarios at full size (worker/web/Redis kills, partition, hung backend): lost, duplicated, recovery"
 	@echo "make conformance  the official MCP conformance suites against /servers/conformance/mcp"
-	@echo "make inspector  install the MCP Inspector (its CLI drives \`mcp-broker connect\` in the tests) into .conformance/"
+	@echo "make hosts      install the MCP Inspector and mcp-remote (third-party hosts of the tests) into .conformance/hosts"
 	@echo "make install-check  build the wheel, install it with its dependencies into a fresh venv, run mcp-broker"
 	@echo "make venv       create .venv and install requirements-test.txt (runtime + test requirements; only when changed)"
 	@echo "make clean      caches; make distclean also removes .venv"
@@ -81,13 +81,13 @@ $(CONFORMANCE_DIR)/%/.installed:
 	@touch $@
 $(CONFORMANCE_DIR)/v1/.installed: PKG := @modelcontextprotocol/conformance@0.1.16
 $(CONFORMANCE_DIR)/v2/.installed: PKG := @modelcontextprotocol/conformance@0.2.0-alpha.12
-# The MCP Inspector (its CLI mode drives `mcp-broker connect` over stdio in tests/test_connect_inspector.py).
-$(CONFORMANCE_DIR)/inspector/.installed: PKG := @modelcontextprotocol/inspector@2.12.0
+# Third-party hosts that drive `mcp-broker connect` in tests/test_connect_hosts.py: the MCP Inspector CLI, mcp-remote.
+$(CONFORMANCE_DIR)/hosts/.installed: PKG := @modelcontextprotocol/inspector@2.12.0 mcp-remote@0.15.1
 
 conformance: deps $(CONFORMANCE_DIR)/v1/.installed $(CONFORMANCE_DIR)/v2/.installed
 	$(PY) scripts/conformance.py $(CONFORMANCE_ARGS)
 
-inspector: $(CONFORMANCE_DIR)/inspector/.installed
+hosts: $(CONFORMANCE_DIR)/hosts/.installed
 
 # The wheel installed with its dependencies from the index into a fresh venv, `mcp-broker` run from outside
 # the checkout (the default suite installs it without dependencies: tests/test_packaging.py).
