@@ -146,17 +146,18 @@ class ModernEndpoint:
             cancel_calls(services.redis, list(conversation.in_flight_calls()))
             answers.put(None)
 
+        def is_answer(message: dict[str, Any] | None) -> bool:
+            return message is not None and message.get("id") == body["id"] and ("result" in message or
+                                                                               "error" in message)
+
         cleanup = contextlib.ExitStack()  # unwound by `finish`, when the POST is answered or given up
         cleanup.callback(conversation.close)
         cleanup.enter_context(modern_cancel.cancellable(principal.id, scope, body["id"],
                                                         modern_cancel.client_name(meta), give_up))
         conversation.handle_message(body)
-        cleanup.callback(DisconnectWatch(request_socket(request.environ), give_up).start().stop)
+        if not any(is_answer(m) for m in list(answers.queue)):  # it waits (a worker, a catalog): watch the client
+            cleanup.callback(DisconnectWatch(request_socket(request.environ), give_up).start().stop)
         finish = cleanup.close
-
-        def is_answer(message: dict[str, Any] | None) -> bool:
-            return message is not None and message.get("id") == body["id"] and ("result" in message or
-                                                                               "error" in message)
 
         try:
             first = answers.get(timeout=WAIT_S)
