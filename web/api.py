@@ -6,6 +6,9 @@
     GET    /v1/batches/<id>/results    results as JSON Lines in completion order, streamed while it runs
     DELETE /v1/batches/<id>            cancel what has not finished
 
+`/v1/calls` and `/v1/batches` also take a model's tool calls in an LLM API's shape, and batch files of
+OpenAI's and Anthropic's batch APIs (`web.toolcalls`, `web.toolcall_batches`).
+
 It rides on the same machinery as the WebSocket: the catalog and router decide
 where a call goes, single calls take the coalescing outbox and come back on the
 process's reply hub, batches go through `broker.batches`. Every error is JSON
