@@ -59,10 +59,6 @@ def read_calls(body: Any, shape: CallFormat) -> list[ToolCall]:
     return calls
 
 
-def _problem_of(err: ApiError | Refused) -> str:
-    return err.message if isinstance(err, ApiError) else str(err)
-
-
 def run_tool_calls(services: BrokerServices, body: Any, shape: CallFormat) -> tuple[Response, int]:
     """Run every tool call of `body` and answer with the provider's next message (one rate token for all)."""
     calls = read_calls(body, shape)
@@ -75,7 +71,7 @@ def run_tool_calls(services: BrokerServices, body: Any, shape: CallFormat) -> tu
             try:
                 started = queue_call(services, admission, call.tool, call.arguments or {}, None)
             except (ApiError, Refused) as err:
-                call.problem = _problem_of(err)
+                call.problem = err.message  # forbidden, too many in flight, bad arguments
         pending.append(started)
     answers = []
     for call, waiting in zip(calls, pending, strict=True):
