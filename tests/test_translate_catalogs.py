@@ -8,15 +8,17 @@ import random
 from typing import Any
 
 import pytest
+from openapi_spec_validator import validate
 
 from broker.translate.arguments import drop_strict_nulls
 from broker.translate.definitions import FORMATS, UnknownFormat, tool_definitions
 from broker.translate.gemini import gemini_schema
 from broker.translate.names import provider_name
 from broker.translate.openai_strict import strict_schema
+from broker.translate.openapi import COMPONENT_SCHEMAS, openapi_document
 from broker.translate.schemas import Unexpressible, inline_refs
 from tests.provider_types import CHECKS, check_openai_strict
-from tests.shared_catalogs import namespaced_tools
+from tests.shared_catalogs import catalogs, namespaced_tools
 
 
 def _entries(answer: dict[str, Any]) -> list[dict[str, Any]]:
@@ -187,3 +189,21 @@ def test_inline_refs_keeps_the_original() -> None:
                       for i in range(30)} | {"L30": {"type": "string"}}}
     with pytest.raises(Unexpressible, match="too large once its \\$refs are inlined"):
         inline_refs(deep)
+
+
+def test_openapi_document_over_the_catalogs() -> None:
+    """One operation per catalog tool with a unique operationId; checked with openapi-spec-validator on every
+    tool whose schema could not be inlined (placed under components) and the first tool of each catalog: the
+    validator takes minutes over all 2,385 operations (8.8 MB) on this machine."""
+    tools = namespaced_tools()
+    document = openapi_document(tools, server_url="http://127.0.0.1:8000", formats=list(FORMATS), admin=True)
+    operations = {p: item["post"] for p, item in document["paths"].items() if p.startswith("/v1/tools/")}
+    assert sorted(operations) == sorted(f"/v1/tools/{t['name']}" for t in tools)
+    ids = [op["operationId"] for item in document["paths"].values() for op in item.values()]
+    assert len(ids) == len(set(ids))
+    placed = {name for name in document["components"]["schemas"] if name not in COMPONENT_SCHEMAS}
+    assert len(placed) == 10  # the recursive schemas of ms-365-mcp
+    firsts = {tool["name"] for tools_of in catalogs().values() for tool in tools_of[:1]}
+    sample = [t for t in tools if provider_name(t["name"], "openai") in placed
+              or t["name"].split("__", 1)[1] in firsts]
+    validate(openapi_document(sample, server_url="http://127.0.0.1:8000", formats=list(FORMATS), admin=True))
