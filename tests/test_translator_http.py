@@ -149,6 +149,32 @@ def test_search_mode_lists_pinned_and_search_tools(broker: str) -> None:
         CHECKS["anthropic"](tool)
 
 
+def test_search_mode_tools_run_over_v1(broker: str) -> None:
+    """A model given the search-mode definitions calls the broker's tools like any other: /v1 runs them."""
+    status, result, headers = http(broker, "POST", "/v1/tools/broker__search_tools", {"query": "current time"})
+    assert status == 200, result
+    assert "X-Call-Id" not in headers  # a search is no call of a backend: no call record
+    found = [t["name"] for t in result["structuredContent"]["tools"]]
+    assert "time__get_current_time" in found
+    status, result, _ = http(broker, "POST", "/v1/tools/broker__search_tools", {"query": "current time"},
+                             key="narrow")
+    assert status == 200 and set(t["name"] for t in result["structuredContent"]["tools"]) <= {"echo__echo"}
+    status, result, _ = http(broker, "POST", "/v1/tools/broker__call_tool",
+                             {"name": "echo__add", "arguments": {"a": 1, "b": 2}})
+    assert status == 200 and result["structuredContent"]["result"] == 3
+    status, answer, _ = http(broker, "POST", "/v1/calls",
+                             {"tool": "broker__call_tool", "arguments": {"name": "time__get_current_time",
+                                                                         "arguments": {"timezone": "UTC"}}},
+                             key="narrow")
+    assert status == 403 and answer["error"]["code"] == "forbidden"  # the named tool's allow-list applies
+    status, answer, _ = http(broker, "POST", "/v1/calls", {"tool": "broker__search_tools", "arguments": {}})
+    assert status == 400 and answer["error"]["code"] == "invalid_arguments"
+    status, document, _ = http(broker, "GET", "/openapi.json?tools=search")
+    validate(document)
+    assert sorted(p for p in document["paths"] if p.startswith("/v1/tools/")) == [
+        "/v1/tools/broker__call_tool", "/v1/tools/broker__search_tools", "/v1/tools/time__get_current_time"]
+
+
 def test_openapi_document(broker: str) -> None:
     status, document, _ = http(broker, "GET", "/openapi.json", key="admin")
     assert status == 200

@@ -46,6 +46,7 @@ from broker.batches import (
     iter_results,
     submit_batch,
 )
+from broker.context.names import short_name
 from broker.outage import TAG_CHARS, is_redis_down
 from broker.schemas import (
     BatchResultsQuerySchema,
@@ -60,6 +61,7 @@ from web.errors import api_error, error_response, redis_unavailable, refused_res
 from web.services import current_services
 from web.toolcall_batches import batch_source, submit_file, translated
 from web.toolcalls import call_format, run_tool_calls
+from web.v1_context import run_broker_tool
 from workers.dispatch import submit_calls
 
 log = logging.getLogger(__name__)
@@ -147,6 +149,10 @@ def run_call(services: BrokerServices, name: str, arguments: dict[str, Any],
     or a `Refused` (the view's error handlers answer them). `POST /v1/calls` and `POST /v1/tools/<name>` both
     run their call here."""
     started = time.perf_counter()
+    if short_name(name, services.config.separator) is not None:  # the broker's own tools (tool search)
+        ran = run_broker_tool(services, lambda: admit(services), name, arguments, timeout_s, run_call)
+        if ran is not None:
+            return ran
     try:
         admission = admit(services, name)
     except Refused:

@@ -12,50 +12,25 @@ auth (web.auth runs first). The shapes are `broker.translate`'s; a tool runs on 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from marshmallow import ValidationError
 
 from broker import wire
-from broker.admission import Admission
-from broker.context.modes import listed_backend_tools
-from broker.context.tools import listed_broker_tools
 from broker.schemas import BatchSubmitQuerySchema, first_error
-from broker.security import Principal
-from broker.services import BrokerServices
 from broker.translate.definitions import FORMATS, DefinitionCache, UnknownFormat, tool_definitions
 from broker.translate.openapi import openapi_document
 from web.api import run_call, share_error_handlers
 from web.call_path import ApiError, admit, read_body
 from web.services import current_services
 from web.transports.common import catalog_mode_problem, requested_catalog_mode
+from web.v1_context import visible_tools
 
 translator = Blueprint("translator", __name__)
 share_error_handlers(translator)
 BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 DEFINITIONS = DefinitionCache()  # this process's adapted definitions, reused while a tool is unchanged
-
-
-@dataclass(frozen=True)
-class Listing:
-    """What the catalog modes read of a conversation (broker.context.modes), for a caller of `/v1`: its key,
-    its `?tools=` and the whole catalog (`/v1` has no per-server endpoint)."""
-
-    services: BrokerServices
-    principal: Principal
-    admission: Admission
-    catalog_mode: str | None
-    scope: str | None = None
-
-
-def visible_tools(services: BrokerServices, admission: Admission) -> list[dict[str, Any]]:
-    """The MCP tools `tools/list` on `/mcp` would show this caller in the `?tools=` mode asked for."""
-    services.catalog.ensure_fresh()
-    services.request_missing_catalogs()
-    listing = Listing(services, admission.principal, admission, requested_catalog_mode())
-    return listed_broker_tools(listing) + listed_backend_tools(listing)  # type: ignore[arg-type]
 
 
 def _ordered(document: dict[str, Any]) -> Response:
@@ -81,7 +56,7 @@ def get_tools() -> Response:
     if strict is None:
         raise ApiError(400, "invalid_request", "?strict= must be true or false")
     services = current_services()
-    tools = visible_tools(services, admit(services))
+    tools = visible_tools(services, admit(services), requested_catalog_mode())
     return _ordered(tool_definitions(tools, format_name, strict, DEFINITIONS))
 
 
@@ -92,7 +67,8 @@ def get_openapi() -> Response:
     services = current_services()
     admission = admit(services)
     keyring = current_app.config.get("KEYRING")
-    document = openapi_document(visible_tools(services, admission), server_url=request.url_root.rstrip("/"),
+    tools = visible_tools(services, admission, requested_catalog_mode())
+    document = openapi_document(tools, server_url=request.url_root.rstrip("/"),
                                 formats=FORMATS, admin=admission.principal.admin,
                                 auth_required=bool(keyring is not None and keyring.enabled),
                                 security_schemes=current_app.config.get("OPENAPI_SECURITY_SCHEMES"))
@@ -123,7 +99,7 @@ def post_tool(name: str) -> tuple[Response, int, dict[str, str]]:
         if err.code == "unknown_tool":
             raise ApiError(404, "unknown_tool", err.message) from None
         raise
-    return jsonify(result), 200, {"X-Call-Id": call_id}
+    return jsonify(result), 200, {"X-Call-Id": call_id} if call_id else {}
 
 
 def _timeout() -> float | None:
