@@ -129,10 +129,10 @@ class DevRun:
         return "".join(self.lines)
 
     def stop(self) -> int:
-        """Ctrl-C (SIGINT to the command, as a terminal sends it) and the exit code."""
+        """Ctrl-C (SIGINT to the command's process group, as a terminal sends it) and the exit code."""
         if self.returncode is None:
             if self.popen.poll() is None:
-                self.popen.send_signal(signal.SIGINT)
+                os.killpg(self.popen.pid, signal.SIGINT)
             try:
                 self.returncode = self.popen.wait(STOP_WAIT_S)
             except subprocess.TimeoutExpired:
