@@ -303,6 +303,20 @@ class BatchResultsQuerySchema(Schema):
     wait = fields.Boolean(load_default=True)
 
 
+class ResultsQuerySchema(Schema):
+    """How a client wants its tool results (broker.context.shaping), in an MCP endpoint's query string
+    (`/mcp?results=raw`, `?result_format=toon&max_result_tokens=20000`)."""
+
+    class Meta:
+        unknown = EXCLUDE  # `?session=`, `?tools=` and what proxies add
+
+    results = fields.String(load_default=None, validate=validate.OneOf(RESULTS_MODES))
+    result_format = fields.String(load_default=None, validate=validate.OneOf(RESULT_FORMATS))
+    max_result_tokens = fields.Integer(load_default=None, validate=lambda n: n == 0 or MIN_RESULT_TOKENS <= n
+                                       <= 10_000_000 or _raise(f"must be 0 (never cut) or {MIN_RESULT_TOKENS}"
+                                                               f"..10000000"))
+
+
 class ReadResourceParamsSchema(Schema):
     """`resources/read` params."""
 

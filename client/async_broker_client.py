@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Literal, Self, overload
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 import mcp_types
@@ -30,6 +31,23 @@ broker's own timeout error normally arrives first and this only fires on a hung 
 
 _LIST_TOOLS_PAGE_CAP = 1000
 """A paginator that never ends must not hang `list_tools`."""
+
+
+RESULTS_PARAM = "results"
+"""The broker endpoint's query parameter for how tool results come: `raw` (whole, as the backend sent
+them) or `shaped` (compacted and cut into pages for a model's context, README "Results shaped for a
+model")."""
+
+
+def with_results(url: str, results: str | None) -> str:
+    """`url` asking for `results` (`raw` or `shaped`), unless it already says (None: leave it as it is)."""
+    if results is None:
+        return url
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(name == RESULTS_PARAM for name, _ in query):
+        return url
+    return urlunsplit(parts._replace(query=urlencode([*query, (RESULTS_PARAM, results)])))
 
 
 def text(result: mcp_types.CallToolResult, sep: str = "\n") -> str:
@@ -56,6 +74,7 @@ class AsyncMCPBrokerClient:
         max_size: int | None = DEFAULT_MAX_SIZE,
         mode: str = "auto",
         client_info: mcp_types.Implementation | None = None,
+        results: Literal["raw", "shaped"] | None = "raw",
     ) -> None:
         """Describe the connection; it opens when the client is entered.
 
@@ -71,7 +90,12 @@ class AsyncMCPBrokerClient:
                 the handshake era); "2026-07-28" speaks the modern era per request, which
                 `submit` (tasks) needs.
             client_info: Name/version announced to the broker.
+            results: How tool results come (sent as `?results=` on the URL unless it has one): "raw", the
+                default for a program, as the backend sent them; "shaped", as a model-facing client
+                gets them (JSON compacted, long text cut into pages read with `broker__read_result`);
+                None: the broker's default for the endpoint (shaped) or the key's setting.
         """
+        url = with_results(url, results)
         self.url = url
         self._transport = WebSocketTransport(
             url, headers=headers, session_id=session_id, max_size=max_size, open_timeout=open_timeout

@@ -91,6 +91,7 @@ class MCPBrokerClient:
         max_size: int | None = DEFAULT_MAX_SIZE,
         mode: str = "auto",
         client_info: mcp_types.Implementation | None = None,
+        results: Literal["raw", "shaped"] | None = "raw",
     ) -> None:
         """Same arguments as `AsyncMCPBrokerClient`; nothing connects until the first call."""
         self.url = url
@@ -102,6 +103,7 @@ class MCPBrokerClient:
             "max_size": max_size,
             "mode": mode,
             "client_info": client_info,
+            "results": results,
         }
         self._state = _PortalState()
         # Closes a forgotten connection when the client is garbage-collected or the interpreter exits.

@@ -50,7 +50,7 @@ class ResultPages:
     def keep(self, principal: str, pages: list[str]) -> str:
         """Store `pages` for `principal`; the handle to read them with."""
         handle = uuid.uuid4().hex
-        key = keys.result_pages(_digest(handle))
+        key = keys.result_pages(handle_digest(handle))
         mapping: dict[str, str | int] = {"principal": principal, "pages": len(pages)}
         mapping.update({str(number): page for number, page in enumerate(pages, start=1)})
         pipe = self._r.pipeline(transaction=True)
@@ -63,7 +63,7 @@ class ResultPages:
         """Page `number` (from 1) of `handle`, if `principal` may read it."""
         found = [None, None, None]
         if HANDLE.match(handle):
-            found = self._r.hmget(keys.result_pages(_digest(handle)), ["principal", "pages", str(number)])
+            found = self._r.hmget(keys.result_pages(handle_digest(handle)), ["principal", "pages", str(number)])
         owner, count, text = (v.decode("utf-8", "surrogatepass") if isinstance(v, bytes) else v for v in found)
         if owner is None or owner != principal:
             raise PageUnavailable("result_not_found", f"No kept result {handle!r}: unknown, or expired (a cut "
@@ -75,5 +75,5 @@ class ResultPages:
         return Page(text, number, pages)
 
 
-def _digest(handle: str) -> str:
+def handle_digest(handle: str) -> str:
     return hashlib.sha256(handle.encode()).hexdigest()

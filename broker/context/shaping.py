@@ -26,10 +26,14 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker.config import BrokerSettings
 from broker.context import compaction, pages, tokens
+from broker.context.result_pages import ResultPages
+
+if TYPE_CHECKING:
+    from broker.protocol.conversation import Conversation
 
 # The default limit on model-facing endpoints: 10,000 tokens (~40 KB of English or JSON), the size at which
 # Claude Code starts warning about an MCP result (it cuts at 25,000 and the rest is lost); a typical tool
@@ -129,3 +133,31 @@ def shape(result: dict[str, Any], rule: Policy, keep: Keep, read_tool: str = REA
     elif parts == content:
         return result
     return {**result, "content": parts}
+
+
+def choice_of(conversation: Conversation) -> ResultsChoice:
+    """The conversation's choice (its endpoint's query string) over its key's (keys file)."""
+    asked, principal = conversation.results_choice, conversation.principal
+    return ResultsChoice(asked.mode or principal.results, asked.result_format or principal.result_format,
+                         asked.max_result_tokens)
+
+
+def for_conversation(conversation: Conversation, server: str, tool: str | None,
+                     result: dict[str, Any]) -> dict[str, Any]:
+    """A backend's `tools/call` result as this conversation receives it: shaped on a model-facing endpoint
+    unless the client or its key asked for raw results."""
+    choice = choice_of(conversation)
+    spec = conversation.services.config.servers.get(server)
+    if not choice.shaped() or spec is None:
+        return result
+    rule = policy(spec.settings, tool, choice)
+    if rule.inert:
+        return result
+    store = ResultPages(conversation.services.redis)
+    read_tool = read_tool_name(conversation.services.config.separator)
+    return shape(result, rule, lambda cut: store.keep(conversation.principal.id, cut), read_tool)
+
+
+def read_tool_name(separator: str) -> str:
+    """How the page tool is listed (the broker's own namespace, broker.context.names)."""
+    return f"broker{separator}{READ_TOOL}"

@@ -32,6 +32,7 @@ from mcp_types import INTERNAL_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND
 from broker import keys, observe, outage
 from broker.admission import Admission, Refused
 from broker.calls import QUEUE_GRACE_S, cancel_call
+from broker.context.shaping import ResultsChoice
 from broker.outage import is_redis_down
 from broker.protocol.era import HANDSHAKE, Era, era_of_version
 from broker.protocol.framing import (
@@ -99,6 +100,8 @@ class Conversation:
         self.client_headers: dict[str, str] = {}  # the transport's request headers (lower-case names), for
         # servers that pass some on (`broker.forward_headers`); set by the transport
         self.catalog_mode: str | None = None  # the endpoint's `?tools=` (broker.context.modes); set by the transport
+        self.results_choice = ResultsChoice()  # the endpoint's `?results=` etc. (broker.context.shaping); set by the
+        # transport
         self.expired = False  # the session expired or was deleted while this transport was open: it ends
         if resume is not None:
             self._restore(resume)
@@ -267,6 +270,7 @@ class Conversation:
         exchange = Conversation.for_modern_request(self.services, self._emit, route, message["params"]["_meta"],
                                                    self.scope, self.principal, self.client_headers)
         exchange.catalog_mode = self.catalog_mode
+        exchange.results_choice = self.results_choice
         if isinstance(message["id"], (str, int)):
             self._modern_requests[message["id"]] = exchange  # alive while in flight: its callbacks hold it
         exchange.handle_message(message)

@@ -5,6 +5,8 @@
   ahead of every route in `web/app.py`: a foreign Origin on an MCP endpoint or a WebSocket handshake is
   refused there with 403). A transport does not check them again.
 - The catalog mode a URL asks for (`?tools=full|search`, `requested_catalog_mode`); a bad value is a 400.
+- How a URL asks for tool results (`?results=`, `?result_format=`, `?max_result_tokens=`:
+  `requested_results`); a bad value is a 400 before anything else.
 - Which paths are MCP endpoints (`is_mcp_path`): their errors are JSON-RPC errors, elsewhere the API's.
 - JSON-RPC error answers: the broker's one builder (`RPCError`, broker/rpc_error.py) as an HTTP
   response (`rpc_error_response`); the error for an unreachable Redis is `broker.outage.unavailable_error`.
@@ -22,13 +24,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Response, request, stream_with_context
+from marshmallow import ValidationError
 from mcp.server.streamable_http import CONTENT_TYPE_JSON, CONTENT_TYPE_SSE
 from mcp_types import INVALID_REQUEST, PARSE_ERROR
 
 from broker import wire
+from broker.context.shaping import ResultsChoice
 from broker.metrics import RECORDER
 from broker.protocol import RPCError, dumps
-from broker.schemas import CATALOG_MODES
+from broker.schemas import CATALOG_MODES, ResultsQuerySchema, first_error
 
 MCP_RULES = ("/mcp", "/servers/<scope>/mcp")  # every transport mounts these two (all servers, one server)
 SESSION_HEADER = "Mcp-Session-Id"  # as we write it (the SDK's MCP_SESSION_ID_HEADER is its lower-case name)
@@ -57,6 +61,26 @@ def catalog_mode_problem() -> str | None:
     if mode is None or mode in CATALOG_MODES:
         return None
     return f"Bad Request: ?{CATALOG_MODE_PARAM}= must be one of {', '.join(CATALOG_MODES)}, not {mode[:40]!r}"
+
+
+def requested_results() -> ResultsChoice:
+    """How the URL asks for tool results: `?results=shaped|raw`, `?result_format=raw|compact|toon`,
+    `?max_result_tokens=N` (broker.context.shaping); refused before anything else when bad
+    (`results_query_problem`), so here it loads."""
+    try:
+        query = ResultsQuerySchema().load(request.args)
+    except ValidationError:
+        return ResultsChoice()
+    return ResultsChoice(query["results"], query["result_format"], query["max_result_tokens"])
+
+
+def results_query_problem() -> str | None:
+    """What is wrong with the URL's results parameters, or None."""
+    try:
+        ResultsQuerySchema().load(request.args)
+    except ValidationError as err:
+        return f"Bad Request: query string: {first_error(err)}"
+    return None
 
 
 def client_headers() -> dict[str, str]:

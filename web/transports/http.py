@@ -24,7 +24,7 @@ from broker.outage import is_redis_down, unavailable_error
 from broker.protocol import HANDSHAKE, MODERN, Era, RPCError, era_of_http_request
 from web.errors import error_response
 from web.services import current_services
-from web.transports.common import MCP_RULES, catalog_mode_problem, rpc_error_response
+from web.transports.common import MCP_RULES, catalog_mode_problem, results_query_problem, rpc_error_response
 from web.transports.http_handshake import HandshakeEndpoint
 from web.transports.http_modern import ModernEndpoint
 
@@ -53,6 +53,9 @@ class HttpRoutes:
             problem = catalog_mode_problem()
             if problem is not None:
                 return rpc_error_response(400, RPCError(INVALID_REQUEST, problem))
+            results_problem = results_query_problem()
+            if results_problem is not None:
+                return rpc_error_response(400, RPCError(INVALID_REQUEST, results_problem))
             endpoint = self.eras[era_of_http_request(request.headers)]
             return getattr(endpoint, method)(scope)  # type: ignore[no-any-return]
 

@@ -48,6 +48,7 @@ from web.transports.common import (
     open_socket,
     read_json_post,
     requested_catalog_mode,
+    requested_results,
     rpc_error_response,
     sse_event,
     sse_response,
@@ -225,6 +226,7 @@ class HandshakeEndpoint:
             return session
         session.conversation.client_headers = client_headers()
         session.conversation.catalog_mode = requested_catalog_mode()
+        session.conversation.results_choice = requested_results()
         requests = [m for m in messages if "method" in m and "id" in m]
         if not requests:
             for message in messages:

@@ -50,6 +50,7 @@ from web.transports.common import (
     open_socket,
     read_json_post,
     requested_catalog_mode,
+    requested_results,
     rpc_error_response,
     sse_event,
     sse_response,
@@ -134,6 +135,7 @@ class ModernEndpoint:
                                                        verdict, meta if isinstance(meta, dict) else {}, scope,
                                                        principal, headers)
         conversation.catalog_mode = requested_catalog_mode()
+        conversation.results_choice = requested_results()
         given_up = threading.Event()
 
         def give_up() -> None:

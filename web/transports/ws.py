@@ -45,6 +45,8 @@ from web.transports.common import (
     is_websocket_upgrade,
     open_socket,
     requested_catalog_mode,
+    requested_results,
+    results_query_problem,
 )
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,9 @@ def register_websocket(app: Flask, sock: Sock) -> None:
         problem = catalog_mode_problem()
         if problem is not None:
             return api_error(400, "invalid_catalog_mode", problem)
+        results_problem = results_query_problem()
+        if results_problem is not None:
+            return api_error(400, "invalid_results_query", results_problem)
         wanted = requested_session(request.environ)
         if wanted is None:
             # Touch Redis before the 101: an outage is answered 503 JSON here, not after the upgrade.
@@ -139,6 +144,7 @@ def register_websocket(app: Flask, sock: Sock) -> None:
             return
         connection.client_headers = client_headers()
         connection.catalog_mode = requested_catalog_mode()
+        connection.results_choice = requested_results()
         with open_socket("ws"):
             try:
                 if state is not None:

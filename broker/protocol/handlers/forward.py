@@ -63,7 +63,7 @@ def tools_call(conversation: Conversation, request_id: Any, params: dict[str, An
     if ttl > 0 and meta.get(BYPASS_META_KEY) is not False:
         hit = cache.lookup(server, tool, arguments)
         if hit is not None:
-            return client_result(conversation, "tools/call", server, hit[0])
+            return client_result(conversation, "tools/call", server, hit[0], tool)
     elif ttl > 0:
         cache.forget_local(server, tool, arguments)  # the fresh result replaces it; don't serve the old copy
     call = Call(uuid.uuid4().hex, server, "tools/call", tool=tool, arguments=arguments,
@@ -179,7 +179,8 @@ def forward(conversation: Conversation, request_id: Any, call: Call, meta: dict[
         call.headers = {name: headers[name] for name in wanted if name in headers}
     handle = tasks.start(conversation, call, task_tool, timeout) if task_tool is not None else None
     message = call.to_message()
-    waiting = Waiting(conversation, request_id, call.call_id, call.method, call.server, progress_token, handle)
+    waiting = Waiting(conversation, request_id, call.call_id, call.method, call.server, progress_token, handle,
+                      call.tool)
     hub = services.hub
     hub.start()
     conversation.in_flight[request_id] = call.call_id

@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from broker.context import shaping
 from broker.protocol.handlers.lifecycle import level_passes
 from broker.tasks import TaskStore, digest_of
 
@@ -34,6 +35,7 @@ class Waiting:
     server: str
     progress_token: Any
     task: str | None = None  # the handle of the task it may become (handlers/tasks.py), while it is held
+    tool: str | None = None  # a tools/call's tool, as its backend names it (results shaped per tool)
 
     def current(self) -> bool:
         """Whether the conversation still waits for this call under this request id."""
@@ -61,7 +63,7 @@ class Waiting:
             conversation.send({"jsonrpc": "2.0", "id": self.request_id, "error": message["error"]})
         else:
             conversation.respond(self.request_id, client_result(conversation, self.method, self.server,
-                                                                message["result"]))
+                                                                message["result"], self.tool))
         conversation.services.sessions.forget(conversation.session_id, [self.call_id])
 
     def on_event(self, event: dict[str, Any]) -> None:
@@ -84,9 +86,13 @@ class Waiting:
             conversation.era.ask(conversation, event["server_request"], self)
 
 
-def client_result(conversation: Conversation, method: str, server: str, result: dict[str, Any]) -> dict[str, Any]:
-    """A backend's result as this client's protocol era and namespace expect it."""
+def client_result(conversation: Conversation, method: str, server: str, result: dict[str, Any],
+                  tool: str | None = None) -> dict[str, Any]:
+    """A backend's result as this client's protocol era and namespace expect it, a tool's shaped for a model
+    unless the client asked for it raw (broker.context.shaping)."""
     result = conversation.era.backend_result(result)
+    if method == "tools/call":
+        result = shaping.for_conversation(conversation, server, tool, result)
     if method == "resources/read" and not conversation.scope:
         catalog = conversation.services.catalog
         contents = [{**c, "uri": catalog.namespaced_uri(server, c["uri"])} if "uri" in c else c
