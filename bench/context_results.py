@@ -116,12 +116,16 @@ def read_rest(first: dict[str, Any], page: Callable[[str, int], dict[str, Any]])
 def measure(url: str) -> list[dict[str, Any]]:
     rows = []
     clients = {name: RawClient(url + query) for name, query in VARIANTS.items()}
+    shaped = clients["shaped"]
+
+    def page(handle: str, number: int) -> dict[str, Any]:
+        return call(shaped, READ, {"handle": handle, "page": number})
+
     try:
         for label, tool, arguments in FIXTURES:
             got = {name: call(client, f"workspace__{tool}", arguments) for name, client in clients.items()}
             raw = "".join(texts(got["raw"]))
-            shaped = clients["shaped"]
-            whole, pages, read_all = read_rest(got["shaped"], lambda h, n: call(shaped, READ, {"handle": h, "page": n}))
+            whole, pages, read_all = read_rest(got["shaped"], page)
             value = compaction.parse(raw)
             lossless = all(compaction.identical(compaction.decode("".join(texts(got[v]))), value)
                            for v in ("compact", "toon")) if value is not None else None

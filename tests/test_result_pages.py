@@ -150,8 +150,8 @@ def test_compaction_round_trips_and_structured_content_stays_exact(stack: Stack)
 def test_a_servers_config_shapes_its_tools(stack: Stack, webs: list[int]) -> None:
     url = f"ws://127.0.0.1:{webs[1]}/mcp"
     with RawClient(url) as client:
-        [toon] = texts(client.call("echo__echo", {"text": json.dumps(ROWS, indent=2)})["result"])
-        assert compaction.parse(toon) is None and compaction.identical(compaction.decode(toon), ROWS)
+        [toon] = texts(client.call("echo__echo", {"text": json.dumps(ROWS[:50], indent=2)})["result"])
+        assert compaction.parse(toon) is None and compaction.identical(compaction.decode(toon), ROWS[:50])
         first = client.call("echo__echo", {"text": LOG}, timeout=60)["result"]  # the server's 2,000 tokens
         assert read_all(lambda name, args: client.call(name, args)["result"], first, 2000) == LOG
         assert texts(client.call("echo__blob", {"size": 50_000})["result"]) == ["x" * 50_000]  # 0: never cut

@@ -28,6 +28,7 @@ MODERN = "2026-07-28"
 ENVELOPE = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {},
             "io.modelcontextprotocol/clientInfo": {"name": "tests", "version": "1"}}
 SEARCH, CALL = "broker__search_tools", "broker__call_tool"
+READ = "broker__read_result"  # listed to every client that gets shaped results (the default)
 
 
 def served(*catalogs: str, broker: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -127,8 +128,8 @@ def test_full_mode_lists_all_but_the_deferred_server_in_a_stable_order(sstack: S
         listed = names(client.request("tools/list"))
         again = names(client.request("tools/list"))
     assert listed == again
-    assert listed[:2] == [CALL, SEARCH]  # a deferred server: its tools are reachable through these
-    assert listed[2:] == sorted(listed[2:])
+    assert listed[:3] == [CALL, READ, SEARCH]  # a deferred server: its tools are reachable through these
+    assert listed[3:] == sorted(listed[3:])
     assert "github__create_issue" in listed and "time__convert_time" in listed
     assert not [name for name in listed if name.startswith("gitlab__")]
     with sstack.ws(index=1) as other:  # another web process lists the same bytes
@@ -136,7 +137,7 @@ def test_full_mode_lists_all_but_the_deferred_server_in_a_stable_order(sstack: S
 
 
 def test_search_mode_lists_pinned_tools_and_the_broker_tools_on_every_transport(sstack: SearchStack) -> None:
-    expected = [CALL, SEARCH, "time__get_current_time"]
+    expected = [CALL, READ, SEARCH, "time__get_current_time"]
     with sstack.ws(query="?tools=search") as client:
         response = client.request("tools/list")
         assert names(response) == expected
@@ -170,12 +171,12 @@ def test_search_mode_lists_pinned_tools_and_the_broker_tools_on_every_transport(
 
 def test_a_key_setting_chooses_search_mode_and_the_url_overrides_it(sstack: SearchStack) -> None:
     with sstack.ws("searcher") as client:
-        assert names(client.request("tools/list")) == [CALL, SEARCH, "time__get_current_time"]
+        assert names(client.request("tools/list")) == [CALL, READ, SEARCH, "time__get_current_time"]
     with sstack.ws("searcher", query="?tools=full") as client:
         assert "github__create_issue" in names(client.request("tools/list"))
     with sstack.ws("pinner", query="?tools=search") as client:  # the key's pins add to the server's
         listed = names(client.request("tools/list"))
-    assert listed[:3] == [CALL, SEARCH, "fs__read_file"] and "time__get_current_time" in listed
+    assert listed[:4] == [CALL, READ, SEARCH, "fs__read_file"] and "time__get_current_time" in listed
     assert all(name.startswith(("broker__", "fs__read_", "time__get_current_time")) for name in listed)
 
 
@@ -201,7 +202,7 @@ def test_search_finds_tools_with_their_full_schemas_and_both_ways_of_calling_the
 
 def test_search_results_and_calls_honour_allow_lists(sstack: SearchStack) -> None:
     with sstack.ws("narrow") as client:
-        assert names(client.request("tools/list")) == [CALL, SEARCH, "time__get_current_time"]
+        assert names(client.request("tools/list")) == [CALL, READ, SEARCH, "time__get_current_time"]
         for query in ("create an issue", "merge request", "read a file from disk", "convert time zones"):
             results = [r["name"] for r in found(client.call(SEARCH, {"query": query, "limit": 25}))]
             assert all(n.startswith(("github__", "echo__")) or n == "time__get_current_time" for n in results), results
@@ -230,7 +231,7 @@ def test_bad_arguments_to_broker_tools_get_structured_errors(sstack: SearchStack
 
 def test_a_per_server_endpoint_searches_its_own_server_unprefixed(sstack: SearchStack) -> None:
     with sstack.ws(query="?tools=search", path="/servers/github/mcp") as client:
-        assert names(client.request("tools/list")) == [CALL, SEARCH]
+        assert names(client.request("tools/list")) == [CALL, READ, SEARCH]
         results = [r["name"] for r in found(client.call(SEARCH, {"query": "open a pull request"}))]
         assert results and "create_pull_request" in results and not [n for n in results if "__" in n]
         via = client.call(CALL, {"name": "list_commits", "arguments": {"owner": "o", "repo": "r"}})

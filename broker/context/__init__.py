@@ -10,5 +10,10 @@ Tool search (what a model is shown of the catalog, and the tools the broker serv
     search_tool.py  `broker__search_tools`; call_tool.py: `broker__call_tool`
     index.py        BM25 over the catalog's tools; keeper.py: one index per web process, kept in step
 
-Results shaped for a model: tokens.py, shaping.py, pages.py, result_pages.py, compaction.py.
+Results shaped for a model (JSON compacted, long text cut into pages a model reads on):
+
+    shaping.py      who gets shaped results, the per-server/per-tool policy, `shape` of one result
+    compaction.py   `result_format`: raw, compact (minified JSON), toon (TOON where smaller), lossless
+    pages.py        cutting a text into pages of N tokens at clean boundaries; tokens.py: cl100k counts, offline
+    result_pages.py the kept pages in Redis (per principal, TTL); read_result.py: `broker__read_result`
 """

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker.config import BrokerSettings
 from broker.context import compaction, pages, tokens
+from broker.context.names import broker_tool_name
 from broker.context.result_pages import ResultPages
 
 if TYPE_CHECKING:
@@ -142,6 +143,21 @@ def choice_of(conversation: Conversation) -> ResultsChoice:
                          asked.max_result_tokens)
 
 
+def gets_shaped_results(conversation: Conversation) -> bool:
+    """Whether `tools/list` offers the page tool: the conversation's tool results are shaped, and its key may
+    use some tool of the endpoint (a key that may use nothing there is shown nothing)."""
+    if not choice_of(conversation).shaped():
+        return False
+    principal, catalog = conversation.principal, conversation.services.catalog
+    if principal.allow == ("*",):
+        return True
+    separator = conversation.services.config.separator
+    documents = catalog.documents
+    servers = [conversation.scope] if conversation.scope else list(documents)
+    return any(principal.may(server, str(tool.get("name", "")), separator)
+               for server in servers for tool in documents.get(server, {}).get("tools", []))
+
+
 def for_conversation(conversation: Conversation, server: str, tool: str | None,
                      result: dict[str, Any]) -> dict[str, Any]:
     """A backend's `tools/call` result as this conversation receives it: shaped on a model-facing endpoint
@@ -160,4 +176,4 @@ def for_conversation(conversation: Conversation, server: str, tool: str | None,
 
 def read_tool_name(separator: str) -> str:
     """How the page tool is listed (the broker's own namespace, broker.context.names)."""
-    return f"broker{separator}{READ_TOOL}"
+    return broker_tool_name(READ_TOOL, separator)

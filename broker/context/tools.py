@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
-from broker.context import call_tool, search_tool
+from broker.context import call_tool, read_result, search_tool
 from broker.context.modes import offers_search
 from broker.context.names import broker_tool_name, short_name
+from broker.context.shaping import READ_TOOL, gets_shaped_results
 from broker.protocol.handlers import forward
 
 if TYPE_CHECKING:
@@ -84,6 +85,8 @@ BROKER_TOOLS: dict[str, BrokerTool] = {tool.short: tool for tool in (
                annotations={"title": "Search tools", "readOnlyHint": True, "openWorldHint": False}),
     BrokerTool("call_tool", call_tool.DESCRIPTION, call_tool.INPUT_SCHEMA, call_tool.handle, listed=offers_search,
                annotations={"title": "Call a tool by name", "openWorldHint": True}),
+    BrokerTool(READ_TOOL, read_result.DESCRIPTION, read_result.INPUT_SCHEMA, read_result.handle,
+               listed=gets_shaped_results, annotations=read_result.ANNOTATIONS),
 )}
 
 
