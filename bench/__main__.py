@@ -26,7 +26,7 @@ from typing import Any
 from bench.settings import FULL, QUICK, Counts
 from bench.stack import BENCH_DIR, BenchStack, running_stack
 
-SCENARIOS = ("overhead", "throughput", "connections", "peers", "context")
+SCENARIOS = ("overhead", "throughput", "connections", "peers", "context", "context_results")
 RESULTS = BENCH_DIR / "results"
 
 
@@ -50,7 +50,7 @@ def parse_only(values: list[str] | None) -> list[str]:
 
 def run_scenario(name: str, stack: BenchStack, counts: Counts, redis_url: str) -> dict[str, Any]:
     """One scenario; a failure is recorded in the results instead of losing the others."""
-    from bench import connections, context, overhead, peers, throughput
+    from bench import connections, context, context_results, overhead, peers, throughput
 
     runners: dict[str, Callable[[], dict[str, Any]]] = {
         "overhead": lambda: overhead.run(stack, counts),
@@ -58,6 +58,7 @@ def run_scenario(name: str, stack: BenchStack, counts: Counts, redis_url: str) -
         "connections": lambda: connections.run(stack, counts),
         "peers": lambda: peers.run(stack, counts),
         "context": lambda: context.run(counts, redis_url),
+        "context_results": lambda: context_results.run(redis_url),
     }
     started = time.monotonic()
     print(f"[{name}]", flush=True)

@@ -19,14 +19,16 @@ exactly the raw text; each compacted one must decode to the identical JSON value
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from broker.context import compaction, tokens
-from tests.stack import ROOT, Stack
+from tests.stack import ROOT, VENV_BIN, Stack
 from tests.wsclient import RawClient
 
 READ = "broker__read_result"
@@ -58,9 +60,11 @@ def workspace_stack(redis_url: str, extra_servers: dict[str, Any] | None = None)
     path = Path(tempfile.mkdtemp(prefix="mcpb-context-")) / "config.json"
     path.write_text(json.dumps({"mcpServers": servers}))
     stack = _PrefixedStack(redis_url, config_path=path)
+    queues = ",".join(f"mcp.{name}" for name in servers)
+    argv = [str(VENV_BIN / "celery"), "-A", "workers.app", "worker", "-Q", queues, "-P", "threads", "-c", "8",
+            "-n", f"context.{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle", "-l", "info"]
     try:
-        for server in servers:
-            stack.start_worker(server, concurrency=2)
+        stack._spawn("worker-context", argv)  # one worker process for every server (each its own backend)
         stack.start_web()
         stack.wait_web_ready(stack.web_ports[0])
         _wait_catalog(stack, list(servers))
@@ -140,10 +144,76 @@ def measure(url: str) -> list[dict[str, Any]]:
     return rows
 
 
+# ---------------------------------------------------------------- a scripted agent session
+SESSION_CATALOGS = {"github": "server-github", "gitlab": "gitlab-mcp", "fs": "server-filesystem",
+                    "slack": "server-slack", "notion": "notion-mcp-server", "jira": "jira-mcp", "sentry": "sentry-mcp",
+                    "postgres": "server-postgres", "playwright": "playwright-mcp", "grafana": "mcp-grafana"}
+# (what the user asks, which the agent searches for in search mode; the tool it then calls; its arguments)
+SESSION: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("show the directory tree of the pip package", "workspace__directory_tree", {"package": "pip"}),
+    ("read the web server access log", "workspace__read_log", {"lines": 1000}),
+    ("list the installed python packages", "workspace__list_packages", {}),
+    ("fetch the argparse documentation web page", "workspace__fetch_page", {"module": "argparse"}),
+    ("show the tool definitions of a published MCP server", "workspace__list_tools_of", {"catalog": "server-github"}),
+    ("create an issue in a github repository", "github__create_issue",
+     {"owner": "acme", "repo": "web", "title": "5xx on /api/v1/cart", "body": "Seen in the access log."}),
+    ("open a merge request in gitlab", "gitlab__create_merge_request",
+     {"project_id": "acme/web", "title": "Fix cart 5xx", "source_branch": "fix-cart", "target_branch": "main"}),
+    ("post a message to a slack channel", "slack__slack_post_message",
+     {"channel_id": "C0123", "text": "Cart errors fixed in acme/web!42"}),
+    ("search sentry issues of an organization", "sentry__search_issues",
+     {"organizationSlug": "acme", "query": "is:unresolved cart"}),
+    ("search grafana dashboards", "grafana__search_dashboards", {"query": "cart latency"}),
+)
+SEARCH = "broker__search_tools"
+SEARCH_LIMIT = 5
+
+
+def _catalog_server(catalog: str) -> dict[str, Any]:
+    from bench.catalogs import catalog_path
+
+    return {"command": sys.executable, "args": [str(ROOT / "examples/servers/catalog.py"), str(catalog_path(catalog))],
+            "broker": {"timeout_s": 60}}
+
+
+def list_tokens(client: RawClient) -> tuple[int, int]:
+    """(tools listed, tokens of their definitions as a client hands them to its model: compact JSON)."""
+    answer = client.request("tools/list", timeout=120)
+    tools = answer["result"]["tools"]
+    return len(tools), tokens.count(json.dumps(tools, separators=(",", ":"), ensure_ascii=False))
+
+
+def session(url: str) -> dict[str, Any]:
+    """The scripted session before (full list, raw results) and after (search mode, shaped results); every
+    shaped result is then read to its end through the page tool and checked against the raw one."""
+    with RawClient(url + "?tools=full&results=raw") as before, RawClient(url + "?tools=search") as after:
+        listed_before, list_before = list_tokens(before)
+        listed_after, list_after = list_tokens(after)
+        rows, exact = [], True
+        for ask, tool, arguments in SESSION:
+            raw = call(before, tool, arguments)
+            hits = call(after, SEARCH, {"query": ask, "limit": SEARCH_LIMIT})
+            names = [hit["name"] for hit in (hits.get("structuredContent") or {}).get("tools", [])]
+            shaped = call(after, tool, arguments)
+            whole, pages, read_all = read_rest(shaped, lambda h, n: call(after, READ, {"handle": h, "page": n}))
+            exact = exact and whole == "".join(texts(raw))
+            rank = names.index(tool) + 1 if tool in names else None
+            rows.append({"tool": tool, "raw": text_tokens(raw), "search": text_tokens(hits),
+                         "shaped": text_tokens(shaped), "pages": pages, "read_all": read_all, "found_rank": rank})
+    before_total = list_before + sum(r["raw"] for r in rows)
+    after_total = list_after + sum(r["search"] + r["shaped"] for r in rows)
+    return {"tools_before": listed_before, "tools_after": listed_after, "list_before": list_before,
+            "list_after": list_after, "calls": rows, "before": before_total, "after": after_total,
+            "saved": 1 - after_total / before_total, "every_result_readable": exact,
+            "after_reading_every_page": list_after + sum(r["search"] + r["read_all"] for r in rows)}
+
+
 def run(redis_url: str) -> dict[str, Any]:
-    with workspace_stack(redis_url) as stack:
+    extra = {name: _catalog_server(catalog) for name, catalog in SESSION_CATALOGS.items()}
+    with workspace_stack(redis_url, extra) as stack:
         rows = measure(stack.ws_url())
-    return {"rows": rows}
+        agent = session(stack.ws_url())
+    return {"rows": rows, "session": agent}
 
 
 def render(result: dict[str, Any]) -> str:
@@ -155,4 +225,19 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"  {row['result']:<32} {row['raw_tokens']:>8,} {row['shaped_tokens']:>7,} {row['pages']:>5} "
                      f"{'yes' if row['pages_exact'] else 'NO':>5} {row['compact_tokens']:>8,} "
                      f"{row['toon_tokens']:>7,} {row['shaped_toon_tokens']:>11,} {lossless:>8}")
+    agent = result.get("session")
+    if agent:
+        lines += ["", f"  scripted agent session over {len(SESSION_CATALOGS) + 1} servers (tools/list + "
+                      f"{len(agent['calls'])} calls), tokens:",
+                  f"    before (full list of {agent['tools_before']} tools, raw results): {agent['before']:>9,} "
+                  f"(list {agent['list_before']:,})",
+                  f"    after (search mode: {agent['tools_after']} listed, a search before each call, shaped "
+                  f"results): {agent['after']:>9,} (list {agent['list_after']:,})",
+                  f"    saved: {agent['saved']:.0%}; every result readable through paging: "
+                  f"{'yes' if agent['every_result_readable'] else 'NO'}; reading every page too: "
+                  f"{agent['after_reading_every_page']:,}"]
+        for row in agent["calls"]:
+            rank = row["found_rank"] or "-"
+            lines.append(f"    {row['tool']:<32} raw {row['raw']:>7,}  search {row['search']:>5,} (rank {rank})  "
+                         f"shaped {row['shaped']:>6,}  pages {row['pages']}")
     return "\n".join(lines)

@@ -12,6 +12,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from bench import context_results
 from bench.context import report as context_report
 from bench.stats import ratio
 
@@ -252,7 +253,8 @@ def notes(results: dict[str, Any]) -> str:
 def render(results: dict[str, Any]) -> str:
     parts = [f"mcp-broker bench ({results['meta']['mode']} run, {results['meta'].get('duration_s', 0):.0f} s)"]
     sections = [("overhead", overhead_section), ("throughput", throughput_section),
-                ("connections", connections_section), ("peers", peers_section), ("context", context_report.render)]
+                ("connections", connections_section), ("peers", peers_section), ("context", context_report.render),
+                ("context_results", context_results.render)]
     for key, fn in sections:
         value = results.get(key)
         if value is None:

@@ -54,7 +54,7 @@ def test_sdk_streamable_http_client_on_aggregate_and_per_server_endpoints(stack:
             assert slow.structured_content == {"result": "slept 0.3s"} and seen == [1, 2, 3]
         async with Client(f"{stack.http_url()}/servers/notes/mcp", mode=mode) as client:
             names = {t.name for t in (await client.list_tools()).tools}
-            assert names == {"add_note", "list_notes", "clear_notes"}
+            assert names == {"add_note", "list_notes", "clear_notes", "broker__read_result"}  # + the page tool
             await client.call_tool("add_note", {"text": "via the per-server endpoint"})
             read = await client.read_resource("notes://all")
             assert "via the per-server endpoint" in read.contents[0].text  # type: ignore[union-attr]

@@ -55,7 +55,8 @@ def test_sdk_client_pinned_to_2026_on_both_endpoints(stack: Stack) -> None:
             slow = await client.call_tool("echo__slow", {"seconds": 0.2, "steps": 2}, progress_callback=on_progress)
             assert slow.structured_content == {"result": "slept 0.2s"} and seen == [1, 2]
         async with Client(f"{stack.http_url()}/servers/notes/mcp", mode=MODERN) as client:
-            assert {t.name for t in (await client.list_tools()).tools} == {"add_note", "list_notes", "clear_notes"}
+            assert {t.name for t in (await client.list_tools()).tools} == {"add_note", "list_notes", "clear_notes",
+                                                                            "broker__read_result"}  # + the page tool
             await client.call_tool("add_note", {"text": "stateless"})
             read = await client.read_resource("notes://all")
             assert "stateless" in read.contents[0].text  # type: ignore[union-attr]

@@ -20,7 +20,7 @@ def test_sdk_client_lists_every_server_and_calls_through_the_broker(stack: Stack
             assert client.session.initialize_result is not None
             assert client.session.initialize_result.protocol_version == "2025-11-25"
             tools = (await client.list_tools()).tools
-            assert {t.name.split("__", 1)[0] for t in tools} == set(stack.servers)
+            assert {t.name.split("__", 1)[0] for t in tools} == {*stack.servers, "broker"}  # + the page tool
             added = await client.call_tool("echo__add", {"a": 20, "b": 22})
             assert added.structured_content == {"result": 42} and not added.is_error
             now = await client.call_tool("time__get_current_time", {"timezone": "UTC"})
