@@ -38,7 +38,7 @@ FIXTURES: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("access log (1,000 lines)", "read_log", {"lines": 1000}),
     ("JSON array, uniform (packages)", "list_packages", {}),
     ("JSON array, nested (tool defs)", "list_tools_of", {"catalog": "server-github"}),
-    ("web page as text (pydoc)", "fetch_page", {"module": "argparse"}),
+    ("web page as text (pydoc socket)", "fetch_page", {"module": "socket"}),
 )
 VARIANTS = {"raw": "?results=raw", "shaped": "", "compact": "?result_format=compact&max_result_tokens=0",
             "toon": "?result_format=toon&max_result_tokens=0", "shaped_toon": "?result_format=toon"}
@@ -153,7 +153,7 @@ SESSION: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("show the directory tree of the pip package", "workspace__directory_tree", {"package": "pip"}),
     ("read the web server access log", "workspace__read_log", {"lines": 1000}),
     ("list the installed python packages", "workspace__list_packages", {}),
-    ("fetch the argparse documentation web page", "workspace__fetch_page", {"module": "argparse"}),
+    ("fetch the socket module documentation web page", "workspace__fetch_page", {"module": "socket"}),
     ("show the tool definitions of a published MCP server", "workspace__list_tools_of", {"catalog": "server-github"}),
     ("create an issue in a github repository", "github__create_issue",
      {"owner": "acme", "repo": "web", "title": "5xx on /api/v1/cart", "body": "Seen in the access log."}),

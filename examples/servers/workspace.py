@@ -127,7 +127,7 @@ class _Text(html.parser.HTMLParser):
 
 
 @server.tool(structured_output=False)
-def fetch_page(module: str = "email.message") -> str:
+def fetch_page(module: str = "socket") -> str:
     """A documentation web page, as text."""
     page = pydoc.HTMLDoc().page(module, pydoc.HTMLDoc().docmodule(importlib.import_module(module)))
     parser = _Text()
