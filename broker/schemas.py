@@ -62,10 +62,10 @@ class PerTool(fields.Field):
         return {"*": self._value.deserialize(value, attr, data, **kwargs)}
 
 
-def _result_tokens() -> fields.Integer:
-    """0 = never cut; else at least MIN_RESULT_TOKENS."""
-    return fields.Integer(strict=True, validate=lambda n: n == 0 or MIN_RESULT_TOKENS <= n <= 10_000_000
-                          or _raise(f"must be 0 (never cut) or {MIN_RESULT_TOKENS}..10000000"))
+def _result_tokens(strict: bool = True, **kwargs: Any) -> fields.Integer:
+    """0 = never cut; else at least MIN_RESULT_TOKENS (`strict`: a JSON integer; a query string's is text)."""
+    return fields.Integer(strict=strict, validate=lambda n: n == 0 or MIN_RESULT_TOKENS <= n <= 10_000_000
+                          or _raise(f"must be 0 (never cut) or {MIN_RESULT_TOKENS}..10000000"), **kwargs)
 
 
 def _raise(message: str) -> bool:
@@ -312,9 +312,7 @@ class ResultsQuerySchema(Schema):
 
     results = fields.String(load_default=None, validate=validate.OneOf(RESULTS_MODES))
     result_format = fields.String(load_default=None, validate=validate.OneOf(RESULT_FORMATS))
-    max_result_tokens = fields.Integer(load_default=None, validate=lambda n: n == 0 or MIN_RESULT_TOKENS <= n
-                                       <= 10_000_000 or _raise(f"must be 0 (never cut) or {MIN_RESULT_TOKENS}"
-                                                               f"..10000000"))
+    max_result_tokens = _result_tokens(strict=False, load_default=None)
 
 
 class ReadResourceParamsSchema(Schema):
