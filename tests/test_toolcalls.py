@@ -73,6 +73,18 @@ def test_openai_chat_completion(broker: str) -> None:
     assert status == 200 and again["messages"][0]["content"] == "hello from gpt"
 
 
+def test_strict_mode_nulls_are_dropped_for_openai_only(broker: str) -> None:
+    """OpenAI strict definitions make `runs(tool="")` take `"tool": null`; the broker drops it before the
+    tool's own schema (a string) sees it. Anthropic definitions are the tool's own schema: a null is an error."""
+    call = [{"id": "call_n", "type": "function", "function": {"name": "echo__runs", "arguments": '{"tool": null}'}}]
+    status, body = http(broker, "POST", "/v1/calls?format=openai", call)
+    assert status == 200 and not body["messages"][0]["content"].startswith("Error"), body
+    use = [{"type": "tool_use", "id": "toolu_n", "name": "echo__runs", "input": {"tool": None}}]
+    status, body = http(broker, "POST", "/v1/calls?format=anthropic", use)
+    block = body["message"]["content"][0]
+    assert status == 200 and block["is_error"] is True and "invalid arguments" in block["content"][0]["text"]
+
+
 def test_openai_responses_output(broker: str) -> None:
     response = fixture("openai_response.json")
     status, body = http(broker, "POST", "/v1/calls", response)

@@ -32,7 +32,7 @@ from broker.services import BrokerServices
 from broker.translate.batch_files import SOURCES, FileCalls, call_context, detect_source, read_file, result_line
 from broker.translate.call_formats import NATIVE, UnknownShape
 from broker.translate.toolcalls import ToolCall
-from web.toolcalls import resolve_calls, visible_tools
+from web.toolcalls import resolve_calls
 from workers.dispatch import submit_calls
 
 CONTEXT_CHUNK = 1000  # call contexts written per pipeline
@@ -99,7 +99,7 @@ def submit_file(services: BrokerServices, admission: Admission, data: bytes, mim
                 settings: BatchSettings, timeout_s: float | None) -> dict[str, Any]:
     """Queue every tool call of the body as one batch; the 202 answer's fields (`BatchError` if nothing to run)."""
     found = _read(data, mimetype, source, settings)
-    resolve_calls(found.calls, visible_tools(services, admission))
+    resolve_calls(services, admission, found.calls)
     runnable = [c for c in found.calls if c.problem is None]
     refused = [c for c in found.calls if c.problem is not None]
     problems: dict[int, str] = {}

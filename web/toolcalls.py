@@ -17,6 +17,7 @@ from flask import Response, jsonify
 
 from broker.admission import Admission, Refused
 from broker.services import BrokerServices
+from broker.translate.arguments import drop_strict_nulls
 from broker.translate.call_formats import CALL_FORMATS, UnknownShape, find_format
 from broker.translate.names import resolve
 from broker.translate.toolcalls import CallFormat, ShapeError, ToolCall, render
@@ -37,16 +38,23 @@ def visible_tools(services: BrokerServices, admission: Admission) -> list[str]:
     return [t["name"] for t in services.catalog.tools if admission.visible("tools", t)]
 
 
-def resolve_calls(calls: list[ToolCall], visible: list[str]) -> None:
-    """Set each runnable call's MCP tool, or its problem when no visible tool has its name (in the name rule
-    of the format the call was read in)."""
+def resolve_calls(services: BrokerServices, admission: Admission, calls: list[ToolCall]) -> None:
+    """Set each runnable call's MCP tool, or its problem when no tool the caller may see has its name (in the
+    name rule of the format the call was read in). Arguments of a format whose tools are offered in OpenAI
+    strict form lose the nulls strict mode made the model send for optional properties."""
+    visible = visible_tools(services, admission)
     for call in calls:
-        if call.problem is None:
-            provider = CALL_FORMATS[call.format].provider
-            call.tool = resolve(call.name, visible, provider)
-            if call.tool is None:
-                call.problem = (f"unknown tool {call.name!r}: no tool this key may use has that "
-                                f"{provider} name (GET /v1/tools?format={provider} lists them)")
+        if call.problem is not None:
+            continue
+        shape = CALL_FORMATS[call.format]
+        call.tool = resolve(call.name, visible, shape.provider)
+        if call.tool is None:
+            call.problem = (f"unknown tool {call.name!r}: no tool this key may use has that "
+                            f"{shape.provider} name (GET /v1/tools?format={shape.provider} lists them)")
+            continue
+        entry = services.catalog.lookup_tool(call.tool)
+        if shape.strict_nulls and call.arguments and entry is not None:
+            call.arguments = drop_strict_nulls(call.arguments, entry.definition.get("inputSchema"))
 
 
 def read_calls(body: Any, shape: CallFormat) -> list[ToolCall]:
@@ -63,7 +71,7 @@ def run_tool_calls(services: BrokerServices, body: Any, shape: CallFormat) -> tu
     """Run every tool call of `body` and answer with the provider's next message (one rate token for all)."""
     calls = read_calls(body, shape)
     admission = admit(services)
-    resolve_calls(calls, visible_tools(services, admission))
+    resolve_calls(services, admission, calls)
     pending: list[PendingCall | None] = []
     for call in calls:
         started: PendingCall | None = None

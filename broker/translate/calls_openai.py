@@ -60,4 +60,5 @@ def answer(call: ToolCall, rendered: Rendered) -> dict[str, Any]:
     return {"role": "tool", "tool_call_id": call.call_id or "", "content": rendered.text(MEDIA_NOTE)}
 
 
-FORMAT = CallFormat("openai", "openai", recognize, read, answer, lambda answers: {"messages": answers})
+FORMAT = CallFormat("openai", "openai", recognize, read, answer, lambda answers: {"messages": answers},
+                    strict_nulls=True)

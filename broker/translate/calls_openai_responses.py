@@ -56,4 +56,5 @@ def answer(call: ToolCall, rendered: Rendered) -> dict[str, Any]:
     return {"type": "function_call_output", "call_id": call.call_id or "", "output": output}
 
 
-FORMAT = CallFormat("openai-responses", "openai-responses", recognize, read, answer, lambda answers: {"input": answers})
+FORMAT = CallFormat("openai-responses", "openai-responses", recognize, read, answer,
+                    lambda answers: {"input": answers}, strict_nulls=True)

@@ -151,7 +151,8 @@ class CallFormat:
 
     `recognize` says whether a body is unmistakably this shape (the convenience when no `format` is given);
     `read` returns its tool calls or raises `ShapeError`; `answer` writes one call's answer; `reply` wraps a
-    message's answers as `POST /v1/calls` returns them (the next message, ready to append)."""
+    message's answers as `POST /v1/calls` returns them (the next message, ready to append); `strict_nulls`: the
+    arguments go through `broker.translate.arguments.drop_strict_nulls` before they are checked."""
 
     name: str
     provider: str  # the name rule of `broker.translate.names` its function names follow
@@ -159,6 +160,7 @@ class CallFormat:
     read: Callable[[Any], list[ToolCall]]
     answer: Callable[[ToolCall, Rendered], dict[str, Any]]
     reply: Callable[[list[dict[str, Any]]], dict[str, Any]]
+    strict_nulls: bool = False  # its tools are offered in OpenAI strict form: drop the nulls it made a model send
 
 
 def dicts(value: Any) -> list[dict[str, Any]]:
