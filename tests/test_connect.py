@@ -18,7 +18,7 @@ import anyio
 import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
-from mcp_types import CreateMessageResult, ElicitResult, ListRootsResult, Root, TextContent
+from mcp_types import CreateMessageResult, ElicitResult, Implementation, ListRootsResult, Root, TextContent
 
 from cli.devrun import free_port
 from tests.stack import ROOT, Stack
@@ -206,3 +206,29 @@ def test_a_bad_key_is_refused_at_start_and_the_right_one_from_the_environment_wo
         for proc in [p for p in stack.procs if p.name == f"web-{port}"]:
             proc.stop()
         stack.web_ports.remove(port)
+
+
+def test_a_session_the_broker_lost_is_replaced_and_the_host_goes_on(stack: Stack, own_web: int) -> None:
+    """The broker's record of the session is deleted (as an expiry would) and the web process restarted: the
+    resume is refused (404), the bridge opens a new session with the host's own `initialize` replayed, and the
+    host's next calls work on it without a new handshake of its own."""
+    r = stack.redis()
+    name = f"lost-session-host-{free_port()}"
+
+    def our_sessions() -> list[str]:
+        return [key for key in r.scan_iter("mcpb:session:*")
+                if not key.endswith(":calls") and name in (r.hget(key, "clientInfo") or "")]
+
+    async def scenario() -> None:
+        async with Client(bridge(f"ws://127.0.0.1:{own_web}/mcp"), read_timeout_seconds=60, mode="legacy",
+                          client_info=Implementation(name=name, version="1")) as client:
+            assert (await client.call_tool("echo__echo", {"text": "one"})).structured_content == {"result": "one"}
+            [first] = our_sessions()
+            r.delete(first)
+            await anyio.to_thread.run_sync(restart_web, stack, own_web)
+            echoed = await client.call_tool("echo__echo", {"text": "two"})
+            assert echoed.structured_content == {"result": "two"}
+            [second] = our_sessions()  # the replayed initialize made it (same clientInfo), the old one is gone
+            assert second != first
+
+    anyio.run(scenario)
