@@ -239,12 +239,14 @@ def test_a_per_server_endpoint_searches_its_own_server_unprefixed(sstack: Search
 
 
 # ---------------------------------------------------------------- the labeled query set of `make bench`
-def test_the_query_set_is_everyday_requests_labeled_with_real_tools() -> None:
-    queries = json.loads((ROOT / "bench" / "context" / "queries.json").read_text())["queries"]
+@pytest.mark.parametrize("name", ["queries.json", "queries_heldout.json"])
+def test_the_query_sets_are_everyday_requests_labeled_with_real_tools(name: str) -> None:
+    queries = json.loads((ROOT / "bench" / "context" / name).read_text())["queries"]
     known = {f"{server}__{tool['name']}" for path in CATALOGS.glob("*.json")
              for server, tools in [(json.loads(path.read_text())["server"], json.loads(path.read_text())["tools"])]
              for tool in tools}
-    assert len(queries) >= 200 and len({q["query"] for q in queries}) == len(queries)
+    assert len(queries) >= (200 if name == "queries.json" else 50)
+    assert len({q["query"] for q in queries}) == len(queries)
     assert len({label.split("__")[0] for q in queries for label in q["expect"]}) >= 20
     for entry in queries:
         assert entry["expect"] and set(entry["expect"]) <= known, entry

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 from mcp_types import INVALID_PARAMS
 
 from broker.context.names import short_name
-from broker.protocol.framing import RPCError
-from broker.protocol.handlers import forward
+from broker.rpc_error import RPCError
 
 if TYPE_CHECKING:
     from broker.protocol.conversation import Conversation
@@ -40,4 +39,6 @@ def handle(conversation: Conversation, request_id: Any, arguments: dict[str, Any
     if short_name(name, conversation.services.config.separator) is not None:
         raise RPCError(INVALID_PARAMS, f"Invalid params: {name} is one of the broker's own tools: call it directly")
     params = {"name": name, "arguments": arguments.get("arguments") or {}, "_meta": meta}
+    from broker.protocol.handlers import forward  # here: broker.protocol's package imports this table
+
     return forward.tools_call(conversation, request_id, params)

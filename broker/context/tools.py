@@ -15,6 +15,10 @@ returns a `CallToolResult` dict, or hands the request on (`broker__call_tool` gi
 `forward.tools_call`, which answers later: DEFERRED). It raises `RPCError` or `Refused` for what a
 direct call would be refused with, so errors read the same whichever way a tool is reached.
 
+This module and its handlers import nothing of `broker.protocol` at import time (`forward` is imported
+where it is called): `broker/protocol/__init__.py` loads the conversation, whose handlers import this
+table, so importing this module first must not need the protocol package loaded.
+
 `tools_call` is `tools/call`'s handler (`broker.protocol.registry`): a broker tool's name is answered
 here, any other goes to `forward.tools_call`. The outer request has already paid its rate token
 (the row's admission), as any `tools/call` does.
@@ -32,7 +36,6 @@ from broker.context import call_tool, read_result, search_tool
 from broker.context.modes import offers_search
 from broker.context.names import broker_tool_name, short_name
 from broker.context.shaping import READ_TOOL, gets_shaped_results
-from broker.protocol.handlers import forward
 
 if TYPE_CHECKING:
     from broker.protocol.conversation import Conversation
@@ -109,6 +112,8 @@ def tools_call(conversation: Conversation, request_id: Any, params: dict[str, An
     """`tools/call` (params loaded by `CallToolParamsSchema`): a broker tool here, any other to its backend."""
     tool = find(conversation, params["name"])
     if tool is None:
+        from broker.protocol.handlers import forward  # here: broker.protocol's package imports this table
+
         return forward.tools_call(conversation, request_id, params)
     arguments = params["arguments"] or {}
     problem = tool.argument_errors(arguments)
