@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from broker.translate.names import provider_name
-from broker.translate.schemas import Unexpressible, description_of, inline_refs
+from broker.translate.schemas import Unexpressible, description_of, inline_refs, schema_problem
 
 OPENAPI_VERSION = "3.1.0"
 BEARER = {"type": "http", "scheme": "bearer", "description": "An API key of the broker "
@@ -79,9 +79,11 @@ def _rebased(node: Any, base: str) -> Any:
     return out
 
 
-def body_schema(schema: dict[str, Any], operation_id: str, components: dict[str, Any]) -> dict[str, Any]:
+def body_schema(schema: Any, operation_id: str, components: dict[str, Any]) -> dict[str, Any]:
     """The request body's schema for a tool's input schema: inlined, or placed under components (see above)."""
-    schema = {k: v for k, v in (schema or {"type": "object"}).items() if k != "$schema"}
+    if not isinstance(schema, dict) or not schema or schema_problem(schema) is not None:
+        schema = {"type": "object"}  # none, or broken: any JSON object (the backend judges the arguments)
+    schema = {k: v for k, v in schema.items() if k != "$schema"}
     try:
         return inline_refs(schema)
     except Unexpressible:

@@ -143,8 +143,91 @@ def input_schema_of(tool: dict[str, Any]) -> dict[str, Any]:
         return {"type": "object", "properties": {}}
     if not isinstance(schema, dict):
         raise Unexpressible("the input schema is not a JSON object")
+    problem = schema_problem(schema)
+    if problem is not None:
+        raise Unexpressible(f"the input schema is not valid JSON Schema: {problem}")
     types, _ = types_of(schema)
     if types != ["object"] or any(k in schema for k in ("anyOf", "oneOf", "allOf", "not", "enum")):
         raise Unexpressible("the input schema is not one object schema (the LLM APIs take no union, enum or "
                             "negation at the root)")
-    return {k: v for k, v in schema.items() if k != "$schema"}
+    return {k: v for k, v in schema.items() if k != "$schema"} | {"type": "object"}  # not ["object"] (SDK types)
+
+
+def _schema(value: Any) -> bool:
+    return isinstance(value, dict | bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _schema_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(_schema(v) for v in value)
+
+
+def _schema_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(_schema(v) for v in value.values())
+
+
+def _type(value: Any) -> bool:
+    names = [value] if isinstance(value, str) else value if isinstance(value, list) else None
+    return bool(names) and all(n in JSON_TYPES for n in names) and len(set(names)) == len(names)  # type: ignore[arg-type]
+
+
+JSON_TYPES = frozenset({"string", "number", "integer", "boolean", "object", "array", "null"})
+KEYWORD_CHECKS: dict[str, tuple[Any, str]] = {  # keyword → (its value's check, what it must be): 2020-12
+    "type": (_type, "a type name or a list of distinct ones"),
+    "properties": (_schema_map, "an object of schemas"),
+    "patternProperties": (_schema_map, "an object of schemas"),
+    "dependentSchemas": (_schema_map, "an object of schemas"),
+    "$defs": (_schema_map, "an object of schemas"),
+    "definitions": (_schema_map, "an object of schemas"),
+    "required": (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v) and len(set(v)) == len(v),
+                 "a list of distinct names"),
+    "anyOf": (_schema_list, "a non-empty list of schemas"),
+    "oneOf": (_schema_list, "a non-empty list of schemas"),
+    "allOf": (_schema_list, "a non-empty list of schemas"),
+    "prefixItems": (_schema_list, "a non-empty list of schemas"),
+    "enum": (lambda v: isinstance(v, list), "a list"),
+    "$ref": (lambda v: isinstance(v, str), "a string"),
+    "pattern": (lambda v: isinstance(v, str), "a string"),
+    "format": (lambda v: isinstance(v, str), "a string"),
+    "description": (lambda v: isinstance(v, str), "a string"),
+    "title": (lambda v: isinstance(v, str), "a string"),
+    "uniqueItems": (lambda v: isinstance(v, bool), "true or false"),
+    "multipleOf": (lambda v: _number(v) and v > 0, "a number above 0"),
+    **{k: (_number, "a number") for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")},
+    **{k: (_count, "a count") for k in ("minLength", "maxLength", "minItems", "maxItems", "minProperties",
+                                        "maxProperties", "minContains", "maxContains")},
+    **{k: (_schema, "a schema") for k in ("items", "additionalProperties", "not", "contains", "propertyNames",
+                                          "if", "then", "else", "unevaluatedProperties", "unevaluatedItems")},
+}
+
+
+def schema_problem(schema: Any, path: str = "") -> str | None:
+    """What makes `schema` invalid JSON Schema (2020-12) in the keywords that shape a tool's arguments, or None.
+    An API refuses a whole request for one broken tool schema, so a broken tool is reported instead. A walk,
+    not the meta-schema: checking against the meta-schema costs 3-8 ms a schema (~20 s over the 2,379 catalog
+    tools on this machine), this ~0.1 ms."""
+    if isinstance(schema, bool):
+        return None
+    if not isinstance(schema, dict):
+        return f"{path or '/'}: a schema must be an object or a boolean"
+    for key, value in schema.items():
+        check = KEYWORD_CHECKS.get(key)
+        if check is not None and not check[0](value):
+            return f"{path or '/'}: {key} must be {check[1]}"
+    for step, sub in subschemas(schema):
+        problem = schema_problem(sub, f"{path}/{step}")
+        if problem is not None:
+            return problem
+    for key in DEFINITION_KEYWORDS:
+        for name, sub in (schema.get(key) or {}).items():
+            problem = schema_problem(sub, f"{path}/{key}/{name}")
+            if problem is not None:
+                return problem
+    return None
