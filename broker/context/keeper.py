@@ -10,9 +10,10 @@ Cost: tokenizing the 2,379 tools of `../shared/catalogs/` took 0.5-0.9 s and ind
 machine's 2 busy cores, so (1) each server's words are kept by its digest, and a change re-reads only the
 server that moved; (2) a build runs on a real OS thread when gevent has patched threading (gunicorn's
 gevent worker), so the event loop goes on serving while it runs instead of stalling every connection of
-the process for the whole build: measured (`make bench`, scenario `context`), during a 6.8 s cold build
-the slowest `ping` on another connection took 0.55 s (22 ms just before): the GIL still makes the loop
-wait at times. A build in a process of its own would remove that; not done yet.
+the process for the whole build: measured (`make bench`, scenario `context`), during 6.8-9.3 s cold
+builds the slowest `ping` on another connection took 0.55-1.3 s (~25 ms just before; 2 cores at load
+13): the GIL still makes the loop wait at times. A build in a process of its own would remove that; not
+done yet.
 """
 
 from __future__ import annotations
