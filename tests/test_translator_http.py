@@ -94,7 +94,9 @@ def test_every_format_lists_the_visible_tools(broker: str, fmt: str) -> None:
 
 
 def test_definitions_shapes(broker: str) -> None:
-    chat = {e["function"]["name"]: e for e in http(broker, "GET", "/v1/tools?format=openai")[1]["tools"]}
+    status, answer, _ = http(broker, "GET", "/v1/tools?format=openai")
+    assert status == 200, answer
+    chat = {e["function"]["name"]: e for e in answer["tools"]}
     add = chat["echo__add"]["function"]
     assert add["strict"] is True
     assert add["parameters"]["required"] == ["a", "b"] and add["parameters"]["additionalProperties"] is False
@@ -111,6 +113,18 @@ def test_definitions_shapes(broker: str) -> None:
     declarations = {d["name"]: d for d in gemini[0]["functionDeclarations"]}
     assert declarations["echo__add"]["parameters"]["properties"]["a"]["type"] == "NUMBER"
     assert declarations["echo__whoami"].get("parameters") is None  # no arguments: no parameters
+
+
+def test_a_strict_definition_round_trip(broker: str) -> None:
+    """What a model writes against a strict definition (null for an optional argument it leaves out) runs."""
+    chat = {e["function"]["name"]: e for e in http(broker, "GET", "/v1/tools?format=openai")[1]["tools"]}
+    runs = chat["echo__runs"]["function"]
+    assert runs["strict"] is True and runs["parameters"]["properties"]["tool"]["type"] == ["string", "null"]
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "echo__runs", "arguments": '{"tool": null}'}}]
+    status, answer, _ = http(broker, "POST", "/v1/calls?format=openai", calls)
+    assert status == 200, answer
+    message = answer["messages"][0]
+    assert message["tool_call_id"] == "call_1" and not message["content"].startswith("Error"), message
 
 
 def test_allow_lists_apply_everywhere(broker: str) -> None:

@@ -6,8 +6,10 @@ runs them too (`run_broker_tool`, from `web.api.run_call`: `POST /v1/calls` and 
 the search with the handler MCP clients reach (`broker.context.search_tool`), under the caller's allow-list;
 `broker__call_tool` as the call of the tool it names, on the native path.
 
-The modes' code reads a conversation's services, key, admission, `?tools=` and era; `Listing` is that much of
-one for a `/v1` request (no per-server scope: `/v1` names tools namespaced).
+The modes' code reads a conversation's services, key, admission, `?tools=`, era and results choice; `Listing` is
+that much of one for a `/v1` request (no per-server scope: `/v1` names tools namespaced; results are not shaped,
+so the shaping's page tool is not listed). A new attribute the broker tools' `listed` rules read must be added
+here too: `tests/test_translator_http.py` lists tools in both modes, so a missing one fails there.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from broker.admission import Admission
 from broker.context import search_tool
 from broker.context.modes import listed_backend_tools
 from broker.context.names import short_name
+from broker.context.shaping import ResultsChoice
 from broker.context.tools import BROKER_TOOLS, listed_broker_tools
 from broker.security import Principal
 from broker.services import BrokerServices
@@ -46,6 +49,8 @@ class Listing:
     catalog_mode: str | None  # the request's `?tools=`, else the key's, else the config's (modes.catalog_mode)
     scope: str | None = None
     era: _V1Era = field(default_factory=_V1Era)
+    # /v1 answers results whole (no paging, broker.context.shaping): the page-reading tool is never listed
+    results_choice: ResultsChoice = field(default_factory=lambda: ResultsChoice(mode="raw"))
 
 
 def visible_tools(services: BrokerServices, admission: Admission, mode: str | None) -> list[dict[str, Any]]:
