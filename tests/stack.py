@@ -159,12 +159,17 @@ class Stack:
         r = self.redis()
         wanted = servers or self.servers
         deadline = time.monotonic() + timeout
+        probed = 0.0
         while time.monotonic() < deadline:
             if all(r.exists(f"mcpb:catalog:{s}") for s in wanted):
                 return
             dead = [p for p in self.procs if not p.alive()]
             if dead:
                 raise RuntimeError(f"{dead[0].name} exited:\n{dead[0].log()[-4000:]}")
+            if self.web_ports and time.monotonic() - probed > 2:  # a probe asks again for a missing catalog
+                probed = time.monotonic()
+                with contextlib.suppress(httpx2.HTTPError):
+                    httpx2.get(f"{self.http_url()}/readyz", timeout=5)
             time.sleep(0.2)
         raise RuntimeError(f"catalog not published for {wanted}; logs in {self.log_dir}")
 

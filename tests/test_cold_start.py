@@ -97,6 +97,25 @@ def test_a_fresh_web_process_serves_the_catalog_in_redis_to_its_very_first_calle
     assert ready["web"]["catalog_loaded"] is True and ready["web"]["catalogs"] == len(stack.servers)
 
 
+def test_a_readyz_probe_asks_the_workers_again_for_a_missing_catalog(stack: Stack, own_web: Any) -> None:
+    """A worker gives up listing a backend slower to start than its `timeout_s` (a loaded machine), and nothing
+    asked again until a client listed tools: `make run` waited for its banner, a test stack for its fixture.
+    A fresh web process finds the catalog missing, and its /readyz asks the workers to list it."""
+    from broker import keys
+
+    r = stack.redis()
+    r.delete(keys.catalog("time"))  # as a listing that failed leaves it
+    _, index = own_web()
+    deadline = time.monotonic() + 90
+    while not r.exists(keys.catalog("time")):
+        assert time.monotonic() < deadline, "no probe got the catalog listed again"
+        httpx2.get(f"{stack.http_url(index)}/readyz", timeout=10)
+        time.sleep(0.5)
+    loaded = wait_until(lambda: httpx2.get(f"{stack.http_url(index)}/readyz", timeout=10).json()["web"]["missing"]
+                        == [], 30)
+    assert loaded, "the web process did not load the catalog listed again"
+
+
 def test_a_call_to_a_server_still_starting_waits_for_its_tools_then_clients_hear_list_changed(
         stack: Stack, own_web: Any, tmp_path: Path) -> None:
     """`late` is configured but its worker starts only after the client listed the tools and called one."""

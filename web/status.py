@@ -96,10 +96,14 @@ def _registry(config: BrokerConfig) -> CollectorRegistry:
 
 def _this_process() -> dict[str, Any]:
     """This web process's part of readiness: it has read the published catalogs (a cold process that had
-    not served tools it did not know yet) and listens on its reply channel. Probing does both if needed."""
+    not served tools it did not know yet) and listens on its reply channel. Probing does both if needed,
+    and asks the workers again for a catalog still missing (at most every few seconds): a backend slower to
+    start than its `timeout_s` (a loaded machine) made its worker give up listing it, and nothing asked
+    again until a client listed tools; `make run` waited for its banner, a test stack for its fixture."""
     services = current_services()
     try:
         services.catalog.ensure_fresh()
+        services.request_missing_catalogs()
         services.hub.start()
     except (redis.RedisError, OSError, RuntimeError) as err:
         return {"ready": False, "catalog_loaded": services.catalog.loaded, "error": f"{type(err).__name__}: {err}"}
