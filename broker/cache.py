@@ -27,7 +27,7 @@ from typing import Any
 
 import redis
 
-from broker import keys
+from broker import keys, wire
 from broker.config import BrokerConfig
 
 BYPASS_META_KEY = "cache"  # `_meta: {"cache": false}` skips the lookup (the fresh result is still stored)
@@ -52,7 +52,7 @@ def store_result(
     """Worker-side: keep a successful result for `ttl_s` seconds (errors are never cached)."""
     if ttl_s <= 0 or not cacheable(result):
         return False
-    r.set(cache_key(server, tool, arguments), json.dumps(result, separators=(",", ":")), px=int(ttl_s * 1000))
+    r.set(cache_key(server, tool, arguments), wire.dumps(result), px=int(ttl_s * 1000))
     return True
 
 

@@ -13,7 +13,6 @@ before it was queued: rate limit, allow-list, arguments, unknown tool).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 from mcp.server.streamable_http import REQUEST_CANCELLED
 from mcp_types import REQUEST_TIMEOUT
 
+from broker import wire
 from broker.calls import Call
 from broker.metrics import RECORDER
 
@@ -56,7 +56,7 @@ def call_line(side: str, fields: dict[str, Any]) -> None:
     if not _configured["enabled"] or not log.handlers:
         return
     line = {"ts": round(time.time(), 6), "event": "call", "side": side, **fields}
-    log.info(json.dumps(line, separators=(",", ":"), ensure_ascii=False, default=str))
+    log.info(wire.dumps(line, default=str))
 
 
 def outcome_of(message: dict[str, Any]) -> tuple[str, int | None]:

