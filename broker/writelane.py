@@ -16,6 +16,7 @@ rather than grow without bound while Redis is unreachable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -23,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from redis.client import Pipeline
@@ -35,12 +36,84 @@ log = logging.getLogger(__name__)
 Ops = Callable[[Pipeline], Any]  # queues one or more commands on the pipeline it is given
 
 
+class Settles(Protocol):
+    """What the lane's thread settles for a write that is waited for: a `concurrent.futures.Future` (`submit`)
+    or one write of a `_LoopBatch` (`run`)."""
+
+    def set_running_or_notify_cancel(self) -> bool: ...
+    def set_result(self, result: list[Any]) -> None: ...
+    def set_exception(self, exception: BaseException | None) -> None: ...
+
+
+class _LoopBatch:
+    """The writes an event loop's coroutines queue in one turn of the loop (every outcome whose backend answer
+    arrived in the same read, typically): put on the lane under one lock with one wakeup of its thread, and
+    settled with one call back into the loop, instead of a wakeup and a self-pipe write each. Measured A/B:
+    the module docstring."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.waiting: list[tuple[Ops, asyncio.Future[list[Any]]]] = []
+        self.settled: list[tuple[list[Any] | None, BaseException | None]] = []
+        self._left = 0
+        self._lock = threading.Lock()
+
+    def add(self, ops: Ops) -> asyncio.Future[list[Any]]:
+        future: asyncio.Future[list[Any]] = self.loop.create_future()
+        self.waiting.append((ops, future))
+        return future
+
+    def queued(self) -> list[tuple[Ops, Settles | None, str]]:
+        self._left = len(self.waiting)
+        self.settled = [(None, None)] * self._left
+        return [(ops, _Slot(self, i), "") for i, (ops, _) in enumerate(self.waiting)]
+
+    def done(self, index: int, result: list[Any] | None, error: BaseException | None) -> None:
+        """One write settled (the lane's thread); the last one wakes the loop."""
+        self.settled[index] = (result, error)
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                self.loop.call_soon_threadsafe(self._resolve)
+
+    def _resolve(self) -> None:
+        for (_, future), (result, error) in zip(self.waiting, self.settled, strict=True):
+            if future.done():  # its waiter was cancelled
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result or [])
+
+
+class _Slot:
+    """One write of a `_LoopBatch`, as the lane's thread settles it (`Settles`)."""
+
+    __slots__ = ("batch", "index")
+
+    def __init__(self, batch: _LoopBatch, index: int) -> None:
+        self.batch = batch
+        self.index = index
+
+    def set_running_or_notify_cancel(self) -> bool:
+        return True
+
+    def set_result(self, result: list[Any]) -> None:
+        self.batch.done(self.index, result, None)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        self.batch.done(self.index, None, exception)
+
+
 class WriteLane:
     def __init__(self, r: redis.Redis, max_batch: int = 512, max_pending: int = 50_000) -> None:
         self._r = r
         self.max_batch = max_batch
         self.max_pending = max_pending
-        self._pending: deque[tuple[Ops, Future[list[Any]] | None, str]] = deque()
+        self._pending: deque[tuple[Ops, Settles | None, str]] = deque()
+        self._open: dict[asyncio.AbstractEventLoop, _LoopBatch] = {}  # `run` calls of the loop's current turn
         self._wakeup = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
         self.dropped = 0
@@ -55,8 +128,24 @@ class WriteLane:
         return future
 
     async def run(self, ops: Ops) -> list[Any]:
-        """`submit` awaited on an asyncio loop without blocking it."""
-        return await asyncio.wrap_future(self.submit(ops))
+        """`submit` awaited on an asyncio loop without blocking it. What the loop's coroutines queue in one
+        iteration goes to the lane together, and comes back together (`_LoopBatch`)."""
+        loop = asyncio.get_running_loop()
+        batch = self._open.get(loop)
+        if batch is None:
+            batch = self._open[loop] = _LoopBatch(loop)
+            loop.call_soon(self._put_batch, loop)
+        return await batch.add(ops)
+
+    def _put_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._open.pop(loop)
+        items = batch.queued()
+        if self._thread is None:
+            self._put(items[0])
+            items = items[1:]
+        with self._wakeup:
+            self._pending.extend(items)
+            self._wakeup.notify()
 
     def fire(self, ops: Ops, what: str) -> None:
         """Queue a best-effort write (`what` names it in the log if it fails or is dropped)."""
@@ -67,7 +156,7 @@ class WriteLane:
             return
         self._put((ops, None, what))
 
-    def _put(self, item: tuple[Ops, Future[list[Any]] | None, str]) -> None:
+    def _put(self, item: tuple[Ops, Settles | None, str]) -> None:
         if self._thread is None:
             with self._wakeup:
                 if self._thread is None:
@@ -91,7 +180,7 @@ class WriteLane:
                 batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
             self._write(batch)
 
-    def _write(self, batch: list[tuple[Ops, Future[list[Any]] | None, str]]) -> None:
+    def _write(self, batch: list[tuple[Ops, Settles | None, str]]) -> None:
         pipe = self._r.pipeline(transaction=False)
         spans: list[tuple[int, int] | None] = []
         for ops, future, what in batch:
@@ -120,7 +209,7 @@ class WriteLane:
             error = next((r for r in mine if isinstance(r, Exception)), None)
             self._settle(future, what, error, mine)
 
-    def _settle(self, future: Future[list[Any]] | None, what: str, error: BaseException | None,
+    def _settle(self, future: Settles | None, what: str, error: BaseException | None,
                 replies: list[Any] | None = None) -> None:
         if future is None:
             if error is not None:

@@ -1,4 +1,5 @@
-"""A worker delivers outcomes with EVALSHA (broker.results.ResultWriter.adeliver): a Redis that lost its
+"""A worker delivers outcomes with EVALSHA (broker.results.ResultWriter.adeliver), through the write lane in
+batches of one event-loop turn (broker.writelane): a Redis that lost its
 script cache (restarted, or SCRIPT FLUSH) still gets every outcome, exactly once. An embedded Redis of the
 test's own: flushing the scripts of the shared one would touch other users of it."""
 
@@ -48,3 +49,26 @@ def test_outcomes_are_delivered_once_with_or_without_a_cached_script(own_redis: 
     for call_id in ("c1", "c2", "c3"):
         stored = json.loads(own_redis.get(keys.result(call_id)))
         assert stored["call_id"] == call_id and stored["result"] == {"content": [], "isError": False}
+
+
+def test_writes_of_one_loop_turn_share_a_round_trip_and_keep_their_own_replies(own_redis: redis.Redis) -> None:
+    """The lane's `run` (broker.writelane._LoopBatch): 40 coroutines writing at once get one pipeline, each its
+    own replies; a write that fails (a bad command, an ops that raises) fails alone."""
+    lane = WriteLane(own_redis)
+    own_redis.set("lane:str", "text")
+
+    def broken(_pipe: object) -> None:
+        raise ValueError("an ops that raises")
+
+    async def all_at_once() -> list[object]:
+        writes = [lane.run(lambda pipe, i=i: pipe.incrby(f"lane:n{i}", i)) for i in range(40)]
+        writes.append(lane.run(lambda pipe: pipe.incr("lane:str")))  # WRONGTYPE: an error reply
+        writes.append(lane.run(broken))
+        return await asyncio.gather(*writes, return_exceptions=True)
+
+    replies = asyncio.run(all_at_once())
+    assert replies[:40] == [[i] for i in range(40)]
+    assert isinstance(replies[40], redis.ResponseError)
+    assert isinstance(replies[41], ValueError)
+    assert lane.round_trips <= 2  # the first write may start the lane's thread alone; the rest go together
+    assert asyncio.run(all_at_once())[:40] == [[2 * i] for i in range(40)]  # again, on another loop
