@@ -48,8 +48,10 @@ class Settles(Protocol):
 class _LoopBatch:
     """The writes an event loop's coroutines queue in one turn of the loop (every outcome whose backend answer
     arrived in the same read, typically): put on the lane under one lock with one wakeup of its thread, and
-    settled with one call back into the loop, instead of a wakeup and a self-pipe write each. Measured A/B:
-    the module docstring."""
+    settled with one call back into the loop, instead of a wakeup and a self-pipe write each. Measured A/B
+    (`python -m bench.worker_cpu --direct`, 16 calls a message, a loaded box, medians): worker thread wake-ups
+    per call 3.05 -> 2.55 (stdio backend), 4.03 -> 3.68 (HTTP); worker CPU per call HTTP 2.74 -> 2.59 ms,
+    stdio unchanged within noise."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
