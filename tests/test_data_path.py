@@ -25,7 +25,7 @@ def test_catalog_aggregates_every_server_namespaced(stack: Stack) -> None:
     names = {t["name"] for t in tools}
     assert {"echo__echo", "echo__slow", "notes__add_note", "time__get_current_time", "time__convert_time"} <= names
     assert all(TOOL_NAME.match(n) for n in names)
-    assert {n.split("__", 1)[0] for n in names} == set(stack.servers)
+    assert {n.split("__", 1)[0] for n in names} == {*stack.servers, "broker"}  # + the page tool, broker__read_result
     by_name = {t["name"]: t for t in tools}
     assert by_name["echo__add"]["inputSchema"]["required"] == ["a", "b"]
     assert "outputSchema" in by_name["echo__add"]

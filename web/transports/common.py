@@ -63,10 +63,21 @@ def catalog_mode_problem() -> str | None:
     return f"Bad Request: ?{CATALOG_MODE_PARAM}= must be one of {', '.join(CATALOG_MODES)}, not {mode[:40]!r}"
 
 
+RESULTS_PARAMS = ("results", "result_format", "max_result_tokens")
+
+
+def _asks_for_results() -> bool:
+    """Whether the URL says anything of results (most do not: no schema is loaded for them)."""
+    args = request.args
+    return any(name in args for name in RESULTS_PARAMS)
+
+
 def requested_results() -> ResultsChoice:
     """How the URL asks for tool results: `?results=shaped|raw`, `?result_format=raw|compact|toon`,
     `?max_result_tokens=N` (broker.context.shaping); refused before anything else when bad
     (`results_query_problem`), so here it loads."""
+    if not _asks_for_results():
+        return ResultsChoice()
     try:
         query = ResultsQuerySchema().load(request.args)
     except ValidationError:
@@ -76,6 +87,8 @@ def requested_results() -> ResultsChoice:
 
 def results_query_problem() -> str | None:
     """What is wrong with the URL's results parameters, or None."""
+    if not _asks_for_results():
+        return None
     try:
         ResultsQuerySchema().load(request.args)
     except ValidationError as err:
