@@ -85,12 +85,18 @@ class Bridge:
         self.initialize: mcp_types.JSONRPCRequest | None = None
         self.initialized: mcp_types.JSONRPCNotification | None = None
         self.links = 0  # links opened so far (the first one included)
-        self.connected = anyio.Event()
         self._outbox_send, self._outbox = anyio.create_memory_object_stream[SessionMessage](math.inf)
         self._host_write: HostWrite | None = None
         self._down_since: float | None = None
         self._gave_up = False
         self._answer_seen = anyio.Event()
+        self._last_said = ""
+
+    def _say_once(self, line: str) -> None:
+        """Say a link problem once while it lasts, not at every retry (a broker away for an hour: one line)."""
+        if line != self._last_said:
+            self._last_said = line
+            self.say(line)
 
     # ------------------------------------------------------------ start and run
     async def check(self) -> None:
@@ -117,8 +123,10 @@ class Bridge:
     async def _from_host(self, host_read: HostRead) -> None:
         async with host_read:
             async for item in host_read:
-                if isinstance(item, Exception):
-                    self.say(f"ignored a line from the host that is not JSON-RPC: {item}")
+                if isinstance(item, Exception):  # answered as any MCP server would: a parse error, id null
+                    first = str(item).splitlines()[0] if str(item) else type(item).__name__
+                    await self._to_host(_error(None, f"Parse error: not a JSON-RPC message ({first})",
+                                               mcp_types.PARSE_ERROR))
                     continue
                 message = item.message
                 if isinstance(message, mcp_types.JSONRPCRequest):
@@ -148,17 +156,16 @@ class Bridge:
                 async with self.upstream.open(self.session_id) as link:
                     delay = FIRST_RETRY_S
                     await self._pump(link)
-                self.say("the link to the broker closed; reconnecting")
+                self._say_once("the link to the broker closed; reconnecting")
             except BrokerRefused as err:
                 if err.status == UNKNOWN_SESSION and self.session_id is not None:
                     await self._lost_session(err)
                     continue
-                self.say(f"the broker refused the link ({err}); retrying in {delay:.1f} s")
+                self._say_once(f"the broker refused the link ({err}); retrying every {MAX_RETRY_S:.0f} s at most")
             except BrokerUnreachable as err:
-                self.say(f"broker unreachable ({err}); retrying in {delay:.1f} s")
+                self._say_once(f"broker unreachable ({err}); retrying every {MAX_RETRY_S:.0f} s at most")
             except Exception as err:  # the SDK's HTTP transport ends with its POST's error: the link broke
-                self.say(f"the link to the broker failed ({_first_cause(err)}); reconnecting in {delay:.1f} s")
-            self.connected = anyio.Event()
+                self._say_once(f"the link to the broker failed ({_first_cause(err)}); reconnecting")
             await self._while_away()
             await anyio.sleep(delay)
             delay = min(MAX_RETRY_S, delay * 2)
@@ -171,8 +178,7 @@ class Bridge:
         if resumed:
             self.say(f"reconnected; session {self.session_id} resumed")
             await self._after_resume(link)
-        self._down_since, self._gave_up = None, False
-        self.connected.set()
+        self._down_since, self._gave_up, self._last_said = None, False, ""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._to_broker, link)
             async for item in link.read:

@@ -7,6 +7,7 @@ exit on stdin close, and the errors of a wrong URL or key.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -168,12 +169,14 @@ def run_bridge(url: str, *extra: str, stdin: str = "", env: dict[str, str] | Non
                           cwd="/", env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 
 
-def test_the_bridge_exits_0_when_the_host_closes_stdin(stack: Stack) -> None:
+def test_the_bridge_answers_then_exits_0_when_the_host_closes_stdin(stack: Stack) -> None:
     initialize = ('{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", '
                   '"capabilities": {}, "clientInfo": {"name": "shell", "version": "1"}}}\n')
-    done = run_bridge(stack.ws_url(), stdin=initialize)
+    done = run_bridge(stack.ws_url(), stdin="this is not JSON-RPC\n" + initialize)
     assert done.returncode == 0, done.stderr
-    assert '"id":1' in done.stdout and '"protocolVersion"' in done.stdout
+    parse_error, answer = (json.loads(line) for line in done.stdout.splitlines())
+    assert parse_error["id"] is None and parse_error["error"]["code"] == -32700  # as any MCP server answers it
+    assert answer["id"] == 1 and answer["result"]["protocolVersion"] == "2025-11-25"
 
 
 def test_an_unreachable_broker_or_a_bad_url_is_one_line_on_stderr(stack: Stack) -> None:
