@@ -129,6 +129,9 @@ def test_every_protected_path_challenges_with_resource_metadata(broker: Broker) 
             params = challenge_params(response.headers["www-authenticate"])
             assert params["resource_metadata"] == metadata and params["scope"] == "mcp"
             assert "error" not in params  # no token sent: no error code (RFC 6750 §3.1)
+        page = http.get(f"{broker.base}/status")  # keys are on too: a browser is offered Basic as well
+        assert page.status_code == 401
+        assert page.headers["www-authenticate"].startswith('Basic realm="mcp-broker", Bearer resource_metadata=')
         ws_refusal = refused_ws(broker, None)
         assert ws_refusal.status_code == 401
         assert challenge_params(ws_refusal.headers["www-authenticate"])["resource_metadata"].endswith(

@@ -128,7 +128,11 @@ def register_auth(app: Flask, keyring: KeyRing) -> None:
         bearer = bearer_of(header)
         principal = keyring.authenticate(bearer)
         if principal is None and verifier is not None:
-            return _by_token(verifier, bearer)
+            refused = _by_token(verifier, bearer)
+            if refused is not None and request.path.startswith("/status") and keyring.principals:
+                # a browser asks for a key only on a Basic challenge: offer both (RFC 9110 §11.6.1)
+                refused.headers["WWW-Authenticate"] = f'Basic realm="mcp-broker", {refused.headers["WWW-Authenticate"]}'
+            return refused
         if principal is None:
             reason = "no key" if not header else "wrong key"
             log.warning("auth refused: %s %s from %s (%s)", request.method, request.path, request.remote_addr, reason)
