@@ -220,6 +220,16 @@ def test_a_token_for_one_servers_endpoint_is_refused_on_another(broker: Broker) 
     assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_token"
 
 
+def test_the_host_header_cannot_make_another_resources_token_pass(broker: Broker) -> None:
+    """No `resource` set: a token the same issuer minted for another resource, sent under that resource's
+    Host name, is refused (the derived URL is trusted only for loopback names)."""
+    foreign = broker.token(aud="http://tools.attacker.example/mcp")
+    with httpx2.Client(timeout=10) as http:
+        response = http.post(f"{broker.base}/mcp", json=INIT, headers={**ACCEPT, "Host": "tools.attacker.example",
+                                                                      "Authorization": f"Bearer {foreign}"})
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_token"
+
+
 def test_a_rotated_key_is_fetched_and_junk_kids_do_not_hammer_the_issuer(broker: Broker) -> None:
     main, other = broker.main, broker.other
     with ws(broker, broker.token()) as client:  # the current key is cached

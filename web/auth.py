@@ -120,9 +120,9 @@ def register_auth(app: Flask, keyring: KeyRing) -> None:
     app.config["OAUTH_VERIFIER"] = verifier
     register_resource_metadata(app, keyring.oauth)
     if keyring.oauth is not None and keyring.oauth.resource is None and not os.environ.get("MCP_BROKER_ALLOWED_HOSTS"):
-        log.warning("oauth: no `resource` (MCP_BROKER_OAUTH_RESOURCE) and no MCP_BROKER_ALLOWED_HOSTS: the broker "
-                    "takes its own URL from each request's Host header, so a token its issuer minted for another "
-                    "resource would be accepted under that resource's Host name; set one of them")
+        log.warning("oauth: no `resource` (MCP_BROKER_OAUTH_RESOURCE) and no MCP_BROKER_ALLOWED_HOSTS: tokens are "
+                    "accepted only on loopback names (the Host header cannot be trusted to name this broker); "
+                    "set `resource` to the broker's public URL")
 
     @app.before_request
     def _authenticate() -> Response | None:

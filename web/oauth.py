@@ -9,15 +9,17 @@
   for), with `scope` when scopes are required and `error="invalid_token"` when a token was sent but is
   no good, on every protected path (both MCP transports, /v1, /status…); 403 `insufficient_scope` the same.
 
-The resource identifier's base is the `resource` setting, else the request's own scheme and host: behind
-a proxy that terminates TLS, set it (`MCP_BROKER_OAUTH_RESOURCE=https://broker.example.com`), or the
-metadata names `http://` and audiences will not match. A token is accepted on a path when its `aud` names
+The resource identifier's base is the `resource` setting, else the request's own scheme and host (for
+audiences only under a loopback or `MCP_BROKER_ALLOWED_HOSTS` name: `accepted_audiences`). Behind a proxy
+that terminates TLS, set it (`MCP_BROKER_OAUTH_RESOURCE=https://broker.example.com`), or the metadata
+names `http://` and audiences will not match. A token is accepted on a path when its `aud` names
 the base, the whole broker's `/mcp`, the path's own endpoint, or one of `audiences`: a token for one
 server's endpoint works there only; one for `/mcp` works on every endpoint (its allow-list still decides).
 """
 
 from __future__ import annotations
 
+import os
 import re
 
 from flask import Flask, Response, jsonify, request
@@ -25,6 +27,7 @@ from flask import Flask, Response, jsonify, request
 from broker.oauth.settings import OAuthSettings
 from broker.oauth.tokens import TokenRejected
 from web.errors import api_error
+from web.origin import allowed_hosts, host_allowed
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 MCP_PATH = re.compile(r"^/(?:mcp|servers/[^/]+/mcp)$")
@@ -44,6 +47,12 @@ def metadata_url(settings: OAuthSettings, path: str) -> str:
 
 
 def accepted_audiences(settings: OAuthSettings, path: str) -> list[str]:
+    """What a token's `aud` may name on this path. Without a `resource` setting the broker's own URL comes
+    from the `Host` header, which the client writes: trusted only for the loopback names or
+    `MCP_BROKER_ALLOWED_HOSTS`, else a token minted for another resource of the same issuer would pass
+    under that resource's host name. Under any other Host only `audiences` are accepted."""
+    if settings.resource is None and not host_allowed(request.headers.get("Host"), allowed_hosts(os.environ, False)):
+        return list(settings.audiences)
     base = base_url(settings)
     return list(dict.fromkeys([base, f"{base}/", f"{base}/mcp", resource_of(settings, path), *settings.audiences]))
 
