@@ -69,7 +69,7 @@ def test_openai_chat_completion(broker: str) -> None:
     assert "Multiple content types test:" in mixed and "[image" in mixed and PNG in mixed
     assert "test://mixed-content-resource" in mixed
     # the same message, its tool_calls list alone, with the format named
-    status, again = http(broker, "POST", "/v1/calls?format=openai", sent[:1])
+    status, again = http(broker, "POST", "/v1/calls?format=openai&timeout_s=10", sent[:1])
     assert status == 200 and again["messages"][0]["content"] == "hello from gpt"
 
 
@@ -162,6 +162,7 @@ def test_bad_bodies_are_400(broker: str) -> None:
         ("/v1/calls?format=klingon", {"tool_calls": []}),
         ("/v1/calls", {"neither": "native nor a model's message"}),
         ("/v1/calls?format=openai", [{"type": "function", "function": "not an object"}]),
+        ("/v1/calls?format=openai&timeout_s=-1", fixture("openai_chat_completion.json")),
     ]
     for path, body in cases:
         status, answer = http(broker, "POST", path, body)

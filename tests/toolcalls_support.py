@@ -36,8 +36,9 @@ def config(path: Path) -> Path:
     chosen = {name: servers[name] for name in ("echo", "time")}
     for entry in chosen.values():
         entry["args"] = [str((TEST_CONFIG.parent / a).resolve()) if a.startswith("../") else a for a in entry["args"]]
+        entry.setdefault("broker", {})["timeout_s"] = 30  # nothing here is about time: room for a loaded machine
     chosen["conformance"] = {"command": "python", "args": [str(ROOT / "examples/servers/conformance.py")],
-                             "broker": {"timeout_s": 20}}
+                             "broker": {"timeout_s": 30}}
     path.write_text(json.dumps({"mcpServers": chosen}))
     return path
 

@@ -136,7 +136,8 @@ def post_call() -> tuple[Response, int]:
         raise ApiError(400, "invalid_call", wire.describe_surrogate(where))
     shape = call_format(body, request.args.get("format"))
     if shape is not None:
-        return run_tool_calls(services, body, shape)
+        query = _load(BatchSubmitQuerySchema(), request.args, "invalid_call", "query string: ")
+        return run_tool_calls(services, body, shape, query["timeout_s"])
     loaded = _load(ToolCallRequestSchema(), body, "invalid_call")
     call_id, result = run_call(services, loaded["tool"], loaded["arguments"] or {}, loaded["timeout_s"])
     return jsonify(result=result, call_id=call_id), 200

@@ -67,8 +67,10 @@ def read_calls(body: Any, shape: CallFormat) -> list[ToolCall]:
     return calls
 
 
-def run_tool_calls(services: BrokerServices, body: Any, shape: CallFormat) -> tuple[Response, int]:
-    """Run every tool call of `body` and answer with the provider's next message (one rate token for all)."""
+def run_tool_calls(services: BrokerServices, body: Any, shape: CallFormat,
+                   timeout_s: float | None = None) -> tuple[Response, int]:
+    """Run every tool call of `body` (each within `timeout_s`, capped by its server's `max_timeout_s`) and answer
+    with the provider's next message (one rate token for all)."""
     calls = read_calls(body, shape)
     admission = admit(services)
     resolve_calls(services, admission, calls)
@@ -77,7 +79,7 @@ def run_tool_calls(services: BrokerServices, body: Any, shape: CallFormat) -> tu
         started: PendingCall | None = None
         if call.problem is None and call.tool is not None:
             try:
-                started = queue_call(services, admission, call.tool, call.arguments or {}, None)
+                started = queue_call(services, admission, call.tool, call.arguments or {}, timeout_s)
             except (ApiError, Refused) as err:
                 call.problem = err.message  # forbidden, too many in flight, bad arguments
         pending.append(started)
