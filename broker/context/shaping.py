@@ -23,10 +23,13 @@ tokenized (a token is at least one byte), so a typical 1 KB result costs a lengt
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import redis
 
 from broker.config import BrokerSettings
 from broker.context import compaction, pages, tokens
@@ -35,6 +38,8 @@ from broker.context.result_pages import ResultPages
 
 if TYPE_CHECKING:
     from broker.protocol.conversation import Conversation
+
+log = logging.getLogger(__name__)
 
 # The default limit on model-facing endpoints: 10,000 tokens (~40 KB of English or JSON), the size at which
 # Claude Code starts warning about an MCP result (it cuts at 25,000 and the rest is lost); a typical tool
@@ -171,7 +176,11 @@ def for_conversation(conversation: Conversation, server: str, tool: str | None,
         return result
     store = ResultPages(conversation.services.redis)
     read_tool = read_tool_name(conversation.services.config.separator)
-    return shape(result, rule, lambda cut: store.keep(conversation.principal.id, cut), read_tool)
+    try:
+        return shape(result, rule, lambda cut: store.keep(conversation.principal.id, cut), read_tool)
+    except (ValueError, redis.RedisError) as err:  # e.g. a lone surrogate Redis cannot store: the answer still goes
+        log.warning("result of %s/%s passed unshaped: %s", server, tool, err)
+        return result
 
 
 def read_tool_name(separator: str) -> str:
