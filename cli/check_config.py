@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from broker.config import ConfigError, expand_all, load_config
+from broker.oauth.settings import insecure_issuers
 from broker.security import KeysConfigError, load_keyring
 
 
@@ -27,6 +28,9 @@ def command(args: argparse.Namespace) -> int:
         oauth = keyring.oauth
         print(f"  OAuth: {len(oauth.issuers)} issuer(s) ({', '.join(i.issuer for i in oauth.issuers)}), "
               f"{len(oauth.rules)} rule(s), resource {oauth.resource or 'from each request'}")
+        for url in insecure_issuers(oauth):
+            print(f"  warning: oauth: {url} is plain http:// off this machine: its keys and answers can be "
+                  "forged on the way; use https://", file=sys.stderr)
     for name, spec in config.servers.items():
         target = " | ".join(endpoint.describe() for endpoint in spec.endpoints)
         s = spec.settings

@@ -72,6 +72,7 @@ def test_rules_map_claims_to_profiles() -> None:
     ({"MCP_BROKER_OAUTH": json.dumps({"issuers": [{"issuer": ISSUER, "algorithms": ["HS256"]}]})}, "algorithms"),
     ({"MCP_BROKER_OAUTH": json.dumps({"issuers": [{"issuer": ISSUER, "algorithms": ["none"]}]})}, "algorithms"),
     ({"MCP_BROKER_OAUTH": block(rules=[{"match": {"sub": "*"}, "profile": "ghost"}])}, "ghost"),
+    ({"MCP_BROKER_OAUTH": block(jwks_cache_s=1)}, "jwks_cache_s"),
     ({"MCP_BROKER_OAUTH": block(profiles={"p": {}}, rules=[{"match": {"sub": 3}, "profile": "p"}])}, "match.sub"),
     ({"MCP_BROKER_OAUTH": json.dumps({"issuers": [{"issuer": ISSUER, "introspection": {
         "endpoint": f"{ISSUER}/introspect", "client_id": "broker", "client_secret_env": "UNSET_SECRET_VAR"}}]})},
@@ -88,6 +89,12 @@ def test_check_config_names_the_oauth_setup_or_the_mistake() -> None:
     ok = subprocess.run([sys.executable, "-m", "broker", "check-config", str(ROOT / "mcp_servers.json")], cwd=ROOT,
                         env=env, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and f"OAuth: 1 issuer(s) ({ISSUER})" in ok.stdout, ok.stderr
+    assert "plain http://" not in ok.stderr
+    plain = subprocess.run([sys.executable, "-m", "broker", "check-config", str(ROOT / "mcp_servers.json")],
+                           cwd=ROOT, env={**env, "MCP_BROKER_OAUTH_ISSUERS": "http://auth.example.com,http://127.0.0.1:9"},
+                           capture_output=True, text=True, timeout=60)
+    assert plain.returncode == 0 and "http://auth.example.com is plain http://" in plain.stderr, plain.stderr
+    assert "127.0.0.1:9 is plain" not in plain.stderr  # loopback: a test or a sidecar
     bad = subprocess.run([sys.executable, "-m", "broker", "check-config", str(ROOT / "mcp_servers.json")], cwd=ROOT,
                          env={**env, "MCP_BROKER_OAUTH": block(leeway_s=-1)}, capture_output=True, text=True,
                          timeout=60)

@@ -22,19 +22,20 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import ipaddress
 import logging
 import os
 from typing import Any
 
 from flask import Flask, Response, current_app, request
 
+from broker.oauth.settings import insecure_issuers
 from broker.oauth.tokens import IssuerUnavailable, TokenRejected, TokenVerifier
 from broker.protocol import Conversation
 from broker.security import ANONYMOUS, KeyRing, Principal
 from broker.services import BrokerServices
 from web.errors import api_error
 from web.oauth import accepted_audiences, refusal, register_resource_metadata
+from web.origin import is_loopback
 
 log = logging.getLogger("mcp_broker.auth")
 
@@ -55,18 +56,6 @@ def bearer_of(authorization: str | None) -> str | None:
             return None
         return f"Bearer {decoded.partition(':')[2]}"
     return authorization
-
-
-def is_loopback(remote_addr: str | None) -> bool:
-    """A peer on this machine: 127.0.0.0/8, ::1 (or IPv4-mapped), or a Unix socket (no address)."""
-    if not remote_addr:
-        return True  # a Unix socket: only this machine can connect
-    try:
-        address = ipaddress.ip_address(remote_addr.partition("%")[0])
-    except ValueError:
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    return bool((mapped or address).is_loopback)
 
 
 def current_principal() -> Principal:
@@ -119,6 +108,9 @@ def register_auth(app: Flask, keyring: KeyRing) -> None:
     verifier = TokenVerifier.build(keyring.oauth) if keyring.oauth is not None else None
     app.config["OAUTH_VERIFIER"] = verifier
     register_resource_metadata(app, keyring.oauth)
+    for url in insecure_issuers(keyring.oauth) if keyring.oauth is not None else ():
+        log.warning("oauth: %s is plain http:// off this machine: its keys and answers can be forged on the "
+                    "way; use https://", url)
     if keyring.oauth is not None and keyring.oauth.resource is None and not os.environ.get("MCP_BROKER_ALLOWED_HOSTS"):
         log.warning("oauth: no `resource` (MCP_BROKER_OAUTH_RESOURCE) and no MCP_BROKER_ALLOWED_HOSTS: tokens are "
                     "accepted only on loopback names (the Host header cannot be trusted to name this broker); "

@@ -27,7 +27,7 @@ from flask import Flask, Response, jsonify, request
 from broker.oauth.settings import OAuthSettings
 from broker.oauth.tokens import TokenRejected
 from web.errors import api_error
-from web.origin import allowed_hosts, host_allowed
+from web.origin import LOOPBACK_HOSTS, allowed_hosts, host_name, is_loopback
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 MCP_PATH = re.compile(r"^/(?:mcp|servers/[^/]+/mcp)$")
@@ -46,12 +46,25 @@ def metadata_url(settings: OAuthSettings, path: str) -> str:
     return base_url(settings) + WELL_KNOWN + (path if MCP_PATH.match(path) else "")
 
 
+def host_names_this_broker() -> bool:
+    """Whether the `Host` header (which the client writes) may name this broker's URL: an exact name of
+    `MCP_BROKER_ALLOWED_HOSTS`, or a loopback name sent by a loopback peer. Never `*` or a `.example.com`
+    wildcard: under those any name passes the Host guard, so the header would pick the audience."""
+    name = host_name(request.headers.get("Host"))
+    if not name:
+        return False
+    if name in LOOPBACK_HOSTS:
+        return is_loopback(request.remote_addr)
+    exact = [h for h in allowed_hosts(os.environ, True) or () if h != "*" and not h.startswith(".")]
+    return name in exact
+
+
 def accepted_audiences(settings: OAuthSettings, path: str) -> list[str]:
     """What a token's `aud` may name on this path. Without a `resource` setting the broker's own URL comes
-    from the `Host` header, which the client writes: trusted only for the loopback names or
-    `MCP_BROKER_ALLOWED_HOSTS`, else a token minted for another resource of the same issuer would pass
-    under that resource's host name. Under any other Host only `audiences` are accepted."""
-    if settings.resource is None and not host_allowed(request.headers.get("Host"), allowed_hosts(os.environ, False)):
+    from the `Host` header: trusted only as `host_names_this_broker` says, else a token minted for another
+    resource of the same issuer would pass under that resource's host name. Under any other Host only
+    `audiences` are accepted."""
+    if settings.resource is None and not host_names_this_broker():
         return list(settings.audiences)
     base = base_url(settings)
     return list(dict.fromkeys([base, f"{base}/", f"{base}/mcp", resource_of(settings, path), *settings.audiences]))

@@ -24,6 +24,7 @@ runs before any route (an MCP endpoint is checked on every method, not only the 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from urllib.parse import urlsplit
@@ -62,6 +63,18 @@ def origin_allowed(origin: str | None, allowed: list[str]) -> bool:
         return True
     host = urlsplit(origin).hostname or ""
     return not allowed and host in LOOPBACK_HOSTS
+
+
+def is_loopback(remote_addr: str | None) -> bool:
+    """A peer on this machine: 127.0.0.0/8, ::1 (or IPv4-mapped), or a Unix socket (no address)."""
+    if not remote_addr:
+        return True  # a Unix socket: only this machine can connect
+    try:
+        address = ipaddress.ip_address(remote_addr.partition("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool((mapped or address).is_loopback)
 
 
 def host_name(host_header: str | None) -> str | None:

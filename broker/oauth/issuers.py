@@ -1,5 +1,6 @@
 """An authorization server as the broker sees it: its metadata (RFC 8414, else OIDC discovery) and its
-signing keys (JWKS), fetched on first use, kept `jwks_cache_s`, and fetched again when a token names a `kid`
+signing keys (JWKS), fetched on first use, kept `jwks_cache_s` (at least 10 s; the metadata is refetched
+with the keys), and fetched again when a token names a `kid`
 the cache does not hold (the server rotated its keys) — at most once per `jwks_refetch_s`, so tokens with
 made-up `kid`s cannot make the broker hammer the server: between two refetches such a token is refused
 from the cache alone.
@@ -155,6 +156,10 @@ class IssuerKeys:
         return found
 
     def _fetch_keys(self) -> list[Any]:
+        """The JWKS; without a configured `jwks_uri` the metadata is fetched again first (every `jwks_cache_s`,
+        not once for the process's life: a server that moves its `jwks_uri` or endpoints is followed)."""
+        if self.settings.jwks_uri is None and self._fetched_at > float("-inf"):
+            self._metadata = self._fetch_metadata()
         uri = self.settings.jwks_uri or self.metadata().get("jwks_uri")
         if not isinstance(uri, str) or not uri:
             raise IssuerUnavailable(f"{self.issuer}: its metadata names no jwks_uri")

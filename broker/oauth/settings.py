@@ -11,7 +11,7 @@ as a key: `allow`, `rate_per_s`, `burst`, `max_in_flight`, `max_connections`, `a
 claim (a dotted path reaches nested claims: `realm_access.roles`) to a glob or a list of globs; a claim that
 is a list (`groups`) or a space-separated `scope` matches when any of its items does; every claim named
 must match. Without rules every valid token gets the `default` profile (everything, no admin right). The
-principal's id is `oauth:<profile>:<sub>@<issuer host>`: sessions, rates and caps are per person, never
+principal's id is `oauth:<profile>:<sub>@<issuer URL>`: sessions, rates and caps are per person, never
 shared by everyone of a profile.
 """
 
@@ -33,6 +33,8 @@ from broker.schemas import PrincipalLimitsSchema, first_error
 # Asymmetric only: `none` and the HS* family (a shared secret, which a public JWKS must never be) are refused.
 SAFE_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 DEFAULT_PROFILE = "default"
+MIN_JWKS_CACHE_S = 10.0  # below this every few requests would wait on a JWKS (and metadata) fetch
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 _URL = validate.URL(schemes={"http", "https"}, require_tld=False)
 
 
@@ -80,7 +82,7 @@ class OAuthSchema(Schema):
     scopes_supported = fields.List(fields.String(validate=validate.Length(min=1)), load_default=None)
     leeway_s = fields.Float(load_default=30.0, validate=validate.Range(min=0, max=300))
     http_timeout_s = fields.Float(load_default=5.0, validate=validate.Range(min=0.1, max=60))
-    jwks_cache_s = fields.Float(load_default=900.0, validate=validate.Range(min=0))
+    jwks_cache_s = fields.Float(load_default=900.0, validate=validate.Range(min=MIN_JWKS_CACHE_S))
     jwks_refetch_s = fields.Float(load_default=30.0, validate=validate.Range(min=0))
     introspection_cache_s = fields.Float(load_default=60.0, validate=validate.Range(min=0, max=3600))
     profiles = fields.Dict(keys=fields.String(validate=validate.Regexp(r"^[A-Za-z0-9_.-]{1,64}$")),
@@ -152,9 +154,22 @@ class OAuthSettings:
 
 
 def principal_id(profile: str, claims: Mapping[str, Any]) -> str:
-    """`oauth:<profile>:<sub>@<issuer host>`: per person (sessions, rates, caps), never per profile."""
-    who = str(claims.get("sub") or claims.get("client_id") or "unknown")
-    return f"oauth:{profile}:{who}@{urlsplit(str(claims.get('iss') or '')).netloc}"
+    """`oauth:<profile>:<sub>@<issuer URL>`: per person (sessions, rates, caps), never per profile. The whole
+    issuer URL, not its host: two Keycloak realms on one host are two user bases (`alice` of one is not
+    `alice` of the other). A token naming neither `sub` nor `client_id` is refused before this
+    (`TokenVerifier.verify`): a placeholder would merge everyone like it into one principal."""
+    return f"oauth:{profile}:{claims.get('sub') or claims.get('client_id')}@{claims.get('iss')}"
+
+
+def insecure_issuers(settings: OAuthSettings) -> list[str]:
+    """The issuers reached over plain `http://` off this machine: their keys, metadata and introspection
+    answers could be rewritten on the way (a forged JWKS makes any token pass). Warned about at start and
+    by `check-config`; loopback is fine (a test or a sidecar)."""
+    urls = [u for i in settings.issuers
+            for u in (i.issuer, i.jwks_uri, i.introspection.endpoint if i.introspection else None) if u]
+    return [u for u in dict.fromkeys(urls)
+            if urlsplit(u).scheme == "http" and (urlsplit(u).hostname or "") not in LOOPBACK_NAMES
+            and not (urlsplit(u).hostname or "").startswith("127.")]
 
 
 def _globs(value: Any) -> tuple[str, ...]:

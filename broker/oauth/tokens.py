@@ -6,7 +6,11 @@ must be one the issuer may use (asymmetric only: never `none`, never HS*, whatev
 HTTP request); the signature must verify with a key of that issuer's JWKS (`kid` matched, key type fit to
 the `alg`); `exp` (required), `nbf` and `iat` hold within `leeway_s`; and the `aud` must name this broker
 (RFC 8707: a token minted for another resource is refused, so a server the user also connected cannot
-replay it here). Any other token is introspected (RFC 7662) when an issuer has an introspection endpoint.
+replay it here). Any other token is introspected (RFC 7662) when an issuer has an introspection endpoint:
+with several, the token is shown to each in the configured order until one says it is active (so an
+issuer listed earlier sees the opaque tokens of the ones after it: list the one most tokens come from
+first, and configure introspection only for issuers that issue opaque tokens). The answer must name an
+`aud` that is this broker, exactly as a JWT's must (an answer without one is refused).
 
 Then the scopes `scopes_required` names must all be granted (403 `insufficient_scope` otherwise), and the
 settings' rules map the claims to a profile (403 when no rule matches: the token is genuine but this
@@ -76,6 +80,10 @@ class TokenVerifier:
     def verify(self, token: str, audiences: Collection[str]) -> Principal:
         """The token's principal; `TokenRejected` or `IssuerUnavailable` otherwise."""
         claims = self._jwt_claims(token, audiences) if is_jwt(token) else self._introspected(token, audiences)
+        who = claims.get("sub") or claims.get("client_id")
+        if not isinstance(who, (str, int)) or isinstance(who, bool):
+            raise TokenRejected("invalid_token", "the token names no subject (neither `sub` nor `client_id`): "
+                                                 "the broker cannot tell whose sessions and limits it uses")
         missing = [s for s in self.settings.scopes_required if s not in token_scopes(claims)]
         if missing:
             raise TokenRejected("insufficient_scope", f"the token lacks the scope {' '.join(missing)}")
@@ -119,13 +127,14 @@ class TokenVerifier:
         if not self.introspectors:
             raise TokenRejected("invalid_token", "the token is not a JWT, and no issuer has an introspection "
                                                  "endpoint configured for opaque tokens")
-        for introspector in self.introspectors:
+        for introspector in self.introspectors:  # in order, until one recognises the token
             claims = introspector.introspect(token)
             if claims is None:
                 continue
             aud = claims.get("aud")
-            granted = {aud} if isinstance(aud, str) else set(aud) if isinstance(aud, list) else None
-            if granted is not None and not granted & set(audiences):
-                raise TokenRejected("invalid_token", "the token's audience (aud) is not this broker")
+            granted = {a for a in (aud if isinstance(aud, list) else [aud]) if isinstance(a, str)}
+            if not granted & set(audiences):
+                raise TokenRejected("invalid_token", "the token's audience (aud) is not this broker"
+                                                     + ("" if granted else " (introspection named no aud)"))
             return claims
         raise TokenRejected("invalid_token", "the token is not active (introspection)")
