@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx2
 import pytest
+from openapi_spec_validator import validate
 from websockets.exceptions import InvalidStatus
 
 from tests.oauth_server import BROKER_CLIENT, AuthServer, new_key, unsigned
@@ -346,3 +347,15 @@ def test_introspection_wants_an_aud_ignores_the_answers_iss_and_caches_inactive(
     with ws(broker, forged_iss) as client:
         refused = client.call("echo__echo", {"text": "not allowed"})
     assert f"oauth:timekeeper:ivan@{main.issuer}" in refused["error"]["message"]
+
+
+def test_openapi_offers_each_issuers_openid_connect_scheme(broker: Broker) -> None:
+    with httpx2.Client(timeout=30) as http:
+        document = http.get(f"{broker.base}/openapi.json", headers={"Authorization": f"Bearer {broker.token()}"}).json()
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["oauth"] == {"type": "openIdConnect",
+                                "description": f"an OAuth access token from {broker.main.issuer}",
+                                "openIdConnectUrl": f"{broker.main.issuer}/.well-known/openid-configuration"}
+    assert schemes["oauth2"]["openIdConnectUrl"] == f"{broker.other.issuer}/.well-known/openid-configuration"
+    assert "bearer" in schemes and {"oauth": []} in document["security"]
+    validate(document)

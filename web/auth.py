@@ -34,7 +34,7 @@ from broker.protocol import Conversation
 from broker.security import ANONYMOUS, KeyRing, Principal
 from broker.services import BrokerServices
 from web.errors import api_error
-from web.oauth import accepted_audiences, refusal, register_resource_metadata
+from web.oauth import accepted_audiences, openapi_security_schemes, refusal, register_resource_metadata
 from web.origin import is_loopback
 
 log = logging.getLogger("mcp_broker.auth")
@@ -108,6 +108,8 @@ def register_auth(app: Flask, keyring: KeyRing) -> None:
     verifier = TokenVerifier.build(keyring.oauth) if keyring.oauth is not None else None
     app.config["OAUTH_VERIFIER"] = verifier
     register_resource_metadata(app, keyring.oauth)
+    if keyring.oauth is not None:  # web/translator.py offers them in /openapi.json
+        app.config["OPENAPI_SECURITY_SCHEMES"] = openapi_security_schemes(keyring.oauth)
     for url in insecure_issuers(keyring.oauth) if keyring.oauth is not None else ():
         log.warning("oauth: %s is plain http:// off this machine: its keys and answers can be forged on the "
                     "way; use https://", url)

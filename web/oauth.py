@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
@@ -68,6 +69,16 @@ def accepted_audiences(settings: OAuthSettings, path: str) -> list[str]:
         return list(settings.audiences)
     base = base_url(settings)
     return list(dict.fromkeys([base, f"{base}/", f"{base}/mcp", resource_of(settings, path), *settings.audiences]))
+
+
+def openapi_security_schemes(settings: OAuthSettings) -> dict[str, Any]:
+    """What `/openapi.json` offers beside the bearer key: one `openIdConnect` scheme per trusted issuer (its
+    OIDC discovery URL, OpenID Connect Discovery §4), so a generated client or tool host can find the
+    authorization and token endpoints. Built from the settings alone: no issuer is fetched at start."""
+    return {f"oauth{index if index > 1 else ''}": {
+        "type": "openIdConnect", "description": f"an OAuth access token from {issuer.issuer}",
+        "openIdConnectUrl": issuer.issuer.rstrip("/") + "/.well-known/openid-configuration"}
+        for index, issuer in enumerate(settings.issuers, start=1)}
 
 
 def _quoted(value: str) -> str:
