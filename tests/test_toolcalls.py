@@ -20,6 +20,7 @@ from tests.toolcalls_support import (
     KEYS,
     MAX_BATCH_CALLS,
     ROOT,
+    SLOW_BURST,
     fixture,
     http,
     start,
@@ -29,6 +30,7 @@ from tests.toolcalls_support import (
     valid_openai,
     valid_openai_responses,
 )
+from web.toolcalls import MAX_TOOL_CALLS
 
 PNG = "image/png"
 
@@ -273,3 +275,51 @@ def test_batch_file_errors(broker: str) -> None:
     status, body = http(broker, "POST", "/v1/batches?format=anthropic", calls)
     assert status == 413 and body["error"]["code"] == "batch_too_large", body
     assert f"more than {MAX_BATCH_CALLS} tool calls" in body["error"]["message"]
+
+
+# ---------------------------------------------------------------- hostile messages
+DEEP = "[" * 5000 + "]" * 5000  # nested past Python's recursion limit
+
+
+def _openai_call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def test_deeply_nested_arguments_are_one_calls_error(broker: str) -> None:
+    """Arguments 5,000 levels deep: that call's error in the provider's shape; the others run (message, file)."""
+    message = {"role": "assistant", "tool_calls": [_openai_call("c-good", "echo__echo", '{"text": "fine"}'),
+                                                   _openai_call("c-deep", "echo__echo", DEEP)]}
+    status, body = http(broker, "POST", "/v1/calls", message)
+    assert status == 200, body
+    good, deep = body["messages"]
+    assert good["content"] == "fine"
+    assert deep["tool_call_id"] == "c-deep" and deep["content"].startswith("Error: ") and "JSON" in deep["content"]
+    lines = [{"role": "assistant", "tool_calls": [_openai_call(f"c-{n}", "echo__echo",
+                                                               json.dumps({"text": f"line {n}"}))]} for n in (1, 3)]
+    lines.insert(1, {"role": "assistant", "tool_calls": [_openai_call("c-2", "echo__echo", DEEP)]})
+    data = "\n".join(json.dumps(line) for line in lines).encode()
+    status, submitted = http(broker, "POST", "/v1/batches?format=openai", data, ctype=JSONL)
+    assert status == 202 and submitted["total"] == 3 and submitted["not_runnable"] == 1, submitted
+    by_line = {r["line"]: r for r in _results(broker, submitted)}
+    assert by_line[1]["answer"]["content"] == "line 1" and by_line[3]["answer"]["content"] == "line 3"
+    assert by_line[2]["is_error"] and "not valid JSON" in by_line[2]["answer"]["content"]
+
+
+def test_tool_calls_per_message_are_capped(broker: str) -> None:
+    calls = [_openai_call(f"c-{i}", "echo__echo", "{}") for i in range(MAX_TOOL_CALLS + 1)]
+    status, body = http(broker, "POST", "/v1/calls?format=openai", calls)
+    assert status == 413 and body["error"]["code"] == "too_many_tool_calls", body
+    assert str(MAX_TOOL_CALLS) in body["error"]["message"]
+
+
+def test_each_tool_call_takes_a_rate_token(broker: str) -> None:
+    """The slow key has SLOW_BURST tokens: a message of SLOW_BURST + 2 calls runs SLOW_BURST of them; the
+    others are answered as rate-limited, in the provider's shape."""
+    calls = [_openai_call(f"c-{i}", "echo__echo", json.dumps({"text": str(i)})) for i in range(SLOW_BURST + 2)]
+    status, body = http(broker, "POST", "/v1/calls?format=openai", calls, key="slow")
+    assert status == 200, body
+    contents = [m["content"] for m in body["messages"]]
+    assert contents[:SLOW_BURST] == [str(i) for i in range(SLOW_BURST)]
+    assert all(c.startswith("Error: Rate limit exceeded") for c in contents[SLOW_BURST:]), contents
+    status, body = http(broker, "POST", "/v1/calls?format=openai", calls[:1], key="slow")
+    assert status == 429 and body["error"]["code"] == "rate_limited", body

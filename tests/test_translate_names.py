@@ -10,7 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.translate.names import PROVIDERS, collisions, mapping, name_digest, provider_name, resolve
+from broker.translate import names
+from broker.translate.names import (
+    PROVIDERS,
+    Resolver,
+    collisions,
+    mapping,
+    name_digest,
+    provider_name,
+    resolve,
+)
 from tests.shared_catalogs import ROOT, namespaced_tools
 
 # The APIs' own rules, written out here again (not imported) so a change in names.py cannot move them.
@@ -115,3 +124,20 @@ def test_unknown_provider() -> None:
         provider_name("x", "cohere")
     with pytest.raises(ValueError):
         resolve("x", ["x"], "cohere")
+
+
+def test_a_resolver_builds_the_mapping_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many unknown or changed names among one set of visible tools: one `mapping` for all, same answers as
+    `resolve` (rebuilding it per name cost 12.7 ms a name at the 2,379 catalog tools)."""
+    visible = [t["name"] for t in namespaced_tools()]
+    changed = [n for n in visible if provider_name(n, "openai") != n]
+    built: list[int] = []
+    real = names.mapping
+    monkeypatch.setattr(names, "mapping", lambda *a: built.append(1) or real(*a))
+    resolver = Resolver(visible, "openai")
+    asked = [f"junk_{i}" for i in range(500)] + [provider_name(n, "openai") for n in changed] + visible[:50]
+    answers = [resolver(n) for n in asked]
+    assert len(built) == 1
+    monkeypatch.setattr(names, "mapping", real)
+    assert answers == [resolve(n, visible, "openai") for n in asked]
+    assert answers[:500] == [None] * 500 and answers[500:500 + len(changed)] == changed

@@ -15,13 +15,15 @@ from openai.types.chat import ChatCompletionToolMessageParam
 from openai.types.responses import ResponseInputItemParam
 from pydantic import TypeAdapter
 
+from broker.security import hash_key
 from cli.devrun import free_port
 from tests.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "llm"
 TEST_CONFIG = Path(__file__).resolve().parent / "mcp_servers.test.json"
-KEYS = {"full": "tc-full-key", "narrow": "tc-narrow-key"}
+KEYS = {"full": "tc-full-key", "narrow": "tc-narrow-key", "slow": "tc-slow-key"}
+SLOW_BURST = 3  # the slow key's rate tokens: three, and practically none refilled within a test
 SERVERS = ("echo", "time", "conformance")
 MAX_BATCH_CALLS = 40  # a batch file with more tool calls is refused whole
 
@@ -45,8 +47,11 @@ def config(path: Path) -> Path:
 
 def start(redis_url: str, folder: Path) -> tuple[Stack, str]:
     stack = Stack(redis_url, config_path=config(folder / "mcp_servers.json"))
+    keys_file = folder / "keys.json"
+    keys_file.write_text(json.dumps({"keys": [{"id": "slow", "hash": hash_key(KEYS["slow"]), "rate_per_s": 0.0001,
+                                               "burst": SLOW_BURST}]}))
     env = {"MCP_BROKER_API_KEYS": f"full:{KEYS['full']},narrow:{KEYS['narrow']}:echo__echo",
-           "MCP_BROKER_MAX_BATCH_CALLS": str(MAX_BATCH_CALLS)}
+           "MCP_BROKER_KEYS_FILE": str(keys_file), "MCP_BROKER_MAX_BATCH_CALLS": str(MAX_BATCH_CALLS)}
     for server in SERVERS:
         stack.start_worker(server)
     port = free_port()

@@ -60,7 +60,8 @@ def read_body(limit: int, code: str) -> bytes:
 
 def admit(services: BrokerServices, tool: str | None = None) -> Admission:
     """The caller (authenticated by `web.auth` before any view runs): may it use `tool`, and is it within
-    its rate? One token per request: a batch (or a model's message of many tool calls) counts once."""
+    its rate? One token per request: a batch counts once (a model's message takes one more per further tool
+    call it runs, `web.toolcalls`)."""
     admission = Admission(services, current_principal())
     if tool is not None:
         admission.check("tool", tool)

