@@ -62,6 +62,7 @@ class Principal:
     result_format: str | None = None  # raw|compact|toon for its shaped results, over the servers' setting
     catalog_mode: str | None = None  # the key's `tools` setting: full or search (broker.context.modes)
     pin: tuple[str, ...] = ()  # allow-style patterns of tools listed in either catalog mode
+    expires_at: float | None = None  # an OAuth token's `exp` (epoch s): a WebSocket it opened closes then
 
     def may(self, server: str, name: str, separator: str = DEFAULT_SEPARATOR) -> bool:
         """Whether the key may use item `name` (a tool or prompt, as its backend names it) of `server`."""

@@ -21,7 +21,7 @@ from typing import Any
 import httpx2
 import pytest
 from openapi_spec_validator import validate
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.oauth_server import BROKER_CLIENT, AuthServer, new_key, unsigned
 from tests.stack import Stack, free_port
@@ -359,3 +359,16 @@ def test_openapi_offers_each_issuers_openid_connect_scheme(broker: Broker) -> No
     assert schemes["oauth2"]["openIdConnectUrl"] == f"{broker.other.issuer}/.well-known/openid-configuration"
     assert "bearer" in schemes and {"oauth": []} in document["security"]
     validate(document)
+
+
+def test_a_websocket_closes_when_its_token_expires(broker: Broker) -> None:
+    """The token's `exp` is when the socket it opened closes (1008): a revoked user is not kept in by an open
+    socket."""
+    short = broker.token(exp=int(time.time()) + 8)
+    with ws(broker, short) as client:
+        assert client.call("echo__echo", {"text": "in time"})["result"]["isError"] is False
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                client.ws.recv(timeout=60)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    assert "token expired" in closed.value.rcvd.reason

@@ -20,7 +20,7 @@ broker has nothing for it).
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jwt
@@ -91,7 +91,9 @@ class TokenVerifier:
         if profile is None:
             raise TokenRejected("insufficient_scope", "no rule of this broker maps the token's claims to a profile")
         name, fields = profile
-        return principal_of({**fields, "id": principal_id(name, claims)}, 0)
+        exp = claims.get("exp")
+        expires_at = float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
+        return replace(principal_of({**fields, "id": principal_id(name, claims)}, 0), expires_at=expires_at)
 
     def _jwt_claims(self, token: str, audiences: Collection[str]) -> dict[str, Any]:
         header = jwt.get_unverified_header(token)

@@ -14,6 +14,10 @@ outage is refused with HTTP 503 JSON (`redis_unavailable`). Measured before: the
 the upgrade, and Flask's HTML 500 page went into the socket (the client saw close 1002). After the
 upgrade, a frame that meets an unreachable Redis is answered with a JSON-RPC error naming it; nothing
 is ever written to the socket but WebSocket frames.
+
+A socket opened with an OAuth access token is closed (1008, "token expired") at the token's `exp`: a
+socket outliving its token would keep a revoked or downgraded user in. Reconnecting with a fresh token
+resumes the session (`Mcp-Session-Id`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -149,9 +154,11 @@ def register_websocket(app: Flask, sock: Sock) -> None:
             try:
                 if state is not None:
                     log.info("session %s resumed (%d call(s) pending)", ws.session_id, connection.resume())
+                expires_at = connection.principal.expires_at
                 while True:
-                    frame = ws.receive()
-                    if frame is None:
+                    frame = ws.receive(timeout=None if expires_at is None else max(0.0, expires_at - time.time()))
+                    if frame is None:  # only on the timeout: the OAuth token that opened the socket expired
+                        ws.close(1008, "token expired: reconnect with a fresh access token")
                         break
                     try:
                         connection.handle_text(frame)
