@@ -272,9 +272,41 @@ def test_a_cancel_reaches_only_the_same_key_endpoint_and_client() -> None:
         notice = {"principal": "tenant-a", "scope": "", "requestId": 7, "client": "app"}
         modern_cancel.on_message(keys.MODERN_CANCEL_CHANNEL, json.dumps(notice))
         assert cancelled == ["a"]
+        # a notice naming no client while two clients of the key wait with id 7: ambiguous, ignored
         modern_cancel.on_message(keys.MODERN_CANCEL_CHANNEL, json.dumps({**notice, "client": None}))
-        assert sorted(cancelled) == ["a", "a", "a-other"]  # a notice naming no client: every client of the key
+        assert cancelled == ["a"]
+        # ... but with one request of that id waiting, it is the one meant
+        modern_cancel.on_message(keys.MODERN_CANCEL_CHANNEL, json.dumps({**notice, "requestId": 8, "client": None}))
+        assert cancelled == ["a", "a-8"]
         modern_cancel.on_message(keys.CATALOG_CHANGED, json.dumps(notice))  # another channel: ignored
-        assert len(cancelled) == 3
+        assert len(cancelled) == 2
     modern_cancel.on_message(keys.MODERN_CANCEL_CHANNEL, json.dumps(notice))  # the requests ended: nothing left
-    assert len(cancelled) == 3
+    assert len(cancelled) == 2
+
+
+def test_anonymous_clients_of_one_key_do_not_cancel_each_others_request() -> None:
+    """mcp-remote numbers its requests from 0: two clients of one key (or every local client without keys) that
+    name no client both have a request 0 waiting; a notice from either must cancel neither, and a named client's
+    request is not cancelled by a named notice of another name nor, when another waits, by a nameless one."""
+    from broker import keys
+    from web.transports import modern_cancel
+
+    cancelled: list[str] = []
+
+    def notify(rid: int, client: str | None) -> None:
+        notice = {"principal": "anon", "scope": "", "requestId": rid, "client": client}
+        modern_cancel.on_message(keys.MODERN_CANCEL_CHANNEL, json.dumps(notice))
+
+    with contextlib.ExitStack() as stack:
+        for rid, client, name in [(0, None, "first-0"), (0, None, "second-0"), (1, "app", "app-1"),
+                                  (1, None, "anon-1"), (2, "app", "app-2")]:
+            stack.enter_context(modern_cancel.cancellable("anon", None, rid, client,
+                                                          lambda name=name: cancelled.append(name)))
+        notify(0, None)
+        notify(0, "app")
+        notify(1, None)
+        notify(2, "other-app")
+        assert cancelled == []
+        notify(1, "app")  # the named client's own request, though a nameless one shares its id
+        notify(2, None)  # the only request 2 waiting
+        assert cancelled == ["app-1", "app-2"]

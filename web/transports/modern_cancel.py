@@ -12,6 +12,9 @@ from the authenticated POST, not from the body), on the same endpoint (`/mcp` or
 with that JSON-RPC id, and, when both name one, from a client of the same name (`clientInfo` in the
 envelope): request ids are chosen by each client (mcp-remote counts from 0), so two clients of one key
 may both have a request 3 in flight; without keys every local client is the one anonymous principal.
+When either side names no client the notice is ambiguous: it cancels only if exactly one request with that
+id waits under that key and endpoint on this process, and is otherwise ignored (logged at debug): cancelling
+every client's request 0 because one anonymous client gave up on its own would be worse than a wasted call.
 """
 
 from __future__ import annotations
@@ -81,6 +84,16 @@ def publish(r: redis.Redis, principal: str, scope: str | None, params: Any) -> N
     r.publish(keys.MODERN_CANCEL_CHANNEL, json.dumps(notice))
 
 
+def _matching(entries: list[Waiting], sender: str | None) -> list[Waiting] | None:
+    """The requests a notice from client `sender` cancels; None when it could mean several clients' requests."""
+    named = [w for w in entries if sender and w.client == sender]
+    if named:
+        return named  # both sides name the same client: that client's request
+    if len(entries) == 1 and not (sender and entries[0].client):
+        return entries  # a nameless side, but only one request could be meant
+    return None if len(entries) > 1 else []
+
+
 def on_message(channel: str, data: str) -> None:
     """The reply hub's listener: cancel the matching requests waiting here."""
     if channel != keys.MODERN_CANCEL_CHANNEL:
@@ -90,9 +103,12 @@ def on_message(channel: str, data: str) -> None:
         key = _key(str(notice["principal"]), notice["scope"], notice["requestId"])
     except (ValueError, KeyError, TypeError):
         return
-    sender = notice.get("client")
     with _lock:
-        matching = [w for w in _waiting.get(key, []) if not (sender and w.client and sender != w.client)]
+        matching = _matching(_waiting.get(key, []), notice.get("client"))
+    if matching is None:
+        log.debug("modern cancel: request %s of %s is ambiguous (no client name, several waiting): ignored",
+                  notice.get("requestId"), notice.get("principal"))
+        return
     for waiting in matching:
         try:
             waiting.cancel()
