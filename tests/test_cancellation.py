@@ -10,7 +10,8 @@ each test checks the backend itself, not only the broker's bookkeeping. Every na
   client that closes mid-call, and one that pipelines its next request on the same keep-alive connection
   (which must not read as gone).
 - `notifications/cancelled` POSTed in the modern era: 202, no body, and the named request of the same key
-  is cancelled; another client's request with another id is not.
+  is cancelled; another client's request with another id is not; another API key's notice naming the
+  same id cancels nothing.
 - Handshake era over HTTP: `DELETE` of the session cancels its running and its queued calls: the SDK's
   transport sends it when its session closes; the TypeScript SDK's `terminateSession()` sends it; the
   TypeScript SDK's AbortController cancels one call (its `notifications/cancelled`).
@@ -176,6 +177,50 @@ def test_modern_notifications_cancelled_cancels_the_named_request_only(stack: St
         thread.join(WAIT_S)
     assert answers["named"].status_code in (200, 204) and b'"result"' not in answers["named"].content
     assert nap_state(other) == "finished" and b"napped 3" in answers["other"].content
+
+
+def test_a_key_cannot_cancel_another_keys_request_over_http(stack: Stack) -> None:
+    """Two API keys on a keyed web process, the same client name and the same request id: key B's
+    `notifications/cancelled` naming A's request 41 is answered 202 and cancels nothing. That B's notice was
+    heard before A's call ended is proven by order, not time: A then cancels its own second nap, and the one
+    reply hub hears the notices of its channel in the order they were published."""
+    keyring = {"tenant-a": "k-cancel-a-31f0", "tenant-b": "k-cancel-b-9c2e"}
+    env = {"MCP_BROKER_API_KEYS": ",".join(f"{name}:{key}" for name, key in keyring.items())}
+    victim, control = f"tenant-a-{uuid.uuid4().hex[:8]}", f"tenant-a-ctl-{uuid.uuid4().hex[:8]}"
+    answers: dict[str, httpx2.Response] = {}
+
+    def headers(tenant: str, method: str) -> dict[str, str]:
+        return {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": MODERN,
+                "Mcp-Method": method, "Authorization": f"Bearer {keyring[tenant]}",
+                **({"Mcp-Name": "echo__nap"} if method == "tools/call" else {})}
+
+    with stack.extra_webs(env, count=1) as (port,):
+        stack.wait_web_ready(port)
+        url = f"http://127.0.0.1:{port}/mcp"
+
+        def nap(name: str, rid: int, key: str, seconds: float) -> None:
+            body = modern_body(rid, "tools/call", {"name": "echo__nap", "arguments": {"key": key, "seconds": seconds}})
+            answers[name] = httpx2.post(url, json=body, timeout=120, headers=headers("tenant-a", "tools/call"))
+
+        def cancel(tenant: str, rid: int) -> None:
+            notice = {"jsonrpc": "2.0", "method": "notifications/cancelled",
+                      "params": {"requestId": rid, "reason": "not yours", "_meta": ENVELOPE}}
+            sent = httpx2.post(url, json=notice, timeout=30, headers=headers(tenant, "notifications/cancelled"))
+            assert sent.status_code == 202, sent.text
+
+        threads = [threading.Thread(target=nap, args=("victim", 41, victim, 6)),
+                   threading.Thread(target=nap, args=("control", 42, control, 90))]
+        for thread in threads:
+            thread.start()
+        wait_for_nap(victim, "started")
+        wait_for_nap(control, "started")
+        cancel("tenant-b", 41)  # another tenant, A's request id and client name
+        cancel("tenant-a", 42)  # A's own: heard after B's notice
+        wait_for_nap(control, "cancelled")
+        assert nap_state(victim) != "cancelled"
+        for thread in threads:
+            thread.join(WAIT_S)
+    assert nap_state(victim) == "finished" and b"napped 6" in answers["victim"].content, answers["victim"].text
 
 
 # ---------------------------------------------------------------- handshake era: DELETE
