@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from mcp_types import CreateMessageResult, ElicitResult, Implementation, ListRoo
 
 from cli.devrun import free_port
 from tests.stack import ROOT, Stack
+from tests.test_cancellation import LONG, wait_for_nap
 
 BRIDGE = [sys.executable, "-m", "broker", "connect"]
 
@@ -91,27 +93,21 @@ def test_sampling_elicitation_and_roots_reach_the_host_and_its_answers_return(st
 
 
 def test_cancelling_through_the_bridge_cancels_the_call_on_the_broker(stack: Stack) -> None:
-    """solo runs one call at a time: a call with a 5 s limit of its own succeeds only if the cancelled 20 s
-    call gave its slot back, i.e. the host's notifications/cancelled reached the broker."""
+    """The host's notifications/cancelled, sent through the bridge, reaches the backend: the echo server's nap
+    records its own cancellation (tests/test_cancellation.py), and its 120 s limit rules out a timeout."""
+    key = f"bridge-{uuid.uuid4().hex[:8]}"
 
     async def scenario() -> None:
-        async with host(bridge(stack.ws_url())) as client:
-            started = anyio.Event()
+        async with host(bridge(stack.ws_url())) as client, anyio.create_task_group() as tg:
+            async def long_call() -> None:
+                await client.call_tool("echo__nap", {"key": key, "seconds": 90}, meta=LONG)
 
-            async def progress(done: float, total: float | None, message: str | None) -> None:
-                started.set()
-
-            async with anyio.create_task_group() as tg:
-                async def long_call() -> None:
-                    await client.call_tool("solo__slow", {"seconds": 20, "steps": 20}, progress_callback=progress)
-
-                tg.start_soon(long_call)
-                await started.wait()
-                tg.cancel_scope.cancel()  # the SDK sends notifications/cancelled for the call
-            quick = await client.call_tool("solo__echo", {"text": "next"}, meta={"io.mcp-broker/timeoutS": 5})
-            assert quick.structured_content == {"result": "next"}
+            tg.start_soon(long_call)
+            await anyio.to_thread.run_sync(wait_for_nap, key, "started")
+            tg.cancel_scope.cancel()  # the SDK sends notifications/cancelled for the call
 
     anyio.run(scenario)
+    wait_for_nap(key, "cancelled")
 
 
 @pytest.fixture
