@@ -323,3 +323,43 @@ def test_each_tool_call_takes_a_rate_token(broker: str) -> None:
     assert all(c.startswith("Error: Rate limit exceeded") for c in contents[SLOW_BURST:]), contents
     status, body = http(broker, "POST", "/v1/calls?format=openai", calls[:1], key="slow")
     assert status == 429 and body["error"]["code"] == "rate_limited", body
+
+
+# ---------------------------------------------------------------- the broker's own tools (search mode)
+SEARCH_MODE_CALLS = [("broker__search_tools", {"query": "current time"}),
+                     ("broker__call_tool", {"name": "echo__echo", "arguments": {"text": "through call_tool"}}),
+                     ("broker__search_tools", {})]  # the search's arguments are checked: a per-call error
+
+
+def test_search_mode_tools_run_in_a_providers_shape(broker: str) -> None:
+    """What `GET /v1/tools?tools=search` lists, a model calls; the answer runs them as `POST /v1/calls` does."""
+    for provider in ("openai", "anthropic"):
+        status, listed = http(broker, "GET", f"/v1/tools?format={provider}&tools=search")
+        assert status == 200, listed
+        names = {t.get("name") or t["function"]["name"] for t in listed["tools"]}
+        assert {"broker__search_tools", "broker__call_tool"} <= names
+    message = {"role": "assistant", "tool_calls": [_openai_call(f"c-{i}", name, json.dumps(arguments))
+                                                   for i, (name, arguments) in enumerate(SEARCH_MODE_CALLS)]}
+    status, body = http(broker, "POST", "/v1/calls", message)
+    assert status == 200, body
+    found, called, refused = (valid_openai(m)["content"] for m in body["messages"])
+    assert "time__get_current_time" in found
+    assert called == "through call_tool"
+    assert refused.startswith("Error: ") and "invalid arguments" in refused
+    blocks = [{"type": "tool_use", "id": f"toolu_{i}", "name": name, "input": arguments}
+              for i, (name, arguments) in enumerate(SEARCH_MODE_CALLS)]
+    status, body = http(broker, "POST", "/v1/calls?format=anthropic", blocks)
+    assert status == 200, body
+    valid_anthropic_message(body["message"])
+    found, called, refused = body["message"]["content"]
+    assert "time__get_current_time" in json.dumps(found["content"]) and "is_error" not in found
+    assert called["content"] == [{"type": "text", "text": "through call_tool"}]
+    assert refused["is_error"] is True
+    status, body = http(broker, "POST", "/v1/calls?format=anthropic", blocks[1:2], key="narrow")
+    assert status == 200 and body["message"]["content"][0]["content"][0]["text"] == "through call_tool"
+    denied = dict(blocks[1], input={"name": "time__get_current_time", "arguments": {"timezone": "UTC"}})
+    status, body = http(broker, "POST", "/v1/calls?format=anthropic", [denied], key="narrow")
+    assert status == 200 and body["message"]["content"][0]["is_error"] is True  # the named tool's allow-list
+    assert "Forbidden" in body["message"]["content"][0]["content"][0]["text"]
+    status, submitted = http(broker, "POST", "/v1/batches?format=anthropic", blocks[:2])
+    assert status == 202 and submitted["not_runnable"] == 2, submitted  # a batch runs on the workers: not these

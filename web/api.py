@@ -137,7 +137,7 @@ def post_call() -> tuple[Response, int]:
     shape = call_format(body, request.args.get("format"))
     if shape is not None:
         query = _load(BatchSubmitQuerySchema(), request.args, "invalid_call", "query string: ")
-        return run_tool_calls(services, body, shape, query["timeout_s"])
+        return run_tool_calls(services, body, shape, query["timeout_s"], run_call)
     loaded = _load(ToolCallRequestSchema(), body, "invalid_call")
     call_id, result = run_call(services, loaded["tool"], loaded["arguments"] or {}, loaded["timeout_s"])
     return jsonify(result=result, call_id=call_id), 200

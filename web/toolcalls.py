@@ -16,12 +16,14 @@ from typing import Any
 from flask import Response, jsonify
 
 from broker.admission import Admission, Refused
+from broker.context.names import broker_tool_name, short_name
 from broker.services import BrokerServices
 from broker.translate.arguments import drop_strict_nulls
 from broker.translate.call_formats import CALL_FORMATS, UnknownShape, find_format
 from broker.translate.names import Resolver
 from broker.translate.toolcalls import CallFormat, ShapeError, ToolCall, render
 from web.call_path import ApiError, PendingCall, admit, await_call, queue_call
+from web.v1_context import V1_HANDLERS, RunCall, run_broker_tool
 
 MAX_TOOL_CALLS = 128  # tool calls in one message: OpenAI's own limit on the tools a request may offer
 
@@ -35,16 +37,25 @@ def call_format(body: Any, named: str | None) -> CallFormat | None:
 
 
 def visible_tools(services: BrokerServices, admission: Admission) -> list[str]:
-    """The MCP names of the tools the caller may see: what a provider name may resolve to."""
+    """The MCP names of the tools the caller may see: what a provider name may resolve to. The broker's own
+    tools `/v1` runs (`web.v1_context.V1_HANDLERS`: `GET /v1/tools?tools=search` lists them) are among them."""
     services.catalog.ensure_fresh()
-    return [t["name"] for t in services.catalog.tools if admission.visible("tools", t)]
+    return ([broker_tool_name(short, services.config.separator) for short in V1_HANDLERS]
+            + [t["name"] for t in services.catalog.tools if admission.visible("tools", t)])
 
 
-def resolve_calls(services: BrokerServices, admission: Admission, calls: list[ToolCall]) -> None:
+def is_broker_tool(services: BrokerServices, name: str | None) -> bool:
+    return name is not None and short_name(name, services.config.separator) is not None
+
+
+def resolve_calls(services: BrokerServices, admission: Admission, calls: list[ToolCall],
+                  runs_broker_tools: bool = False) -> None:
     """Set each runnable call's MCP tool, or its problem when no tool the caller may see has its name (in the
-    name rule of the format the call was read in). Arguments of a format whose tools are offered in OpenAI
-    strict form lose the nulls strict mode made the model send for optional properties. The visible names and
-    their provider mapping are built once per request (`Resolver`), not per call."""
+    name rule of the format the call was read in), or it is a broker tool and the caller does not run them
+    (a durable batch: its calls run on the workers, the broker's tools in the web process). Arguments of a
+    format whose tools are offered in OpenAI strict form lose the nulls strict mode made the model send for
+    optional properties. The visible names and their provider mapping are built once per request
+    (`Resolver`), not per call."""
     visible = visible_tools(services, admission)
     resolvers: dict[str, Resolver] = {}
     for call in calls:
@@ -57,6 +68,9 @@ def resolve_calls(services: BrokerServices, admission: Admission, calls: list[To
         if call.tool is None:
             call.problem = (f"unknown tool {call.name!r}: no tool this key may use has that "
                             f"{shape.provider} name (GET /v1/tools?format={shape.provider} lists them)")
+            continue
+        if is_broker_tool(services, call.tool) and not runs_broker_tools:
+            call.problem = f"{call.tool} runs on POST /v1/calls (a model's message), not in a batch"
             continue
         entry = services.catalog.lookup_tool(call.tool)
         if shape.strict_nulls and call.arguments and entry is not None:
@@ -99,23 +113,37 @@ def _queue(services: BrokerServices, admission: Admission, call: ToolCall, cover
     return None
 
 
-def run_tool_calls(services: BrokerServices, body: Any, shape: CallFormat,
-                   timeout_s: float | None = None) -> tuple[Response, int]:
+def _run_broker_tool(services: BrokerServices, call: ToolCall, timeout_s: float | None,
+                     run_call: RunCall) -> dict[str, Any] | None:
+    """A broker tool's outcome, run as `POST /v1/calls` runs it (`web.v1_context.run_broker_tool`: its own
+    admission and rate token; `broker__call_tool` runs the tool it names through `run_call`)."""
+    try:
+        ran = run_broker_tool(services, lambda: admit(services), call.tool or "", call.arguments or {}, timeout_s,
+                              run_call)
+    except (ApiError, Refused) as err:
+        call.problem = err.message
+        return None
+    return {"result": ran[1]} if ran is not None else {"error": {"message": f"unknown tool {call.name!r}"}}
+
+
+def run_tool_calls(services: BrokerServices, body: Any, shape: CallFormat, timeout_s: float | None,
+                   run_call: RunCall) -> tuple[Response, int]:
     """Run every tool call of `body` (each within `timeout_s`, capped by its server's `max_timeout_s`) and answer
     with the provider's next message. Each call that runs takes one rate token, as a `POST /v1/calls` of it
-    would (the request's own token pays for the first); a message holds at most `MAX_TOOL_CALLS`."""
+    would (the request's own token pays for the first); a message holds at most `MAX_TOOL_CALLS`. The broker's
+    own tools run after the others are queued, in the web process, as `POST /v1/calls` runs them (`run_call`)."""
     calls = read_calls(body, shape)
     if len(calls) > MAX_TOOL_CALLS:
         raise ApiError(413, "too_many_tool_calls", f"the message has {len(calls)} tool calls; the limit is "
                                                    f"{MAX_TOOL_CALLS} a message")
     admission = admit(services)
-    resolve_calls(services, admission, calls)
+    resolve_calls(services, admission, calls, runs_broker_tools=True)
     pending: list[PendingCall | None] = []
     try:
         covered = True  # the request's own token pays for the first call that runs
         for call in calls:
             started: PendingCall | None = None
-            if call.problem is None and call.tool is not None:
+            if call.problem is None and call.tool is not None and not is_broker_tool(services, call.tool):
                 started, covered = _queue(services, admission, call, covered, timeout_s), False
             pending.append(started)
         answers = []
@@ -127,6 +155,8 @@ def run_tool_calls(services: BrokerServices, body: Any, shape: CallFormat,
                     outcome = await_call(services, waiting)
                 except ApiError as err:
                     call.problem = err.message
+            elif call.problem is None and is_broker_tool(services, call.tool):
+                outcome = _run_broker_tool(services, call, timeout_s, run_call)
             answers.append(shape.answer(call, render(outcome, call.problem)))
     except BaseException:
         _forget(services, pending)  # calls queued but never awaited: their slots would be held until expiry
