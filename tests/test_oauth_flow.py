@@ -149,7 +149,7 @@ def test_a_users_groups_map_to_a_restricted_profile(flow_broker: tuple[str, Auth
     finally:
         server.user = {"sub": "alice", "groups": ["staff"]}
     names = first(events, "tools")["names"]
-    assert names and all(n.startswith("time__") for n in names)
+    assert names and all(n.startswith("time__") for n in set(names) - {"broker__read_result"})
     refused = first(events, "call_error")
     assert refused["code"] == -32003 and "oauth:timekeeper:tim@" in refused["message"]
 
