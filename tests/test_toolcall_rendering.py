@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from broker.translate.batch_files import read_file
 from broker.translate.call_formats import CALL_FORMATS, UnknownShape, find_format
 from broker.translate.toolcalls import ToolCall, render
 from tests.toolcalls_support import (
@@ -102,3 +103,25 @@ def test_shapes_are_told_apart() -> None:
     arguments = CALL_FORMATS["openai"].read([{"id": "c", "type": "function",
                                               "function": {"name": "n", "arguments": "[1, 2]"}}])
     assert arguments[0].problem == "the arguments of 'n' must be a JSON object, not list"
+
+
+def test_every_content_block_kind_has_a_piece() -> None:
+    rendered = render({"result": {"content": [
+        {"type": "text", "text": "t"}, {"type": "image", "mimeType": "image/png", "data": "AAAA"},
+        {"type": "audio", "mimeType": "audio/wav", "data": "AAAA"},
+        {"type": "resource_link", "uri": "file:///a", "name": "a"},
+        {"type": "resource", "resource": {"uri": "file:///b", "text": "bee"}},
+        {"type": "resource", "resource": {"uri": "file:///c.pdf", "mimeType": "application/pdf", "blob": "AAAA"}},
+        {"type": "resource", "resource": "not an object"}, {"type": "hologram"}, 7]}})
+    assert [p.kind for p in rendered.pieces] == ["text", "image", "audio", "text", "text", "file", "text", "text",
+                                                 "text"]
+    assert rendered.pieces[3].text == "[resource a: file:///a]" and rendered.pieces[4].text == "[resource file:///b]\nbee"
+    assert rendered.pieces[7].text == '{"type": "hologram"}' and rendered.pieces[8].text == "7"
+
+
+@pytest.mark.parametrize("source", ["anthropic", "openai", "openai-responses", "gemini"])
+def test_a_line_of_another_shape_is_named_with_its_article(source: str) -> None:
+    found = read_file([(1, '{"role": "user", "content": "hi"}')], source, 10)
+    reason = found.skipped[0]["reason"]
+    article = "an" if source[0] in "ao" else "a"
+    assert reason.startswith(f"not {article} {source} line: "), reason

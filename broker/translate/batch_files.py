@@ -104,6 +104,10 @@ def detect_source(first: Any) -> str | None:
     return shape.name if shape is not None else None
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 def _line_reader(source: str) -> Callable[[Any], tuple[Any, CallFormat]]:
     if source in BATCH_FILES:
         return BATCH_FILES[source]
@@ -133,7 +137,8 @@ def read_file(lines: list[tuple[int, str]], source: str, max_calls: int,
             body, shape = reader(obj)
             calls = shape.read(body)
         except (Skip, ShapeError) as err:
-            found.skip(number, custom_id, str(err) if isinstance(err, Skip) else f"not a {source} line: {err}")
+            reason = str(err) if isinstance(err, Skip) else f"not {_article(source)} {source} line: {err}"
+            found.skip(number, custom_id, reason)
             continue
         if not calls:
             found.skip(number, custom_id, "no tool calls")

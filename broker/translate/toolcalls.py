@@ -79,25 +79,49 @@ class Rendered:
         return f"Error: {text}" if self.is_error and not text.startswith("Error") else text
 
 
-def _piece(block: Any) -> Piece:
-    """One MCP content block (text, image, audio, resource_link, embedded resource) as a `Piece`."""
-    if not isinstance(block, dict):
-        return Piece("text", json.dumps(block, ensure_ascii=False))
-    kind = block.get("type")
-    if kind == "text":
-        return Piece("text", str(block.get("text", "")))
-    if kind in ("image", "audio"):
-        return Piece(kind, mime=str(block.get("mimeType", "")), data=str(block.get("data", "")))
-    if kind == "resource_link":
-        title = block.get("title") or block.get("name") or ""
-        return Piece("text", f"[resource {title}: {block.get('uri', '')}]".replace("  ", " "))
-    if kind == "resource" and isinstance(block.get("resource"), dict):
-        resource = block["resource"]
-        uri, mime = str(resource.get("uri", "")), str(resource.get("mimeType", ""))
-        if "text" in resource:
-            return Piece("text", f"[resource {uri}]\n{resource['text']}", mime=mime, uri=uri)
-        return Piece("file", mime=mime, data=str(resource.get("blob", "")), uri=uri)
+def _text(block: dict[str, Any]) -> Piece:
+    return Piece("text", str(block.get("text", "")))
+
+
+def _media(block: dict[str, Any]) -> Piece:
+    return Piece(str(block["type"]), mime=str(block.get("mimeType", "")), data=str(block.get("data", "")))
+
+
+def _resource_link(block: dict[str, Any]) -> Piece:
+    title = block.get("title") or block.get("name") or ""
+    return Piece("text", f"[resource {title}: {block.get('uri', '')}]".replace("  ", " "))
+
+
+def _resource(block: dict[str, Any]) -> Piece:
+    resource = block.get("resource")
+    if not isinstance(resource, dict):
+        return _as_json(block)
+    uri, mime = str(resource.get("uri", "")), str(resource.get("mimeType", ""))
+    if "text" in resource:
+        return Piece("text", f"[resource {uri}]\n{resource['text']}", mime=mime, uri=uri)
+    return Piece("file", mime=mime, data=str(resource.get("blob", "")), uri=uri)
+
+
+def _as_json(block: Any) -> Piece:
     return Piece("text", json.dumps(block, ensure_ascii=False))
+
+
+PIECE_READERS: dict[str, Callable[[dict[str, Any]], Piece]] = {  # MCP content block type → its `Piece`
+    "text": _text,
+    "image": _media,
+    "audio": _media,
+    "resource_link": _resource_link,
+    "resource": _resource,
+}
+
+
+def _piece(block: Any) -> Piece:
+    """One MCP content block (text, image, audio, resource_link, embedded resource) as a `Piece`; anything
+    else as its JSON text."""
+    if not isinstance(block, dict):
+        return _as_json(block)
+    reader = PIECE_READERS.get(block.get("type"))  # type: ignore[arg-type]
+    return reader(block) if reader is not None else _as_json(block)
 
 
 def render(outcome: dict[str, Any] | None, problem: str | None = None) -> Rendered:
