@@ -113,10 +113,12 @@ def register_auth(app: Flask, keyring: KeyRing) -> None:
     for url in insecure_issuers(keyring.oauth) if keyring.oauth is not None else ():
         log.warning("oauth: %s is plain http:// off this machine: its keys and answers can be forged on the "
                     "way; use https://", url)
-    if keyring.oauth is not None and keyring.oauth.resource is None and not os.environ.get("MCP_BROKER_ALLOWED_HOSTS"):
-        log.warning("oauth: no `resource` (MCP_BROKER_OAUTH_RESOURCE) and no MCP_BROKER_ALLOWED_HOSTS: tokens are "
-                    "accepted only on loopback names (the Host header cannot be trusted to name this broker); "
-                    "set `resource` to the broker's public URL")
+    exact_hosts = [h for h in os.environ.get("MCP_BROKER_ALLOWED_HOSTS", "").split(",") if h.strip() not in ("", "*")
+                   and not h.strip().startswith(".")]
+    if keyring.oauth is not None and keyring.oauth.resource is None and not exact_hosts:
+        log.warning("oauth: no `resource` (MCP_BROKER_OAUTH_RESOURCE) and no exact MCP_BROKER_ALLOWED_HOSTS name: "
+                    "tokens are accepted only on loopback names from loopback peers (the Host header cannot be "
+                    "trusted to name this broker); set `resource` to the broker's public URL")
 
     @app.before_request
     def _authenticate() -> Response | None:

@@ -10,7 +10,8 @@
   no good, on every protected path (both MCP transports, /v1, /status…); 403 `insufficient_scope` the same.
 
 The resource identifier's base is the `resource` setting, else the request's own scheme and host (for
-audiences only under a loopback or `MCP_BROKER_ALLOWED_HOSTS` name: `accepted_audiences`). Behind a proxy
+audiences only under an exact `MCP_BROKER_ALLOWED_HOSTS` name, never `*` or a `.example.com` wildcard, or
+a loopback name sent by a loopback peer: `host_names_this_broker`). Behind a proxy
 that terminates TLS, set it (`MCP_BROKER_OAUTH_RESOURCE=https://broker.example.com`), or the metadata
 names `http://` and audiences will not match. A token is accepted on a path when its `aud` names
 the base, the whole broker's `/mcp`, the path's own endpoint, or one of `audiences`: a token for one
