@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from cli.devrun import ensure_redis
+from tests.redis_server import RedisServer
 from tests.stack import Stack
 
 TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
@@ -37,3 +38,13 @@ def stack(redis_url: str) -> Iterator[Stack]:
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture(scope="module")
+def own_redis_url() -> Iterator[str]:
+    """A private redis-server for a module whose own stack serves servers named like the session stack's
+    (echo, time). Celery queues are `mcp.<server>` whatever `MCP_BROKER_PREFIX` says, so on the shared test
+    database the session stack's workers would take this stack's messages (and answer them under the other
+    prefix: calls time out, catalogs are never published). Starting one costs ~50 ms."""
+    with RedisServer(aof=False) as server:
+        yield server.url

@@ -73,12 +73,12 @@ class SearchStack:
 
 
 @pytest.fixture(scope="module")
-def sstack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SearchStack]:
+def sstack(own_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SearchStack]:
     folder = tmp_path_factory.mktemp("search")
     path, keys_path = folder / "mcp_servers.json", folder / "keys.json"
     path.write_text(json.dumps(config()))
     keys_path.write_text(json.dumps(keys_file()))
-    stack = Stack(redis_url, config_path=path)
+    stack = Stack(own_redis_url, config_path=path)
     original_env = type(stack).env
 
     def env(self: Stack) -> dict[str, str]:

@@ -36,10 +36,10 @@ PNG = "image/png"
 
 
 @pytest.fixture(scope="module")
-def broker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def broker(own_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     stack: Stack | None = None
     try:
-        stack, base = start(redis_url, tmp_path_factory.mktemp("toolcalls"))
+        stack, base = start(own_redis_url, tmp_path_factory.mktemp("toolcalls"))
         yield base
     finally:
         if stack is not None:

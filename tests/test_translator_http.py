@@ -29,7 +29,7 @@ FORMATS = ("mcp", "openai", "openai-responses", "anthropic", "gemini")
 
 
 @pytest.fixture(scope="module")
-def broker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def broker(own_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("translator")
     path = config(folder / "mcp_servers.json")
     document = json.loads(path.read_text())
@@ -37,7 +37,7 @@ def broker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     for server in SERVERS:  # a backend's start is bounded by its call time limit: room for a loaded machine
         document["mcpServers"][server].setdefault("broker", {})["timeout_s"] = 30
     path.write_text(json.dumps(document))
-    stack = Stack(redis_url, config_path=path)
+    stack = Stack(own_redis_url, config_path=path)
     try:
         for server in SERVERS:
             stack.start_worker(server)
