@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.translate.toolcalls import CallFormat, Piece, Rendered, ShapeError, ToolCall, dicts, named
+from broker.translate.toolcalls import CallFormat, Piece, Rendered, ToolCall, dicts, located, named
 
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 MEDIA_NOTE = "a tool_result takes JPEG, PNG, GIF and WebP images and PDF documents"
@@ -26,15 +26,9 @@ def _blocks(body: Any) -> list[dict[str, Any]] | None:
     return blocks if any(b.get("type") == "tool_use" for b in blocks) else None
 
 
-def recognize(body: Any) -> bool:
-    return _blocks(body) is not None
-
-
-def read(body: Any) -> list[ToolCall]:
-    blocks = _blocks(body)
-    if blocks is None:
-        raise ShapeError("not an assistant message or a list of content blocks with tool_use blocks")
-    return [named(b, "name", b.get("id"), b.get("input")) for b in blocks if b.get("type") == "tool_use"]
+recognize, read = located(
+    _blocks, "an assistant message or a list of content blocks with tool_use blocks",
+    lambda blocks: [named(b, "name", b.get("id"), b.get("input")) for b in blocks if b.get("type") == "tool_use"])
 
 
 def _block(piece: Piece) -> dict[str, Any]:

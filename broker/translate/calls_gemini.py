@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.translate.toolcalls import CallFormat, Rendered, ShapeError, ToolCall, dicts, named
+from broker.translate.toolcalls import CallFormat, Rendered, ShapeError, ToolCall, dicts, located, named
 
 
 def _parts(body: Any) -> list[dict[str, Any]] | None:
@@ -29,14 +29,7 @@ def _parts(body: Any) -> list[dict[str, Any]] | None:
     return items if any("functionCall" in i for i in items) else None
 
 
-def recognize(body: Any) -> bool:
-    return _parts(body) is not None
-
-
-def read(body: Any) -> list[ToolCall]:
-    parts = _parts(body)
-    if parts is None:
-        raise ShapeError("not a GenerateContentResponse, a Content, or a list of functionCall parts")
+def _calls(parts: list[dict[str, Any]]) -> list[ToolCall]:
     calls = []
     for part in parts:
         function_call = part.get("functionCall", part.get("function_call"))
@@ -46,6 +39,9 @@ def read(body: Any) -> list[ToolCall]:
             raise ShapeError("functionCall must be an object")
         calls.append(named(function_call, "name", function_call.get("id"), function_call.get("args")))
     return calls
+
+
+recognize, read = located(_parts, "a GenerateContentResponse, a Content, or a list of functionCall parts", _calls)
 
 
 def answer(call: ToolCall, rendered: Rendered) -> dict[str, Any]:

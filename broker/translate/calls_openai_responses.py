@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.translate.toolcalls import CallFormat, Piece, Rendered, ShapeError, ToolCall, dicts, named
+from broker.translate.toolcalls import CallFormat, Piece, Rendered, ToolCall, dicts, located, named
 
 MEDIA_NOTE = "a function_call_output takes text, images and files"
 
@@ -23,15 +23,10 @@ def _items(body: Any) -> list[dict[str, Any]] | None:
     return items if any(i.get("type") == "function_call" for i in items) else None
 
 
-def recognize(body: Any) -> bool:
-    return _items(body) is not None
-
-
-def read(body: Any) -> list[ToolCall]:
-    items = _items(body)
-    if items is None:
-        raise ShapeError("not a Response or a list of output items with function_call items")
-    return [named(i, "name", i.get("call_id"), i.get("arguments")) for i in items if i.get("type") == "function_call"]
+recognize, read = located(
+    _items, "a Response or a list of output items with function_call items",
+    lambda items: [named(i, "name", i.get("call_id"), i.get("arguments")) for i in items
+                   if i.get("type") == "function_call"])
 
 
 def _part(piece: Piece) -> dict[str, Any]:

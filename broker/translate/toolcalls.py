@@ -169,6 +169,28 @@ def named(item: dict[str, Any], key: str, call_id: Any, raw_arguments: Any) -> T
     return parse_arguments(call, raw_arguments)
 
 
+Items = list[dict[str, Any]]
+Recognize = Callable[[Any], bool]
+Read = Callable[[Any], list[ToolCall]]
+
+
+def located(locate: Callable[[Any], Items | None], expected: str,
+            calls_of: Callable[[Items], list[ToolCall]]) -> tuple[Recognize, Read]:
+    """A format's `recognize` and `read` from where its items are in a body (`locate`: None when the body is not
+    this shape; `expected` names what would be) and how its items make tool calls (`calls_of`)."""
+
+    def recognize(body: Any) -> bool:
+        return locate(body) is not None
+
+    def read(body: Any) -> list[ToolCall]:
+        items = locate(body)
+        if items is None:
+            raise ShapeError(f"not {expected}")
+        return calls_of(items)
+
+    return recognize, read
+
+
 @dataclass(frozen=True)
 class CallFormat:
     """How one LLM API writes tool calls and wants their answers.
@@ -180,8 +202,8 @@ class CallFormat:
 
     name: str
     provider: str  # the name rule of `broker.translate.names` its function names follow
-    recognize: Callable[[Any], bool]
-    read: Callable[[Any], list[ToolCall]]
+    recognize: Recognize
+    read: Read
     answer: Callable[[ToolCall, Rendered], dict[str, Any]]
     reply: Callable[[list[dict[str, Any]]], dict[str, Any]]
     strict_nulls: bool = False  # its tools are offered in OpenAI strict form: drop the nulls it made a model send
