@@ -15,9 +15,11 @@ A broker restart does not end the host's session. The link is reopened with back
 - any other request (lists, `ping`, subscriptions) is answered by the web process itself, so it is sent
   again on the new link;
 - the broker lost the session (expired while away, Redis flushed): a new one is opened with the host's
-  own `initialize` replayed, and the calls that were in flight get an error saying their outcome is unknown.
+  own `initialize` replayed, the broker-queued calls that were in flight get an error saying their outcome
+  is unknown, and the other requests are sent again on it.
 While the broker stays away longer than `give_up_s` (default 60 s), waiting requests get an error instead
-of waiting forever, and new ones are answered at once with the same error until the link is back.
+of waiting forever, and new ones are answered at once with the same error until the link is back (the
+host's notifications and answers queued meanwhile are still delivered then).
 
 The bridge exits when the host closes its stdin (the host's way to stop a stdio server), with code 0, once the
 requests it had sent are answered (at most `DRAIN_S`, 5 s: a shell pipe gets its answers).
@@ -227,8 +229,13 @@ class Bridge:
         self.say(f"the broker lost session {self.session_id} ({err.message}); opening a new one")
         self.session_id = None
         self.links = 0
+        resend: list[SessionMessage] = []
         for request_id in list(self.written):
             request = self.pending.get(request_id)
+            if request is not None and request.method not in BROKER_QUEUED_METHODS and request.method != "initialize":
+                self.written.discard(request_id)  # answered by the web process itself: sent again on the new one
+                resend.append(SessionMessage(request))
+                continue
             self._answered(request_id)
             if request is not None and request.method != "initialize":
                 await self._to_host(_error(request_id, "the broker lost this session while the request was in "
@@ -239,15 +246,19 @@ class Bridge:
             replay.append(SessionMessage(self.initialize.model_copy(update={"id": REPLAY_ID})))
         if self.initialized is not None:
             replay.append(SessionMessage(self.initialized))
-        # Ahead of anything queued: a new session must see its handshake first.
+        # Ahead of anything queued: a new session must see its handshake first, then what it is to answer again.
+        queued = self._take_outbox()
+        for item in (*replay, *resend, *queued):
+            await self._outbox_send.send(item)
+
+    def _take_outbox(self) -> list[SessionMessage]:
+        """Everything waiting to go to the broker, in order (no link is reading it while the bridge is away)."""
         queued: list[SessionMessage] = []
         while True:
             try:
                 queued.append(self._outbox.receive_nowait())
             except anyio.WouldBlock:
-                break
-        for item in (*replay, *queued):
-            await self._outbox_send.send(item)
+                return queued
 
     async def _while_away(self) -> None:
         """After `give_up_s` without a link, waiting requests get an error (and new ones, until it is back)."""
@@ -263,11 +274,11 @@ class Bridge:
         for request_id in list(self.pending):
             self._answered(request_id)
             await self._to_host(_error(request_id, self._away_message()))
-        while True:  # requests queued for the broker are answered now (above), not sent when it comes back
-            try:
-                self._outbox.receive_nowait()
-            except anyio.WouldBlock:
-                break
+        # Requests queued for the broker were answered now (above): not sent when it comes back. The host's
+        # notifications and its answers to the broker's own questions (sampling, elicitation) still go.
+        for item in self._take_outbox():
+            if not isinstance(item.message, mcp_types.JSONRPCRequest):
+                await self._outbox_send.send(item)
 
     def _away_message(self) -> str:
         return (f"the broker at {self.upstream.url} has been unreachable for over {self.give_up_s:.0f} s; "

@@ -17,9 +17,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import mcp_types
 import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
+from mcp.shared.message import SessionMessage
 from mcp_types import CreateMessageResult, ElicitResult, Implementation, ListRootsResult, Root, TextContent
 
 from cli.devrun import free_port
@@ -229,5 +231,74 @@ def test_a_session_the_broker_lost_is_replaced_and_the_host_goes_on(stack: Stack
             assert echoed.structured_content == {"result": "two"}
             [second] = our_sessions()  # the replayed initialize made it (same clientInfo), the old one is gone
             assert second != first
+
+    anyio.run(scenario)
+
+
+def test_a_list_in_flight_when_the_broker_lost_the_session_is_sent_again_and_answered(stack: Stack,
+                                                                                      own_web: int) -> None:
+    """The bridge in-process (to see what it wrote) on the real broker: a `tools/list` goes out to a frozen web
+    process (SIGSTOP), the session's record is deleted and the web process restarted: the resume is refused
+    (404), and on the new session (its handshake replayed first) the list is sent again and answered, not
+    given an "outcome unknown" error (only broker-queued calls can have run)."""
+    from client.bridge import Bridge
+    from client.upstream import WebSocketUpstream
+
+    def request(rid: Any, method: str, params: dict[str, Any] | None = None) -> SessionMessage:
+        return SessionMessage(mcp_types.JSONRPCRequest(jsonrpc="2.0", id=rid, method=method, params=params))
+
+    async def scenario() -> None:
+        bridge_ = Bridge(WebSocketUpstream(f"ws://127.0.0.1:{own_web}/mcp"), say=lambda _line: None)
+        to_bridge, host_read = anyio.create_memory_object_stream[SessionMessage | Exception](16)
+        host_write, from_bridge = anyio.create_memory_object_stream[SessionMessage](16)
+        with anyio.fail_after(90):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(bridge_.run, host_read, host_write)
+                await to_bridge.send(request(1, "initialize", {
+                    "protocolVersion": "2025-11-25", "capabilities": {},
+                    "clientInfo": {"name": "lost-list-host", "version": "1"}}))
+                assert (await from_bridge.receive()).message.id == 1
+                await to_bridge.send(SessionMessage(mcp_types.JSONRPCNotification(
+                    jsonrpc="2.0", method="notifications/initialized")))
+                first = bridge_.session_id
+                assert first
+                os.killpg(stack.web_proc(own_web).popen.pid, signal.SIGSTOP)  # reads nothing, answers nothing
+                await to_bridge.send(request(2, "tools/list"))
+                while 2 not in bridge_.written:
+                    await anyio.sleep(0.05)
+                stack.redis().delete(f"mcpb:session:{first}")
+                await anyio.to_thread.run_sync(restart_web, stack, own_web)  # SIGKILL ends a stopped process too
+                answer = (await from_bridge.receive()).message
+                assert isinstance(answer, mcp_types.JSONRPCResponse), answer
+                assert answer.id == 2 and any(t["name"] == "echo__echo" for t in answer.result["tools"])
+                assert bridge_.session_id not in (None, first)  # answered on a new session
+                to_bridge.close()
+
+    anyio.run(scenario)
+
+
+def test_giving_up_answers_the_queued_requests_but_keeps_the_hosts_notifications_and_answers() -> None:
+    """The broker away past `give_up_s`: the host's queued requests get their error and are not sent later, but
+    its notifications and its answer to a sampling question still wait for the next link. No link is opened."""
+    from client.bridge import Bridge
+    from client.upstream import WebSocketUpstream
+
+    async def scenario() -> None:
+        bridge_ = Bridge(WebSocketUpstream("ws://127.0.0.1:9/mcp"), give_up_s=0, say=lambda _line: None)
+        to_bridge, host_read = anyio.create_memory_object_stream[SessionMessage | Exception](16)
+        host_write, from_bridge = anyio.create_memory_object_stream[SessionMessage](16)
+        bridge_._host_write = host_write
+        changed = mcp_types.JSONRPCNotification(jsonrpc="2.0", method="notifications/roots/list_changed")
+        sampled = mcp_types.JSONRPCResponse(jsonrpc="2.0", id="broker-7", result={"role": "assistant"})
+        call = mcp_types.JSONRPCRequest(jsonrpc="2.0", id=3, method="tools/call", params={"name": "echo__echo"})
+        for message in (changed, call, sampled):
+            await to_bridge.send(SessionMessage(message))
+        to_bridge.close()
+        await bridge_._from_host(host_read)
+        await bridge_._while_away()  # the link just went away
+        await bridge_._while_away()  # ... and stays away past give_up_s
+        error = (await from_bridge.receive()).message
+        assert isinstance(error, mcp_types.JSONRPCError) and error.id == 3 and not bridge_.pending
+        assert [item.message for item in bridge_._take_outbox()] == [changed, sampled]
 
     anyio.run(scenario)
