@@ -109,6 +109,27 @@ def test_only_strict_json_objects_and_arrays_are_touched(text: str) -> None:
     assert compaction.rewrite(text, "toon") == text
 
 
+@pytest.mark.parametrize("result_format", ["compact", "toon"])
+def test_json_nested_deeper_than_the_stack_is_left_as_written(result_format: str) -> None:
+    deep = "[" * 500 + "]" * 500  # parses, but the round-trip check would recurse past Python's limit
+    assert compaction.rewrite(deep, result_format) == deep
+
+
+def test_a_shaping_failure_passes_the_raw_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    def broken(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise RuntimeError("a shaping bug")
+
+    monkeypatch.setattr(shaping, "shape", broken)
+    config = SimpleNamespace(servers={"s": SimpleNamespace(settings=BrokerSettings())}, separator="__")
+    conversation = SimpleNamespace(results_choice=ResultsChoice(),
+                                   principal=SimpleNamespace(id="p", results=None, result_format=None),
+                                   services=SimpleNamespace(config=config, redis=None))
+    result = {"content": [{"type": "text", "text": LOG}]}
+    assert shaping.for_conversation(conversation, "s", "t", result) is result  # type: ignore[arg-type]
+
+
 def test_identical_tells_booleans_from_numbers() -> None:
     assert compaction.identical([1, 2.0], [1.0, 2])
     assert not compaction.identical([1], [True])

@@ -115,7 +115,12 @@ def rewrite(text: str, result_format: str) -> str:
     if rewriter is None:
         return text
     value = parse(text)
-    return text if value is None else rewriter(text, value)
+    if value is None:
+        return text
+    try:
+        return rewriter(text, value)
+    except RecursionError:  # nested deeper than the checks can walk (`[` * 500): left as the backend wrote it
+        return text
 
 
 def decode(text: str) -> Any:

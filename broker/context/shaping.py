@@ -181,6 +181,9 @@ def for_conversation(conversation: Conversation, server: str, tool: str | None,
     except (ValueError, redis.RedisError) as err:  # e.g. a lone surrogate Redis cannot store: the answer still goes
         log.warning("result of %s/%s passed unshaped: %s", server, tool, err)
         return result
+    except Exception:  # a shaping bug must never cost the client its answer: it gets the raw result
+        log.warning("result of %s/%s passed unshaped: shaping failed", server, tool, exc_info=True)
+        return result
 
 
 def read_tool_name(separator: str) -> str:
