@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from broker.config import ConfigError, expand_all, load_config
+from broker.context.env import results_env
 from broker.oauth.settings import insecure_issuers
 from broker.security import KeysConfigError, load_keyring
 
@@ -18,6 +19,7 @@ def command(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.file)
         keyring = load_keyring()
+        results_env()
     except (ConfigError, KeysConfigError) as err:
         print(err, file=sys.stderr)
         return 1

@@ -196,3 +196,29 @@ def test_config_takes_a_value_or_a_per_tool_map_and_refuses_bad_ones() -> None:
                 {"max_result_tokens": {"bad name!": 1000}}, {"result_format": {"t": "xml"}}):
         with pytest.raises(ConfigError, match=r"server s: field broker\.(max_result_tokens|result_format)"):
             load(bad)
+
+
+@pytest.mark.parametrize("env", [{"MCP_BROKER_MAX_RESULT_TOKENS": "10k"}, {"MCP_BROKER_MAX_RESULT_TOKENS": "100"},
+                                 {"MCP_BROKER_MAX_RESULT_TOKENS": "20000000"},
+                                 {"MCP_BROKER_RESULT_PAGES_TTL_S": "0"}, {"MCP_BROKER_RESULT_PAGES_TTL_S": "1h"}])
+def test_a_bad_results_variable_is_refused_at_start(env: dict[str, str]) -> None:
+    """Parsed once at start (broker.context.env), not per answer inside the reply hub's callback."""
+    from broker.config import ConfigError
+    from broker.context.env import load_results_env
+
+    name, value = next(iter(env.items()))
+    with pytest.raises(ConfigError, match=f"{name}='{value}'"):
+        load_results_env(env)
+    root = os.path.dirname(os.path.dirname(__file__))
+    out = subprocess.run([sys.executable, "-m", "broker", "check-config", "mcp_servers.json"],
+                         env={**os.environ, **env}, capture_output=True, text=True, timeout=60, cwd=root)
+    assert out.returncode == 1 and name in out.stderr and "Traceback" not in out.stderr
+
+
+def test_results_variables_load_with_the_query_strings_bounds() -> None:
+    from broker.context.env import ResultsEnv, load_results_env
+
+    assert load_results_env({}) == ResultsEnv(shaping.DEFAULT_MAX_RESULT_TOKENS, 3600)
+    assert load_results_env({"MCP_BROKER_MAX_RESULT_TOKENS": "0", "MCP_BROKER_RESULT_PAGES_TTL_S": "2"}) == \
+        ResultsEnv(0, 2)
+    assert load_results_env({"MCP_BROKER_MAX_RESULT_TOKENS": "256"}).max_result_tokens == 256

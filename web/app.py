@@ -10,6 +10,7 @@ from flask import Flask, Response, jsonify
 from flask_sock import Sock
 
 from broker.config import load_config
+from broker.context.env import results_env
 from broker.observe import configure_call_log
 from broker.security import load_keyring
 from web import services as web_services
@@ -34,6 +35,7 @@ def create_app() -> Flask:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format=log_format)
     configure_call_log("web")  # one bare JSON line per call, apart from the text log
     config = load_config()
+    results_env()  # a bad MCP_BROKER_MAX_RESULT_TOKENS / _RESULT_PAGES_TTL_S stops the start here (ConfigError)
     app = Flask("mcp_broker")
     app.config["BROKER_CONFIG"] = config
     max_frame = int(os.environ.get("MCP_BROKER_MAX_FRAME_BYTES", str(MAX_FRAME_BYTES)))

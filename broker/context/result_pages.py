@@ -10,7 +10,6 @@ hour: a conversation that still needs the rest has it; an abandoned one frees it
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import uuid
 from dataclasses import dataclass
@@ -18,13 +17,15 @@ from dataclasses import dataclass
 import redis
 
 from broker import keys
+from broker.context.env import results_env
 
 PAGES_TTL_S = 3600
 HANDLE = re.compile(r"^[0-9a-f]{32}$")
 
 
 def pages_ttl_s() -> int:
-    return max(1, int(os.environ.get("MCP_BROKER_RESULT_PAGES_TTL_S", PAGES_TTL_S)))
+    """`MCP_BROKER_RESULT_PAGES_TTL_S`, parsed and checked once at start (broker.context.env)."""
+    return results_env().pages_ttl_s
 
 
 class PageUnavailable(LookupError):

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,6 +32,7 @@ import redis
 
 from broker.config import BrokerSettings
 from broker.context import compaction, pages, tokens
+from broker.context.env import results_env
 from broker.context.names import broker_tool_name
 from broker.context.result_pages import ResultPages
 
@@ -53,7 +53,8 @@ Keep = Callable[[list[str]], str]  # stores the pages of a cut result for the ca
 
 
 def default_max_result_tokens() -> int:
-    return int(os.environ.get("MCP_BROKER_MAX_RESULT_TOKENS", DEFAULT_MAX_RESULT_TOKENS))
+    """`MCP_BROKER_MAX_RESULT_TOKENS`, parsed and checked once at start (broker.context.env)."""
+    return results_env().max_result_tokens
 
 
 @dataclass(frozen=True)
