@@ -315,18 +315,6 @@ class ResultsQuerySchema(Schema):
     max_result_tokens = _result_tokens(strict=False, load_default=None)
 
 
-class ResultsEnvSchema(Schema):
-    """The broker-wide results settings from the environment (broker.context.env), read once at start: the same
-    bounds as a query string's `max_result_tokens`, so a bad value stops the start instead of every answer."""
-
-    class Meta:
-        unknown = EXCLUDE  # the rest of the environment
-
-    max_result_tokens = _result_tokens(strict=False, data_key="MCP_BROKER_MAX_RESULT_TOKENS", load_default=10_000)
-    pages_ttl_s = fields.Integer(strict=False, data_key="MCP_BROKER_RESULT_PAGES_TTL_S", load_default=3600,
-                                 validate=validate.Range(min=1, max=30 * 86400))
-
-
 class ReadResourceParamsSchema(Schema):
     """`resources/read` params."""
 

@@ -1,5 +1,5 @@
 """Results settings from the environment (`MCP_BROKER_MAX_RESULT_TOKENS`, `MCP_BROKER_RESULT_PAGES_TTL_S`),
-parsed once per process through the schema (broker.schemas.ResultsEnvSchema).
+parsed once per process through the schema (ResultsEnvSchema).
 
 Why once, and at start: they used to be read with `int()` on every shaped answer, inside the reply hub's
 callback, so `10k` raised there and the client never got its answer, and a limit of 1..100 left a negative
@@ -14,10 +14,22 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from marshmallow import ValidationError
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from broker.config import ConfigError
-from broker.schemas import ResultsEnvSchema
+from broker.schemas import _result_tokens  # the one field builder for a result token limit
+
+
+class ResultsEnvSchema(Schema):
+    """The broker-wide results settings from the environment, read once at start: the same
+    bounds as a query string's `max_result_tokens`, so a bad value stops the start instead of every answer."""
+
+    class Meta:
+        unknown = EXCLUDE  # the rest of the environment
+
+    max_result_tokens = _result_tokens(strict=False, data_key="MCP_BROKER_MAX_RESULT_TOKENS", load_default=10_000)
+    pages_ttl_s = fields.Integer(strict=False, data_key="MCP_BROKER_RESULT_PAGES_TTL_S", load_default=3600,
+                                 validate=validate.Range(min=1, max=30 * 86400))
 
 
 @dataclass(frozen=True)
