@@ -75,7 +75,8 @@ def tasks_stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     config = tmp_path_factory.mktemp("tasks") / "mcp_servers.json"
     config.write_text(json.dumps({"mcpServers": {
         name: {"command": "python", "args": [server],
-               "broker": {"concurrency": concurrency, "timeout_s": 20, "max_timeout_s": 90, "tasks": SUPPORT}}
+               "broker": {"concurrency": concurrency, "timeout_s": 20, "max_timeout_s": 90, "tasks": SUPPORT,
+                          "max_result_tokens": {"slow_compute": 256}}}
         for name, concurrency in (("conf", 8), ("single", 1))}}))
     stack = Stack(redis_url, config_path=config)
     try:
@@ -153,6 +154,18 @@ def test_outcomes_by_status(tasks_stack: Stack, webs: tuple[int, int]) -> None:
         assert quick["resultType"] == "complete" and quick["content"][0]["text"] == "Hello, World!"  # never a task
         unasked = a.call("slow_compute", {"seconds": 0}, tasks=False)["result"]
         assert unasked["resultType"] == "complete" and "taskId" not in unasked  # no extension: synchronous
+
+
+def test_a_task_result_is_shaped_by_its_tools_settings(tasks_stack: Stack, webs: tuple[int, int]) -> None:
+    """`max_result_tokens` of `slow_compute` is 256 (the default is 10,000): its task result is paged too."""
+    with httpx2.Client(timeout=30) as http:
+        a, b = Web(http, webs[0]), Web(http, webs[1])
+        label = "word " * 2000
+        created = a.call("slow_compute", {"seconds": 1.5, "label": label})["result"]
+        assert created["resultType"] == "task"
+        content = b.until(created["taskId"], "completed")["result"]["content"]
+        assert len(content) == 2 and content[0]["text"] != f"computed {label} after 1.5s"
+        assert "Result cut for length: page 1 of" in content[1]["text"]
 
 
 def test_questions_inside_a_task_are_answered_with_tasks_update(tasks_stack: Stack, webs: tuple[int, int]) -> None:

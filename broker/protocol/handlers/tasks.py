@@ -70,7 +70,7 @@ def start(conversation: Conversation, call: Call, tool: str, timeout: float) -> 
     handle = new_handle()
     call.task = digest_of(handle)
     fields = {"principal": conversation.principal.id, "scope": conversation.scope or "", "server": call.server,
-              "tool": tool, "call_id": call.call_id}
+              "tool": tool, "backend_tool": call.tool or "", "call_id": call.call_id}
     TaskStore(conversation.services.redis).create(call.task, fields, int(timeout + QUEUE_GRACE_S) + TASK_TTL_S)
     return handle
 
@@ -134,7 +134,8 @@ def get(conversation: Conversation, _id: Any, params: dict[str, Any]) -> dict[st
         if "error" in outcome:
             task["error"] = outcome["error"]
         else:
-            result = client_result(conversation, "tools/call", record["server"], outcome.get("result") or {})
+            result = client_result(conversation, "tools/call", record["server"], outcome.get("result") or {},
+                                   record.get("backend_tool") or None)  # per-tool shaping, as a direct answer
             meta = {k: v for k, v in (result.get("_meta") or {}).items() if k != RELATED_TASK_META_KEY}
             task["result"] = {**{k: v for k, v in result.items() if k != "_meta"}, **({"_meta": meta} if meta else {})}
     return task
