@@ -205,3 +205,8 @@ def task_states(status: str) -> str:
 def result_pages(handle: str) -> str:
     """Hash: a result cut for a model (broker.context.result_pages): its principal, page count and pages."""
     return f"{PREFIX}:pages:{handle}"
+
+
+def result_pages_bytes(principal_digest: str) -> str:
+    """Counter: bytes of cut results one principal keeps (broker.context.result_pages), expiring with the last."""
+    return f"{PREFIX}:pagesbytes:{principal_digest}"

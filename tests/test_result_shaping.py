@@ -222,3 +222,25 @@ def test_results_variables_load_with_the_query_strings_bounds() -> None:
     assert load_results_env({"MCP_BROKER_MAX_RESULT_TOKENS": "0", "MCP_BROKER_RESULT_PAGES_TTL_S": "2"}) == \
         ResultsEnv(0, 2)
     assert load_results_env({"MCP_BROKER_MAX_RESULT_TOKENS": "256"}).max_result_tokens == 256
+
+
+def test_a_cut_result_over_the_keys_budget_says_the_rest_was_not_kept() -> None:
+    shaped = shaping.shape({"content": [{"type": "text", "text": LOG}]}, Policy(1000, "raw"), lambda cut: None)
+    page, note = shaped["content"][0]["text"], shaped["content"][1]["text"]
+    assert LOG.startswith(page) and "could not be kept" in note and "read_result" not in note
+
+
+def test_kept_pages_are_bounded_per_key(redis_url: str) -> None:
+    import uuid
+
+    import redis
+
+    from broker.context.result_pages import ResultPages
+
+    store = ResultPages(redis.Redis.from_url(redis_url), ttl_s=60, max_bytes=1000)
+    alice, bob = f"alice-{uuid.uuid4().hex}", f"bob-{uuid.uuid4().hex}"
+    first = store.keep(alice, ["a" * 400, "b" * 400])
+    assert first is not None and store.read(alice, first, 2).text == "b" * 400
+    assert store.keep(alice, ["c" * 300]) is None  # 1100 bytes would be over 1000: nothing kept
+    assert store.keep(alice, ["d" * 200]) is not None  # the refused one was not counted
+    assert store.keep(bob, ["e" * 900]) is not None  # another key has its own budget

@@ -30,12 +30,15 @@ class ResultsEnvSchema(Schema):
     max_result_tokens = _result_tokens(strict=False, data_key="MCP_BROKER_MAX_RESULT_TOKENS", load_default=10_000)
     pages_ttl_s = fields.Integer(strict=False, data_key="MCP_BROKER_RESULT_PAGES_TTL_S", load_default=3600,
                                  validate=validate.Range(min=1, max=30 * 86400))
+    pages_max_bytes = fields.Integer(strict=False, data_key="MCP_BROKER_RESULT_PAGES_MAX_BYTES",
+                                     load_default=64 * 1024 * 1024, validate=validate.Range(min=1))
 
 
 @dataclass(frozen=True)
 class ResultsEnv:
     max_result_tokens: int  # the default limit on model-facing endpoints (0 = never cut)
     pages_ttl_s: int  # how long a cut result's pages stay readable
+    pages_max_bytes: int = 64 * 1024 * 1024  # what one key may keep at once, so one tenant cannot fill Redis
 
 
 def load_results_env(environ: Mapping[str, str]) -> ResultsEnv:

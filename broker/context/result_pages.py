@@ -44,12 +44,24 @@ class Page:
 
 
 class ResultPages:
-    def __init__(self, r: redis.Redis, ttl_s: int | None = None) -> None:
+    def __init__(self, r: redis.Redis, ttl_s: int | None = None, max_bytes: int | None = None) -> None:
         self._r = r
         self.ttl_s = ttl_s or pages_ttl_s()
+        self.max_bytes = max_bytes or results_env().pages_max_bytes
 
-    def keep(self, principal: str, pages: list[str]) -> str:
-        """Store `pages` for `principal`; the handle to read them with."""
+    def keep(self, principal: str, pages: list[str]) -> str | None:
+        """Store `pages` for `principal`; the handle to read them with, or None when the principal already keeps
+        `MCP_BROKER_RESULT_PAGES_MAX_BYTES` (64 MiB): without a budget one tenant looping a 10 MB result fills
+        the shared Redis for an hour. The counter expires with the principal's last kept result, so it never
+        counts less than is kept."""
+        size = sum(len(page.encode("utf-8", "surrogatepass")) for page in pages)
+        budget = keys.result_pages_bytes(hashlib.sha256(principal.encode()).hexdigest())
+        pipe = self._r.pipeline(transaction=True)
+        pipe.incrby(budget, size)
+        pipe.expire(budget, self.ttl_s)
+        if int(pipe.execute()[0]) > self.max_bytes:
+            self._r.decrby(budget, size)
+            return None
         handle = uuid.uuid4().hex
         key = keys.result_pages(handle_digest(handle))
         mapping: dict[str, str | int] = {"principal": principal, "pages": len(pages)}

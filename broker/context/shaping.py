@@ -49,7 +49,7 @@ DEFAULT_MAX_RESULT_TOKENS = 10_000
 NOTE_RESERVE_TOKENS = 100  # what a page leaves for its note (a note is ~70 tokens with its handle)
 READ_TOOL = "read_result"  # the broker tool that returns a page (handle, page); named as listed to the client
 
-Keep = Callable[[list[str]], str]  # stores the pages of a cut result for the caller, returns the handle
+Keep = Callable[[list[str]], str | None]  # stores a cut result's pages for the caller: the handle (None: over budget)
 
 
 def default_max_result_tokens() -> int:
@@ -134,7 +134,10 @@ def shape(result: dict[str, Any], rule: Policy, keep: Keep, read_tool: str = REA
         handle = keep(cut)
         first, dropped = texts[0], set(texts[1:])
         head = {**parts[first], "text": cut[0]}
-        tail = {"type": "text", "text": note(handle, 1, len(cut), tokens.count(cut[0]), read_tool)}
+        shown = tokens.count(cut[0])
+        tail = {"type": "text", "text": note(handle, 1, len(cut), shown, read_tool) if handle is not None else
+                f"[Result cut for length: page 1 of {len(cut)} ({shown} tokens shown). The rest could not be kept: "
+                "this key's kept results are over their size limit; ask for less, or call again later.]"}
         parts = [item for i, part in enumerate(parts) if i not in dropped
                  for item in ((head, tail) if i == first else (part,))]
     elif parts == content:
