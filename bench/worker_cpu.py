@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,30 @@ SERVERS = ("pstdio", "phttp")
 METRICS = ("switches_per_call", "worker_cpu_ms_per_call", "web_cpu_ms_per_call", "redis_cpu_ms_per_call",
            "backend_cpu_ms_per_call", "calls_per_message", "calls_per_s")
 NO_REDIS = "redis://127.0.0.1:1/0"  # nothing answers there: `ensure_redis` starts an embedded one
+
+
+@contextlib.contextmanager
+def probe_backends(tree: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
+    """The probe server of `tree` twice: over stdio (`pstdio`) and as a Streamable HTTP server of its own
+    (`phttp`, started here, its process returned: its CPU is that backend's); yields the config naming both."""
+    from cli.devrun import free_port
+
+    port = free_port()
+    probe = str(tree / "examples" / "servers" / "probe.py")
+    http = subprocess.Popen([sys.executable, probe, "--http", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "mcp_servers.json"
+            settings = {"concurrency": 16, "timeout_s": 30}
+            config.write_text(json.dumps({"mcpServers": {
+                "pstdio": {"command": sys.executable, "args": [probe], "broker": settings},
+                "phttp": {"url": f"http://127.0.0.1:{port}/mcp", "broker": settings}}}))
+            time.sleep(1.0)  # the HTTP backend's start-up (the first calls retry past it anyway)
+            yield config, http
+    finally:
+        http.kill()
+        http.wait(10)
 
 
 def run_direct(tree: Path, calls: int, per_message: int = 16) -> dict[str, Any]:
@@ -46,24 +72,14 @@ def run_direct(tree: Path, calls: int, per_message: int = 16) -> dict[str, Any]:
     import psutil
 
     from bench.cpu import redis_server_process
-    from cli.devrun import EmbeddedRedis, free_port
+    from cli.devrun import EmbeddedRedis
 
-    port = free_port()
-    probe = str(tree / "examples" / "servers" / "probe.py")
-    http = subprocess.Popen([sys.executable, probe, "--http", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
     embedded = EmbeddedRedis(aof=False)
     out: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "mcp_servers.json"
-        settings = {"concurrency": 16, "timeout_s": 30}
-        config.write_text(json.dumps({"mcpServers": {
-            "pstdio": {"command": sys.executable, "args": [probe], "broker": settings},
-            "phttp": {"url": f"http://127.0.0.1:{port}/mcp", "broker": settings}}}))
+    with probe_backends(tree) as (config, _http):
         try:
             os.environ["REDIS_URL"] = embedded.start()
             os.environ["MCP_BROKER_CONFIG"] = str(config)
-            time.sleep(1.0)
             from broker.calls import Call
             from workers.execute import run_calls_now
 
@@ -99,8 +115,6 @@ def run_direct(tree: Path, calls: int, per_message: int = 16) -> dict[str, Any]:
                     "switches_per_call": (_wakeups() - switches) / done,
                     "calls_per_message": float(per_message), "calls_per_s": done / elapsed}
         finally:
-            http.kill()
-            http.wait(10)
             embedded.stop()
     return out
 
@@ -126,33 +140,17 @@ def run_once(tree: Path, calls: int, window: int = 64) -> dict[str, Any]:
 
     from bench.cpu import CPUMeter, redis_server_process
     from bench.stack import running_stack
-    from cli.devrun import free_port
 
-    port = free_port()
-    probe = str(tree / "examples" / "servers" / "probe.py")
-    http = subprocess.Popen([sys.executable, probe, "--http", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
     out: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "mcp_servers.json"
-        settings = {"concurrency": 16, "timeout_s": 30}
-        config.write_text(json.dumps({"mcpServers": {
-            "pstdio": {"command": "python", "args": [probe], "broker": settings},
-            "phttp": {"url": f"http://127.0.0.1:{port}/mcp", "broker": settings}}}))
-        try:
-            time.sleep(1.0)  # the HTTP backend's start-up; the stack's warm-up call retries past it anyway
-            with running_stack(NO_REDIS, config=config, announce=False) as stack:
-                for server in SERVERS:
-                    worker = psutil.Process(stack.worker_pids(server)[0])
-                    backend = (worker.children(recursive=True) if server == "pstdio" else [psutil.Process(http.pid)])
-                    meter = CPUMeter(lambda w=worker, b=backend: {
-                        "worker": [w], "web": stack.web_processes(), "backend": b,
-                        "redis": [p for p in [redis_server_process(stack.stack.redis_url)] if p]},
-                        messages=lambda s=server: stack.queue_messages(s))
-                    out[server] = asyncio.run(_measure(stack.ws_url, f"{server}__whoami", calls, window, meter))
-        finally:
-            http.kill()
-            http.wait(10)
+    with probe_backends(tree) as (config, http), running_stack(NO_REDIS, config=config, announce=False) as stack:
+        for server in SERVERS:
+            worker = psutil.Process(stack.worker_pids(server)[0])
+            backend = (worker.children(recursive=True) if server == "pstdio" else [psutil.Process(http.pid)])
+            meter = CPUMeter(lambda w=worker, b=backend: {
+                "worker": [w], "web": stack.web_processes(), "backend": b,
+                "redis": [p for p in [redis_server_process(stack.stack.redis_url)] if p]},
+                messages=lambda s=server: stack.queue_messages(s))
+            out[server] = asyncio.run(_measure(stack.ws_url, f"{server}__whoami", calls, window, meter))
     return out
 
 
