@@ -1,0 +1,223 @@
+"""The web tier's CPU-ms per call over each front end, and A/B of two checkouts side by side.
+
+    python -m bench.web_cpu                              # this checkout: one run, every front end
+    python -m bench.web_cpu --ab BASE_TREE --rounds 3    # alternate BASE_TREE and this checkout, medians
+    python -m bench.web_cpu --ab BASE --b T1 --b T2      # three sides (A, B, C), alternating
+    python -m bench.web_cpu --profile DIR                # also py-spy the web: DIR/web-<front>.txt (raw stacks)
+
+The web process is the tier a Streamable HTTP client feels most (issue 19: 7.5-9.3 CPU-ms of the broker's
+own per call on `/servers/<name>/mcp`, five times the WebSocket path). Each run starts an embedded Redis, a
+web process and one worker for the stdio probe backend (examples/servers/probe.py, `whoami`), then runs
+`--calls` calls with 64 in flight over: one WebSocket with a raw client (`ws`), and the official SDK client
+on `/servers/pstdio/mcp` in each era (`http-handshake`: mode legacy; `http-modern`: 2026-07-28). Per call:
+CPU of the web processes, the worker and Redis (`bench.cpu.CPUMeter`); the client's own CPU is not counted.
+Runs alternate between the checkouts, each in its own processes, as `bench.worker_cpu` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+FRONTS = ("ws", "http-handshake", "http-modern")
+METRICS = ("web_cpu_ms_per_call", "worker_cpu_ms_per_call", "redis_cpu_ms_per_call", "redis_commands_per_call",
+           "calls_per_message", "calls_per_s")
+NO_REDIS = "redis://127.0.0.1:1/0"  # nothing answers there: `ensure_redis` starts an embedded one
+MODERN = "2026-07-28"
+
+
+@contextlib.contextmanager
+def probe_config(tree: Path) -> Iterator[Path]:
+    probe = str(tree / "examples" / "servers" / "probe.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "mcp_servers.json"
+        config.write_text(json.dumps({"mcpServers": {"pstdio": {
+            "command": sys.executable, "args": [probe], "broker": {"concurrency": 16, "timeout_s": 30}}}}))
+        yield config
+
+
+@contextlib.contextmanager
+def sampled(pids: list[int], out: Path | None) -> Iterator[None]:
+    """py-spy samples these processes while the block runs (raw stacks, `out` named per pid); nothing if None."""
+    if out is None:
+        yield
+        return
+    from bench.profile import py_spy
+
+    spies = [subprocess.Popen([py_spy(), "record", "--nonblocking", "--format", "raw", "-r", "200", "-p", str(pid),
+                               "-o", str(out.with_name(f"{out.stem}-{pid}.txt"))], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for pid in pids]
+    try:
+        yield
+    finally:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
+
+
+def run_once(tree: Path, calls: int, window: int = 64, fronts: tuple[str, ...] = FRONTS,
+             profile: Path | None = None) -> dict[str, Any]:
+    """One stack of the checkout at `tree` (its code: imported from there); CPU-ms per call by front end.
+    With `profile` (a folder), py-spy samples the web process during each front end's measured calls."""
+    os.chdir(tree)
+    sys.path.insert(0, str(tree))
+    import psutil
+
+    from bench.cpu import CPUMeter, redis_server_process
+    from bench.stack import running_stack
+
+    out: dict[str, Any] = {}
+    with probe_config(tree) as config, running_stack(NO_REDIS, config=config, announce=False) as stack:
+        worker = psutil.Process(stack.worker_pids("pstdio")[0])
+        for front in fronts:
+            meter = CPUMeter(lambda w=worker: {
+                "worker": [w], "web": stack.web_processes(),
+                "redis": [p for p in [redis_server_process(stack.stack.redis_url)] if p]},
+                messages=lambda: stack.queue_messages("pstdio"))
+            meter = CommandCount(meter, stack.stack.redis_url)
+            spy = sampled([p.pid for p in stack.web_processes()], profile / f"web-{front}.txt" if profile else None)
+            if front == "ws":
+                out[front] = asyncio.run(_measure_ws(stack.ws_url, calls, window, meter, spy))
+            else:
+                mode = "legacy" if front == "http-handshake" else MODERN
+                out[front] = asyncio.run(_measure_sdk(f"{stack.http_url}/servers/pstdio/mcp", mode, calls, window,
+                                                      meter, spy))
+    return out
+
+
+class CommandCount:
+    """Redis commands per call by name (INFO commandstats before and after): each is a round trip and a
+    send/recv pair for someone, which on loopback is most of what a call's Redis traffic costs in CPU."""
+
+    def __init__(self, meter: Any, redis_url: str) -> None:
+        import redis
+
+        self._meter, self._r, self._before = meter, redis.Redis.from_url(redis_url), {}
+
+    def _stats(self) -> dict[str, int]:
+        return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in self._r.info("commandstats").items()}
+
+    def start(self) -> None:
+        self._before = self._stats()
+        self._meter.start()
+
+    def stop(self, calls: int, elapsed_s: float) -> dict[str, Any]:
+        out = self._meter.stop(calls, elapsed_s)
+        after = self._stats()
+        per_call = {n: (c - self._before.get(n, 0)) / calls for n, c in after.items() if c > self._before.get(n, 0)}
+        per_call.pop("info", None)
+        out["redis_commands_per_call"] = sum(per_call.values())
+        out["redis_commands"] = {n: round(v, 2) for n, v in sorted(per_call.items(), key=lambda kv: -kv[1])}
+        return out
+
+
+async def _measure_ws(url: str, calls: int, window: int, meter: Any, spy: Any) -> dict[str, Any]:
+    from bench.wsclient import RawSession
+
+    session = await RawSession.open(url)
+    try:
+        await session.pipelined("pstdio__whoami", lambda i: {}, min(500, calls), window, 120)  # warm
+        with spy:
+            meter.start()
+            result = await session.pipelined("pstdio__whoami", lambda i: {}, calls, window, 600)
+        return {"calls_per_s": calls / result.elapsed_s, "errors": result.errors,
+                **meter.stop(calls, result.elapsed_s)}
+    finally:
+        await session.close()
+
+
+async def _measure_sdk(url: str, mode: str, calls: int, window: int, meter: Any, spy: Any) -> dict[str, Any]:
+    from mcp import Client
+
+    from bench.direct import sdk_pipelined
+
+    async with Client(url, mode=mode) as client:
+        await sdk_pipelined(client, min(300, calls), window, "whoami")  # warm: connections, sessions
+        with spy:
+            meter.start()
+            result = await sdk_pipelined(client, calls, window, "whoami")
+        return {"calls_per_s": calls / result.elapsed_s, "errors": result.errors,
+                **meter.stop(calls, result.elapsed_s)}
+
+
+def ab(base: Path, rounds: int, calls: int, after: list[Path],
+       fronts: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
+    """Alternate runs of `base` and each of `after` (B, C, ...), each a process of its own running this file
+    with `--tree`."""
+    sides = list(zip("ABCDEFGH", [base, *after], strict=False))
+    runs: dict[str, list[dict[str, Any]]] = {side: [] for side, _ in sides}
+    for i in range(rounds):
+        for side, tree in sides:
+            argv = [sys.executable, __file__, "--json", "--tree", str(tree), "--calls", str(calls),
+                    "--fronts", ",".join(fronts)]
+            done = subprocess.run(argv, cwd=tree, capture_output=True, text=True, timeout=900, check=False)
+            try:
+                runs[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            except (IndexError, json.JSONDecodeError):
+                print(f"round {i + 1} {side}: no result\n{done.stderr[-2000:]}", file=sys.stderr)
+                continue
+            print(f"round {i + 1} {side}: " + "  ".join(
+                f"{f} web {runs[side][-1][f]['web_cpu_ms_per_call']:.3f}" for f in fronts), flush=True)
+    return runs
+
+
+def render(runs: dict[str, list[dict[str, Any]]], fronts: tuple[str, ...] = FRONTS) -> str:
+    lines = ["front          metric                  " + " | ".join(f"{side}: median [min-max] (n)" for side in runs)]
+    for front in fronts:
+        for metric in METRICS:
+            cells = []
+            for side_runs in runs.values():
+                values = [r[front][metric] for r in side_runs if front in r and metric in r[front]]
+                cells.append(f"{statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}] ({len(values)})"
+                             if values else "-")
+            lines.append(f"{front:14s} {metric:23s} " + " | ".join(cells))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.web_cpu", description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=3000, help="measured calls per front end per run")
+    parser.add_argument("--ab", type=Path, metavar="BASE_TREE", help="a checkout to compare with (git worktree)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--b", type=Path, action="append", metavar="TREE",
+                        help="the other side of --ab (default: here); repeat for a third side (C), ...")
+    parser.add_argument("--json", action="store_true", help="one run, its JSON on the last line")
+    parser.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose code runs (default: this one)")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the web: DIR/web-<front>.txt (raw)")
+    parser.add_argument("--fronts", default=",".join(FRONTS), help=f"comma-separated, of {', '.join(FRONTS)}")
+    args = parser.parse_args(argv)
+    fronts = tuple(f for f in args.fronts.split(",") if f in FRONTS)
+    started = time.monotonic()
+    if args.ab is not None:
+        after = [b.resolve() for b in args.b or [ROOT]]
+        print(render(ab(args.ab.resolve(), args.rounds, args.calls, after, fronts), fronts))
+    else:
+        if args.profile is not None:
+            args.profile.mkdir(parents=True, exist_ok=True)
+        result = run_once(args.tree.resolve(), args.calls, fronts=fronts,
+                          profile=args.profile.resolve() if args.profile else None)
+        if args.json:
+            print(json.dumps(result))
+            return 0
+        print(render({"this checkout": [result]}, fronts))
+        for front in fronts:
+            print(f"{front}: Redis commands per call {result[front]['redis_commands']}")
+    print(f"({time.monotonic() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
