@@ -41,6 +41,7 @@ EVENT_KINDS = ("progress", "log", "server_request")
 
 TICK_S = 0.5
 POLL_AFTER_S = 3.0
+BURST_MAX = 256  # messages handled in one burst at most (then the sweep's turn, and a new burst)
 LOST_GRACE_S = 3.0  # after Redis lost its state: how long a call still waits for a worker that ran it
 
 
@@ -75,6 +76,9 @@ class ReplyHub:
         self._load: dict[str, int] = {}  # server → calls waited for (those expected with their call as info)
         self.epochs = Epochs(r)  # Redis's state epoch as this process knows it
         self._down_since: float | None = None  # monotonic time the subscription was lost, while it is
+        # a context each burst of messages (one, then those already readable) is handled in: the web process's
+        # `SessionStore.batched`, so a burst's answered calls are forgotten in one Redis round trip
+        self.burst: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -136,6 +140,14 @@ class ReplyHub:
             pending = self._pop(message["call_id"])
         if pending is not None:
             self._answer(pending, message)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        if message["type"] == "message":
+            if message["channel"] == self.channel:
+                self._dispatch(message["data"])
+            else:
+                for listener in self.listeners:
+                    listener(message["channel"], message["data"])
 
     def _dispatch(self, data: str) -> None:
         try:
@@ -226,12 +238,15 @@ class ReplyHub:
                 self._started.set()
                 while not self._stopping:
                     message = pubsub.get_message(timeout=TICK_S)
-                    if message is not None and message["type"] == "message":
-                        if message["channel"] == self.channel:
-                            self._dispatch(message["data"])
-                        else:
-                            for listener in self.listeners:
-                                listener(message["channel"], message["data"])
+                    if message is not None:
+                        with self.burst() if self.burst is not None else contextlib.nullcontext():
+                            for _ in range(BURST_MAX):  # this one, then those already here, with no wait
+                                self._handle(message)
+                                message = pubsub.get_message(timeout=0)
+                                if message is None:
+                                    break
+                            else:
+                                self._handle(message)
                     now = time.monotonic()
                     if now - last_sweep >= TICK_S:
                         last_sweep = now

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
+from collections.abc import Iterator
 
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -124,3 +126,81 @@ def test_heartbeat_closes_a_dead_peer(stack: Stack) -> None:
     assert closed, "the server kept a peer that never answered its pings"
     assert b"\x89" in received  # it did ping us (opcode 0x9)
     assert stack.redis().exists(f"mcpb:session:{session_id}")
+
+
+def test_forgets_held_in_a_batch_are_written_together_when_it_ends(redis_url: str) -> None:
+    """The reply hub hands a burst of answers over inside `SessionStore.batched`: their sessions forget them
+    when the burst ends (one round trip), each call as a lone forget would have."""
+
+    import uuid
+
+    import redis
+
+    from broker import keys
+    from broker.sessions import SessionStore
+
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    store = SessionStore(r, ttl_s=3600, delivered_ttl_s=30)
+    sessions = [uuid.uuid4().hex, uuid.uuid4().hex]
+    calls = [{"call_id": uuid.uuid4().hex, "session": sessions[i % 2], "rid": i, "server": "echo"} for i in range(3)]
+    store.remember(calls)
+    for call in calls:
+        r.set(keys.result(call["call_id"]), json.dumps({"call_id": call["call_id"], "result": {}}), ex=3600)
+    with store.batched():
+        with store.batched():  # nested (a handler that batches too): the outer block writes
+            store.forget(sessions[0], [calls[0]["call_id"]])
+        store.forget(sessions[1], [calls[1]["call_id"]])
+        store.forget(sessions[0], [calls[2]["call_id"]])
+        assert set(store.pending(sessions[0])) == {calls[0]["call_id"], calls[2]["call_id"]}
+        assert set(store.pending(sessions[1])) == {calls[1]["call_id"]}
+    assert store.pending(sessions[0]) == {} and store.pending(sessions[1]) == {}
+    for call in calls:
+        assert 0 < r.ttl(keys.result(call["call_id"])) <= 30
+    store.forget(sessions[0], [])  # nothing to forget: no round trip, no error
+    lone = {"call_id": uuid.uuid4().hex, "session": sessions[0], "rid": 9, "server": "echo"}
+    store.remember([lone])
+    store.forget(sessions[0], [lone["call_id"]])  # outside a batch: written at once
+    assert store.pending(sessions[0]) == {}
+
+
+def test_the_reply_hub_hands_a_burst_of_answers_over_inside_its_batch(redis_url: str) -> None:
+    """Outcomes published together reach their handlers inside one `burst` context (the web's
+    `SessionStore.batched`), and every handler runs, each once."""
+    import contextlib
+    import threading
+    import uuid
+
+    import redis
+
+    from broker.replies import ReplyHub
+
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    hub = ReplyHub(r)
+    bursts: list[list[str]] = []
+    current: list[str] = []
+    done = threading.Event()
+    call_ids = [uuid.uuid4().hex for _ in range(50)]
+
+    @contextlib.contextmanager
+    def burst() -> Iterator[None]:
+        current.clear()
+        yield
+        bursts.append(list(current))
+        if sum(map(len, bursts)) == len(call_ids):
+            done.set()
+
+    hub.burst = burst
+    hub.start()
+    try:
+        for call_id in call_ids:
+            hub.expect(call_id, lambda m: current.append(m["call_id"]), None, 30)
+        pipe = r.pipeline(transaction=False)
+        for call_id in call_ids:
+            pipe.publish(hub.channel, json.dumps({"call_id": call_id, "result": {}}))
+        pipe.execute()
+        assert done.wait(20), bursts
+        answered = [c for b in bursts for c in b]
+        assert sorted(answered) == sorted(call_ids)
+        assert len(bursts) < len(call_ids)  # published together, several were handed over in one burst
+    finally:
+        hub.stop()
