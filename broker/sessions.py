@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from broker import keys
 
@@ -96,12 +97,14 @@ class SessionStore:
         """Use refreshes the TTL; False if the session is gone (expired or deleted): it is not recreated."""
         return self.save(session_id, {})
 
-    def remember(self, calls: list[dict[str, Any]]) -> None:
+    def remember(self, calls: list[dict[str, Any]], pipe: Pipeline | None = None) -> None:
         """Record calls in flight for their sessions (before they are sent, so an answer can never
         arrive for a call the session does not know), and stamp on every call how long the worker keeps
         its outcome (`keep_s`): a session's call for the session's TTL (its client may be away when it
-        ends), any other only briefly (its caller waits for it on this process right now)."""
-        pipe = self._r.pipeline(transaction=False)
+        ends), any other only briefly (its caller waits for it on this process right now). Given `pipe`,
+        the records are added to it (the send that follows them in it runs after them) and not executed."""
+        given = pipe is not None
+        pipe = pipe if pipe is not None else self._r.pipeline(transaction=False)
         for call in calls:
             pending = bool(call.get("session")) and "rid" in call
             call.setdefault("keep_s", self.ttl_s if pending else self.delivered_ttl_s)
@@ -111,7 +114,7 @@ class SessionStore:
                     entry["progressToken"] = call["progress_token"]
                 pipe.hset(keys.session_calls(call["session"]), call["call_id"], json.dumps(entry))
                 pipe.expire(keys.session_calls(call["session"]), self.ttl_s)
-        if len(pipe):
+        if len(pipe) and not given:
             pipe.execute()
 
     def forget(self, session_id: str, call_ids: list[str]) -> None:

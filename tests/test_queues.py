@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 from broker import keys
 from tests.stack import Stack
@@ -45,3 +46,62 @@ def test_workers_consume_only_their_server_queue(stack: Stack) -> None:
     for node, queues in replies.items():
         server = node.split(".", 1)[0]
         assert [q["name"] for q in queues] == [f"mcp.{server}"]
+
+
+def _without_ids(message: dict[str, Any]) -> dict[str, Any]:
+    """A queue message with what differs between two sends of the same calls blanked: the task id (also the
+    root id and correlation id), the delivery tag, and the sender (`origin`, `reply_to`: per process)."""
+    copy = json.loads(json.dumps(message))
+    for part, name in (("headers", "id"), ("headers", "root_id"), ("headers", "origin"),
+                       ("properties", "correlation_id"), ("properties", "delivery_tag"), ("properties", "reply_to")):
+        assert copy[part].pop(name), (part, name)
+    return copy
+
+
+def test_the_web_s_queue_message_is_the_one_celery_sends(stack: Stack) -> None:
+    """The web tier pushes its calls' message itself (`workers.dispatch.run_calls_message`, in the pipeline of
+    their sessions' records): the same JSON, field for field, that `app.send_task` writes for them, and its
+    task id is what the worker takes as the task's."""
+    from workers.dispatch import run_calls_message, send_calls
+
+    r = stack.redis()
+    queue = f"mcp.msgtest-{uuid.uuid4().hex[:8]}"
+    calls = [{"call_id": uuid.uuid4().hex, "server": "echo", "tool": "echo", "arguments": {"text": "é ✓"},
+              "reply_to": "nowhere", "keep_s": 30}, {"call_id": uuid.uuid4().hex, "server": "echo", "tool": "echo",
+                                                     "arguments": {}, "reply_to": "nowhere", "keep_s": 30}]
+    try:
+        send_calls(queue, calls)
+        celery_message = json.loads(r.lpop(queue))
+        ours = json.loads(run_calls_message(queue, calls))
+        assert _without_ids(ours) == _without_ids(celery_message)
+        assert ours["headers"]["id"] == ours["headers"]["root_id"] == ours["properties"]["correlation_id"]
+        assert ours["properties"]["delivery_tag"] != ours["headers"]["id"]
+        assert ours["headers"]["origin"].startswith("gen") and "@" in ours["headers"]["origin"]
+    finally:
+        r.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+
+
+def test_a_worker_runs_the_message_the_web_pushes_itself(stack: Stack) -> None:
+    """A real Celery worker consumes and runs the message as the web pushes it (one LPUSH onto the queue's
+    list), answering every call on its reply channel."""
+    from workers.dispatch import run_calls_message
+
+    r = stack.redis()
+    channel = keys.replies(f"test-{uuid.uuid4().hex}")
+    pubsub = r.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(channel)
+    pubsub.get_message(timeout=1)
+    calls = [{"call_id": uuid.uuid4().hex, "server": "echo", "tool": "echo", "arguments": {"text": str(i)},
+              "reply_to": channel, "keep_s": 30} for i in range(5)]
+    r.lpush("mcp.echo", run_calls_message("mcp.echo", calls))
+    answered: dict[str, Any] = {}
+    while len(answered) < len(calls):
+        message = pubsub.get_message(timeout=20)
+        assert message is not None, f"only {len(answered)} of {len(calls)} answered"
+        outcome = json.loads(message["data"])
+        answered[outcome["call_id"]] = outcome
+    for i, call in enumerate(calls):
+        outcome = answered[call["call_id"]]
+        assert outcome["result"]["isError"] is False and outcome["worker"].startswith("echo.")
+        assert str(i) in json.dumps(outcome["result"]["content"])
+    pubsub.close()

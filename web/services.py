@@ -32,7 +32,7 @@ from broker.security import RateLimiter
 from broker.services import BrokerServices
 from broker.sessions import DEFAULT_TTL_S, DELIVERED_TTL_S, SessionStore
 from web.transports import modern_cancel
-from workers.dispatch import request_catalog, submit_calls
+from workers.dispatch import request_catalog, run_calls_message
 
 _lock = threading.Lock()
 _applied: dict[str, Any] = {"version": 0, "checked": 0.0}  # the reload version this process serves
@@ -57,14 +57,25 @@ def build_services(config: BrokerConfig) -> BrokerServices:
         message = {"call_id": call["call_id"], "error": error.to_error()}
         hub.deliver_local(message)
 
+    def send(queue: str, calls: list[dict[str, Any]]) -> None:
+        """One queue message of calls, and their sessions' records before it, in one round trip (pipelined
+        in order: an answer can never arrive for a call its session does not know). The message is the one
+        Celery's `send_task` would push (`workers.dispatch.run_calls_message`)."""
+        now = time.time()
+        for call in calls:
+            call.setdefault("queued_at", now)  # the worker measures the queue wait from here
+        pipe = r.pipeline(transaction=False)
+        sessions.remember(calls, pipe)
+        pipe.lpush(queue, run_calls_message(queue, calls))
+        pipe.execute()
+
     services = BrokerServices(
         config=config,
         redis=r,
         catalog=catalog,
         router=Router(catalog),
         hub=hub,
-        outbox=Outbox(submit_calls, enqueue_failed, int(os.environ.get("MCP_BROKER_MAX_BATCH", "32")),
-                      before_send=sessions.remember, load=hub.load,
+        outbox=Outbox(send, enqueue_failed, int(os.environ.get("MCP_BROKER_MAX_BATCH", "32")), load=hub.load,
                       coalesce_at=int(os.environ.get("MCP_BROKER_COALESCE_AT", "16")),
                       coalesce_wait_s=float(os.environ.get("MCP_BROKER_COALESCE_WAIT_MS", "10")) / 1000),
         request_catalog=request_catalog,
