@@ -30,6 +30,8 @@ from tests.wsclient import RawClient
 PREFIX = f"mcpbt{uuid.uuid4().hex[:6]}"
 SERVERS = ROOT / "examples" / "servers"
 SECRET = "s3cret-" + uuid.uuid4().hex[:6]
+# what eager_tiny's tool declares: its structured content ({"text", "pid"}) does not fit it
+OUTPUT_SCHEMA = {"type": "object", "properties": {"words": {"type": "integer"}}, "required": ["words"]}
 
 
 def server_config(http_port: int, replica_ports: tuple[int, int]) -> dict[str, Any]:
@@ -42,7 +44,8 @@ def server_config(http_port: int, replica_ports: tuple[int, int]) -> dict[str, A
                        "broker": {"timeout_s": 10, "retries": 1, "isolation": "per_client", "max_clients": 2}},
         "tinyr": {"command": py, "args": [str(SERVERS / "tiny.py"), "--tag", "restarts"],
                   "broker": {"timeout_s": 10, "retries": 3}},
-        "eager_tiny": {"command": py, "args": [str(SERVERS / "tiny.py"), "--tag", "eager"], "broker": {"eager": True}},
+        "eager_tiny": {"command": py, "args": [str(SERVERS / "tiny.py"), "--tag", "eager"], "broker": {"eager": True},
+                       "env": {"TINY_OUTPUT_SCHEMA": json.dumps(OUTPUT_SCHEMA)}},
         "idler": {"command": py, "args": [str(SERVERS / "tiny.py"), "--tag", "idler"], "broker": {"idle_s": 1}},
         "vars_stdio": {"command": py, "args": [str(SERVERS / "probe.py")],
                        "env": {"PROBE_SECRET": "${MCPB_TEST_SECRET}",
@@ -249,6 +252,19 @@ def test_backends_start_lazily_or_eagerly_and_idle_ones_close(bstack: BackendSta
         wait_for(lambda: not backend_children(bstack, "--tag idler"), timeout=30)  # closed after idle_s
         assert client.call("idler__echo", {"text": "again"})["result"]["structuredContent"]["text"] == "again"
     assert "backend idler: idle for" in "".join(worker.log() for worker in bstack.workers())
+
+
+def test_results_pass_unchanged_whether_or_not_they_fit_the_output_schema(bstack: BackendStack) -> None:
+    """The broker forwards a result as the server sent it; checking structured content against the output
+    schema is the client's (it has the schema from the listing). The worker once ran the SDK's check and
+    answered a result that did not fit with an internal error."""
+    with RawClient(bstack.stack.ws_url()) as client:
+        listed = {t["name"]: t for t in client.request("tools/list")["result"]["tools"]}
+        assert listed["eager_tiny__echo"]["outputSchema"] == OUTPUT_SCHEMA
+        reply = client.call("eager_tiny__echo", {"text": "unfit"}, timeout=30)
+    assert "error" not in reply, reply
+    assert reply["result"]["structuredContent"]["text"] == "unfit" and reply["result"]["isError"] is False
+    assert "words" not in reply["result"]["structuredContent"]
 
 
 def test_a_stopping_worker_closes_its_backends(bstack: BackendStack) -> None:

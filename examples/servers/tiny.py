@@ -4,7 +4,8 @@ For tests that restart a backend hundreds of times (an SDK server takes ~0.5 s
 to start). `--exit-at-start CODE` makes it print a reason on stderr and exit at
 once, like a server missing its credentials: the broker must say so quickly.
 `--hang` makes it read its input and never answer, like a server stuck at start.
-`TINY_TOOL_NAME` renames its tool (a name with the broker's separator in it, say).
+`TINY_TOOL_NAME` renames its tool (a name with the broker's separator in it, say); `TINY_OUTPUT_SCHEMA` (JSON)
+gives it an output schema, which its structured content need not fit (what a client, not the broker, checks).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import sys
 
 TOOLS = [{"name": os.environ.get("TINY_TOOL_NAME", "echo"), "description": "Return the text and this process's pid.",
           "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}}]
+if os.environ.get("TINY_OUTPUT_SCHEMA"):
+    TOOLS[0]["outputSchema"] = json.loads(os.environ["TINY_OUTPUT_SCHEMA"])
 
 
 def answer(message: dict) -> dict | None:

@@ -55,7 +55,7 @@ from workers.backends.errors import (
 from workers.backends.hangs import HangWatch, liveness_probe
 from workers.backends.health import EndpointHealth
 from workers.backends.listing import list_catalog
-from workers.backends.methods import FORWARDED
+from workers.backends.methods import FORWARDED, forward_unchecked
 from workers.backends.relay import Relay
 from workers.backends.transports import Opening, StderrPump, open_transport, watched
 from workers.backends.upstream_tasks import CALL_CHANNEL, UpstreamTasks
@@ -180,6 +180,7 @@ class BackendSession(HangWatch):
                     cm = self._portal.wrap_async_context_manager(self._new_client())
                     watchdog.start()
                     self._client = cm.__enter__()
+                    forward_unchecked(self._client)
                 except ConfigError as err:  # a ${VAR} the worker's environment lacks
                     self.health.failed(str(err))
                     raise BackendUnavailable(f"server {self.spec.name!r} cannot start: {err}") from err
