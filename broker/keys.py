@@ -21,6 +21,12 @@ def catalog(server: str) -> str:
     return f"{PREFIX}:catalog:{server}"
 
 
+def tool_vectors(server: str) -> str:
+    """JSON: the sentence vectors of the server's tools for the catalog digest they were computed from
+    (`broker.context.vectors`: a worker writes them after publishing the catalog, web processes read them)."""
+    return f"{PREFIX}:toolvectors:{server}"
+
+
 def result(call_id: str) -> str:
     """The one stored answer of a call (written once, with `answered`), kept while someone may still read it:
     the caller's session (until delivered, then briefly), the batch, or briefly for the reply hub's sweep."""

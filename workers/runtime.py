@@ -22,6 +22,7 @@ from celery import signals
 from broker import keys, reload
 from broker.catalog import store_server_catalog
 from broker.config import BrokerConfig, ConfigError
+from broker.context import vectors
 from broker.redisconn import get_redis
 from workers import control
 from workers.app import app
@@ -70,6 +71,7 @@ def refresh_catalog_now(server: str) -> None:
             listing = backend_pool().portal.call(session.list_catalog, spec.settings.timeout_s)
             store_server_catalog(get_redis(), server, listing)
             log.info("catalog of %s published: %d tools", server, len(listing["tools"]))
+            vectors.publish_in_background(get_redis(), server)  # for tool search: embedded once, here
             return
         except (BackendUnavailable, BackendRPCError, BackendTimeout) as err:
             log.warning("listing %s failed (attempt %d): %s", server, attempt + 1, err)

@@ -39,7 +39,9 @@ def search_section(s: dict[str, Any]) -> str:
                       if isinstance(r, dict))
     lines.append(f"   rankings alone on the tuned set, recall@1/@5 (in-process, same catalog): {ranks}")
     lines.append(f"   index build: whole catalog {offline['build_s']:.2f} s, after one server changed "
-                 f"{offline['rebuild_one_server_s']:.2f} s (on a native thread: the event loop keeps serving)")
+                 f"{offline['rebuild_one_server_s']:.2f} s (on a native thread: the event loop keeps serving); "
+                 f"the worker embedded every tool {offline.get('vectors_s', float('nan')):.0f} s after "
+                 f"the catalogs were out (once per catalog digest, kept in Redis)")
     return "\n".join(lines)
 
 

@@ -12,7 +12,8 @@ Measured, side by side in one run:
   ranking was tuned on) and `queries_heldout.json` (written after it was frozen); on the tuned set, the
   same measured in-process for each ranking alone (what the fusion buys); the search's latency (the
   first search of a cold web process builds the index);
-- the index's build cost in-process: whole catalog, and after one server changed.
+- the index's build cost in-process (with the vectors the worker published): whole catalog, and after
+  one server changed; how long the worker took to embed every tool after the catalogs were out.
 """
 
 from __future__ import annotations
@@ -84,6 +85,14 @@ class ContextStack:
                 self.stack.stop()
                 raise RuntimeError(f"catalogs not published; logs in {self.stack.log_dir}")
             time.sleep(0.5)
+        published = time.monotonic()
+        deadline = published + 1200  # the worker embeds every tool once (~70 ms each on 2 busy cores)
+        while not all(r.exists(f"{self.prefix}:toolvectors:{s}") for s in self.servers):
+            if time.monotonic() > deadline or not worker.alive():
+                self.stack.stop()
+                raise RuntimeError(f"tool vectors not published; logs in {self.stack.log_dir}")
+            time.sleep(0.5)
+        self.vectors_s = time.monotonic() - published
         del port
         self.stack.wait_web_ready(self.stack.web_ports[0])
         return self
@@ -174,8 +183,31 @@ def stack_recall(ctx: ContextStack, sets: dict[str, list[dict[str, Any]]]) -> di
     return out
 
 
-def offline_rankings(items: list[dict[str, Any]]) -> dict[str, Any]:  # the tuned set: what each part adds
-    """The index in this process over the same catalogs: build cost, and each ranking's recall alone."""
+def published_vectors(ctx: ContextStack, documents: dict[str, dict[str, Any]]) -> Any:
+    """A vector source (`IndexKeeper._build`) reading what the stack's worker published, for the same tools."""
+    from broker.context import vectors
+
+    r = ctx.stack.redis()
+
+    def source(wanted: list[tuple[str, str, int]]) -> dict[str, Any]:
+        found = {}
+        for server, _, count in wanted:
+            published = json.loads(r.get(f"{ctx.prefix}:catalog:{server}") or "{}")
+            if [t.get("name") for t in published.get("tools", [])] != [t.get("name") for t in
+                                                                          documents[server]["tools"]]:
+                raise RuntimeError(f"{server}: the served catalog is not the file's")
+            array = vectors.decode(r.get(f"{ctx.prefix}:toolvectors:{server}"), published["digest"], count)
+            if array is None:
+                raise RuntimeError(f"{server}: no tool vectors published")
+            found[server] = array
+        return found
+
+    return source
+
+
+def offline_rankings(ctx: ContextStack, items: list[dict[str, Any]]) -> dict[str, Any]:  # the tuned set
+    """The index in this process over the same catalogs (the vectors the stack's worker published): build
+    cost, and each ranking's recall alone."""
     from broker.context.index import words
     from broker.context.keeper import IndexKeeper
     from broker.context.thesaurus import expand
@@ -183,13 +215,13 @@ def offline_rankings(items: list[dict[str, Any]]) -> dict[str, Any]:  # the tune
     documents = {}
     for name in catalog_names():
         documents[name] = {"tools": json.loads(catalog_path(name).read_text())["tools"], "digest": "0"}
-    keeper, servers = IndexKeeper(), list(documents)
+    keeper, servers, source = IndexKeeper(), list(documents), published_vectors(ctx, documents)
     started = time.perf_counter()
-    index = keeper._build(keeper.identity(servers, documents), documents)
+    index = keeper._build(keeper.identity(servers, documents), documents, source)
     build_s = time.perf_counter() - started
     documents[servers[0]] = {**documents[servers[0]], "digest": "1"}
     started = time.perf_counter()
-    keeper._build(keeper.identity(servers, documents), documents)
+    keeper._build(keeper.identity(servers, documents), documents, source)
     rebuild_s = time.perf_counter() - started
 
     def recall(rank: Any) -> dict[str, float]:
@@ -210,9 +242,10 @@ def offline_rankings(items: list[dict[str, Any]]) -> dict[str, Any]:  # the tune
 def run(counts: Counts, redis_url: str) -> dict[str, Any]:
     del counts  # the same work in --quick: the catalog is what it is, and 307 searches take seconds
     sets = query_sets()
-    out: dict[str, Any] = {"offline": offline_rankings(sets["tuned"])}
+    out: dict[str, Any] = {}
     with ContextStack(redis_url) as ctx:
         out["servers"] = len(ctx.servers)
+        out["offline"] = {**offline_rankings(ctx, sets["tuned"]), "vectors_s": ctx.vectors_s}
         out["recall"] = stack_recall(ctx, sets)  # first: its first search builds the index (a search-mode
         # tools/list would start the build in the background and blur the ping measurement)
         out["list"] = {f"{key}_{mode or 'full'}": list_tokens(ctx, key, mode)

@@ -1,5 +1,5 @@
-"""The search index over the catalog: BM25 (`bm25s`) fused with embeddings (`wordllama`), on what a model
-needs to pick a tool.
+"""The search index over the catalog: BM25 (`bm25s`) fused with sentence embeddings (all-MiniLM-L6-v2,
+`broker.context.embeddings`), on what a model needs to pick a tool.
 
 One document per tool: its name and its server's name and title (split at `_`, `-`, `.` and camelCase,
 and counted twice: the words a request shares with a name matter most), its description, and its
@@ -80,7 +80,8 @@ def document_words(document: Document, server_title: str = "") -> list[str]:
 class SearchIndex:
     """Every tool of one catalog, ranked for a request by BM25 and embeddings fused.
 
-    `corpus[i]` is `document_words(documents[i])`; `vectors[i]` its unit vector (`embeddings.tool_text`).
+    `corpus[i]` is `document_words(documents[i])`; `vectors[i]` its unit vector (`embeddings.tool_text`)
+    where `present[i]` (its server's vectors are published: `broker.context.vectors`).
     A request is expanded with the tools' words (`thesaurus.expand`); the BM25 ranking and the embedding
     ranking (their best `CANDIDATES` each) are fused by reciprocal rank (k = `RRF_K`), then a tool whose
     name's words the request uses (`NAME_BOOST` x the share of them) or whose server it names
@@ -89,10 +90,11 @@ class SearchIndex:
     """
 
     def __init__(self, identity: Any, documents: list[Document], corpus: list[list[str]],
-                 vectors: np.ndarray) -> None:
+                 vectors: np.ndarray, present: np.ndarray | None = None) -> None:
         self.identity = identity
         self.documents = documents
         self._vectors = vectors
+        self._present = np.ones(len(documents), dtype=bool) if present is None else present
         self._names = [frozenset(words(document.tool)) for document in documents]
         self._servers = [frozenset(words(document.server)) for document in documents]
         self._bm25: bm25s.BM25 | None = None
@@ -114,11 +116,13 @@ class SearchIndex:
                       key=lambda i: (-float(scores[i]), documents[i].server, documents[i].tool))[:CANDIDATES]
 
     def semantic(self, query: str) -> list[int]:
-        """Positions of the `CANDIDATES` documents nearest the query's vector, best first."""
-        if not self.documents:
+        """Positions of the `CANDIDATES` documents nearest the query's vector, best first (documents whose
+        vectors are not published yet take no part)."""
+        if not self._present.any():
             return []
-        similarity = self._vectors @ embed([query])[0]
-        return [int(i) for i in np.argsort(-similarity, kind="stable")[:CANDIDATES]]
+        similarity = np.where(self._present, self._vectors @ embed([query])[0], -np.inf)
+        best = np.argsort(-similarity, kind="stable")[:CANDIDATES]
+        return [int(i) for i in best if self._present[i]]
 
     def ranked(self, query: str) -> list[int]:
         """Positions of the candidate documents, best first."""

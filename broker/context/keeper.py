@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from broker.context.embeddings import DIM, embed, tool_text
+from broker.context import vectors
+from broker.context.embeddings import DIM
 from broker.context.index import Document, SearchIndex, document_words
 
 if TYPE_CHECKING:
@@ -33,6 +35,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 Identity = tuple[tuple[str, str], ...]
+Wanted = list[tuple[str, str, int]]  # (server, digest, tool count)
+VectorSource = Callable[[Wanted], dict[str, np.ndarray]]
+RECHECK_S = 1.0  # while some servers' vectors are missing, how often a search looks for them in Redis
 
 
 def off_the_event_loop(work: Callable[[], T]) -> T:
@@ -53,8 +58,11 @@ class IndexKeeper:
 
     def __init__(self) -> None:
         self._index: SearchIndex | None = None
-        # (server, digest) → its tools' words and vectors: a change re-reads only the server that moved
-        self._kept: dict[tuple[str, str], tuple[list[list[str]], np.ndarray]] = {}
+        # (server, digest) → its tools' words: a change re-reads only the server that moved
+        self._kept: dict[tuple[str, str], list[list[str]]] = {}
+        self._vectors: dict[tuple[str, str], np.ndarray] = {}  # (server, digest) → its tools' vectors
+        self._missing: Wanted = []  # servers of the current index searched without vectors (none published yet)
+        self._checked = 0.0
         self._lock = threading.Lock()
 
     @staticmethod
@@ -68,14 +76,25 @@ class IndexKeeper:
         documents = catalog.documents  # replaced whole by each load: one consistent catalog
         identity = self.identity(list(catalog.config.servers), documents)
         current = self._index
-        if current is not None and current.identity == identity:
+        if current is not None and current.identity == identity and not self._vectors_arrived(catalog):
             return current
         with self._lock:  # one build at a time; who waited finds it done
             current = self._index
-            if current is None or current.identity != identity:
-                current = off_the_event_loop(lambda: self._build(identity, documents))
+            if current is None or current.identity != identity or self._missing:
+                wanted = [(server, digest, len(documents[server].get("tools", []))) for server, digest in identity
+                          if (server, digest) not in self._vectors]
+                published = vectors.stored(catalog.redis, wanted)  # here: Redis I/O belongs to the event loop
+                current = off_the_event_loop(lambda: self._build(identity, documents, lambda _: published))
                 self._index = current
         return current
+
+    def _vectors_arrived(self, catalog: Catalog) -> bool:
+        """Whether vectors missing from the current index are in Redis now (looked up at most once a second)."""
+        missing, now = self._missing, time.monotonic()
+        if not missing or now - self._checked < RECHECK_S:
+            return False
+        self._checked = now
+        return bool(vectors.stored(catalog.redis, missing))
 
     def warm(self, catalog: Catalog) -> None:
         """Build in the background if nothing is built yet: called when a client is shown the search tool
@@ -89,24 +108,42 @@ class IndexKeeper:
         if self._index is not None:
             self.index(catalog)
 
-    def _build(self, identity: Identity, catalog_documents: dict[str, dict[str, Any]]) -> SearchIndex:
+    def _build(self, identity: Identity, catalog_documents: dict[str, dict[str, Any]],
+               source: VectorSource) -> SearchIndex:
+        """The index of these documents; vectors from `source` (Redis: `broker.context.vectors`) for the
+        servers not kept already, the others (none published yet) searched by BM25 alone."""
         documents: list[Document] = []
         corpus: list[list[str]] = []
-        vectors: list[np.ndarray] = []
-        kept: dict[tuple[str, str], tuple[list[list[str]], np.ndarray]] = {}
+        per_server: list[tuple[str, str, list[Document]]] = []
+        kept: dict[tuple[str, str], list[list[str]]] = {}
         for server, digest in identity:
             doc = catalog_documents[server]
             tools = [Document(server, str(tool.get("name", "")), tool) for tool in doc.get("tools", [])]
             info = doc.get("serverInfo") or {}
             title = f"{info.get('title') or ''} {info.get('description') or ''}"
-            server_kept = self._kept.get((server, digest))
-            if server_kept is None:
-                server_kept = ([document_words(tool, title) for tool in tools],
-                               embed([tool_text(server, tool.tool, tool.definition) for tool in tools]))
-            kept[(server, digest)] = server_kept
+            server_words = self._kept.get((server, digest))
+            if server_words is None:
+                server_words = [document_words(tool, title) for tool in tools]
+            kept[(server, digest)] = server_words
             documents += tools
-            corpus += server_kept[0]
-            vectors.append(server_kept[1])
-        self._kept = kept
-        matrix = np.concatenate(vectors) if vectors else np.zeros((0, DIM), dtype=np.float32)
-        return SearchIndex(identity, documents, corpus, matrix)
+            corpus += server_words
+            per_server.append((server, digest, tools))
+        found = {key: self._vectors[key] for key in kept if key in self._vectors}
+        wanted = [(server, digest, len(tools)) for server, digest, tools in per_server if (server, digest) not in found]
+        for server, array in source(wanted).items():
+            digest = next(d for s, d, _ in wanted if s == server)
+            found[(server, digest)] = array
+        matrix = np.zeros((len(documents), DIM), dtype=np.float32)
+        present = np.zeros(len(documents), dtype=bool)
+        start = 0
+        for server, digest, tools in per_server:
+            array = found.get((server, digest))
+            if array is not None and len(array) == len(tools):
+                matrix[start:start + len(tools)] = array
+                present[start:start + len(tools)] = True
+            start += len(tools)
+        self._kept, self._vectors = kept, found
+        self._missing = [(server, digest, len(tools)) for server, digest, tools in per_server
+                         if (server, digest) not in found and tools]
+        self._checked = time.monotonic()
+        return SearchIndex(identity, documents, corpus, matrix, present)
