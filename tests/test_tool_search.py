@@ -255,6 +255,46 @@ def test_the_query_sets_are_everyday_requests_labeled_with_real_tools(name: str)
             assert not any(sep in tool for sep in "_-") or tool.lower() not in entry["query"].lower(), entry
 
 
+# ---------------------------------------------------------------- sentence vectors, published by the worker
+def published_vectors(sstack: SearchStack, server: str) -> tuple[list[str], Any]:
+    """The texts of the server's published tools and the vectors the worker published for them (None until
+    it has, for the catalog's current digest)."""
+    from broker.context import vectors
+
+    r = sstack.stack.redis()
+    document = json.loads(r.get(f"{PREFIX}:catalog:{server}") or "{}")
+    texts = vectors.texts(server, document)
+    return texts, vectors.decode(r.get(f"{PREFIX}:toolvectors:{server}"), document.get("digest", ""), len(texts))
+
+
+def test_the_worker_publishes_tool_vectors_and_search_ranks_by_meaning_on_every_process(sstack: SearchStack) -> None:
+    from broker.context.embeddings import embed
+
+    deadline = time.monotonic() + 240  # one worker embeds ~100 tools, one server at a time
+    for server in config()["mcpServers"]:
+        texts, stored = published_vectors(sstack, server)
+        while stored is None:
+            assert time.monotonic() < deadline, f"no tool vectors for {server}; logs in {sstack.stack.log_dir}"
+            time.sleep(0.2)
+            texts, stored = published_vectors(sstack, server)
+        assert stored.shape == (len(texts), 384)
+        assert abs(stored - embed(texts)).max() < 1e-5  # the model's vectors of exactly these tools
+    # no word of this request is in any tool's name, description or parameters (BM25 finds nothing):
+    # only the vectors know that "how late is it" asks for the time
+    query = {"query": "how late is it in Sydney", "server": "time", "limit": 3}  # BM25 alone: no result at all
+    clients = [sstack.ws(query="?tools=search", index=i) for i in range(2)]
+    try:
+        firsts: list[list[str]] = []
+        while not firsts or any(f[:1] != ["time__get_current_time"] for f in firsts):
+            assert time.monotonic() < deadline + 30, firsts  # a process that built its index before the
+            firsts = [[t["name"] for t in found(c.call(SEARCH, query))] for c in clients]  # vectors looks again
+            time.sleep(0.2)
+        assert firsts[0] == firsts[1]  # both web processes rank alike
+    finally:
+        for client in clients:
+            client.close()
+
+
 # ---------------------------------------------------------------- a catalog change, on every web process
 def searchable_everywhere(sstack: SearchStack, query: dict[str, Any], wanted: str, timeout: float = 60) -> float:
     """Search on both web processes until `wanted` is a result on each; seconds from the first try."""
