@@ -9,7 +9,7 @@ PYTEST_ARGS ?= -q
 PYTHON      ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv deps run test lint procfile bench chaos conformance hosts install-check clean distclean
+.PHONY: help venv deps run test lint procfile bench soak chaos conformance hosts install-check clean distclean
 
 help:
 	@echo "make run        web + one worker per server (embedded Redis if none answers at \$$REDIS_URL)"
@@ -17,6 +17,7 @@ help:
 	@echo "make lint       ruff check"
 	@echo "make procfile   regenerate Procfile from mcp_servers.json"
 	@echo "make bench      benchmarks"
+	@echo "make soak       the suite's scale tests at full size (20,000 abandoned HTTP sessions)"
 	@echo "make chaos      fault scenarios at full size (worker/web/Redis kills, partition, hung backend): lost, duplicated, recovery"
 	@echo "make conformance  the official MCP conformance suites against /servers/conformance/mcp"
 	@echo "make hosts      install the MCP Inspector and mcp-remote (third-party hosts of the tests) into .conformance/hosts"
@@ -64,6 +65,10 @@ procfile: deps
 
 bench: deps
 	$(PY) -m bench
+
+# The default suite's scale tests at their issues' full size (the suite runs them smaller: same assertions).
+soak: deps
+	MCP_BROKER_TEST_ABANDONED_SESSIONS=20000 $(PY) -m pytest -q -p no:cacheprovider tests/test_auth_sessions.py -k abandoned -s
 
 # Each scenario starts its own private redis-server (AOF on): the Redis at $$REDIS_URL is never touched.
 chaos: deps

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anyio
@@ -167,6 +168,13 @@ def run_bridge(url: str, *extra: str, stdin: str = "", env: dict[str, str] | Non
                           cwd="/", env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 
 
+def run_bridges(runs: list[tuple[tuple[str, ...], dict[str, str]]]) -> list[subprocess.CompletedProcess[str]]:
+    """`run_bridge` for each (argv, env), all at once: each is a process of its own that spends ~1 CPU-s
+    importing the SDK, and they only wait on their broker, so running them together halves the wait."""
+    with ThreadPoolExecutor(len(runs)) as pool:
+        return list(pool.map(lambda run: run_bridge(*run[0], env=run[1]), runs))
+
+
 def test_the_bridge_answers_then_exits_0_when_the_host_closes_stdin(stack: Stack) -> None:
     initialize = ('{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", '
                   '"capabilities": {}, "clientInfo": {"name": "shell", "version": "1"}}}\n')
@@ -178,12 +186,12 @@ def test_the_bridge_answers_then_exits_0_when_the_host_closes_stdin(stack: Stack
 
 
 def test_an_unreachable_broker_or_a_bad_url_is_one_line_on_stderr(stack: Stack) -> None:
-    for url in (f"ws://127.0.0.1:{free_port()}/mcp", f"http://127.0.0.1:{free_port()}/mcp"):
-        done = run_bridge(url)
+    unreachable = [f"ws://127.0.0.1:{free_port()}/mcp", f"http://127.0.0.1:{free_port()}/mcp"]
+    *refused, bad_scheme = run_bridges([((url,), {}) for url in [*unreachable, "ftp://127.0.0.1/mcp"]])
+    for done in refused:
         assert done.returncode == 1
         assert "cannot reach the broker" in done.stderr and "Traceback" not in done.stderr
-    done = run_bridge("ftp://127.0.0.1/mcp")
-    assert done.returncode == 2 and "expected ws://, wss://, http:// or https://" in done.stderr
+    assert bad_scheme.returncode == 2 and "expected ws://, wss://, http:// or https://" in bad_scheme.stderr
 
 
 def test_a_bad_key_is_refused_at_start_and_the_right_one_from_the_environment_works(stack: Stack) -> None:
@@ -191,11 +199,12 @@ def test_a_bad_key_is_refused_at_start_and_the_right_one_from_the_environment_wo
     stack.start_web(port, env={"MCP_BROKER_API_KEYS": "desk:desk-key"})
     try:
         stack.wait_web_ready(port)
-        for url in (f"ws://127.0.0.1:{port}/mcp", f"http://127.0.0.1:{port}/mcp"):
-            for extra, env in ((("--key", "wrong"), {}), ((), {"MCP_BROKER_KEY": "wrong"}), ((), {})):
-                done = run_bridge(url, *extra, env=env)
-                assert done.returncode == 1, done.stderr
-                assert "refused the connection: HTTP 401" in done.stderr and "Traceback" not in done.stderr
+        urls = (f"ws://127.0.0.1:{port}/mcp", f"http://127.0.0.1:{port}/mcp")
+        wrong = ((("--key", "wrong"), {}), ((), {"MCP_BROKER_KEY": "wrong"}), ((), {}))
+        for done in run_bridges([((url, *extra), env) for url in urls for extra, env in wrong]):
+            assert done.returncode == 1, done.stderr
+            assert "refused the connection: HTTP 401" in done.stderr and "Traceback" not in done.stderr
+        for url in urls:
 
             async def scenario(target: str = url) -> None:
                 async with host(bridge(target, env={"MCP_BROKER_KEY": "desk-key"})) as client:
