@@ -23,10 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import serial
 from bench.settings import FULL, QUICK, Counts
 from bench.stack import BENCH_DIR, BenchStack, running_stack
 
-SCENARIOS = ("overhead", "throughput", "connections", "peers", "context", "context_results")
+SCENARIOS = ("overhead", "throughput", "connections", "peers", "own_cpu", "serial", "context", "context_results")
 RESULTS = BENCH_DIR / "results"
 
 
@@ -50,13 +51,15 @@ def parse_only(values: list[str] | None) -> list[str]:
 
 def run_scenario(name: str, stack: BenchStack, counts: Counts, redis_url: str) -> dict[str, Any]:
     """One scenario; a failure is recorded in the results instead of losing the others."""
-    from bench import connections, context, context_results, overhead, peers, throughput
+    from bench import connections, context, context_results, overhead, own_cpu, peers, throughput
 
     runners: dict[str, Callable[[], dict[str, Any]]] = {
         "overhead": lambda: overhead.run(stack, counts),
         "throughput": lambda: throughput.run(stack, counts, redis_url),
         "connections": lambda: connections.run(stack, counts),
         "peers": lambda: peers.run(stack, counts),
+        "own_cpu": lambda: own_cpu.run(counts),
+        "serial": lambda: serial.run(stack, counts),
         "context": lambda: context.run(counts, redis_url),
         "context_results": lambda: context_results.run(redis_url),
     }
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }}
     started = time.monotonic()
-    with running_stack(args.redis_url) as stack:
+    with running_stack(args.redis_url, workers={serial.SERVER: 0}) as stack:
         redis_url = stack.stack.redis_url
         results["meta"]["redis_url"] = redis_url
         for name in chosen:

@@ -14,7 +14,7 @@ import itertools
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -40,20 +40,30 @@ async def sdk_session() -> AsyncIterator[Client]:
         yield client
 
 
-async def sdk_sequential(client: Client, count: int, tool: str = "echo") -> PipelineResult:
-    """`count` calls one after the other with any SDK client (direct stdio, the broker, a peer)."""
+Arguments = Callable[[int], dict[str, Any]]
+
+
+def _text(i: int) -> dict[str, Any]:
+    return {"text": str(i)}
+
+
+async def sdk_sequential(client: Client, count: int, tool: str = "echo", arguments: Arguments = _text
+                         ) -> PipelineResult:
+    """`count` calls one after the other with any SDK client (direct stdio, the broker, a peer); `arguments`
+    of the i-th call (default: echo's `text`)."""
     latencies: list[float] = []
     errors = 0
     start = time.perf_counter()
     for _ in range(count):
         t0 = time.perf_counter()
-        result = await client.call_tool(tool, {"text": "x"})
+        result = await client.call_tool(tool, arguments(0))
         latencies.append(time.perf_counter() - t0)
         errors += bool(result.is_error)
     return PipelineResult(time.perf_counter() - start, latencies, errors)
 
 
-async def sdk_pipelined(client: Client, count: int, window: int, tool: str = "echo") -> PipelineResult:
+async def sdk_pipelined(client: Client, count: int, window: int, tool: str = "echo", arguments: Arguments = _text
+                        ) -> PipelineResult:
     """`count` calls with `window` in flight over the one session (the SDK matches replies by id)."""
     latencies: list[float] = []
     errors = 0
@@ -63,7 +73,7 @@ async def sdk_pipelined(client: Client, count: int, window: int, tool: str = "ec
         nonlocal errors
         while (i := next(counter)) < count:
             t0 = time.perf_counter()
-            result = await client.call_tool(tool, {"text": str(i)})
+            result = await client.call_tool(tool, arguments(i))
             latencies.append(time.perf_counter() - t0)
             errors += bool(result.is_error)
 

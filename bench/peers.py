@@ -3,9 +3,10 @@
 Peers come from the public registries and live in the bench's own environments, never in
 the broker's: `mcp-proxy` (PyPI; stdio → Streamable HTTP/SSE, Python) in bench/.peers-venv
 and `supergateway` (npm; stdio → WebSocket/SSE/Streamable HTTP, Node) in bench/.peers-node.
-Each peer is driven by the same client kind as its broker baseline, so the ratio compares
+Each peer is driven by the same client and transport as its broker baseline, so the ratio compares
 gateways, not clients: supergateway's WebSocket with the raw WebSocket client, mcp-proxy's
-Streamable HTTP with the SDK client (the broker then through `AsyncMCPBrokerClient`).
+Streamable HTTP with the SDK client `mcp.Client` (the broker then on `/servers/echo/mcp`); the broker's
+WebSocket through the SDK (`AsyncMCPBrokerClient`) is shown too.
 """
 
 from __future__ import annotations
@@ -163,7 +164,10 @@ def run(stack: BenchStack, counts: Counts, log: Callable[[str], object] = print)
     broker_raw = _measure(seq, pipe, name="mcp-broker (1 worker)", transport="WebSocket", client="raw ws")
     seq, pipe = asyncio.run(_sdk(lambda: _broker_sdk_client(stack.ws_url), UNCACHED_TOOL, counts))
     broker_sdk = _measure(seq, pipe, name="mcp-broker (1 worker)", transport="WebSocket", client="mcp SDK")
-    out["rows"] += [broker_raw, broker_sdk]
+    endpoint = f"{stack.http_url}/servers/echo/mcp"  # tools unprefixed, as behind mcp-proxy
+    seq, pipe = asyncio.run(_sdk(lambda: Client(endpoint, mode="legacy"), "echo", counts))
+    broker_http = _measure(seq, pipe, name="mcp-broker (1 worker)", transport="Streamable HTTP", client="mcp SDK")
+    out["rows"] += [broker_raw, broker_sdk, broker_http]
 
     problem = install_node_peers(log)
     if problem:
@@ -188,12 +192,13 @@ def run(stack: BenchStack, counts: Counts, log: Callable[[str], object] = print)
             url = f"http://127.0.0.1:{port}/mcp"
             seq, pipe = asyncio.run(_sdk(lambda: Client(url, mode="legacy"), "echo", counts))
         out["rows"].append(_measure(seq, pipe, name="mcp-proxy 0.13.0 (PyPI)", transport="Streamable HTTP",
-                                    client="mcp SDK", vs=broker_sdk))
+                                    client="mcp SDK", vs=broker_http))
     for row in out["rows"]:
         base = row.pop("vs", None)
         if base is not None:
-            row["baseline"] = f"{base['name']}, {base['client']}"
+            row["baseline"] = f"{base['name']}, {base['transport']}, {base['client']}"
             row["p50_vs_broker"] = ratio(row["p50_ms"], base["p50_ms"])
             row["calls_per_s_vs_broker"] = ratio(row["calls_per_s"], base["calls_per_s"])
-        log(f"  {row['name']} ({row['client']}): p50 {row['p50_ms']:.2f} ms, {row['calls_per_s']:.0f} calls/s")
+        log(f"  {row['name']} ({row['transport']}, {row['client']}): p50 {row['p50_ms']:.2f} ms, "
+            f"{row['calls_per_s']:.0f} calls/s")
     return out

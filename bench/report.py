@@ -6,14 +6,16 @@ Kept apart from the scenarios so the JSON in bench/results/latest.json can be re
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 from pathlib import Path
 from typing import Any
 
-from bench import context_results
+from bench import context_results, own_cpu, serial
 from bench.context import report as context_report
+from bench.fmt import num as _num
+from bench.fmt import table
+from bench.fmt import x as _x
 from bench.stats import ratio
 
 GIB = 1024.0
@@ -44,30 +46,6 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
-
-
-# ---------------------------------------------------------------- formatting
-def _num(value: Any, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if isinstance(value, bool):
-        return "yes" if value else "NO"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return str(value)
-
-
-def _x(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}x"
-
-
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    cells = [[_num(c) if not isinstance(c, str) else c for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
-    rule = "  ".join("-" * w for w in widths)
-    body = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join([line, rule, *body])
 
 
 # ---------------------------------------------------------------- sections
@@ -207,6 +185,17 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         add(f"{biggest['sockets']:,} sockets held, web RSS (MiB)", biggest["web_rss_peak_mib"],
             "all connected, < 1 GiB (target is 2,000)", ok,
             f"all connected: {biggest['all_stayed_connected']}")
+    p = results.get("peers") or {}
+    for row in p.get("rows", []):
+        if "calls_per_s_vs_broker" in row:  # peer / broker; the target is broker / peer
+            value = ratio(1.0, row["calls_per_s_vs_broker"])
+            add(f"trivial calls/s, broker / {row['name'].split()[0]} ({row['transport']})", value, ">= 1.0x",
+                value is not None and value >= 1.0, f"{row['calls_per_s'] * (value or 0):.0f} vs "
+                f"{row['calls_per_s']:.0f} calls/s, 64 in flight ({row['baseline']} vs the peer)")
+    for key, module in (("own_cpu", own_cpu), ("serial", serial)):
+        section = results.get(key) or {}
+        if "error" not in section:
+            module.targets(section, add)
     context_report.targets(results.get("context") or {}, add)
     return out
 
@@ -253,13 +242,14 @@ def notes(results: dict[str, Any]) -> str:
 def render(results: dict[str, Any]) -> str:
     parts = [f"mcp-broker bench ({results['meta']['mode']} run, {results['meta'].get('duration_s', 0):.0f} s)"]
     sections = [("overhead", overhead_section), ("throughput", throughput_section),
-                ("connections", connections_section), ("peers", peers_section), ("context", context_report.render),
+                ("connections", connections_section), ("peers", peers_section), ("own_cpu", own_cpu.render),
+                ("serial", serial.render), ("context", context_report.render),
                 ("context_results", context_results.render)]
     for key, fn in sections:
         value = results.get(key)
         if value is None:
             continue
-        if "error" in value and len(value) == 1:
+        if "error" in value and set(value) <= {"error", "duration_s"}:  # the scenario failed (run_scenario)
             parts.append(f"{key}: FAILED: {value['error']}")
             continue
         parts.append(fn(value))

@@ -27,6 +27,13 @@ class Counts:
     # 4. peers: sequential calls, then pipelined calls with `direct_window` in flight
     peer_sequential: int = 500
     peer_calls: int = 2000
+    # 5. own_cpu: per path and era, sequential calls (p50 vs direct), then calls with `direct_window` in flight
+    own_cpu_sequential: int = 300
+    own_cpu_calls: int = 1500
+    # 6. serial: a backend serving one `block` call at a time; calls per worker process (and for the direct rate)
+    serial_block_ms: float = 10.0
+    serial_calls_per_worker: int = 300
+    serial_workers: tuple[int, ...] = (1, 2, 4)
 
 
 FULL = Counts()
@@ -43,4 +50,8 @@ QUICK = Counts(
     call_interval_s=2.0,
     peer_sequential=100,
     peer_calls=500,
+    own_cpu_sequential=30,
+    own_cpu_calls=200,
+    serial_calls_per_worker=100,
+    serial_workers=(1, 2),
 )

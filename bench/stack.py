@@ -154,7 +154,8 @@ async def session_call(url: str, tool: str) -> int:
 @contextlib.contextmanager
 def running_stack(redis_url: str | None = None, config: Path = BENCH_CONFIG, workers: dict[str, int] | None = None,
                   announce: bool = True) -> Iterator[BenchStack]:
-    """Redis + web + workers, ready (catalogs published, backends warm) when yielded; all stopped after."""
+    """Redis + web + workers (`workers`: how many per server, default 1; 0 leaves a server for its scenario to
+    start), ready (catalogs published, backends warm) when yielded; all stopped after."""
     url = redis_url or os.environ.get("MCP_BROKER_BENCH_REDIS_URL") or DEFAULT_REDIS_URL
     say = print if announce else (lambda _msg: None)
     with ensure_redis(url, announce=say) as live_url:
@@ -164,11 +165,12 @@ def running_stack(redis_url: str | None = None, config: Path = BENCH_CONFIG, wor
         stack = Stack(live_url, config_path=config)
         bench = BenchStack(stack)
         try:
+            started = [server for server in stack.servers if (workers or {}).get(server, 1) > 0]
             for server in stack.servers:
                 bench.scale(server, (workers or {}).get(server, 1))
             stack.start_web()
-            stack.wait_for_catalog()
-            for server in stack.servers:
+            stack.wait_for_catalog(started)
+            for server in started:
                 bench.warm(server)
             yield bench
         finally:

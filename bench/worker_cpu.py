@@ -136,22 +136,29 @@ def run_once(tree: Path, calls: int, window: int = 64) -> dict[str, Any]:
     backend transport."""
     os.chdir(tree)
     sys.path.insert(0, str(tree))
-    import psutil
-
-    from bench.cpu import CPUMeter, redis_server_process
     from bench.stack import running_stack
 
     out: dict[str, Any] = {}
     with probe_backends(tree) as (config, http), running_stack(NO_REDIS, config=config, announce=False) as stack:
         for server in SERVERS:
-            worker = psutil.Process(stack.worker_pids(server)[0])
-            backend = (worker.children(recursive=True) if server == "pstdio" else [psutil.Process(http.pid)])
-            meter = CPUMeter(lambda w=worker, b=backend: {
-                "worker": [w], "web": stack.web_processes(), "backend": b,
-                "redis": [p for p in [redis_server_process(stack.stack.redis_url)] if p]},
-                messages=lambda s=server: stack.queue_messages(s))
+            meter = tier_meter(stack, server, http)
             out[server] = asyncio.run(_measure(stack.ws_url, f"{server}__whoami", calls, window, meter))
     return out
+
+
+def tier_meter(stack: Any, server: str, http: subprocess.Popen[bytes]) -> Any:
+    """A `CPUMeter` of `server`'s tiers on a `probe_backends` stack: its (first) worker process, the web, the
+    stack's Redis and the backend (the worker's stdio child for `pstdio`, the HTTP server `http` for `phttp`)."""
+    import psutil
+
+    from bench.cpu import CPUMeter, redis_server_process
+
+    worker = psutil.Process(stack.worker_pids(server)[0])
+    backend = worker.children(recursive=True) if server == "pstdio" else [psutil.Process(http.pid)]
+    return CPUMeter(lambda: {
+        "worker": [worker], "web": stack.web_processes(), "backend": backend,
+        "redis": [p for p in [redis_server_process(stack.stack.redis_url)] if p]},
+        messages=lambda: stack.queue_messages(server))
 
 
 async def _measure(url: str, tool: str, calls: int, window: int, meter: Any) -> dict[str, Any]:

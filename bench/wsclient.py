@@ -21,6 +21,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
 PROTOCOL_VERSION = "2025-11-25"
+MODERN_VERSION = "2026-07-28"
+MODERN_ENVELOPE = {"io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+                   "io.modelcontextprotocol/clientCapabilities": {},
+                   "io.modelcontextprotocol/clientInfo": {"name": "mcp-broker-bench", "version": "1"}}
+"""What a modern-era request carries in its `_meta` instead of a handshake (the broker reads the era per request)."""
 MAX_FRAME = 16 * 1024 * 1024
 
 
@@ -43,10 +48,13 @@ class PipelineResult:
         return len(self.latencies_s) / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
-def call_frame(request_id: int, tool: str, arguments: dict[str, Any]) -> str:
-    """One `tools/call` request as the text frame the broker expects."""
-    return json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
-                       "params": {"name": tool, "arguments": arguments}}, separators=(",", ":"))
+def call_frame(request_id: int, tool: str, arguments: dict[str, Any], meta: dict[str, Any] | None = None) -> str:
+    """One `tools/call` request as the text frame the broker expects (`meta`: the modern era's envelope)."""
+    params: dict[str, Any] = {"name": tool, "arguments": arguments}
+    if meta is not None:
+        params["_meta"] = meta
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params},
+                      separators=(",", ":"))
 
 
 def failure_of(message: dict[str, Any]) -> str | None:
@@ -61,21 +69,23 @@ def failure_of(message: dict[str, Any]) -> str | None:
 
 
 class RawSession:
-    """One initialized MCP session over one WebSocket, driven by hand."""
+    """One MCP session over one WebSocket, driven by hand: initialized (the handshake era), or with every
+    request in the modern era's envelope (`era="modern"`: no handshake, the socket carries no state)."""
 
-    def __init__(self, ws: ClientConnection) -> None:
+    def __init__(self, ws: ClientConnection, meta: dict[str, Any] | None = None) -> None:
         self.ws = ws
+        self.meta = meta
         self._ids = itertools.count(1)
         self.init_result: dict[str, Any] = {}
 
     @classmethod
     async def open(cls, url: str, subprotocol: str | None = "mcp", initialize: bool = True,
-                   open_timeout: float = 30.0) -> RawSession:
+                   open_timeout: float = 30.0, era: str = "handshake") -> RawSession:
         protocols = [Subprotocol(subprotocol)] if subprotocol else None
         ws = await connect(url, subprotocols=protocols, open_timeout=open_timeout, max_size=MAX_FRAME,
                            compression=None, ping_interval=None)
-        session = cls(ws)
-        if initialize:
+        session = cls(ws, MODERN_ENVELOPE if era == "modern" else None)
+        if initialize and session.meta is None:
             session.init_result = await session.request("initialize", {
                 "protocolVersion": PROTOCOL_VERSION, "capabilities": {},
                 "clientInfo": {"name": "mcp-broker-bench", "version": "1"},
@@ -96,8 +106,8 @@ class RawSession:
         """Send one request and wait for its response (other frames are skipped); its result."""
         request_id = next(self._ids)
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
-        if params is not None:
-            message["params"] = params
+        if params is not None or self.meta is not None:
+            message["params"] = {**(params or {}), **({"_meta": self.meta} if self.meta is not None else {})}
         await self.ws.send(json.dumps(message, separators=(",", ":")))
         async with asyncio.timeout(timeout):
             while True:
@@ -120,7 +130,7 @@ class RawSession:
         errors, first = 0, None
         start = time.perf_counter()
         for i in range(count):
-            frame = call_frame(next(self._ids), tool, arguments(i))
+            frame = call_frame(next(self._ids), tool, arguments(i), self.meta)
             t0 = time.perf_counter()
             await self.ws.send(frame)
             async with asyncio.timeout(timeout):
@@ -148,7 +158,7 @@ class RawSession:
         async def send_next() -> None:
             nonlocal next_index
             request_id = base + next_index
-            frame = call_frame(request_id, tool, arguments(next_index))
+            frame = call_frame(request_id, tool, arguments(next_index), self.meta)
             next_index += 1
             sent_at[request_id] = time.perf_counter()
             await self.ws.send(frame)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 
 TOOLS = [{"name": os.environ.get("TINY_TOOL_NAME", "echo"), "description": "Return the text and this process's pid.",
           "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}}]
@@ -20,7 +21,15 @@ if os.environ.get("TINY_OUTPUT_SCHEMA"):
     TOOLS[0]["outputSchema"] = json.loads(os.environ["TINY_OUTPUT_SCHEMA"])
 
 
-def answer(message: dict) -> dict | None:
+def echo_call(name: str, arguments: dict) -> dict:
+    """The one tool: its text back, with this process's pid (tests tell replicas apart by it)."""
+    text = str(arguments.get("text", ""))
+    return {"content": [{"type": "text", "text": text}], "structuredContent": {"text": text, "pid": os.getpid()},
+            "isError": False}
+
+
+def answer(message: dict, tools: list[dict] = TOOLS, call: Callable[[str, dict], dict] = echo_call) -> dict | None:
+    """The reply to one message (None for a notification); `tools` and `call` let another server reuse it."""
     method, request_id = message.get("method"), message.get("id")
     if request_id is None:
         return None  # a notification
@@ -31,31 +40,34 @@ def answer(message: dict) -> dict | None:
     elif method == "ping":
         result = {}
     elif method == "tools/list":
-        result = {"tools": TOOLS}
+        result = {"tools": tools}
     elif method == "tools/call":
-        text = str(((message.get("params") or {}).get("arguments") or {}).get("text", ""))
-        result = {"content": [{"type": "text", "text": text}], "structuredContent": {"text": text, "pid": os.getpid()},
-                  "isError": False}
+        params = message.get("params") or {}
+        result = call(str(params.get("name", "")), params.get("arguments") or {})
     else:
         return {"jsonrpc": "2.0", "id": request_id, "error": {"code": -32601, "message": f"Method not found: {method}"}}
     return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+
+def serve(reply_to: Callable[[dict], dict | None] = answer, hang: bool = False) -> None:
+    """Read a message a line, answer it, then read the next: one call at a time, by construction."""
+    for line in sys.stdin:
+        if hang:
+            continue
+        try:
+            reply = reply_to(json.loads(line))
+        except ValueError:
+            continue
+        if reply is not None:
+            sys.stdout.write(json.dumps(reply) + "\n")
+            sys.stdout.flush()
 
 
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--exit-at-start":
         print("tiny: refusing to start (no credentials configured)", file=sys.stderr, flush=True)
         sys.exit(int(sys.argv[2]))
-    hang = "--hang" in sys.argv
-    for line in sys.stdin:
-        if hang:
-            continue
-        try:
-            reply = answer(json.loads(line))
-        except ValueError:
-            continue
-        if reply is not None:
-            sys.stdout.write(json.dumps(reply) + "\n")
-            sys.stdout.flush()
+    serve(hang="--hang" in sys.argv)
 
 
 if __name__ == "__main__":
