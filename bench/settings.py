@@ -51,7 +51,7 @@ QUICK = Counts(
     peer_sequential=100,
     peer_calls=500,
     own_cpu_sequential=30,
-    own_cpu_calls=200,
+    own_cpu_calls=120,
     serial_calls_per_worker=100,
     serial_workers=(1, 2),
 )

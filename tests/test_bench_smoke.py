@@ -1,4 +1,5 @@
-"""Smoke test of the benchmarks: `python -m bench --quick --only overhead` runs and writes sane JSON.
+"""Smoke tests of the benchmarks: `python -m bench --quick --only overhead` (and `--only own_cpu,serial`, issue 19's
+rows) run and write sane JSON.
 
 No timing assertions (the box is shared and small): only that every variant produced positive
 latencies without errors, that the cache verdict is recorded, and that the table renders.
@@ -41,3 +42,33 @@ def test_overhead_scenario_writes_results(tmp_path: Path) -> None:
     if cache["implemented"]:
         assert cached["p50_ms"] > 0 and cached["errors"] == 0
     assert "1. Overhead" in proc.stdout and "Targets" in proc.stdout
+
+
+def test_issue19_rows_run_and_reach_the_targets_table(tmp_path: Path) -> None:
+    """The own-CPU rows (both paths, both eras) and the serial-backend rows run and land in the Targets table."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "own_cpu,serial", "--out", str(out),
+         "--redis-url", BENCH_REDIS_URL],
+        cwd=ROOT, capture_output=True, text=True, timeout=360, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = json.loads(out.read_text())
+    own = results["own_cpu"]
+    assert "error" not in own, own
+    assert {(r["path"], r["era"]) for r in own["rows"]} == {
+        (path, era) for path in ("WebSocket + stdio backend", "Streamable HTTP + Streamable HTTP backend")
+        for era in ("handshake", "modern")}
+    for row in own["rows"]:
+        assert row["errors"] == 0, (row["path"], row["era"], row["first_error"])
+        assert row["own_cpu_ms_per_call"] > 0 and row["calls_per_s"] > 0 and row["direct_calls_per_s"] > 0, row
+        assert row["direct_p50_ms"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"], row
+    serial = results["serial"]
+    assert "error" not in serial, serial
+    assert serial["backend_calls_per_s"] > 0
+    assert [r["workers"] for r in serial["rows"]] == list(results["meta"]["counts"]["serial_workers"])
+    for row in serial["rows"]:
+        assert row["errors"] == 0 and row["calls_per_s"] > 0, row
+    for heading in ("5. The broker's own CPU", "6. Serial backend", "own CPU per call, HTTP + HTTP, modern",
+                    "serial backend, 2 worker(s)"):
+        assert heading in proc.stdout, heading
