@@ -1,7 +1,7 @@
 """`python -m bench` (= `make bench`): start a broker, run the scenarios, print the table, save the JSON.
 
-    python -m bench                      # everything, ~6-9 min on 2 cores
-    python -m bench --quick              # small counts (CI smoke), ~1-2 min
+    python -m bench                      # everything, ~9-14 min on 2 cores (quiet to busy hour)
+    python -m bench --quick              # small counts (CI smoke), ~3-5 min
     python -m bench --only overhead      # one scenario (repeat --only, or comma-separate, for more)
     python -m bench --profile            # also sample the broker with py-spy (bench/results/profile-*.txt)
     python -m bench --render FILE        # re-print a saved results file
@@ -77,7 +77,7 @@ def run_scenario(name: str, stack: BenchStack, counts: Counts, redis_url: str) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small counts (~1-2 min), for CI smoke runs")
+    parser.add_argument("--quick", action="store_true", help="small counts (~3-5 min), for CI smoke runs")
     parser.add_argument("--only", action="append", metavar="SCENARIO", help=f"one of {', '.join(SCENARIOS)}")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json", help="where the raw JSON goes")
     parser.add_argument("--redis-url", help="Redis to use (default $MCP_BROKER_BENCH_REDIS_URL or local db 14)")

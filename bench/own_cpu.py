@@ -55,7 +55,7 @@ async def _sdk_runs(connect: Callable[[], AbstractAsyncContextManager[Client]], 
     async with connect() as client:
         await sdk_sequential(client, counts.warmup, tool, _none)
         seq = await sdk_sequential(client, counts.own_cpu_sequential, tool, _none)
-        await sdk_pipelined(client, min(300, counts.own_cpu_calls), counts.direct_window, tool, _none)
+        await sdk_pipelined(client, min(200, counts.own_cpu_calls), counts.direct_window, tool, _none)
         if meter is not None:
             meter.start()
         pipe = await sdk_pipelined(client, counts.own_cpu_calls, counts.direct_window, tool, _none)
@@ -69,7 +69,7 @@ async def _ws_runs(url: str, era: str, counts: Counts, meter: CPUMeter
         tool = f"pstdio__{TOOL}"
         await session.sequential(tool, _none, counts.warmup)
         seq = await session.sequential(tool, _none, counts.own_cpu_sequential)
-        await session.pipelined(tool, _none, min(300, counts.own_cpu_calls), counts.direct_window, DEADLINE_S)
+        await session.pipelined(tool, _none, min(200, counts.own_cpu_calls), counts.direct_window, DEADLINE_S)
         meter.start()
         pipe = await session.pipelined(tool, _none, counts.own_cpu_calls, counts.direct_window, DEADLINE_S)
         return seq, pipe, meter.stop(counts.own_cpu_calls, pipe.elapsed_s)

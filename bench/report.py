@@ -191,7 +191,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             value = ratio(1.0, row["calls_per_s_vs_broker"])
             add(f"trivial calls/s, broker / {row['name'].split()[0]} ({row['transport']})", value, ">= 1.0x",
                 value is not None and value >= 1.0, f"{row['calls_per_s'] * (value or 0):.0f} vs "
-                f"{row['calls_per_s']:.0f} calls/s, 64 in flight ({row['baseline']} vs the peer)")
+                f"{row['calls_per_s']:.0f} calls/s, 64 in flight, {row['client']} client, broker 1 worker")
     for key, module in (("own_cpu", own_cpu), ("serial", serial)):
         section = results.get(key) or {}
         if "error" not in section:

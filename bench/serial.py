@@ -95,6 +95,6 @@ def render(result: dict[str, Any]) -> str:
 def targets(result: dict[str, Any], add: Callable[..., None]) -> None:
     for r in result.get("rows", []):
         share = TARGET_SHARE * r["counted_workers"]
-        add(f"serial backend, {r['workers']} worker(s): calls/s / one backend's", r["vs_backend"],
+        add(f"serial backend, {r['workers']} worker(s) / one backend (calls/s)", r["vs_backend"],
             f">= {share:.2f}x ({TARGET_SHARE} x {r['counted_workers']})", r["met"] and not r["errors"],
             f"{r['calls_per_s']:.0f} vs {result['backend_calls_per_s']:.0f} calls/s")

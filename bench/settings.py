@@ -1,4 +1,4 @@
-"""How much each scenario does: the full run (under 10 minutes here) and `--quick` (CI smoke, ~1-2 min)."""
+"""How much each scenario does: the full run (~9-14 minutes here) and `--quick` (smoke, ~3-5 min)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class Counts:
     peer_calls: int = 2000
     # 5. own_cpu: per path and era, sequential calls (p50 vs direct), then calls with `direct_window` in flight
     own_cpu_sequential: int = 300
-    own_cpu_calls: int = 1500
+    own_cpu_calls: int = 1000
     # 6. serial: a backend serving one `block` call at a time; calls per worker process (and for the direct rate)
     serial_block_ms: float = 10.0
     serial_calls_per_worker: int = 300
