@@ -23,7 +23,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import serial
 from bench.settings import FULL, QUICK, Counts
 from bench.stack import BENCH_DIR, BenchStack, running_stack
 
@@ -51,7 +50,7 @@ def parse_only(values: list[str] | None) -> list[str]:
 
 def run_scenario(name: str, stack: BenchStack, counts: Counts, redis_url: str) -> dict[str, Any]:
     """One scenario; a failure is recorded in the results instead of losing the others."""
-    from bench import connections, context, context_results, overhead, own_cpu, peers, throughput
+    from bench import connections, context, context_results, overhead, own_cpu, peers, serial, throughput
 
     runners: dict[str, Callable[[], dict[str, Any]]] = {
         "overhead": lambda: overhead.run(stack, counts),
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }}
     started = time.monotonic()
-    with running_stack(args.redis_url, workers={serial.SERVER: 0}) as stack:
+    with running_stack(args.redis_url) as stack:
         redis_url = stack.stack.redis_url
         results["meta"]["redis_url"] = redis_url
         for name in chosen:

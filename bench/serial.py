@@ -25,7 +25,7 @@ from bench.stack import ROOT, BenchStack
 from bench.stats import summarize_ms
 from bench.wsclient import RawSession
 
-SERVER = "serial"  # in bench/mcp_servers.bench.json, started with no worker: this scenario scales it
+SERVER = "serial"  # in bench/mcp_servers.bench.json; no worker until this scenario scales it (stack.ON_DEMAND)
 SERIAL_SERVER = ROOT / "examples" / "servers" / "serial.py"
 WINDOW = 64
 DEADLINE_S = 300.0

@@ -24,6 +24,8 @@ from tests.stack import Proc, Stack
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 BENCH_CONFIG = BENCH_DIR / "mcp_servers.bench.json"
+ON_DEMAND = {"serial": 0}
+"""Servers of the bench config that run no worker until their scenario scales them (bench/serial.py)."""
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
 """A database of its own (tests use 15, `make run` 0): the bench flushes it at start."""
 
@@ -154,8 +156,8 @@ async def session_call(url: str, tool: str) -> int:
 @contextlib.contextmanager
 def running_stack(redis_url: str | None = None, config: Path = BENCH_CONFIG, workers: dict[str, int] | None = None,
                   announce: bool = True) -> Iterator[BenchStack]:
-    """Redis + web + workers (`workers`: how many per server, default 1; 0 leaves a server for its scenario to
-    start), ready (catalogs published, backends warm) when yielded; all stopped after."""
+    """Redis + web + workers (`workers`: how many per server, default 1, or 0 for `ON_DEMAND` servers: their
+    scenario starts them), ready (catalogs published, backends warm) when yielded; all stopped after."""
     url = redis_url or os.environ.get("MCP_BROKER_BENCH_REDIS_URL") or DEFAULT_REDIS_URL
     say = print if announce else (lambda _msg: None)
     with ensure_redis(url, announce=say) as live_url:
@@ -165,9 +167,10 @@ def running_stack(redis_url: str | None = None, config: Path = BENCH_CONFIG, wor
         stack = Stack(live_url, config_path=config)
         bench = BenchStack(stack)
         try:
-            started = [server for server in stack.servers if (workers or {}).get(server, 1) > 0]
+            counts = {**ON_DEMAND, **(workers or {})}
+            started = [server for server in stack.servers if counts.get(server, 1) > 0]
             for server in stack.servers:
-                bench.scale(server, (workers or {}).get(server, 1))
+                bench.scale(server, counts.get(server, 1))
             stack.start_web()
             stack.wait_for_catalog(started)
             for server in started:

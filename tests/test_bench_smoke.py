@@ -11,21 +11,27 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.stack import ROOT
 
 BENCH_REDIS_URL = "redis://127.0.0.1:6379/13"  # not the tests' db: the bench flushes its own
 
 
-def test_overhead_scenario_writes_results(tmp_path: Path) -> None:
+def quick_bench(tmp_path: Path, scenarios: str, timeout: float) -> tuple[str, dict[str, Any]]:
+    """`python -m bench --quick --only SCENARIOS`: what it printed and the results it wrote (it must exit 0)."""
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "overhead", "--out", str(out),
+        [sys.executable, "-m", "bench", "--quick", "--only", scenarios, "--out", str(out),
          "--redis-url", BENCH_REDIS_URL],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    results = json.loads(out.read_text())
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_overhead_scenario_writes_results(tmp_path: Path) -> None:
+    stdout, results = quick_bench(tmp_path, "overhead", 120)
     assert results["meta"]["mode"] == "quick"
     assert results["meta"]["machine"]["nproc"] >= 1
     overhead = results["overhead"]
@@ -41,19 +47,12 @@ def test_overhead_scenario_writes_results(tmp_path: Path) -> None:
     assert ("na" in cached) != cache["implemented"]
     if cache["implemented"]:
         assert cached["p50_ms"] > 0 and cached["errors"] == 0
-    assert "1. Overhead" in proc.stdout and "Targets" in proc.stdout
+    assert "1. Overhead" in stdout and "Targets" in stdout
 
 
 def test_issue19_rows_run_and_reach_the_targets_table(tmp_path: Path) -> None:
     """The own-CPU rows (both paths, both eras) and the serial-backend rows run and land in the Targets table."""
-    out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "own_cpu,serial", "--out", str(out),
-         "--redis-url", BENCH_REDIS_URL],
-        cwd=ROOT, capture_output=True, text=True, timeout=360, check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    results = json.loads(out.read_text())
+    stdout, results = quick_bench(tmp_path, "own_cpu,serial", 360)
     own = results["own_cpu"]
     assert "error" not in own, own
     assert {(r["path"], r["era"]) for r in own["rows"]} == {
@@ -71,4 +70,4 @@ def test_issue19_rows_run_and_reach_the_targets_table(tmp_path: Path) -> None:
         assert row["errors"] == 0 and row["calls_per_s"] > 0, row
     for heading in ("5. The broker's own CPU", "6. Serial backend", "own CPU per call, HTTP + HTTP, modern",
                     "serial backend, 2 worker(s) / one backend"):
-        assert heading in proc.stdout, heading
+        assert heading in stdout, heading
