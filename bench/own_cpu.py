@@ -128,7 +128,7 @@ def render(result: dict[str, Any]) -> str:
              r.get("backend_cpu_ms_per_call"), r["calls_per_s"], r["direct_calls_per_s"], r["p50_ms"],
              r["direct_p50_ms"], r["p50_overhead_ms"], f"{r['errors']} errors" if r["errors"] else ""]
             for r in result["rows"]]
-    return ("5. The broker's own CPU per uncached trivial call (whoami; 64 in flight; embedded Redis), each path and "
+    return ("6. The broker's own CPU per uncached trivial call (whoami; 64 in flight; embedded Redis), each path and "
             "era; p50 sequential against a direct SDK session to the same backend\n"
             + table(["path", "era", "client", "own CPU-ms/call", "web/worker/redis", "backend CPU-ms", "calls/s",
                      "direct calls/s", "p50 ms", "direct p50 ms", "p50 - direct ms", "note"], rows))

@@ -242,9 +242,8 @@ def notes(results: dict[str, Any]) -> str:
 def render(results: dict[str, Any]) -> str:
     parts = [f"mcp-broker bench ({results['meta']['mode']} run, {results['meta'].get('duration_s', 0):.0f} s)"]
     sections = [("overhead", overhead_section), ("throughput", throughput_section),
-                ("connections", connections_section), ("peers", peers_section), ("own_cpu", own_cpu.render),
-                ("serial", serial.render), ("context", context_report.render),
-                ("context_results", context_results.render)]
+                ("connections", connections_section), ("peers", peers_section), ("context", context_report.render),
+                ("context_results", context_results.render), ("own_cpu", own_cpu.render), ("serial", serial.render)]
     for key, fn in sections:
         value = results.get(key)
         if value is None:

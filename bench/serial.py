@@ -87,7 +87,7 @@ def render(result: dict[str, Any]) -> str:
         rows.append([f"broker, raw ws, {r['workers']} worker(s)", r["workers"], r["calls_per_s"], x(r["vs_backend"]),
                      f">= {TARGET_SHARE * r['counted_workers']:.2f}x", r["p50_ms"], r["p99_ms"],
                      f"{r['errors']} errors" if r["errors"] else ""])
-    return (f"6. Serial backend: block({result['block_ms']:g} ms), one call at a time per backend, "
+    return (f"7. Serial backend: block({result['block_ms']:g} ms), one call at a time per backend, "
             f"{result['window']} in flight; N workers = N backends (target counts N up to {result['cores']} cores)\n"
             + table(["path", "workers", "calls/s", "vs one backend", "target", "p50 ms", "p99 ms", "note"], rows))
 

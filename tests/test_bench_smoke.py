@@ -68,6 +68,6 @@ def test_issue19_rows_run_and_reach_the_targets_table(tmp_path: Path) -> None:
     assert [r["workers"] for r in serial["rows"]] == list(results["meta"]["counts"]["serial_workers"])
     for row in serial["rows"]:
         assert row["errors"] == 0 and row["calls_per_s"] > 0, row
-    for heading in ("5. The broker's own CPU", "6. Serial backend", "own CPU per call, HTTP + HTTP, modern",
+    for heading in ("6. The broker's own CPU", "7. Serial backend", "own CPU per call, HTTP + HTTP, modern",
                     "serial backend, 2 worker(s) / one backend"):
         assert heading in stdout, heading
