@@ -24,10 +24,12 @@ import numpy as np
 import redis
 
 from broker import keys
-from broker.context.embeddings import DIM, MODEL_ID, embed, tool_text
+from broker.context.embeddings import DIM, MODEL_ID, embed, release, tool_text
 
 log = logging.getLogger(__name__)
 _ONE_AT_A_TIME = threading.Lock()  # a worker process embeds one server at a time: one core, not all
+_PENDING = {"publishes": 0}  # publishes started and not ended: the last one to end releases the model
+_PENDING_LOCK = threading.Lock()
 
 
 def texts(server: str, document: dict[str, Any]) -> list[str]:
@@ -88,12 +90,21 @@ def publish(r: redis.Redis, server: str) -> bool:
 
 
 def publish_in_background(r: redis.Redis, server: str) -> None:
-    """`publish` on a daemon thread: the listing's caller (a backend's event loop, a task) goes on."""
+    """`publish` on a daemon thread: the listing's caller (a backend's event loop, a task) goes on. The
+    last publish to end releases the model (`embeddings.release`: ~200 MB a worker would keep for nothing)."""
+    with _PENDING_LOCK:
+        _PENDING["publishes"] += 1
 
     def run() -> None:
         try:
             publish(r, server)
         except Exception:  # search works without vectors (BM25 alone): say why and go on
             log.exception("tool vectors of %s could not be published", server)
+        finally:
+            with _PENDING_LOCK:
+                _PENDING["publishes"] -= 1
+                last = _PENDING["publishes"] == 0
+            if last:
+                release()
 
     threading.Thread(target=run, name=f"tool-vectors-{server}", daemon=True).start()
