@@ -12,10 +12,11 @@ with BM25 (`make bench`, scenario `context`) 0.72 / 0.92 against 0.66 / 0.89, an
 requests never tuned on) 0.63 / 0.87 against 0.60 / 0.82. `wordllama` kept as a third ranking raised
 the tuned set's recall@1 (0.75) but lowered the held-out recall@5 (0.86): dropped.
 
-Cost (this 2-core machine at load ~12, one ONNX thread): a query 15-20 ms; a tool ~70 ms (2,379 tools:
-164 s; ~4x less on an idle core). So tools are embedded once per server digest by the worker that
-publishes the catalog and stored in Redis (`broker.context.vectors`); a web process embeds only queries
-(and keeps the model loaded: ~170-210 MB of RSS; a worker `release`s it after publishing).
+Cost (one ONNX thread, CPU time on this 2-core machine at load ~2): a query 5.6 ms; a tool 20 ms (the 2,379
+tools of `../shared/catalogs/`: 48 CPU-s; at load ~12 ~3.5x that, 164-187 s). So tools are embedded once per
+server digest by the worker that publishes the catalog and stored in Redis (`broker.context.vectors`); a web
+process embeds only queries (and keeps the model loaded: ~170-210 MB of RSS; a worker `release`s it after
+publishing).
 One intra-op thread: a text's vector never depends on the machine's core count or the batch it came in
 (texts are embedded one server at a time, shortest first, in batches of `BATCH`), and one process never
 takes both cores.

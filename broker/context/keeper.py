@@ -7,8 +7,8 @@ documents, so every process builds the same index; a change (a reload, a backend
 the identity and the next search — or the catalog-changed message, whichever comes first — rebuilds it.
 
 The tools' sentence vectors are not computed here: the worker that publishes a server's catalog embeds
-its tools once per digest and stores them in Redis (`broker.context.vectors`; ~70 ms a tool on this
-busy machine, 187 s for the 2,379 tools of `../shared/catalogs/` in `make bench`); a build reads them
+its tools once per digest and stores them in Redis (`broker.context.vectors`; 20 CPU-ms a tool on this
+machine, 48 CPU-s for the 2,379 tools of `../shared/catalogs/`, 187 s in a `make bench` at load ~12); a build reads them
 (one MGET, on the event loop: Redis I/O is gevent's) and a server whose vectors are not out yet is
 ranked by BM25 alone, looked up again at most once a second until they are.
 

@@ -1,15 +1,14 @@
 """The tools' sentence vectors, computed once per catalog digest where the catalog is published and kept in
 Redis next to it, so web processes only embed queries.
 
-Embedding a tool with the transformer (`broker.context.embeddings`) costs ~70 ms of CPU on this busy
-2-core machine (2,379 tools: 164 s): every web process doing it for the whole catalog would stall its
-first search for minutes and multiply the work by the number of processes. So the worker that lists a
-backend embeds that server's tools (`publish`, on a thread of its own, one server at a time per
-process), after the catalog document is out, and writes them under `keys.tool_vectors(server)` with the
-digest and model they belong to. A web process reads them (`stored`) when it builds its index; a server
-whose vectors are not there yet (or are of another digest or model) is searched by BM25 alone until they
-are (`broker.context.keeper` looks again at most once a second). Every web process reads the same
-bytes, so every process ranks alike.
+Embedding a tool with the transformer (`broker.context.embeddings`) costs 20 ms of CPU on this 2-core machine
+(2,379 tools: 48 CPU-s; 164 s at load ~12): every web process doing it for the whole catalog would stall its
+first search for minutes and multiply the work by the number of processes. So the worker that lists a backend
+embeds that server's tools (`publish`, on a thread of its own, one server at a time per process), after the
+catalog document is out, and writes them under `keys.tool_vectors(server)` with the digest and model they
+belong to. A web process reads them (`stored`) when it builds its index; a server whose vectors are not there
+yet (or are of another digest or model) is searched by BM25 alone until they are (`broker.context.keeper`
+looks again at most once a second). Every web process reads the same bytes, so every process ranks alike.
 """
 
 from __future__ import annotations
