@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from broker import keys, wire
+from broker import held, keys, wire
 
 EVENT_TTL_S = 600
 ENDED: dict[str, Any] = {"ended": True}  # read() yields this very object for a stream closed by its session's end
@@ -25,13 +25,16 @@ class EventLog:
         self._r = r
         self.ttl_s = ttl_s
 
-    def append(self, session_id: str, stream_id: str, message: dict[str, Any]) -> str:
+    def append(self, session_id: str, stream_id: str, message: dict[str, Any]) -> None:
+        """One event onto its stream; in a burst of the reply hub's (`broker.held`), with the burst's other
+        writes when it ends (the stream's reader, blocked on it, wakes then)."""
         key = keys.sse_stream(session_id, stream_id)
-        pipe = self._r.pipeline(transaction=False)
+        in_burst = held.pipeline()
+        pipe = in_burst if in_burst is not None else self._r.pipeline(transaction=False)
         pipe.xadd(key, {"data": wire.dumps(message)})  # encodable whatever it holds: see broker.wire
         pipe.expire(key, self.ttl_s)
-        entry_id, _ = pipe.execute()
-        return f"{stream_id}.{entry_id}"
+        if in_burst is None:
+            pipe.execute()
 
     def read(
         self, session_id: str, stream_id: str, after: str, block_ms: int

@@ -77,7 +77,7 @@ class ReplyHub:
         self.epochs = Epochs(r)  # Redis's state epoch as this process knows it
         self._down_since: float | None = None  # monotonic time the subscription was lost, while it is
         # a context each burst of messages (one, then those already readable) is handled in: the web process's
-        # `SessionStore.batched`, so a burst's answered calls are forgotten in one Redis round trip
+        # `broker.held`, so the writes of a burst's answers go out in one Redis round trip
         self.burst: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
 
     # ------------------------------------------------------------ lifecycle

@@ -17,19 +17,13 @@ anyone who knew the id.
 from __future__ import annotations
 
 import json
-import logging
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import redis
 from redis.client import Pipeline
 
-from broker import keys
-
-log = logging.getLogger(__name__)
+from broker import held, keys
 
 DEFAULT_TTL_S = 3600
 DELIVERED_TTL_S = 30  # MCP_BROKER_DELIVERED_TTL_S: how long an outcome stays in Redis once nobody needs it
@@ -51,7 +45,6 @@ class SessionStore:
         self.ttl_s = ttl_s
         self.delivered_ttl_s = max(1, delivered_ttl_s)
         self._update = r.register_script(_UPDATE)
-        self._held = threading.local()  # `batched`: the forgets this thread holds back, by session
 
     def create(self, session_id: str, state: dict[str, Any]) -> None:
         """A new session, owned by `state["principal"]` (required: a session without an owner is refused)."""
@@ -119,43 +112,16 @@ class SessionStore:
 
     def forget(self, session_id: str, call_ids: list[str]) -> None:
         """Answered (or cancelled): the session no longer waits for these, and their outcomes, kept for the
-        session's TTL in case its client was away, now expire after `delivered_ttl_s`. Inside `batched` (the
-        reply hub's burst of answers) this is written when the burst ends, with the burst's other calls."""
-        if not call_ids:
-            return
-        held = getattr(self._held, "calls", None)
-        if held is not None:
-            held.setdefault(session_id, []).extend(call_ids)
-            return
-        self._forget_now({session_id: call_ids})
-
-    def _forget_now(self, calls: dict[str, list[str]]) -> None:
-        pipe = self._r.pipeline(transaction=False)
-        for session_id, call_ids in calls.items():
+        session's TTL in case its client was away, now expire after `delivered_ttl_s`. In a burst of the
+        reply hub's (`broker.held`), written with the burst's other writes when it ends."""
+        if call_ids:
+            in_burst = held.pipeline()
+            pipe = in_burst if in_burst is not None else self._r.pipeline(transaction=False)
             pipe.hdel(keys.session_calls(session_id), *call_ids)
             for call_id in call_ids:
                 pipe.expire(keys.result(call_id), self.delivered_ttl_s)
-        pipe.execute()
-
-    @contextmanager
-    def batched(self) -> Iterator[None]:
-        """The `forget`s of this thread inside the block go out together at its end, in one round trip.
-        The reply hub hands a burst of answers over in one (`ReplyHub.burst`): one round trip per call was
-        11-15 % of the web process's CPU at 64 in flight (py-spy, WebSocket and Streamable HTTP, its send)."""
-        if getattr(self._held, "calls", None) is not None:  # nested: the outer block writes
-            yield
-            return
-        self._held.calls = {}
-        try:
-            yield
-        finally:
-            calls, self._held.calls = self._held.calls, None
-            if calls:
-                try:
-                    self._forget_now(calls)
-                except redis.RedisError:  # as a lone forget's failure in a hub handler: the outcomes keep the
-                    log.warning("could not forget %d answered call(s)", sum(map(len, calls.values())),
-                                exc_info=True)  # session's TTL, and a resume would deliver them again
+            if in_burst is None:
+                pipe.execute()
 
     def route(self, call_ids: list[str], channel: str, ttl_s: int) -> None:
         """A session resumed on this web process: workers publish these calls' progress, events and outcomes

@@ -128,44 +128,52 @@ def test_heartbeat_closes_a_dead_peer(stack: Stack) -> None:
     assert stack.redis().exists(f"mcpb:session:{session_id}")
 
 
-def test_forgets_held_in_a_batch_are_written_together_when_it_ends(redis_url: str) -> None:
-    """The reply hub hands a burst of answers over inside `SessionStore.batched`: their sessions forget them
-    when the burst ends (one round trip), each call as a lone forget would have."""
-
+def test_writes_held_in_a_burst_go_out_together_when_it_ends(redis_url: str) -> None:
+    """The reply hub hands a burst of answers over inside `broker.held`: their sessions forget them, and their
+    SSE events are appended, when the burst ends (one round trip), each as a lone write would have."""
     import uuid
 
     import redis
 
     from broker import keys
+    from broker.events import EventLog
+    from broker.held import held
     from broker.sessions import SessionStore
 
     r = redis.Redis.from_url(redis_url, decode_responses=True)
-    store = SessionStore(r, ttl_s=3600, delivered_ttl_s=30)
+    store, events = SessionStore(r, ttl_s=3600, delivered_ttl_s=30), EventLog(r)
     sessions = [uuid.uuid4().hex, uuid.uuid4().hex]
     calls = [{"call_id": uuid.uuid4().hex, "session": sessions[i % 2], "rid": i, "server": "echo"} for i in range(3)]
     store.remember(calls)
     for call in calls:
         r.set(keys.result(call["call_id"]), json.dumps({"call_id": call["call_id"], "result": {}}), ex=3600)
-    with store.batched():
-        with store.batched():  # nested (a handler that batches too): the outer block writes
+    with held(r):
+        with held(r):  # nested (a handler that holds too): the outer block writes
             store.forget(sessions[0], [calls[0]["call_id"]])
         store.forget(sessions[1], [calls[1]["call_id"]])
         store.forget(sessions[0], [calls[2]["call_id"]])
+        events.append(sessions[0], "p1", {"jsonrpc": "2.0", "id": 0, "result": {}})
         assert set(store.pending(sessions[0])) == {calls[0]["call_id"], calls[2]["call_id"]}
         assert set(store.pending(sessions[1])) == {calls[1]["call_id"]}
+        assert r.xlen(keys.sse_stream(sessions[0], "p1")) == 0
     assert store.pending(sessions[0]) == {} and store.pending(sessions[1]) == {}
     for call in calls:
         assert 0 < r.ttl(keys.result(call["call_id"])) <= 30
-    store.forget(sessions[0], [])  # nothing to forget: no round trip, no error
+    assert [m for _, m in events.read(sessions[0], "p1", "0", 1)] == [{"jsonrpc": "2.0", "id": 0, "result": {}}]
+    assert 0 < r.ttl(keys.sse_stream(sessions[0], "p1")) <= events.ttl_s
+    with held(r):  # nothing held: nothing sent
+        store.forget(sessions[0], [])
     lone = {"call_id": uuid.uuid4().hex, "session": sessions[0], "rid": 9, "server": "echo"}
     store.remember([lone])
-    store.forget(sessions[0], [lone["call_id"]])  # outside a batch: written at once
+    store.forget(sessions[0], [lone["call_id"]])  # outside a burst: written at once
     assert store.pending(sessions[0]) == {}
+    events.append(sessions[0], "p2", {"jsonrpc": "2.0", "id": 1, "result": {}})
+    assert r.xlen(keys.sse_stream(sessions[0], "p2")) == 1
 
 
 def test_the_reply_hub_hands_a_burst_of_answers_over_inside_its_batch(redis_url: str) -> None:
     """Outcomes published together reach their handlers inside one `burst` context (the web's
-    `SessionStore.batched`), and every handler runs, each once."""
+    `broker.held`), and every handler runs, each once."""
     import contextlib
     import threading
     import uuid

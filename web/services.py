@@ -21,6 +21,7 @@ from broker import keys, observe, outage, reload
 from broker.cache import ResultCache
 from broker.catalog import Catalog
 from broker.config import BrokerConfig, load_config
+from broker.held import held
 from broker.leases import LEASE_S, LeaseKeeper
 from broker.metrics import RECORDER
 from broker.outbox import Outbox
@@ -99,7 +100,7 @@ def build_services(config: BrokerConfig) -> BrokerServices:
     hub.extra_channels.append(keys.CONFIG_CHANGED)
     hub.listeners.append(lambda channel, _data: channel == keys.CONFIG_CHANGED and threading.Thread(
         target=apply_published_config, args=(services,), name="config-reload", daemon=True).start())
-    hub.burst = sessions.batched  # a burst of answers: their sessions forget them in one round trip
+    hub.burst = lambda: held(r)  # a burst of answers: their writes (forget, SSE events) in one round trip
     hub.observer = observe.web_outcome  # one metrics update and one JSON log line per answered call
     RECORDER.sample("mcp_broker_sessions_open", lambda: {(): float(len(services.connections))})
     RECORDER.sample("mcp_broker_calls_in_flight", lambda: {(): float(hub.in_flight)})
