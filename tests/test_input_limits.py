@@ -329,3 +329,47 @@ def test_what_the_broker_writes_is_json_whatever_it_holds() -> None:
     with pytest.raises(ValueError, match="not a JSON number"):
         wire.loads('{"a": NaN}')
     assert wire.lone_surrogate({"a": [{"b": f"x{POISON}"}]}, "params") == "params.a[0].b"
+
+
+@pytest.mark.parametrize("params", [
+    {"name": "echo__echo", "arguments": {"text": "x", "n": [1, {"a": None}]}},
+    {"name": "echo__echo"},
+    {"name": "echo__echo", "arguments": None, "_meta": None},
+    {"name": "e", "arguments": {}, "_meta": {"progressToken": 7}, "task": {"ttl": 5}, "other": 1},
+    {"name": "x" * 300, "arguments": {}},
+    {"name": "x" * 301, "arguments": {}},
+    {"name": "", "arguments": {}},
+    {"name": 3, "arguments": {}},
+    {"arguments": {}},
+    {"name": "echo__echo", "arguments": [1, 2]},
+    {"name": "echo__echo", "arguments": "text"},
+    {"name": "echo__echo", "_meta": 5},
+    {"name": True},
+    [],
+    "params",
+])
+def test_the_quick_load_of_tools_call_params_is_the_schema_s(params: Any) -> None:
+    """tools/call params load without marshmallow for the usual shapes (`quick_call_tool_params`), exactly as
+    the schema loads them, and anything else goes to the schema (its result or its own error message)."""
+    from marshmallow import ValidationError
+
+    from broker.protocol.registry import METHODS, quick_call_tool_params
+    from broker.schemas import CallToolParamsSchema
+
+    quick = quick_call_tool_params(params)
+    try:
+        schema_says: Any = CallToolParamsSchema().load(params)
+    except ValidationError as err:
+        schema_says = err
+    if quick is not None:
+        assert quick == schema_says
+        if isinstance(params, dict) and isinstance(params.get("arguments"), dict):
+            assert quick["arguments"] is not params["arguments"]  # a copy, as the schema's
+    elif not isinstance(schema_says, ValidationError):  # only errors and odd shapes go to the schema
+        assert any(not isinstance(params.get(key, {}), dict | None) for key in ("arguments", "_meta")), params
+    spec = METHODS["tools/call"]
+    if isinstance(schema_says, ValidationError):
+        with pytest.raises(Exception, match="Invalid params"):
+            spec.load(params)
+    else:
+        assert spec.load(params) == schema_says

@@ -55,6 +55,8 @@ class MethodSpec:
     capability: dict[str, dict[str, Any]] = field(default_factory=dict)  # what serving it offers the client
     eras: frozenset[str] = frozenset()  # default: the eras the SDK's `CLIENT_REQUESTS` has it in
     resumable: bool | None = None  # may answer `input_required` (default: the SDK's `INPUT_REQUIRED_METHODS`)
+    # what `params` loads for the usual shapes, without the schema (None: not one of them, the schema loads it)
+    quick: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
 
     def __post_init__(self) -> None:
         if self.admission is None and self.forwarded:
@@ -65,7 +67,39 @@ class MethodSpec:
             object.__setattr__(self, "resumable", self.method in INPUT_REQUIRED_METHODS)
 
     def load(self, params: dict[str, Any]) -> dict[str, Any]:
+        if self.quick is not None:
+            loaded = self.quick(params)
+            if loaded is not None:
+                return loaded
         return load_params(self.params, params) if self.params is not None else params
+
+
+_ABSENT = object()
+
+
+def quick_call_tool_params(params: dict[str, Any]) -> dict[str, Any] | None:
+    """What `CallToolParamsSchema().load(params)` returns, for the shapes nearly every call has (a name of
+    1-300 characters; `arguments` and `_meta` objects, null or absent; other keys dropped), without
+    marshmallow: 0.5 us of CPU a call instead of the schema's 8.2 (process time, medians of 5 alternating
+    rounds; 40-90 us wall on the loaded box). None for anything else: the schema loads that, or refuses it
+    with its own message."""
+    if type(params) is not dict:
+        return None
+    name = params.get("name")
+    if type(name) is not str or not 0 < len(name) <= 300:
+        return None
+    loaded: dict[str, Any] = {"name": name}
+    for key in ("arguments", "_meta"):
+        value = params.get(key, _ABSENT)
+        if value is _ABSENT:
+            loaded[key] = {}
+        elif value is None:
+            loaded[key] = None
+        elif type(value) is dict:
+            loaded[key] = dict(value)  # as fields.Dict: a copy of the object
+        else:
+            return None
+    return loaded
 
 
 def _list(method: str) -> MethodSpec:
@@ -82,7 +116,7 @@ METHODS: dict[str, MethodSpec] = {spec.method: spec for spec in (
     MethodSpec("ping", lifecycle.ping),
     *(_list(method) for method in LISTS),
     MethodSpec("tools/call", broker_tools.tools_call, CallToolParamsSchema(), forwarded=True,
-               capability={"tools": {}}),
+               capability={"tools": {}}, quick=quick_call_tool_params),
     MethodSpec("resources/read", forward.resources_read, _uri, forwarded=True, capability={"resources": {}}),
     MethodSpec("prompts/get", forward.prompts_get, GetPromptParamsSchema(), forwarded=True,
                capability={"prompts": {}}),
