@@ -4,6 +4,7 @@
     python -m bench.web_cpu --ab BASE_TREE --rounds 3    # alternate BASE_TREE and this checkout, medians
     python -m bench.web_cpu --ab BASE --b T1 --b T2      # three sides (A, B, C), alternating
     python -m bench.web_cpu --profile DIR                # also py-spy the web: DIR/web-<front>.txt (raw stacks)
+    python -m bench.web_cpu --micro                      # per-call costs in this process, alternating
 
 The web process is the tier a Streamable HTTP client feels most (issue 19: 7.5-9.3 CPU-ms of the broker's
 own per call on `/servers/<name>/mcp`, five times the WebSocket path). Each run starts an embedded Redis, a
@@ -187,6 +188,61 @@ def render(runs: dict[str, list[dict[str, Any]]], fronts: tuple[str, ...] = FRON
     return "\n".join(lines)
 
 
+def micro(rounds: int = 5) -> str:
+    """Two of the web's per-call costs in this process, alternating, medians of `rounds` (process CPU): the
+    tools/call params load (the schema's, the quick one), and an answer's Redis writes (its SSE event and its
+    session's forget) one round trip each against held in bursts of 4 (`broker.held`), on an embedded Redis."""
+    import uuid
+
+    import redis
+
+    from broker.events import EventLog
+    from broker.held import held
+    from broker.protocol.registry import quick_call_tool_params
+    from broker.schemas import CallToolParamsSchema
+    from broker.sessions import SessionStore
+    from cli.devrun import EmbeddedRedis
+
+    def cpu_us(fn: Any, n: int) -> float:
+        started = time.process_time()
+        for _ in range(n):
+            fn()
+        return (time.process_time() - started) / n * 1e6
+
+    def line(what: str, sides: dict[str, list[float]]) -> str:
+        return what + ": " + ", ".join(f"{name} {statistics.median(v):.2f} [{min(v):.2f}-{max(v):.2f}]"
+                                       for name, v in sides.items())
+
+    schema, params = CallToolParamsSchema(), {"name": "pstdio__whoami", "arguments": {"a": 1}, "_meta": {"x": 1}}
+    loads: dict[str, list[float]] = {"schema": [], "quick": []}
+    for _ in range(rounds):
+        loads["schema"].append(cpu_us(lambda: schema.load(params), 5000))
+        loads["quick"].append(cpu_us(lambda: quick_call_tool_params(params), 5000))
+    embedded = EmbeddedRedis(aof=False)
+    try:
+        r = redis.Redis.from_url(embedded.start(), decode_responses=True)
+        events, sessions, session = EventLog(r), SessionStore(r), uuid.uuid4().hex
+        answer = {"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "x" * 100}]}}
+
+        def burst() -> None:
+            for _ in range(4):
+                events.append(session, "p1", answer)
+                sessions.forget(session, [uuid.uuid4().hex])
+
+        def burst_held() -> None:
+            with held(r):
+                burst()
+
+        writes: dict[str, list[float]] = {"a round trip each": [], "held": []}
+        for _ in range(rounds):
+            writes["a round trip each"].append(cpu_us(burst, 300) / 4)
+            writes["held"].append(cpu_us(burst_held, 300) / 4)
+    finally:
+        embedded.stop()
+    return "\n".join([line("tools/call params load, CPU us per call", loads),
+                      line("an answer's writes (SSE event + forget), CPU us per answer, bursts of 4", writes)])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.web_cpu", description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=3000, help="measured calls per front end per run")
@@ -197,11 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one run, its JSON on the last line")
     parser.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose code runs (default: this one)")
     parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the web: DIR/web-<front>.txt (raw)")
+    parser.add_argument("--micro", action="store_true", help="per-call costs in this process (see `micro`)")
     parser.add_argument("--fronts", default=",".join(FRONTS), help=f"comma-separated, of {', '.join(FRONTS)}")
     args = parser.parse_args(argv)
     fronts = tuple(f for f in args.fronts.split(",") if f in FRONTS)
     started = time.monotonic()
-    if args.ab is not None:
+    if args.micro:
+        print(micro())
+    elif args.ab is not None:
         after = [b.resolve() for b in args.b or [ROOT]]
         print(render(ab(args.ab.resolve(), args.rounds, args.calls, after, fronts), fronts))
     else:
