@@ -191,7 +191,8 @@ def render(runs: dict[str, list[dict[str, Any]]], fronts: tuple[str, ...] = FRON
 def micro(rounds: int = 5) -> str:
     """Two of the web's per-call costs in this process, alternating, medians of `rounds` (process CPU): the
     tools/call params load (the schema's, the quick one), and an answer's Redis writes (its SSE event and its
-    session's forget) one round trip each against held in bursts of 4 (`broker.held`), on an embedded Redis."""
+    session's forget) one round trip each against held in bursts of 4 (`broker.held`), on an embedded Redis,
+    and the call log lines of a burst written one record each against together."""
     import uuid
 
     import redis
@@ -239,8 +240,29 @@ def micro(rounds: int = 5) -> str:
             writes["held"].append(cpu_us(burst_held, 300) / 4)
     finally:
         embedded.stop()
+    with tempfile.TemporaryDirectory() as tmp:
+        from broker import observe
+
+        os.environ["MCP_BROKER_CALL_LOG"] = str(Path(tmp) / "calls.log")
+        observe.configure_call_log("web")
+        fields = {"call_id": uuid.uuid4().hex, "session": None, "key": "anonymous", "server": "pstdio",
+                  "tool": "whoami", "outcome": "ok", "total_ms": 1.234, "worker": "pstdio.abc@host"}
+
+        def lines() -> None:
+            for _ in range(4):
+                observe.call_line("web", fields)
+
+        def lines_together() -> None:
+            with observe.lines_together():
+                lines()
+
+        logged: dict[str, list[float]] = {"a record each": [], "together": []}
+        for _ in range(rounds):
+            logged["a record each"].append(cpu_us(lines, 1000) / 4)
+            logged["together"].append(cpu_us(lines_together, 1000) / 4)
     return "\n".join([line("tools/call params load, CPU us per call", loads),
-                      line("an answer's writes (SSE event + forget), CPU us per answer, bursts of 4", writes)])
+                      line("an answer's writes (SSE event + forget), CPU us per answer, bursts of 4", writes),
+                      line("call log lines to a file, CPU us per line, bursts of 4", logged)])
 
 
 def main(argv: list[str] | None = None) -> int:

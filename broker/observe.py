@@ -16,7 +16,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from mcp.server.streamable_http import REQUEST_CANCELLED
@@ -55,8 +58,32 @@ def configure_call_log(role: str) -> None:
 def call_line(side: str, fields: dict[str, Any]) -> None:
     if not _configured["enabled"] or not log.handlers:
         return
-    line = {"ts": round(time.time(), 6), "event": "call", "side": side, **fields}
-    log.info(wire.dumps(line, default=str))
+    line = wire.dumps({"ts": round(time.time(), 6), "event": "call", "side": side, **fields}, default=str)
+    together = getattr(_together, "lines", None)
+    if together is not None:
+        together.append(line)
+    else:
+        log.info(line)
+
+
+_together = threading.local()
+
+
+@contextmanager
+def lines_together() -> Iterator[None]:
+    """The call lines this thread logs inside the block are written at its end as one record (the same bytes:
+    the handler writes a bare message and a newline): the reply hub's burst of answers, whose lines cost a
+    log record, a handler lock and a write+flush each (~3 % of the web's samples over WebSocket, py-spy)."""
+    if getattr(_together, "lines", None) is not None:
+        yield
+        return
+    _together.lines = []
+    try:
+        yield
+    finally:
+        lines, _together.lines = _together.lines, None
+        if lines:
+            log.info("\n".join(lines))
 
 
 def outcome_of(message: dict[str, Any]) -> tuple[str, int | None]:

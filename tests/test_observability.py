@@ -322,3 +322,31 @@ def test_open_sse_streams_are_counted_beside_websockets(stack: Stack) -> None:
         http.delete(url, headers={"Mcp-Session-Id": session})
     # the server learns the client left on its next write (a keepalive, at most 15 s later)
     assert wait_until(lambda: sse_open() <= during - 1, timeout=40)
+
+
+def test_call_lines_of_a_burst_are_written_together_as_the_same_lines(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reply hub's burst logs its answers' call lines in one write (`observe.lines_together`): nothing
+    before the burst ends, then one bare JSON line per call, as lines logged one by one."""
+    from broker import observe
+
+    target = tmp_path / "calls.log"
+    monkeypatch.setenv("MCP_BROKER_CALL_LOG", str(target))
+    monkeypatch.setitem(observe._configured, "pid", 0)  # configure anew for this file (once per process)
+    observe.configure_call_log("web")
+    try:
+        with observe.lines_together():
+            with observe.lines_together():  # nested: the outer block writes
+                observe.call_line("web", {"call_id": "a", "outcome": "ok"})
+            observe.call_line("web", {"call_id": "b", "outcome": "error", "code": -32603})
+            observe.call_line("web", {"call_id": "c", "outcome": "ok"})
+            assert target.read_text() == ""
+        observe.call_line("web", {"call_id": "d", "outcome": "ok"})  # outside a burst: at once
+        lines = target.read_text().splitlines()
+        assert [json.loads(line)["call_id"] for line in lines] == ["a", "b", "c", "d"]
+        assert all(json.loads(line)["event"] == "call" and json.loads(line)["side"] == "web" for line in lines)
+    finally:
+        for handler in list(observe.log.handlers):
+            observe.log.removeHandler(handler)
+            handler.close()
+        monkeypatch.setitem(observe._configured, "pid", 0)

@@ -7,10 +7,11 @@ patching) would be shared or blocking.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import current_app
@@ -100,7 +101,14 @@ def build_services(config: BrokerConfig) -> BrokerServices:
     hub.extra_channels.append(keys.CONFIG_CHANGED)
     hub.listeners.append(lambda channel, _data: channel == keys.CONFIG_CHANGED and threading.Thread(
         target=apply_published_config, args=(services,), name="config-reload", daemon=True).start())
-    hub.burst = lambda: held(r)  # a burst of answers: their writes (forget, SSE events) in one round trip
+    @contextlib.contextmanager
+    def burst() -> Iterator[None]:
+        """A burst of answers: their Redis writes (forget, SSE events) in one round trip, their call lines in
+        one write."""
+        with held(r), observe.lines_together():
+            yield
+
+    hub.burst = burst
     hub.observer = observe.web_outcome  # one metrics update and one JSON log line per answered call
     RECORDER.sample("mcp_broker_sessions_open", lambda: {(): float(len(services.connections))})
     RECORDER.sample("mcp_broker_calls_in_flight", lambda: {(): float(hub.in_flight)})
