@@ -51,13 +51,14 @@ def read_file(path: str | None = None) -> tuple[BrokerConfig, dict[str, Any]]:
 
 
 def publish(r: redis.Redis, current: BrokerConfig, new: BrokerConfig, document: dict[str, Any]) -> dict[str, Any]:
-    """Make `new` the config of every process; removed servers' catalogs go at once (clients are told)."""
+    """Make `new` the config of every process; removed servers' catalogs (their health and tool vectors
+    too) go at once (clients are told)."""
     changes = diff(current, new)
     version = int(r.hincrby(keys.CONFIG, "version", 1))
     pipe = r.pipeline(transaction=False)
     pipe.hset(keys.CONFIG, mapping={"source": new.path, "document": json.dumps(document)})
     for server in changes.removed:
-        pipe.delete(keys.catalog(server), keys.health(server))
+        pipe.delete(keys.catalog(server), keys.health(server), keys.tool_vectors(server))
     pipe.publish(keys.CONFIG_CHANGED, str(version))
     if changes.removed:
         pipe.incr(keys.CATALOG_VERSION)

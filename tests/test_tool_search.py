@@ -342,3 +342,13 @@ def test_a_server_added_by_reload_is_searchable_on_every_web_process(sstack: Sea
     seconds = searchable_everywhere(sstack, {"query": "fetch a web page from the internet as markdown",
                                              "server": "fetchy"}, "fetchy__fetch")
     print(f"added server searchable on both web processes {seconds:.2f} s after its catalog was published")
+    while published_vectors(sstack, "fetchy")[1] is None:
+        assert time.monotonic() < deadline + 120, f"no tool vectors for fetchy; logs in {sstack.stack.log_dir}"
+        time.sleep(0.2)
+    del changed["mcpServers"]["fetchy"]  # and a reload that removes it takes all it left in Redis
+    path.write_text(json.dumps(changed))
+    answer = httpx2.post(f"{sstack.url()}/v1/admin/reload", timeout=30,
+                         headers={"Authorization": f"Bearer {KEYS['admin']}"})
+    assert answer.status_code == 200 and answer.json()["removed"] == ["fetchy"], answer.text
+    r = sstack.stack.redis()
+    assert not r.exists(f"{PREFIX}:catalog:fetchy", f"{PREFIX}:health:fetchy", f"{PREFIX}:toolvectors:fetchy")
