@@ -22,9 +22,15 @@ def catalog(server: str) -> str:
 
 
 def tool_vectors(server: str) -> str:
-    """JSON: the sentence vectors of the server's tools for the catalog digest they were computed from
-    (`broker.context.vectors`: a worker writes them after publishing the catalog, web processes read them)."""
+    """Hash: the sentence vectors of the server's tools (`vectors`, base64 float32) and `head`, the small JSON
+    of what they are (model, catalog digest, count) read before them (`broker.context.vectors`: a worker
+    writes them after publishing the catalog, web processes read them)."""
     return f"{PREFIX}:toolvectors:{server}"
+
+
+def tool_vectors_claim(server: str, digest: str) -> str:
+    """SET NX EX by the one worker that embeds this catalog digest's tools (its token); the others wait."""
+    return f"{PREFIX}:toolvectorsclaim:{server}:{digest}"
 
 
 def result(call_id: str) -> str:

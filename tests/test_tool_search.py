@@ -264,7 +264,8 @@ def published_vectors(sstack: SearchStack, server: str) -> tuple[list[str], Any]
     r = sstack.stack.redis()
     document = json.loads(r.get(f"{PREFIX}:catalog:{server}") or "{}")
     texts = vectors.texts(server, document)
-    return texts, vectors.decode(r.get(f"{PREFIX}:toolvectors:{server}"), document.get("digest", ""), len(texts))
+    raw = r.hmget(f"{PREFIX}:toolvectors:{server}", ["head", "vectors"])
+    return texts, vectors.decoded({server: raw}, [(server, document.get("digest", ""), len(texts))]).get(server)
 
 
 def test_the_worker_publishes_tool_vectors_and_search_ranks_by_meaning_on_every_process(sstack: SearchStack) -> None:

@@ -196,7 +196,8 @@ def published_vectors(ctx: ContextStack, documents: dict[str, dict[str, Any]]) -
             if [t.get("name") for t in published.get("tools", [])] != [t.get("name") for t in
                                                                           documents[server]["tools"]]:
                 raise RuntimeError(f"{server}: the served catalog is not the file's")
-            array = vectors.decode(r.get(f"{ctx.prefix}:toolvectors:{server}"), published["digest"], count)
+            raw = r.hmget(f"{ctx.prefix}:toolvectors:{server}", ["head", "vectors"])
+            array = vectors.decoded({server: raw}, [(server, published["digest"], count)]).get(server)
             if array is None:
                 raise RuntimeError(f"{server}: no tool vectors published")
             found[server] = array

@@ -9,8 +9,9 @@ the identity and the next search — or the catalog-changed message, whichever c
 The tools' sentence vectors are not computed here: the worker that publishes a server's catalog embeds
 its tools once per digest and stores them in Redis (`broker.context.vectors`; 20 CPU-ms a tool on this
 machine, 48 CPU-s for the 2,379 tools of `../shared/catalogs/`, 187 s in a `make bench` at load ~12); a build reads them
-(one MGET, on the event loop: Redis I/O is gevent's) and a server whose vectors are not out yet is
-ranked by BM25 alone, looked up again at most once a second until they are.
+(`vectors.fetch`: two round trips on the event loop, Redis I/O is gevent's; decoded off it with the rest of
+the build) and a server whose vectors are not out yet is ranked by BM25 alone, its vectors' head looked
+up again at most once a second until they are.
 
 Cost: tokenizing the 2,379 tools took 0.5-0.9 s and indexing 0.3-0.6 s on this machine's 2 busy cores,
 so (1) each server's words and vectors are kept by its digest, and a change re-reads only the server
@@ -89,18 +90,20 @@ class IndexKeeper:
             if current is None or current.identity != identity or self._missing:
                 wanted = [(server, digest, len(documents[server].get("tools", []))) for server, digest in identity
                           if (server, digest) not in self._vectors]
-                published = vectors.stored(catalog.redis, wanted)  # here: Redis I/O belongs to the event loop
-                current = off_the_event_loop(lambda: self._build(identity, documents, lambda _: published))
+                raws = vectors.fetch(catalog.redis, wanted)  # here: Redis I/O belongs to the event loop
+                current = off_the_event_loop(lambda: self._build(identity, documents,
+                                                                 lambda wanted: vectors.decoded(raws, wanted)))
                 self._index = current
         return current
 
     def _vectors_arrived(self, catalog: Catalog) -> bool:
-        """Whether vectors missing from the current index are in Redis now (looked up at most once a second)."""
+        """Whether vectors missing from the current index are in Redis now (their heads looked up at most once
+        a second: a stale digest's vectors are not read)."""
         missing, now = self._missing, time.monotonic()
         if not missing or now - self._checked < RECHECK_S:
             return False
         self._checked = now
-        return bool(vectors.stored(catalog.redis, missing))
+        return vectors.arrived(catalog.redis, missing)
 
     def warm(self, catalog: Catalog) -> None:
         """Build in the background if nothing is built yet: called when a client is shown the search tool
