@@ -35,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 FRONTS = ("ws", "http-handshake", "http-modern")
 METRICS = ("web_cpu_ms_per_call", "worker_cpu_ms_per_call", "redis_cpu_ms_per_call", "redis_commands_per_call",
-           "calls_per_message", "calls_per_s")
+           "redis_connections_per_call", "calls_per_message", "calls_per_s")
 NO_REDIS = "redis://127.0.0.1:1/0"  # nothing answers there: `ensure_redis` starts an embedded one
 MODERN = "2026-07-28"
 
@@ -109,7 +109,9 @@ class CommandCount:
         self._meter, self._r, self._before = meter, redis.Redis.from_url(redis_url), {}
 
     def _stats(self) -> dict[str, int]:
-        return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in self._r.info("commandstats").items()}
+        stats = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in self._r.info("commandstats").items()}
+        stats["(connections)"] = int(self._r.info("stats")["total_connections_received"])
+        return stats
 
     def start(self) -> None:
         self._before = self._stats()
@@ -120,6 +122,7 @@ class CommandCount:
         after = self._stats()
         per_call = {n: (c - self._before.get(n, 0)) / calls for n, c in after.items() if c > self._before.get(n, 0)}
         per_call.pop("info", None)
+        out["redis_connections_per_call"] = per_call.pop("(connections)", 0.0)  # new clients: a connect each
         out["redis_commands_per_call"] = sum(per_call.values())
         out["redis_commands"] = {n: round(v, 2) for n, v in sorted(per_call.items(), key=lambda kv: -kv[1])}
         return out
