@@ -161,34 +161,16 @@ def ab(base: Path, rounds: int, calls: int, after: list[Path],
        fronts: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
     """Alternate runs of `base` and each of `after` (B, C, ...), each a process of its own running this file
     with `--tree`."""
-    sides = list(zip("ABCDEFGH", [base, *after], strict=False))
-    runs: dict[str, list[dict[str, Any]]] = {side: [] for side, _ in sides}
-    for i in range(rounds):
-        for side, tree in sides:
-            argv = [sys.executable, __file__, "--json", "--tree", str(tree), "--calls", str(calls),
-                    "--fronts", ",".join(fronts)]
-            done = subprocess.run(argv, cwd=tree, capture_output=True, text=True, timeout=900, check=False)
-            try:
-                runs[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
-            except (IndexError, json.JSONDecodeError):
-                print(f"round {i + 1} {side}: no result\n{done.stderr[-2000:]}", file=sys.stderr)
-                continue
-            print(f"round {i + 1} {side}: " + "  ".join(
-                f"{f} web {runs[side][-1][f]['web_cpu_ms_per_call']:.3f}" for f in fronts), flush=True)
-    return runs
+    from bench.ab import alternate  # here, not at the top: a run with `--tree` imports from that tree
+
+    return alternate(__file__, [base, *after], rounds, ["--calls", str(calls), "--fronts", ",".join(fronts)],
+                     "web_cpu_ms_per_call", fronts)
 
 
 def render(runs: dict[str, list[dict[str, Any]]], fronts: tuple[str, ...] = FRONTS) -> str:
-    lines = ["front          metric                  " + " | ".join(f"{side}: median [min-max] (n)" for side in runs)]
-    for front in fronts:
-        for metric in METRICS:
-            cells = []
-            for side_runs in runs.values():
-                values = [r[front][metric] for r in side_runs if front in r and metric in r[front]]
-                cells.append(f"{statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}] ({len(values)})"
-                             if values else "-")
-            lines.append(f"{front:14s} {metric:23s} " + " | ".join(cells))
-    return "\n".join(lines)
+    from bench.ab import render as render_runs
+
+    return render_runs(runs, fronts, METRICS, "front")
 
 
 def micro(rounds: int = 5) -> str:

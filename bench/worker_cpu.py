@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -178,33 +177,16 @@ async def _measure(url: str, tool: str, calls: int, window: int, meter: Any) -> 
 def ab(base: Path, rounds: int, calls: int, direct: bool, after: Path = ROOT) -> dict[str, list[dict[str, Any]]]:
     """Alternate runs of `base` and this checkout, each a process of its own running the other's code (this
     file with `--tree`: an older checkout need not have it)."""
-    runs: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
-    for i in range(rounds):
-        for side, tree in (("A", base), ("B", after)):
-            argv = [sys.executable, __file__, "--json", "--tree", str(tree), "--calls", str(calls)]
-            done = subprocess.run(argv + (["--direct"] if direct else []), cwd=tree, capture_output=True, text=True,
-                                  timeout=900, check=False)
-            try:
-                runs[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
-            except (IndexError, json.JSONDecodeError):
-                print(f"round {i + 1} {side}: no result\n{done.stderr[-2000:]}", file=sys.stderr)
-                continue
-            print(f"round {i + 1} {side}: " + "  ".join(
-                f"{s} worker {runs[side][-1][s]['worker_cpu_ms_per_call']:.3f}" for s in SERVERS), flush=True)
-    return runs
+    from bench.ab import alternate  # here, not at the top: a run with `--tree` imports from that tree
+
+    return alternate(__file__, [base, after], rounds, ["--calls", str(calls), *(["--direct"] if direct else [])],
+                     "worker_cpu_ms_per_call", SERVERS)
 
 
 def render(runs: dict[str, list[dict[str, Any]]]) -> str:
-    lines = ["backend  metric                     " + " | ".join(f"{side}: median [min-max] (n)" for side in runs)]
-    for server in SERVERS:
-        for metric in METRICS:
-            cells = []
-            for side_runs in runs.values():
-                values = [r[server][metric] for r in side_runs if server in r and metric in r[server]]
-                cells.append(f"{statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}] ({len(values)})"
-                             if values else "-")
-            lines.append(f"{server:8s} {metric:26s} " + " | ".join(cells))
-    return "\n".join(lines)
+    from bench.ab import render as render_runs
+
+    return render_runs(runs, SERVERS, METRICS, "backend")
 
 
 def main(argv: list[str] | None = None) -> int:
