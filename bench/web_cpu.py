@@ -176,14 +176,17 @@ def render(runs: dict[str, list[dict[str, Any]]], fronts: tuple[str, ...] = FRON
 def micro(rounds: int = 5) -> str:
     """Two of the web's per-call costs in this process, alternating, medians of `rounds` (process CPU): the
     tools/call params load (the schema's, the quick one), and an answer's Redis writes (its SSE event and its
-    session's forget) one round trip each against held in bursts of 4 (`broker.held`), on an embedded Redis,
+    session's forget) one round trip each, the forgets held in bursts of 4 as the web does (`broker.held`),
+    and the events held too (what 752f870 did), on an embedded Redis,
     and the call log lines of a burst written one record each against together."""
     import uuid
 
     import redis
 
+    from broker import keys, wire
     from broker.events import EventLog
     from broker.held import held
+    from broker.held import pipeline as held_pipeline
     from broker.protocol.registry import quick_call_tool_params
     from broker.schemas import CallToolParamsSchema
     from broker.sessions import SessionStore
@@ -215,14 +218,25 @@ def micro(rounds: int = 5) -> str:
                 events.append(session, "p1", answer)
                 sessions.forget(session, [uuid.uuid4().hex])
 
-        def burst_held() -> None:
+        def burst_held() -> None:  # as the web does: the forgets held, each SSE event written at once
             with held(r):
                 burst()
 
-        writes: dict[str, list[float]] = {"a round trip each": [], "held": []}
+        def burst_all_held() -> None:  # the SSE events held too (752f870; undone: the XADD is the delivery)
+            with held(r):
+                pipe = held_pipeline()
+                assert pipe is not None
+                for _ in range(4):
+                    key = keys.sse_stream(session, "p1")
+                    pipe.xadd(key, {"data": wire.dumps(answer)})
+                    pipe.expire(key, events.ttl_s)
+                    sessions.forget(session, [uuid.uuid4().hex])
+
+        writes: dict[str, list[float]] = {"a round trip each": [], "forgets held": [], "events held too": []}
         for _ in range(rounds):
             writes["a round trip each"].append(cpu_us(burst, 300) / 4)
-            writes["held"].append(cpu_us(burst_held, 300) / 4)
+            writes["forgets held"].append(cpu_us(burst_held, 300) / 4)
+            writes["events held too"].append(cpu_us(burst_all_held, 300) / 4)
     finally:
         embedded.stop()
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from broker import held, keys, wire
+from broker import keys, wire
 
 EVENT_TTL_S = 600
 ENDED: dict[str, Any] = {"ended": True}  # read() yields this very object for a stream closed by its session's end
@@ -26,20 +26,21 @@ class EventLog:
         self.ttl_s = ttl_s
 
     def append(self, session_id: str, stream_id: str, message: dict[str, Any]) -> None:
-        """One event onto its stream; in a burst of the reply hub's (`broker.held`), with the burst's other
-        writes when it ends (the stream's reader, blocked on it, wakes then)."""
+        """One event onto its stream, at once (one round trip), also in a burst of the reply hub's: never
+        held back (`broker.held`), since this write is the delivery. The stream's reader, blocked on it, and
+        a client resuming it with Last-Event-ID find the event only here; when this returns, it is there
+        (`HttpSession.route` forgets a request's route only then). Raises when Redis refuses it."""
         key = keys.sse_stream(session_id, stream_id)
-        in_burst = held.pipeline()
-        pipe = in_burst if in_burst is not None else self._r.pipeline(transaction=False)
+        pipe = self._r.pipeline(transaction=False)
         pipe.xadd(key, {"data": wire.dumps(message)})  # encodable whatever it holds: see broker.wire
         pipe.expire(key, self.ttl_s)
-        if in_burst is None:
-            pipe.execute()
+        pipe.execute()
 
     def read(
-        self, session_id: str, stream_id: str, after: str, block_ms: int
+        self, session_id: str, stream_id: str, after: str, block_ms: int | None
     ) -> list[tuple[str, dict[str, Any]]]:
-        """Events after `after` (an entry id, "0" for all, "$" for only new ones), waiting up to block_ms."""
+        """Events after `after` (an entry id, "0" for all, "$" for only new ones), waiting up to block_ms
+        (None: not at all; 0 would be XREAD's BLOCK 0, forever)."""
         found = self._r.xread({keys.sse_stream(session_id, stream_id): after}, count=100, block=block_ms)
         out: list[tuple[str, dict[str, Any]]] = []
         for _key, entries in found or []:

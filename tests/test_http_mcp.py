@@ -152,6 +152,78 @@ def test_a_cut_sse_stream_resumes_with_last_event_id_and_loses_nothing(stack: St
         assert rest[-1]["id"] == "cut" and rest[-1]["result"]["structuredContent"]["result"] == "slept 1.2s"
 
 
+def test_a_stream_resumed_after_its_answer_was_written_replays_the_rest(stack: Stack) -> None:
+    """A POST stream cut before its answer and resumed once the answer is in its event log: the resumed
+    stream sends what came after Last-Event-ID, answer included (its list of unanswered requests takes
+    the answers already in the stream, not only the requests still routed, which had none)."""
+    from broker import keys
+
+    url = f"{stack.http_url()}/mcp"
+    r = stack.redis()
+    with httpx2.Client(timeout=30) as http:
+        session_id = open_session(http, url)
+        headers = {**ACCEPT, "Mcp-Session-Id": session_id}
+        call = {"jsonrpc": "2.0", "id": "late", "method": "tools/call",
+                "params": {"name": "echo__slow", "arguments": {"seconds": 0.3, "steps": 3},
+                           "_meta": {"progressToken": "p"}}}
+        first_id = ""
+        with http.stream("POST", url, json=call, headers=headers) as response:
+            buffer = ""
+            for chunk in response.iter_text():
+                buffer += chunk
+                events = sse_messages(buffer)
+                if events:
+                    first_id = events[0][0]
+                    break
+        assert first_id  # cut after the first progress event
+        stream = keys.sse_stream(session_id, first_id.partition(".")[0])
+        deadline = time.monotonic() + 30
+        while not any(json.loads(f["data"]).get("id") == "late" for _, f in r.xrange(stream) if "data" in f):
+            assert time.monotonic() < deadline, "the answer never reached the stream"
+            time.sleep(0.05)
+        resumed = http.get(url, headers={"Accept": "text/event-stream", "Mcp-Session-Id": session_id,
+                                         "Last-Event-ID": first_id}, timeout=30)
+        assert resumed.status_code == 200
+        rest = [message for _, message in sse_messages(resumed.text)]
+        assert [m["params"]["progress"] for m in rest if m.get("method") == "notifications/progress"] == [2, 3]
+        assert rest[-1]["id"] == "late" and rest[-1]["result"]["structuredContent"]["result"] == "slept 0.3s"
+
+
+def test_a_request_is_routed_or_answered_in_its_stream_at_every_moment(redis_url: str) -> None:
+    """`HttpSession.route` drops a request's route only once its answer is in the stream, so a resume
+    (which reads the routes, then the stream) always finds it. Checked on the real event log in Redis at
+    the write itself: the route is still there while the XADD runs and gone once it is in."""
+    import threading
+    import uuid
+
+    import redis
+
+    from broker import keys
+    from broker.events import EventLog
+    from web.transports.http_handshake import HttpSession
+
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    seen: list[tuple[bool, int]] = []
+
+    class Watched(EventLog):
+        def append(self, session_id: str, stream_id: str, message: dict) -> None:
+            routed = '"r1"' in session.unanswered(stream_id)
+            super().append(session_id, stream_id, message)
+            still_routed = '"r1"' in session.unanswered(stream_id)
+            seen.append((routed and still_routed, r.xlen(keys.sse_stream(session_id, stream_id))))
+
+    session = HttpSession.__new__(HttpSession)  # its routing alone: no conversation needed
+    session.events, session.session_id = Watched(r), uuid.uuid4().hex
+    session._routes, session._tokens, session._lock, session.streams = {}, {}, threading.Lock(), {"get"}
+    session.expect("p1", {"jsonrpc": "2.0", "id": "r1", "method": "tools/call"})
+    try:
+        session.route({"jsonrpc": "2.0", "id": "r1", "result": {}})
+        assert seen == [(True, 1)]  # written while still routed
+        assert session.unanswered("p1") == set()  # and dropped once written
+    finally:
+        r.delete(keys.sse_stream(session.session_id, "p1"))
+
+
 def test_a_quiet_sse_stream_outlives_redis_py_read_timeout(stack: Stack) -> None:
     """A POST stream that has nothing to send for longer than redis-py's default 5 s read timeout stays
     open and ends with the answer (its blocking XREAD once died with that timeout, cutting the stream)."""

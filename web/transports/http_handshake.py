@@ -101,16 +101,21 @@ class HttpSession:
     def route(self, message: dict[str, Any], related: Any = None) -> None:
         """The stream a message belongs on: its request's (a response, or anything sent on behalf of a
         request: progress, log messages, the backend's sampling/elicitation requests), else the GET stream."""
-        stream_id = GET_STREAM
+        stream_id, answered = GET_STREAM, None
         with self._lock:
             if is_response(message):
-                stream_id = self._routes.pop(json.dumps(message["id"]), GET_STREAM)
+                answered = json.dumps(message["id"])
+                stream_id = self._routes.get(answered, GET_STREAM)
             elif related is not None:
                 stream_id = self._routes.get(json.dumps(related), GET_STREAM)
             elif message.get("method") == "notifications/progress":
                 token = json.dumps((message.get("params") or {}).get("progressToken"))
                 stream_id = self._tokens.get(token, GET_STREAM)
-        self.events.append(self.session_id, stream_id, message)
+        self.events.append(self.session_id, stream_id, message)  # at once, never held: see EventLog.append
+        if answered is not None:  # only now, with the answer in its stream: a request is always in one of
+            with self._lock:  # the two for a resume with Last-Event-ID (`HandshakeEndpoint._unanswered`)
+                if self._routes.get(answered) == stream_id:
+                    del self._routes[answered]
 
     def unanswered(self, stream_id: str) -> set[str]:
         """Requests this session routed to `stream_id` whose answers have not been routed yet."""
@@ -304,12 +309,20 @@ class HandshakeEndpoint:
         return self._with_session(sse_response(events), session)
 
     def _unanswered(self, session: HttpSession, stream_id: str, after: str) -> set[str]:
-        """Requests of a POST stream still waiting for an answer after `after` (to know when a resumed stream ends)."""
+        """Requests of a POST stream whose answers its client has not had by `after` (a resumed stream ends
+        when it has sent them all): those still routed to it, read first, and those answered in the stream
+        after `after`, read second. A route is dropped only once its answer is in the stream
+        (`HttpSession.route`), so every request is found by one of the two reads."""
         pending = session.unanswered(stream_id)
-        for _entry, message in self.events.read(session.session_id, stream_id, after, 0):
-            if is_response(message):
-                pending.discard(json.dumps(message["id"]))
-        return pending
+        after_id = after
+        while True:
+            batch = self.events.read(session.session_id, stream_id, after_id, None)
+            if not batch:
+                return pending
+            for entry_id, message in batch:
+                after_id = entry_id
+                if message is not ENDED and is_response(message):
+                    pending.add(json.dumps(message["id"]))
 
     # ------------------------------------------------------------ DELETE
     def delete(self, scope: str | None) -> Response:
