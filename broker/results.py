@@ -46,10 +46,12 @@ REDELIVERY_MARGIN_S = 60  # past a call's expires_at, how long a restored messag
 MAX_ANSWERED_TTL_S = 3600  # the visibility timeout: no message comes back later than this
 CANCELLED_KEEP_S = 60  # a cancelled call's outcome (not a batch's): nobody reads it, the hub's sweep aside
 
+# The marker first, set NX (one command where EXISTS + SET were two); then the outcome, NX too: an outcome
+# still stored after its marker expired (a session's, kept longer) is never overwritten, e.g. by the
+# timeout answer of a late redelivery (the marker this writes then says what is true: answered).
 _DELIVER = """
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[5])
-redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+if not redis.call('SET', KEYS[1], '1', 'EX', ARGV[5], 'NX') then return 0 end
+if not redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'NX') then return 0 end
 if ARGV[3] ~= '' then
   redis.call('PUBLISH', redis.call('GET', KEYS[3]) or ARGV[3], ARGV[1])
 end
@@ -187,14 +189,16 @@ class ResultWriter:
     def triage(self, calls: list[Call]) -> list[str]:
         """For each call: "answered" (skip), "cancelled" (answer as cancelled) or "run"; one round trip."""
         pipe = self._r.pipeline(transaction=False)
-        for call in calls:
+        for call in calls:  # a batch's state only for a batch call (no placeholder command for the others)
             pipe.exists(keys.answered(call.call_id), keys.result(call.call_id))
             pipe.exists(keys.cancelled(call.call_id))
-            pipe.hget(keys.batch(call.batch), "state") if call.batch else pipe.echo("")
-        flags = pipe.execute()
+            if call.batch:
+                pipe.hget(keys.batch(call.batch), "state")
+        flags = iter(pipe.execute())
         verdicts = []
-        for i in range(len(calls)):
-            answered, cancelled, batch_state = flags[3 * i : 3 * i + 3]
+        for call in calls:
+            answered, cancelled = next(flags), next(flags)
+            batch_state = next(flags) if call.batch else None
             if answered:
                 verdicts.append("answered")
             else:

@@ -96,8 +96,7 @@ class SessionStore:
         its outcome (`keep_s`): a session's call for the session's TTL (its client may be away when it
         ends), any other only briefly (its caller waits for it on this process right now). Given `pipe`,
         the records are added to it (the send that follows them in it runs after them) and not executed."""
-        given = pipe is not None
-        pipe = pipe if pipe is not None else self._r.pipeline(transaction=False)
+        by_session: dict[str, dict[str, str]] = {}
         for call in calls:
             pending = bool(call.get("session")) and "rid" in call
             call.setdefault("keep_s", self.ttl_s if pending else self.delivered_ttl_s)
@@ -105,9 +104,17 @@ class SessionStore:
                 entry = {"rid": call["rid"], "method": call.get("method", "tools/call"), "server": call["server"]}
                 if call.get("progress_token") is not None:
                     entry["progressToken"] = call["progress_token"]
-                pipe.hset(keys.session_calls(call["session"]), call["call_id"], json.dumps(entry))
-                pipe.expire(keys.session_calls(call["session"]), self.ttl_s)
-        if len(pipe) and not given:
+                by_session.setdefault(call["session"], {})[call["call_id"]] = json.dumps(entry)
+        if not by_session:
+            return
+        # one HSET and one EXPIRE per session, not per call: a queue message carries ~10 calls of the same
+        # session (bench.web_cpu, WebSocket: 2.0 -> 0.2 Redis commands per call for the records)
+        given = pipe is not None
+        pipe = pipe if pipe is not None else self._r.pipeline(transaction=False)
+        for session_id, entries in by_session.items():
+            pipe.hset(keys.session_calls(session_id), mapping=entries)
+            pipe.expire(keys.session_calls(session_id), self.ttl_s)
+        if not given:
             pipe.execute()
 
     def forget(self, session_id: str, call_ids: list[str]) -> None:
