@@ -178,7 +178,8 @@ def micro(rounds: int = 5) -> str:
     tools/call params load (the schema's, the quick one), and an answer's Redis writes (its SSE event and its
     session's forget) one round trip each, the forgets held in bursts of 4 as the web does (`broker.held`),
     and the events held too (what 752f870 did), on an embedded Redis,
-    and the call log lines of a burst written one record each against together."""
+    and the call log lines of a burst written one record each against together, and a queue message's send
+    (its session record and LPUSH) pipelined against in a MULTI/EXEC (`web.services.push_calls`)."""
     import uuid
 
     import redis
@@ -191,6 +192,8 @@ def micro(rounds: int = 5) -> str:
     from broker.schemas import CallToolParamsSchema
     from broker.sessions import SessionStore
     from cli.devrun import EmbeddedRedis
+    from web.services import push_calls
+    from workers.dispatch import run_calls_message
 
     def cpu_us(fn: Any, n: int) -> float:
         started = time.process_time()
@@ -237,6 +240,22 @@ def micro(rounds: int = 5) -> str:
             writes["a round trip each"].append(cpu_us(burst, 300) / 4)
             writes["forgets held"].append(cpu_us(burst_held, 300) / 4)
             writes["events held too"].append(cpu_us(burst_all_held, 300) / 4)
+
+        def message(i: int) -> list[dict[str, Any]]:
+            return [{"call_id": uuid.uuid4().hex, "session": session, "rid": i, "server": "pstdio",
+                     "method": "tools/call", "name": "whoami", "arguments": {"a": 1}}]
+
+        def send_pipelined() -> None:  # what 5c516ac sent: the same commands, no MULTI/EXEC
+            pipe = r.pipeline(transaction=False)
+            sessions.remember(message(1), pipe)
+            pipe.lpush("mcp.bench", run_calls_message("mcp.bench", message(1)))
+            pipe.execute()
+
+        sends: dict[str, list[float]] = {"pipeline": [], "MULTI/EXEC": []}
+        for _ in range(rounds):
+            sends["pipeline"].append(cpu_us(send_pipelined, 300))
+            sends["MULTI/EXEC"].append(cpu_us(lambda: push_calls(r, sessions, "mcp.bench", message(1)), 300))
+            r.delete("mcp.bench", keys.session_calls(session))
     finally:
         embedded.stop()
     with tempfile.TemporaryDirectory() as tmp:
@@ -261,7 +280,8 @@ def micro(rounds: int = 5) -> str:
             logged["together"].append(cpu_us(lines_together, 1000) / 4)
     return "\n".join([line("tools/call params load, CPU us per call", loads),
                       line("an answer's writes (SSE event + forget), CPU us per answer, bursts of 4", writes),
-                      line("call log lines to a file, CPU us per line, bursts of 4", logged)])
+                      line("call log lines to a file, CPU us per line, bursts of 4", logged),
+                      line("a queue message of one call and its session record, CPU us per send", sends)])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,3 +105,50 @@ def test_a_worker_runs_the_message_the_web_pushes_itself(stack: Stack) -> None:
         assert outcome["result"]["isError"] is False and outcome["worker"].startswith("echo.")
         assert str(i) in json.dumps(outcome["result"]["content"])
     pubsub.close()
+
+
+def test_a_message_of_calls_goes_all_or_nothing_and_a_lost_reply_is_told_it_may_run(redis_url: str) -> None:
+    """web.services.push_calls: the calls' session records and their queue message in one MULTI/EXEC, not
+    retried. A link refused before anything went out: a plain connection error (its callers: "could not
+    enqueue, retry shortly"). One whose reply is lost after the transaction went out (a fault proxy delays
+    Redis's replies past the client's timeout): `MaybeSent`, and Redis did run it: records and message
+    both, which is why its callers hear that the call may run."""
+    import time
+
+    import pytest
+    import redis
+
+    from broker.sessions import SessionStore
+    from cli.devrun import free_port
+    from tests.faultproxy import FaultProxy
+    from web.services import MAYBE_SENT_MESSAGE, MaybeSent, enqueue_error, push_calls
+
+    direct = redis.Redis.from_url(redis_url, decode_responses=True)
+    session, queue = uuid.uuid4().hex, f"mcp.test-{uuid.uuid4().hex}"
+
+    def calls() -> list[dict[str, Any]]:
+        return [{"call_id": uuid.uuid4().hex, "session": session, "rid": 1, "server": "echo",
+                 "method": "tools/call", "name": "echo", "arguments": {}}]
+
+    try:
+        nowhere = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1, decode_responses=True)
+        with pytest.raises(redis.ConnectionError) as refused:
+            push_calls(nowhere, SessionStore(nowhere), queue, calls())
+        assert not isinstance(refused.value, MaybeSent)
+        assert "retry shortly" in enqueue_error(refused.value).message
+        with FaultProxy.for_url(redis_url) as proxy:
+            slow = redis.Redis.from_url(proxy.url_for(redis_url), socket_timeout=0.5, decode_responses=True)
+            assert slow.ping()  # connected before the replies slow down
+            proxy.set_latency(down=2.0)
+            sent = calls()
+            with pytest.raises(MaybeSent):
+                push_calls(slow, SessionStore(slow), queue, sent)
+            assert enqueue_error(MaybeSent()).message == MAYBE_SENT_MESSAGE
+            deadline = time.monotonic() + 10
+            while not direct.llen(queue):
+                assert time.monotonic() < deadline, "the transaction never ran"
+                time.sleep(0.05)
+            assert direct.hexists(keys.session_calls(session), sent[0]["call_id"])  # both, in one EXEC
+            assert direct.llen(queue) == 1
+    finally:
+        direct.delete(queue, keys.session_calls(session))

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import redis
 from flask import current_app
 from kombu.exceptions import OperationalError
 from mcp_types import INTERNAL_ERROR
@@ -44,6 +45,46 @@ _services: BrokerServices | None = None
 _pid: int | None = None
 
 
+MAYBE_SENT_MESSAGE = ("Service unavailable: the broker's Redis stopped answering while this call was being "
+                      "enqueued; it may or may not run. Retry it if that is safe")
+
+
+class MaybeSent(Exception):
+    """A queue message's MULTI/EXEC went out but its reply did not come back (the link broke or timed out):
+    Redis may have run it, so its calls may run."""
+
+
+def enqueue_error(err: Exception) -> RPCError:
+    """What the caller of a call that `push_calls` could not enqueue hears: retry shortly if nothing went out,
+    may or may not run if the transaction did (`MaybeSent`)."""
+    if isinstance(err, MaybeSent):
+        return outage.unavailable_error(MAYBE_SENT_MESSAGE)
+    if isinstance(err, (*outage.REDIS_DOWN, OperationalError)):  # kombu wraps redis-py's errors
+        return outage.unavailable_error(f"Could not enqueue the call: {outage.MESSAGE}")
+    return RPCError(INTERNAL_ERROR, f"Could not enqueue the call: {err!r}")
+
+
+def push_calls(r: redis.Redis, sessions: SessionStore, queue: str, calls: list[dict[str, Any]]) -> None:
+    """One queue message of calls, and their sessions' records before it, in one round trip and one
+    MULTI/EXEC: all or nothing (an answer can never arrive for a call its session does not know, and a
+    session never waits for a call that was not queued). The message is the one Celery's `send_task`
+    would push (`workers.dispatch.run_calls_message`). Not retried, like every command of this process's
+    client (`broker.redisconn`; Celery's publish retried ~0.6 s): a link that fails while connecting
+    sent nothing (the caller hears "could not enqueue, retry shortly"); one that fails after the
+    transaction went out may have queued it (`MaybeSent`: the caller hears it may run)."""
+    now = time.time()
+    for call in calls:
+        call.setdefault("queued_at", now)  # the worker measures the queue wait from here
+    pipe = r.pipeline(transaction=True)
+    sessions.remember(calls, pipe)
+    pipe.lpush(queue, run_calls_message(queue, calls))
+    pipe.connection = r.connection_pool.get_connection()  # connected here: a failure so far sent nothing
+    try:
+        pipe.execute()  # (releases the connection, whatever happens)
+    except outage.REDIS_DOWN as err:
+        raise MaybeSent(err) from err
+
+
 def build_services(config: BrokerConfig) -> BrokerServices:
     r = get_redis()
     catalog = Catalog(r, config)
@@ -53,23 +94,10 @@ def build_services(config: BrokerConfig) -> BrokerServices:
                             int(os.environ.get("MCP_BROKER_DELIVERED_TTL_S", str(DELIVERED_TTL_S))))
 
     def enqueue_failed(call: dict[str, Any], err: Exception) -> None:
-        error = RPCError(INTERNAL_ERROR, f"Could not enqueue the call: {err!r}")
-        if isinstance(err, (*outage.REDIS_DOWN, OperationalError)):  # kombu wraps redis-py's errors
-            error = outage.unavailable_error(f"Could not enqueue the call: {outage.MESSAGE}")
-        message = {"call_id": call["call_id"], "error": error.to_error()}
-        hub.deliver_local(message)
+        hub.deliver_local({"call_id": call["call_id"], "error": enqueue_error(err).to_error()})
 
     def send(queue: str, calls: list[dict[str, Any]]) -> None:
-        """One queue message of calls, and their sessions' records before it, in one round trip (pipelined
-        in order: an answer can never arrive for a call its session does not know). The message is the one
-        Celery's `send_task` would push (`workers.dispatch.run_calls_message`)."""
-        now = time.time()
-        for call in calls:
-            call.setdefault("queued_at", now)  # the worker measures the queue wait from here
-        pipe = r.pipeline(transaction=False)
-        sessions.remember(calls, pipe)
-        pipe.lpush(queue, run_calls_message(queue, calls))
-        pipe.execute()
+        push_calls(r, sessions, queue, calls)
 
     services = BrokerServices(
         config=config,
