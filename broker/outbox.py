@@ -1,8 +1,10 @@
 """Coalesce calls bound for the same server into one queue message.
 
-A Celery send costs ~0.5-1 ms; the backend answers a trivial call in less.
-So the web process never sends one message per call when calls arrive
-together: each queue has a sender that takes whatever is waiting (up to
+A send is a Redis round trip (the web's `send`, web/services.py: the calls'
+session records and the message in one MULTI/EXEC, ~50 us of the web's CPU
+here, and the worker's per-message cost below); the backend answers a trivial
+call in not much more. So the web process never sends one message per call
+when calls arrive together: each queue has a sender that takes whatever is waiting (up to
 `max_batch`) and sends it as one message. An idle broker adds no delay (a lone
 call goes out at once); a busy one sends fewer, fuller messages. The worker
 runs a message's calls concurrently over its warm session. `max_batch=1`
@@ -39,13 +41,11 @@ class Outbox:
         submit_many: SubmitMany,
         on_failure: OnFailure,
         max_batch: int = 32,
-        before_send: Callable[[list[dict[str, Any]]], None] | None = None,
         load: Callable[[str], int] | None = None,
         coalesce_at: int = 16,
         coalesce_wait_s: float = 0.01,
     ) -> None:
         self._submit_many = submit_many
-        self._before_send = before_send
         self._on_failure = on_failure
         self.max_batch = max(1, max_batch)
         self.coalesce_at = max(1, coalesce_at)
@@ -97,8 +97,6 @@ class Outbox:
                     self._gather(pending, wakeup)
                 chunk = [pending.popleft() for _ in range(min(self.max_batch, len(pending)))]
                 try:
-                    if self._before_send is not None:
-                        self._before_send(chunk)
                     self._submit_many(queue, chunk)
                     self.messages_sent += 1
                     self.calls_sent += len(chunk)
