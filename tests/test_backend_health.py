@@ -168,10 +168,15 @@ def test_a_hung_backend_under_traffic_is_restarted_and_its_waiting_calls_run_on_
         failures = [r for r in seen if r.get("state") != "healthy"]
         assert failures, seen
         errors = " | ".join(str(r.get("error")) for r in failures)
-        assert "in a row" in errors and "ping" in errors, errors
+        assert "in a row" in errors, errors
         timeouts = [t for t in traffic if "error" in t]
         assert timeouts and all(t["error"]["code"] == -32001 for t in timeouts), timeouts[:3]
-        assert "restarting hung session" in hstack.worker.log()
+        # the restart's own reason (also written to the record, where the fresh session's first answer may
+        # replace it before a 50 ms sample sees it: the worker's log line is the lasting word): a ping went
+        # unanswered, so the session was hung, not slow
+        restarts = [line for line in hstack.worker.log().splitlines() if "restarting hung session" in line]
+        unanswered_ping = "a ping (which takes no call slot) went unanswered"
+        assert restarts and all(unanswered_ping in line for line in restarts), restarts
 
 
 # ---------------------------------------------------------------- slot waits (issue 12, finding 7)
