@@ -171,7 +171,8 @@ def forward(conversation: Conversation, request_id: Any, call: Call, meta: dict[
     call.expires_at = time.time() + timeout + QUEUE_GRACE_S
     call.progress = progress_token is not None
     call.progress_token = progress_token
-    call.session, call.rid, call.key = conversation.session_id, request_id, conversation.principal.id
+    call.session, call.key = conversation.session_id, conversation.principal.id
+    call.rid = request_id if conversation.kept else None  # a session record only where a session resumes it
     call.meta = forwarded_meta(meta) or None
     if spec.settings.forward_headers:
         wanted = [name.lower() for name in spec.settings.forward_headers]

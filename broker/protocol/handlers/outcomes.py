@@ -64,7 +64,7 @@ class Waiting:
         else:
             conversation.respond(self.request_id, client_result(conversation, self.method, self.server,
                                                                 message["result"], self.tool))
-        conversation.services.sessions.forget(conversation.session_id, [self.call_id])
+        conversation.forget_calls([self.call_id])
 
     def on_event(self, event: dict[str, Any]) -> None:
         conversation = self.conversation

@@ -88,7 +88,7 @@ def announce(conversation: Conversation, waiting: Waiting) -> None:
         return  # answered (outcome, cancel), or a question round is being gathered: it answers the request
     conversation.admission.release_slot(call_id)  # a task does not count as a call in flight of its key
     conversation.services.hub.forget(call_id)
-    conversation.services.sessions.forget(conversation.session_id, [call_id])
+    conversation.forget_calls([call_id])
     record = TaskStore(conversation.services.redis).announce(digest_of(handle))
     if record is None:  # its record is gone (Redis lost its data): the call is not a task anyone can follow
         conversation.error(request_id, INTERNAL_ERROR, "Internal error: the task's record was lost")
