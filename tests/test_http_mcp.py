@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import anyio
 import httpx2
@@ -125,6 +126,19 @@ def test_http_session_lives_in_the_same_store_and_resumes_over_websocket(stack: 
             "same session")
 
 
+def first_event(http: httpx2.Client, url: str, call: dict[str, Any], headers: dict[str, str]
+                ) -> tuple[str, dict[str, Any]]:
+    """POST `call` and cut its SSE stream after the first event: that event's id and message."""
+    with http.stream("POST", url, json=call, headers=headers) as response:
+        buffer = ""
+        for chunk in response.iter_text():
+            buffer += chunk
+            events = sse_messages(buffer)
+            if events:
+                return events[0]
+    raise AssertionError("the stream ended before its first event")
+
+
 def test_a_cut_sse_stream_resumes_with_last_event_id_and_loses_nothing(stack: Stack) -> None:
     url = f"{stack.http_url()}/mcp"
     with httpx2.Client(timeout=30) as http:
@@ -133,17 +147,8 @@ def test_a_cut_sse_stream_resumes_with_last_event_id_and_loses_nothing(stack: St
         call = {"jsonrpc": "2.0", "id": "cut", "method": "tools/call",
                 "params": {"name": "echo__slow", "arguments": {"seconds": 1.2, "steps": 4},
                            "_meta": {"progressToken": "p"}}}
-        first_id = None
-        with http.stream("POST", url, json=call, headers=headers) as response:
-            buffer = ""
-            for chunk in response.iter_text():
-                buffer += chunk
-                events = sse_messages(buffer)
-                if events:
-                    first_id, first = events[0]
-                    assert first["method"] == "notifications/progress" and first["params"]["progress"] == 1
-                    break
-        assert first_id  # the stream was cut after the first event
+        first_id, first = first_event(http, url, call, headers)  # the stream is cut after it
+        assert first["method"] == "notifications/progress" and first["params"]["progress"] == 1
         resumed = http.get(url, headers={"Accept": "text/event-stream", "Mcp-Session-Id": session_id,
                                          "Last-Event-ID": first_id})
         assert resumed.status_code == 200
@@ -166,16 +171,7 @@ def test_a_stream_resumed_after_its_answer_was_written_replays_the_rest(stack: S
         call = {"jsonrpc": "2.0", "id": "late", "method": "tools/call",
                 "params": {"name": "echo__slow", "arguments": {"seconds": 0.3, "steps": 3},
                            "_meta": {"progressToken": "p"}}}
-        first_id = ""
-        with http.stream("POST", url, json=call, headers=headers) as response:
-            buffer = ""
-            for chunk in response.iter_text():
-                buffer += chunk
-                events = sse_messages(buffer)
-                if events:
-                    first_id = events[0][0]
-                    break
-        assert first_id  # cut after the first progress event
+        first_id, _ = first_event(http, url, call, headers)  # cut after the first progress event
         stream = keys.sse_stream(session_id, first_id.partition(".")[0])
         deadline = time.monotonic() + 30
         while not any(json.loads(f["data"]).get("id") == "late" for _, f in r.xrange(stream) if "data" in f):
