@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,17 @@ def wait_for_nap(key: str, wanted: str) -> None:
             return
         time.sleep(0.1)
     pytest.fail(f"nap {key} is {state!r}, not {wanted!r}, after {WAIT_S:g}s")
+
+
+def start_naps(post: Callable[[str, int, str, float], None],
+               naps: list[tuple[str, int, str, float]]) -> list[threading.Thread]:
+    """Each nap `(name, request id, key, seconds)` posted on a thread of its own; back once every one has started."""
+    threads = [threading.Thread(target=post, args=nap) for nap in naps]
+    for thread in threads:
+        thread.start()
+    for _, _, key, _ in naps:
+        wait_for_nap(key, "started")
+    return threads
 
 
 def modern_body(rid: Any, method: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -160,12 +171,7 @@ def test_modern_notifications_cancelled_cancels_the_named_request_only(stack: St
             "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": MODERN,
             "Mcp-Method": "tools/call", "Mcp-Name": "echo__nap"})
 
-    threads = [threading.Thread(target=post, args=("named", 41, named, 90)),
-               threading.Thread(target=post, args=("other", 42, other, 3))]
-    for thread in threads:
-        thread.start()
-    wait_for_nap(named, "started")
-    wait_for_nap(other, "started")
+    threads = start_naps(post, [("named", 41, named, 90), ("other", 42, other, 3)])
     cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled",
               "params": {"requestId": 41, "reason": "user gave up", "_meta": ENVELOPE}}
     sent = httpx2.post(url, json=cancel, timeout=30, headers={
@@ -208,12 +214,7 @@ def test_a_key_cannot_cancel_another_keys_request_over_http(stack: Stack) -> Non
             sent = httpx2.post(url, json=notice, timeout=30, headers=headers(tenant, "notifications/cancelled"))
             assert sent.status_code == 202, sent.text
 
-        threads = [threading.Thread(target=nap, args=("victim", 41, victim, 6)),
-                   threading.Thread(target=nap, args=("control", 42, control, 90))]
-        for thread in threads:
-            thread.start()
-        wait_for_nap(victim, "started")
-        wait_for_nap(control, "started")
+        threads = start_naps(nap, [("victim", 41, victim, 6), ("control", 42, control, 90)])
         cancel("tenant-b", 41)  # another tenant, A's request id and client name
         cancel("tenant-a", 42)  # A's own: heard after B's notice
         wait_for_nap(control, "cancelled")

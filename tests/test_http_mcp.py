@@ -126,6 +126,13 @@ def test_http_session_lives_in_the_same_store_and_resumes_over_websocket(stack: 
             "same session")
 
 
+def slow_call(rid: str, seconds: float, steps: int) -> dict[str, Any]:
+    """A `tools/call` of echo's `slow`, which sends `steps` progress notices before its answer."""
+    return {"jsonrpc": "2.0", "id": rid, "method": "tools/call",
+            "params": {"name": "echo__slow", "arguments": {"seconds": seconds, "steps": steps},
+                       "_meta": {"progressToken": "p"}}}
+
+
 def first_event(http: httpx2.Client, url: str, call: dict[str, Any], headers: dict[str, str]
                 ) -> tuple[str, dict[str, Any]]:
     """POST `call` and cut its SSE stream after the first event: that event's id and message."""
@@ -144,10 +151,7 @@ def test_a_cut_sse_stream_resumes_with_last_event_id_and_loses_nothing(stack: St
     with httpx2.Client(timeout=30) as http:
         session_id = open_session(http, url)
         headers = {**ACCEPT, "Mcp-Session-Id": session_id}
-        call = {"jsonrpc": "2.0", "id": "cut", "method": "tools/call",
-                "params": {"name": "echo__slow", "arguments": {"seconds": 1.2, "steps": 4},
-                           "_meta": {"progressToken": "p"}}}
-        first_id, first = first_event(http, url, call, headers)  # the stream is cut after it
+        first_id, first = first_event(http, url, slow_call("cut", 1.2, 4), headers)  # the stream is cut after it
         assert first["method"] == "notifications/progress" and first["params"]["progress"] == 1
         resumed = http.get(url, headers={"Accept": "text/event-stream", "Mcp-Session-Id": session_id,
                                          "Last-Event-ID": first_id})
@@ -168,10 +172,7 @@ def test_a_stream_resumed_after_its_answer_was_written_replays_the_rest(stack: S
     with httpx2.Client(timeout=30) as http:
         session_id = open_session(http, url)
         headers = {**ACCEPT, "Mcp-Session-Id": session_id}
-        call = {"jsonrpc": "2.0", "id": "late", "method": "tools/call",
-                "params": {"name": "echo__slow", "arguments": {"seconds": 0.3, "steps": 3},
-                           "_meta": {"progressToken": "p"}}}
-        first_id, _ = first_event(http, url, call, headers)  # cut after the first progress event
+        first_id, _ = first_event(http, url, slow_call("late", 0.3, 3), headers)  # cut after the first progress event
         stream = keys.sse_stream(session_id, first_id.partition(".")[0])
         deadline = time.monotonic() + 30
         while not any(json.loads(f["data"]).get("id") == "late" for _, f in r.xrange(stream) if "data" in f):
