@@ -27,6 +27,7 @@ The Celery tasks that take the messages are in `workers.tasks`; this is what the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -244,9 +245,15 @@ def run_calls_now(calls: list[Call], worker: str) -> None:
         observe.worker_outcome(call, outcome, worker, wait, time.perf_counter() - started)
 
     async def all_of_them() -> None:
-        async with anyio.create_task_group() as group:
-            for call in runnable:
-                group.start_soon(one, call)
+        # asyncio's own tasks, not an anyio task group: `one` answers every failure of a call itself, so
+        # the group's cancel-the-others-on-error bookkeeping has nothing to do, and an anyio task costs ~100 us
+        # here against ~26 us for an asyncio one (timeit on this box; anyio 4.16). A message of one call
+        # needs no task of its own: the portal's already runs it. Cancel scopes inside (each call's, the SDK's)
+        # work in native tasks too; cancelling this coroutine (the portal stopping) cancels every call.
+        if len(runnable) == 1:
+            await one(runnable[0])
+        else:
+            await asyncio.gather(*(one(call) for call in runnable))
 
     backend_pool().portal.call(all_of_them)
     if unstored:
