@@ -9,10 +9,21 @@ import pytest
 import redis
 
 from cli.devrun import ensure_redis
+from tests import installs
 from tests.redis_server import RedisServer
 from tests.stack import Stack
 
 TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start building the third-party installs the collected tests need (tests/installs.py), in the background."""
+    if not session.config.option.collectonly:
+        installs.prefetch({item.path.name for item in session.items})
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    installs.finish()
 
 
 @pytest.fixture(scope="session")

@@ -364,10 +364,15 @@ def is_zombie(process: psutil.Process) -> bool:
         return False
 
 
+RESTARTS = 80
+"""Calls whose backend is SIGKILLed after each: every one starts a fresh backend (~0.14 s each here), so 80
+show restarts never pile up children nor leave zombies as well as the 200 this ran before (28 s of the suite)."""
+
+
 def test_killed_backends_are_reaped_and_none_outlives_a_sigkilled_worker(bstack: BackendStack) -> None:
     with RawClient(bstack.stack.ws_url()) as client:
         pids: set[int] = set()
-        for i in range(200):
+        for i in range(RESTARTS):
             reply = client.call("tinyr__echo", {"text": str(i)}, timeout=30)
             assert reply["result"]["structuredContent"]["text"] == str(i), reply
             pids.add(reply["result"]["structuredContent"]["pid"])
@@ -376,7 +381,7 @@ def test_killed_backends_are_reaped_and_none_outlives_a_sigkilled_worker(bstack:
             for child in children:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     child.kill()
-        assert len(pids) >= 150  # the calls really ran on fresh backends
+        assert len(pids) >= RESTARTS * 3 // 4  # the calls really ran on fresh backends
         for worker in bstack.workers():  # every killed child was reaped (a zombie or two may be in flight)
             zombies = [c for c in psutil.Process(worker.popen.pid).children() if is_zombie(c)]
             assert len(zombies) <= 2

@@ -42,11 +42,10 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.message import SessionMessage
 from mcp_types import JSONRPCRequest
 
+from tests.installs import installed
 from tests.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
-NODE_DIR = ROOT / "tests" / ".cancel-node"
-PACKAGE = ROOT / "tests" / "clients" / "cancel-package.json"
 TS_CLIENT = ROOT / "tests" / "clients" / "cancel_client.mjs"
 MODERN = "2026-07-28"
 ENVELOPE = {"io.modelcontextprotocol/protocolVersion": MODERN,
@@ -269,14 +268,7 @@ def ts_client() -> Iterator[Path]:
     """The TypeScript SDK, installed once into tests/.cancel-node (git-ignored) from the pinned package file."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.fail("node and npm are needed (Node 20 is on the machine and in CI)")
-    stamp = NODE_DIR / ".installed"
-    if not stamp.exists() or stamp.read_text() != PACKAGE.read_text():
-        NODE_DIR.mkdir(parents=True, exist_ok=True)
-        shutil.copy(PACKAGE, NODE_DIR / "package.json")
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_DIR, check=True,
-                       timeout=300, capture_output=True)
-        stamp.write_text(PACKAGE.read_text())
-    script = NODE_DIR / TS_CLIENT.name
+    script = installed("cancel-node") / TS_CLIENT.name
     shutil.copy(TS_CLIENT, script)  # beside its node_modules, so its imports resolve
     yield script
 

@@ -32,17 +32,14 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from cli.devrun import free_port
+from tests.installs import installed
 from tests.stack import ROOT, Stack
-
-HOSTS_DIR = ROOT / ".conformance" / "hosts"
 
 
 @pytest.fixture(scope="module")
 def inspector() -> Path:
-    done = subprocess.run(["make", "-s", ".conformance/hosts/.installed"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, f"make hosts failed:\n{done.stdout}\n{done.stderr}"
-    return HOSTS_DIR
+    """`make hosts` (tests/installs.py): the Inspector, mcp-remote and their Node 22 in .conformance/hosts."""
+    return installed("hosts")
 
 
 def inspect(inspector: Path, tmp_path: Path, url: str, *method: str) -> dict[str, Any]:

@@ -13,7 +13,6 @@ whose groups map to a profile that may use only `time__*`: the broker lists only
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import queue
@@ -28,6 +27,7 @@ from urllib.parse import quote
 import pytest
 from playwright.sync_api import sync_playwright
 
+from tests.installs import OAUTH_NODE, installed
 from tests.oauth_server import AuthServer
 from tests.stack import Stack
 from tests.test_status_page import CHROMIUM, CHROMIUM_ARGS
@@ -35,27 +35,15 @@ from tests.test_status_page import CHROMIUM, CHROMIUM_ARGS
 pytestmark = pytest.mark.timeout(300)
 
 HERE = Path(__file__).parent
-PACKAGE = HERE / "oauth_client" / "package.json"
 SCRIPT = HERE / "oauth_client" / "client.mjs"
-NODE_DIR = HERE / ".oauth-node"
 FLOW_TIMEOUT_S = 90
 
 
 def install_client() -> Path:
-    """npm-install the pinned SDK into tests/.oauth-node once (a stamp holds the package.json's digest)."""
-    npm, node = shutil.which("npm"), shutil.which("node")
-    if npm is None or node is None:
-        raise RuntimeError("node and npm are needed for the OAuth client test (Node 20+)")
-    digest = hashlib.sha256(PACKAGE.read_bytes()).hexdigest()[:16]
-    stamp = NODE_DIR / ".installed"
-    if not (stamp.exists() and stamp.read_text().strip() == digest):
-        NODE_DIR.mkdir(exist_ok=True)
-        shutil.copyfile(PACKAGE, NODE_DIR / "package.json")
-        subprocess.run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_DIR, check=True,
-                       capture_output=True, text=True, timeout=300)
-        stamp.write_text(digest)
-    shutil.copyfile(SCRIPT, NODE_DIR / "client.mjs")  # beside its node_modules, where ESM resolves packages
-    return NODE_DIR / "client.mjs"
+    """The pinned SDK npm-installed into tests/.oauth-node once (tests/installs.py), the client script beside it."""
+    node_dir = installed("oauth-node")
+    shutil.copyfile(SCRIPT, node_dir / "client.mjs")  # beside its node_modules, where ESM resolves packages
+    return node_dir / "client.mjs"
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +63,7 @@ def flow_broker(stack: Stack) -> Iterator[tuple[str, AuthServer]]:
 def run_flow(url: str, tool: str, arguments: dict[str, Any]) -> list[dict[str, Any]]:
     """Run the SDK client; open its authorization URL in headless chromium; its events, in order."""
     node = shutil.which("node") or "node"
-    proc = subprocess.Popen([node, str(NODE_DIR / "client.mjs"), url, tool, json.dumps(arguments)], cwd=NODE_DIR,
+    proc = subprocess.Popen([node, str(OAUTH_NODE / "client.mjs"), url, tool, json.dumps(arguments)], cwd=OAUTH_NODE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     lines: queue.Queue[str | None] = queue.Queue()
 

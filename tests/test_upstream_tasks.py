@@ -9,8 +9,6 @@ built here from the registry (pinned: `tests/servers/fastmcp-requirements.txt`) 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +16,10 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from tests.installs import installed
 from tests.stack import ROOT, Stack
 from tests.test_tasks import WEB_ENV, Web
 
-FASTMCP_VENV = ROOT / ".venv-fastmcp"
-REQUIREMENTS = ROOT / "tests" / "servers" / "fastmcp-requirements.txt"
 SERVER = ROOT / "tests" / "servers" / "fastmcp_tasks_server.py"
 PATH = "/servers/fm/mcp"
 
@@ -30,13 +27,7 @@ PATH = "/servers/fm/mcp"
 @pytest.fixture(scope="session")
 def fastmcp_python() -> Path:
     """The python of the fastmcp venv, built (python -m venv + pip from the registry) when missing."""
-    python = FASTMCP_VENV / "bin" / "python"
-    check = [str(python), "-c", "import fastmcp_tasks"]
-    if not python.exists() or subprocess.run(check, capture_output=True).returncode != 0:
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(FASTMCP_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)], check=True,
-                       timeout=900)
-    return python
+    return installed("fastmcp")
 
 
 @pytest.fixture(scope="module")

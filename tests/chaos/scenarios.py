@@ -171,9 +171,9 @@ def redis_sigkill(size: int = 10_000, kills: int = 3, down_s: float = 3.0, secon
 
 # ------------------------------------------------------------------ half-open partition of a worker
 def worker_partition(size: int = 5_000, per_s: float = 100, hold_s: float = 30.0, seconds: float = 0.25,
-                     after_s: float = 60, stall_s: float = STALL_S) -> Row:
+                     after_s: float = 60, stall_s: float = STALL_S, warmup: float = 0.1) -> Row:
     """Two workers, one reaching Redis through a fault proxy, under steady traffic (calls arriving at `per_s` a
-    second, as small batches); once a tenth of `size` calls are answered the proxy goes silent both ways
+    second, as small batches); once `warmup` of `size` calls are answered the proxy goes silent both ways
     (sockets open, nothing flows: a half-open link) for `hold_s`, then heals. The other worker must take over
     the partitioned one's calls; the partitioned worker must notice (with `hold_s` past its lease: exit
     non-zero, so that its supervisor restarts it) and it, or its restart (behind the same proxy), must serve
@@ -196,7 +196,8 @@ def worker_partition(size: int = 5_000, per_s: float = 100, hold_s: float = 30.0
             return any(r.worker in pids and r.at > healed_at for runs in read_ledger(cluster.ledger).values()
                        for r in runs)
 
-        if _wait_turn(cluster, tally, reader, 0.1, None, budget, running_on=lambda counts: counts[cut.popen.pid] > 0,
+        if _wait_turn(cluster, tally, reader, warmup, None, budget,
+                      running_on=lambda counts: counts[cut.popen.pid] > 0,
                       stall_s=stall_s):
             now = time.time()
             proxy.partition()
@@ -228,8 +229,8 @@ def worker_partition(size: int = 5_000, per_s: float = 100, hold_s: float = 30.0
 
 # ------------------------------------------------------------------ hung backend (SIGSTOP) under load
 def hung_backend(size: int = 3_000, per_s: float = 75, seconds: float = 0.1, timeout_s: float = 10,
-                 after_s: float = 10, stall_s: float = STALL_S) -> Row:
-    """One worker under steady traffic (calls arriving at `per_s` a second, as small batches); once a tenth of
+                 after_s: float = 10, stall_s: float = STALL_S, warmup: float = 0.1) -> Row:
+    """One worker under steady traffic (calls arriving at `per_s` a second, as small batches); once `warmup` of
     `size` calls are answered its backend is SIGSTOPped (alive, silent: a hung server). The worker must notice
     (calls time out, a ping goes unanswered), restart the backend and run the calls that keep coming on the
     fresh one. Traffic goes on until all `size` calls are made, or until `after_s` after the first call ran on
@@ -243,7 +244,7 @@ def hung_backend(size: int = 3_000, per_s: float = 75, seconds: float = 0.1, tim
         traffic.start()
         faults: list[Fault] = []
         stopped: int | None = None
-        if _wait_turn(cluster, tally, traffic, 0.1, None, budget, stall_s=stall_s):
+        if _wait_turn(cluster, tally, traffic, warmup, None, budget, stall_s=stall_s):
             backend = cluster.backend_of(cluster.live_workers()[0])
             if backend is not None:
                 now = time.time()
