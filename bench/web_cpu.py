@@ -256,6 +256,7 @@ def micro(rounds: int = 5) -> str:
             sends["pipeline"].append(cpu_us(send_pipelined, 300))
             sends["MULTI/EXEC"].append(cpu_us(lambda: push_calls(r, sessions, "mcp.bench", message(1)), 300))
             r.delete("mcp.bench", keys.session_calls(session))
+        posts = post_stream_reads(events, session, answer, rounds, cpu_us)
     finally:
         embedded.stop()
     with tempfile.TemporaryDirectory() as tmp:
@@ -281,7 +282,33 @@ def micro(rounds: int = 5) -> str:
     return "\n".join([line("tools/call params load, CPU us per call", loads),
                       line("an answer's writes (SSE event + forget), CPU us per answer, bursts of 4", writes),
                       line("call log lines to a file, CPU us per line, bursts of 4", logged),
-                      line("a queue message of one call and its session record, CPU us per send", sends)])
+                      line("a queue message of one call and its session record, CPU us per send", sends),
+                      line("a handshake POST's answer written, then read back or handed over: CPU us", posts)])
+
+
+def post_stream_reads(events: Any, session: str, answer: dict[str, Any], rounds: int,
+                      cpu_us: Any) -> dict[str, list[float]]:
+    """A handshake POST's answer written to its stream (XADD + EXPIRE), then read back by its response with an
+    XREAD (as before `web/transports/post_stream.py`), or handed over in-process through a queue (as now)."""
+    import queue
+
+    last = {"after": "0"}
+    handed: queue.Queue[Any] = queue.Queue()
+
+    def read_back() -> None:
+        events.append(session, "rb", answer)
+        [(last["after"], _)] = events.read(session, "rb", last["after"], None)
+
+    def hand_over() -> None:
+        handed.put((events.append(session, "ho", answer), answer))
+        handed.get_nowait()
+
+    out: dict[str, list[float]] = {"read back": [], "handed over": []}
+    for _ in range(rounds):
+        out["read back"].append(cpu_us(read_back, 300))
+        out["handed over"].append(cpu_us(hand_over, 300))
+    return out
+
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,16 +25,16 @@ class EventLog:
         self._r = r
         self.ttl_s = ttl_s
 
-    def append(self, session_id: str, stream_id: str, message: dict[str, Any]) -> None:
+    def append(self, session_id: str, stream_id: str, message: dict[str, Any]) -> str:
         """One event onto its stream, at once (one round trip), also in a burst of the reply hub's: never
         held back (`broker.held`), since this write is the delivery. The stream's reader, blocked on it, and
         a client resuming it with Last-Event-ID find the event only here; when this returns, it is there
-        (`HttpSession.route` forgets a request's route only then). Raises when Redis refuses it."""
+        (`HttpSession.route` forgets a request's route only then). Raises when Redis refuses it. Its entry id."""
         key = keys.sse_stream(session_id, stream_id)
         pipe = self._r.pipeline(transaction=False)
         pipe.xadd(key, {"data": wire.dumps(message)})  # encodable whatever it holds: see broker.wire
         pipe.expire(key, self.ttl_s)
-        pipe.execute()
+        return str(pipe.execute()[0])
 
     def read(
         self, session_id: str, stream_id: str, after: str, block_ms: int | None

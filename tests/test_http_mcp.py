@@ -212,6 +212,7 @@ def test_a_request_is_routed_or_answered_in_its_stream_at_every_moment(redis_url
     session = HttpSession.__new__(HttpSession)  # its routing alone: no conversation needed
     session.events, session.session_id = Watched(r), uuid.uuid4().hex
     session._routes, session._tokens, session._lock, session.streams = {}, {}, threading.Lock(), {"get"}
+    session._appending, session._live = threading.Lock(), {}
     session.expect("p1", {"jsonrpc": "2.0", "id": "r1", "method": "tools/call"})
     try:
         session.route({"jsonrpc": "2.0", "id": "r1", "result": {}})

@@ -6,9 +6,11 @@ answered as SSE, or as one JSON body for clients that accept only JSON);
 messages that belong to no request (list_changed, log messages) go to the
 session's standalone GET stream. Every SSE event is kept in a Redis stream
 (`broker/events.py`) so a cut stream resumes with `Last-Event-ID`, on any web
-process. Rules follow the SDK's own server transport: 406 without the right
-Accept, 415 without JSON, 400 without a session id, 404 for an unknown one,
-202 for posts that carry only notifications or responses.
+process; a POST's live response takes its events in-process as they are
+written (`web/transports/post_stream.py`), not back from Redis. Rules follow the SDK's own server
+transport: 406 without the right Accept, 415 without JSON, 400 without a
+session id, 404 for an unknown one, 202 for posts that carry only
+notifications or responses.
 
 Every request on a session refreshes its TTL in Redis and learns there whether
 it still exists: an expired or deleted session is gone on every process (404),
@@ -19,8 +21,10 @@ pile up in memory (before: 20,000 abandoned sessions cost +124 MiB for good).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -53,6 +57,7 @@ from web.transports.common import (
     sse_event,
     sse_response,
 )
+from web.transports.post_stream import Events, PostStream
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +87,8 @@ class HttpSession:
         self._routes: dict[str, str] = {}  # JSON of a request id → stream id
         self._tokens: dict[str, str] = {}  # JSON of a progress token → stream id
         self._lock = threading.Lock()
+        self._appending = threading.Lock()  # an event's write and its hand-over, in the order of the stream
+        self._live: dict[str, Events] = {}  # POST stream → its response
         self.streams: set[str] = {GET_STREAM}
         self.conversation = Conversation(services, self.route, session_id, resume=resume, scope=scope,
                                          principal=principal)
@@ -111,11 +118,34 @@ class HttpSession:
             elif message.get("method") == "notifications/progress":
                 token = json.dumps((message.get("params") or {}).get("progressToken"))
                 stream_id = self._tokens.get(token, GET_STREAM)
-        self.events.append(self.session_id, stream_id, message)  # at once, never held: see EventLog.append
+        with self._appending:
+            entry_id = self.events.append(self.session_id, stream_id, message)  # at once, never held: see
+            live = self._live.get(stream_id)  # EventLog.append; then handed to its response on this process
+            if live is not None:
+                live.put((entry_id, message))
         if answered is not None:  # only now, with the answer in its stream: a request is always in one of
             with self._lock:  # the two for a resume with Last-Event-ID (`HandshakeEndpoint._unanswered`)
                 if self._routes.get(answered) == stream_id:
                     del self._routes[answered]
+
+    def listen(self, stream_id: str) -> Events:
+        """Every event written to `stream_id` from now on, also handed over here (see `PostStream`)."""
+        live: Events = queue.Queue()
+        with self._lock:
+            self._live[stream_id] = live
+        return live
+
+    def unlisten(self, stream_id: str) -> None:
+        with self._lock:
+            self._live.pop(stream_id, None)
+
+    def end_streams(self) -> None:
+        """The session ended on this process: its listening responses end (other readers see the end mark
+        `EventLog.drop_session` writes)."""
+        with self._lock:
+            live = list(self._live.values())
+        for events in live:
+            events.put(("", ENDED))
 
     def unanswered(self, stream_id: str) -> set[str]:
         """Requests this session routed to `stream_id` whose answers have not been routed yet."""
@@ -238,22 +268,34 @@ class HandshakeEndpoint:
                 session.conversation.handle_message(message)
             return self._with_session(empty_response(202), session)
         stream_id = f"p{time.time_ns():x}"
+        stream = PostStream(self.events, session, stream_id, lambda: self._alive(session.session_id))
         for message in requests:
             session.expect(stream_id, message)
-        for message in messages:
-            session.conversation.handle_message(message)
-        answers = {answer_key(m) for m in requests}
-        if read.wants_sse:
-            response = sse_response(self._sse(session, stream_id, "0", answers))
-        else:
-            response = self._json_answers(session, stream_id, answers, read)
+        try:
+            for message in messages:
+                session.conversation.handle_message(message)
+            answers = {answer_key(m) for m in requests}
+            if read.wants_sse:
+                response = sse_response(self._sse(session, stream_id, "0", answers, stream))
+                response.call_on_close(stream.close)  # also when its body is never read
+            else:
+                with contextlib.closing(stream):
+                    response = self._json_answers(session, answers, read, stream)
+        except BaseException:
+            stream.close()
+            raise
         return self._with_session(response, session)
 
-    def _json_answers(self, session: HttpSession, stream_id: str, answers: set[str], read: JsonPost) -> Response:
+    def _alive(self, session_id: str) -> bool:
+        return bool(self.services.redis.exists(keys.session(session_id)))
+
+    def _json_answers(self, session: HttpSession, answers: set[str], read: JsonPost, stream: PostStream) -> Response:
         collected: list[dict[str, Any]] = []
         after, deadline = "0", time.monotonic() + JSON_WAIT_S
         while answers and time.monotonic() < deadline:
-            for entry_id, message in self.events.read(session.session_id, stream_id, after, 1000):
+            for entry_id, message in stream.read(after, 1000):
+                if message is ENDED:
+                    continue
                 after = entry_id
                 if "id" in message and json.dumps(message["id"]) in answers:
                     answers.discard(json.dumps(message["id"]))
@@ -261,19 +303,22 @@ class HandshakeEndpoint:
         batch = isinstance(read.body, list)
         return Response(dumps(collected if batch else collected[0]), mimetype=CONTENT_TYPE_JSON)
 
-    def _sse(self, session: HttpSession, stream_id: str, after: str, answers: set[str] | None) -> Iterator[str]:
+    def _sse(self, session: HttpSession, stream_id: str, after: str, answers: set[str] | None,
+             stream: PostStream | None = None) -> Iterator[str]:
         """Events of one stream as SSE; a POST stream ends when every request it carried is answered.
 
         It opens with a priming event (SEP-1699): an id naming the current position, empty data and a
         `retry:` interval, so a client whose stream is cut before the first real event can still resume
-        it with Last-Event-ID, and knows when to try."""
+        it with Last-Event-ID, and knows when to try. A POST's own stream is read through `stream`."""
         session_id = session.session_id
         with open_socket("sse"):
             yield f"id: {stream_id}.{after}\nretry: {RETRY_MS}\ndata:\n\n"
             last_sent = time.monotonic()
             while answers is None or answers:
-                batch = self.events.read(session_id, stream_id, after, int(KEEPALIVE_S * 1000))
-                if not batch and not self.services.redis.exists(keys.session(session_id)):
+                block_ms = int(KEEPALIVE_S * 1000)
+                batch = (stream.read(after, block_ms) if stream is not None
+                         else self.events.read(session_id, stream_id, after, block_ms))
+                if not batch and not self._alive(session_id):
                     return  # the session ended (deleted or expired) while this stream was quiet
                 for entry_id, message in batch:
                     if message is ENDED:
@@ -334,6 +379,7 @@ class HandshakeEndpoint:
         # in Redis; this process's conversation may hold some not yet recorded there).
         calls = set(self.services.sessions.pending(session.session_id)) | set(session.conversation.in_flight_calls())
         session.conversation.close()
+        session.end_streams()
         cancel_calls(self.services.redis, sorted(calls))  # in one step: a queued one cannot take a freed slot
         with self._lock:
             self._sessions.pop((session.session_id, scope), None)
