@@ -235,11 +235,18 @@ def micro(rounds: int = 5) -> str:
                     pipe.expire(key, events.ttl_s)
                     sessions.forget(session, [uuid.uuid4().hex])
 
+        def forgets_held() -> None:  # a burst of 8 answers of one session: their forgets alone
+            with held(r):
+                for _ in range(8):
+                    sessions.forget(session, [uuid.uuid4().hex])
+
         writes: dict[str, list[float]] = {"a round trip each": [], "forgets held": [], "events held too": []}
+        forgets: dict[str, list[float]] = {"held": []}
         for _ in range(rounds):
             writes["a round trip each"].append(cpu_us(burst, 300) / 4)
             writes["forgets held"].append(cpu_us(burst_held, 300) / 4)
             writes["events held too"].append(cpu_us(burst_all_held, 300) / 4)
+            forgets["held"].append(cpu_us(forgets_held, 300) / 8)
 
         def message(i: int) -> list[dict[str, Any]]:
             return [{"call_id": uuid.uuid4().hex, "session": session, "rid": i, "server": "pstdio",
@@ -281,6 +288,7 @@ def micro(rounds: int = 5) -> str:
             logged["together"].append(cpu_us(lines_together, 1000) / 4)
     return "\n".join([line("tools/call params load, CPU us per call", loads),
                       line("an answer's writes (SSE event + forget), CPU us per answer, bursts of 4", writes),
+                      line("an answer's forget alone, CPU us per answer, bursts of 8 of one session", forgets),
                       line("call log lines to a file, CPU us per line, bursts of 4", logged),
                       line("a queue message of one call and its session record, CPU us per send", sends),
                       line("a handshake POST's answer written, then read back or handed over: CPU us", posts)])

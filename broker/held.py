@@ -3,7 +3,9 @@
 The reply hub hands a burst of answers over (one message, then those already readable) inside `held`: the
 housekeeping each answer leaves behind (its session forgets it, `SessionStore.forget`) joins this thread's
 held pipeline and goes out when the burst ends, in order, in one round trip. One round trip per forget was
-11-15 % of the web process's CPU at 64 in flight (py-spy, mostly its send on the socket).
+11-15 % of the web process's CPU at 64 in flight (py-spy, mostly its send on the socket). The fields a burst
+deletes from one hash (a session's calls it forgets, one an answer) go in one HDEL per hash (`hdel`): one
+command per session a burst, not one per answer.
 
 Only writes nobody waits for are held. An answer's own delivery is never: a WebSocket answer is sent on the
 socket, and a Streamable HTTP (handshake) answer's SSE event is written at once (`EventLog.append`), since
@@ -34,6 +36,16 @@ def pipeline() -> Pipeline | None:
     return getattr(_local, "pipe", None)
 
 
+def hdel(key: str, fields: list[str]) -> bool:
+    """Inside `held`: delete these fields of the hash `key` at the block's end, in one HDEL with every other
+    field of `key` so held; False outside (nothing held: delete them now)."""
+    merged: dict[str, list[str]] | None = getattr(_local, "hdels", None)
+    if merged is None:
+        return False
+    merged.setdefault(key, []).extend(fields)
+    return True
+
+
 @contextmanager
 def held(r: redis.Redis) -> Iterator[None]:
     """Writes that ask for `pipeline()` inside the block go out together at its end (a nested block: the
@@ -43,11 +55,13 @@ def held(r: redis.Redis) -> Iterator[None]:
     if pipeline() is not None:
         yield
         return
-    _local.pipe = r.pipeline(transaction=False)
+    _local.pipe, _local.hdels = r.pipeline(transaction=False), {}
     try:
         yield
     finally:
-        pipe, _local.pipe = _local.pipe, None
+        pipe, hdels, _local.pipe, _local.hdels = _local.pipe, _local.hdels, None, None
+        for key, fields in hdels.items():
+            pipe.hdel(key, *fields)
         if len(pipe):
             try:
                 pipe.execute()

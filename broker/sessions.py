@@ -124,7 +124,8 @@ class SessionStore:
         if call_ids:
             in_burst = held.pipeline()
             pipe = in_burst if in_burst is not None else self._r.pipeline(transaction=False)
-            pipe.hdel(keys.session_calls(session_id), *call_ids)
+            if not held.hdel(keys.session_calls(session_id), call_ids):  # a burst's: one HDEL per session
+                pipe.hdel(keys.session_calls(session_id), *call_ids)
             for call_id in call_ids:
                 pipe.expire(keys.result(call_id), self.delivered_ttl_s)
             if in_burst is None:

@@ -134,8 +134,8 @@ def test_heartbeat_closes_a_dead_peer(stack: Stack) -> None:
 
 def test_writes_held_in_a_burst_go_out_together_when_it_ends(redis_url: str) -> None:
     """The reply hub hands a burst of answers over inside `broker.held`: their sessions forget them when the
-    burst ends (one round trip), each as a lone forget would have. Their SSE events are written at once, held
-    or not: that write is the answer's delivery (a resume with Last-Event-ID must find it)."""
+    burst ends (one round trip, one HDEL per session), each as a lone forget would have. Their SSE events are
+    written at once, held or not: that write is the answer's delivery (a resume with Last-Event-ID must find it)."""
     import uuid
 
     import redis
@@ -143,6 +143,7 @@ def test_writes_held_in_a_burst_go_out_together_when_it_ends(redis_url: str) -> 
     from broker import keys
     from broker.events import EventLog
     from broker.held import held
+    from broker.held import pipeline as held_pipeline
     from broker.sessions import SessionStore
 
     r = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -161,6 +162,9 @@ def test_writes_held_in_a_burst_go_out_together_when_it_ends(redis_url: str) -> 
         assert set(store.pending(sessions[0])) == {calls[0]["call_id"], calls[2]["call_id"]}
         assert set(store.pending(sessions[1])) == {calls[1]["call_id"]}
         assert r.xlen(keys.sse_stream(sessions[0], "p1")) == 1  # not held
+        held_now = held_pipeline()
+        assert held_now is not None  # the forgets' HDELs join it at the end, one per session (two, not three)
+        assert [args[0] for args, _ in held_now.command_stack] == ["EXPIRE"] * 3
     assert store.pending(sessions[0]) == {} and store.pending(sessions[1]) == {}
     for call in calls:
         assert 0 < r.ttl(keys.result(call["call_id"])) <= 30
