@@ -248,13 +248,14 @@ def run_calls_now(calls: list[Call], worker: str) -> None:
         # asyncio's own tasks, not an anyio task group: `one` answers every failure of a call itself, so
         # the group's cancel-the-others-on-error bookkeeping has nothing to do, and an anyio task costs ~100 us
         # here against ~26 us for an asyncio one (timeit on this box; anyio 4.16). A message of one call
-        # needs no task of its own: the portal's already runs it. Cancel scopes inside (each call's, the SDK's)
-        # work in native tasks too; cancelling this coroutine (the portal stopping) cancels every call.
+        # needs no task of its own: the one `BackendPool.run` starts runs it. Cancel scopes inside (each
+        # call's, the SDK's) work in native tasks too; cancelling this coroutine (the loop stopping) cancels
+        # every call.
         if len(runnable) == 1:
             await one(runnable[0])
         else:
             await asyncio.gather(*(one(call) for call in runnable))
 
-    backend_pool().portal.call(all_of_them)
+    backend_pool().run(all_of_them)
     if unstored:
         raise redis.ConnectionError(f"{len(unstored)} outcome(s) could not be stored: {', '.join(unstored[:5])}")

@@ -7,6 +7,7 @@ orphaned sessions closed, health pings.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -14,8 +15,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 from anyio.from_thread import start_blocking_portal
 
@@ -28,6 +30,7 @@ from workers.backends.health import EndpointHealth
 from workers.backends.session import BackendSession, CatalogHook
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SessionKey = tuple[str, int, str]  # (server, replica, "" for the shared session | client key | header key)
 MAINTENANCE_TICK_S = 1.0
@@ -51,6 +54,7 @@ class BackendPool:
         self._on_client_closed = on_client_closed  # (server, client key): its per_client session was closed
         self._portal_cm = start_blocking_portal(name="mcp-backends")
         self.portal = self._portal_cm.__enter__()  # kept: a collected portal stops its loop
+        self._loop: asyncio.AbstractEventLoop = self.portal.call(asyncio.get_running_loop)
         self._sessions: dict[SessionKey, BackendSession] = {}
         self._health: dict[tuple[str, int], EndpointHealth] = {}
         self._client_replica: dict[tuple[str, str], int] = {}  # (server, client session key) → its replica
@@ -61,6 +65,16 @@ class BackendPool:
         self._last_check: dict[str, float] = {}
         self._stop = threading.Event()
         threading.Thread(target=self._maintain, name="backend-maintenance", daemon=True).start()
+
+    def run(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """`portal.call(fn)` for the hot path (a message's calls, from a Celery pool thread): the coroutine runs
+        as a plain asyncio task on the backend loop and this thread waits for it. The portal's own call
+        spawns an anyio task in its task group, with a cancel scope and a done-callback on the future:
+        measured from a thread (`portal.call` of a trivial coroutine, 3 x 3,000): 97-102 CPU-us a call
+        against 43-45 for `run_coroutine_threadsafe`, paid once a message. What the portal's call adds is not
+        needed here: nobody cancels the future, and the pool is closed after Celery has stopped running
+        tasks (a loop stopped under a running call cancels it, and this raises, as the portal would)."""
+        return asyncio.run_coroutine_threadsafe(fn(), self._loop).result()
 
     # ------------------------------------------------------------ which session
     def endpoint_health(self, server: str, replica: int) -> EndpointHealth:
