@@ -29,6 +29,13 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 worker_connections = int(os.environ.get("MCP_BROKER_WORKER_CONNECTIONS", "3000"))
 graceful_timeout = 10
 timeout = 60
+# How long an idle keep-alive connection waits for its next request: longer than HTTP clients keep an idle pooled
+# connection (httpx, so the SDK's client: 5 s; undici 4 s; aiohttp 15 s), so the client closes it first. gunicorn's
+# 2 s closed connections the client still held: its next POST failed (httpx ReadError, not retried: a POST may have
+# run) or opened a connection again (accept, a greenlet, the HTTP parse) whenever a client paused 2-5 s between calls
+# (`python -m bench.keepalive`). A stopping worker waits for an idle one like any other, up to graceful_timeout, as it
+# already did for every open SSE stream and WebSocket.
+keepalive = 20
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
