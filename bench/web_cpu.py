@@ -188,6 +188,7 @@ def micro(rounds: int = 5) -> str:
     from broker.events import EventLog
     from broker.held import held
     from broker.held import pipeline as held_pipeline
+    from broker.protocol.framing import _message_schema, message_error
     from broker.protocol.registry import quick_call_tool_params
     from broker.schemas import CallToolParamsSchema
     from broker.sessions import SessionStore
@@ -207,9 +208,13 @@ def micro(rounds: int = 5) -> str:
 
     schema, params = CallToolParamsSchema(), {"name": "pstdio__whoami", "arguments": {"a": 1}, "_meta": {"x": 1}}
     loads: dict[str, list[float]] = {"schema": [], "quick": []}
+    envelope = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params}
+    envelopes: dict[str, list[float]] = {"schema": [], "quick": []}
     for _ in range(rounds):
         loads["schema"].append(cpu_us(lambda: schema.load(params), 5000))
         loads["quick"].append(cpu_us(lambda: quick_call_tool_params(params), 5000))
+        envelopes["schema"].append(cpu_us(lambda: _message_schema.validate(envelope), 5000))
+        envelopes["quick"].append(cpu_us(lambda: message_error(envelope), 5000))
     embedded = EmbeddedRedis(aof=False)
     try:
         r = redis.Redis.from_url(embedded.start(), decode_responses=True)
@@ -287,6 +292,7 @@ def micro(rounds: int = 5) -> str:
             logged["a record each"].append(cpu_us(lines, 1000) / 4)
             logged["together"].append(cpu_us(lines_together, 1000) / 4)
     return "\n".join([line("tools/call params load, CPU us per call", loads),
+                      line("a request's JSON-RPC envelope check, CPU us per message", envelopes),
                       line("an answer's writes (SSE event + forget), CPU us per answer, bursts of 4", writes),
                       line("an answer's forget alone, CPU us per answer, bursts of 8 of one session", forgets),
                       line("call log lines to a file, CPU us per line, bursts of 4", logged),

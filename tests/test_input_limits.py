@@ -373,3 +373,47 @@ def test_the_quick_load_of_tools_call_params_is_the_schema_s(params: Any) -> Non
             spec.load(params)
     else:
         assert spec.load(params) == schema_says
+
+
+@pytest.mark.parametrize("message", [
+    {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo__echo"}},
+    {"jsonrpc": "2.0", "id": "a", "method": "ping"},
+    {"jsonrpc": "2.0", "method": "notifications/initialized", "params": None},
+    {"jsonrpc": "2.0", "id": 2**70, "method": "ping", "extra": [1]},
+    {"jsonrpc": "2.0", "id": True, "method": "ping"},
+    {"jsonrpc": "2.0", "id": None, "method": "ping"},
+    {"jsonrpc": "2.0", "id": 1.5, "method": "ping"},
+    {"jsonrpc": "2.0", "id": {"a": 1}, "method": "ping"},
+    {"jsonrpc": "2.0", "id": 1, "method": ""},
+    {"jsonrpc": "2.0", "id": 1, "method": 7},
+    {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": [1]},
+    {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": "x"},
+    {"jsonrpc": "1.0", "id": 1, "method": "ping"},
+    {"jsonrpc": 2.0, "id": 1, "method": "ping"},
+    {"id": 1, "method": "ping"},
+    {"jsonrpc": "2.0", "id": 1, "method": "ping", "result": {}},
+    {"jsonrpc": "2.0", "id": 1, "method": "ping", "error": 5},
+    {"jsonrpc": "2.0", "id": 1, "result": {}},
+    {"jsonrpc": "2.0", "id": 1, "error": {"code": 1, "message": "x"}},
+    {"jsonrpc": "2.0", "id": 1, "result": {}, "error": {}},
+    {"jsonrpc": "2.0", "result": {}},
+    {},
+])
+def test_the_quick_envelope_check_passes_only_what_the_schema_passes(message: dict[str, Any]) -> None:
+    """`is_plain_request` lets the usual request through without marshmallow; whatever it passes, the
+    envelope schema passes too, and `message_error` answers every message as the schema alone did."""
+    from broker.protocol.framing import _message_schema, is_plain_request, message_error
+
+    schema_errors = _message_schema.validate(message)
+    if is_plain_request(message):
+        assert not schema_errors, message
+    assert (message_error(message) is None) == (not schema_errors), message
+
+
+def test_the_usual_requests_take_the_quick_envelope_check() -> None:
+    from broker.protocol.framing import is_plain_request
+
+    for message in ({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo__echo"}},
+                    {"jsonrpc": "2.0", "id": "a", "method": "ping"},
+                    {"jsonrpc": "2.0", "method": "notifications/initialized"}):
+        assert is_plain_request(message), message
