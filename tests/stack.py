@@ -29,6 +29,7 @@ from cli.devrun import free_port
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 TEST_CONFIG = ROOT / "tests" / "mcp_servers.test.json"
+WEB_WORKER_EXITING = "Worker exiting (pid:"  # gunicorn's line once a worker has left its serving loop
 
 
 @dataclass
@@ -43,17 +44,43 @@ class Proc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def stop(self, sig: int = signal.SIGTERM, wait: float = 15) -> None:
-        if not self.alive():
-            return
+    def send(self, sig: int) -> int:
+        """Send `sig` to the process group; the count of `Worker exiting` lines its log held just before."""
+        exited_before = self.log().count(WEB_WORKER_EXITING) if self.name.startswith("web-") else 0
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, sig)
+        return exited_before
+
+    def stop(self, sig: int = signal.SIGTERM, wait: float = 15, exited_before: int | None = None) -> None:
+        """Stop with `sig`, SIGKILL after `wait`; `exited_before`: `send(sig)` was sent already (its return)."""
+        if not self.alive():
+            return
+        if exited_before is None:
+            exited_before = self.send(sig)
         try:
+            if self.name.startswith("web-") and sig != signal.SIGKILL:
+                self._wait_web_served(wait, exited_before)
             self.popen.wait(wait)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait(5)
+
+    def _wait_web_served(self, wait: float, exited_before: int) -> None:
+        """Until the gunicorn worker has ended its serving loop (it logs `Worker exiting`: its requests are
+        done), then SIGKILL, as its master does at the graceful timeout. Past that line the gevent worker took
+        ~2 s more to exit (strace: its main thread waits on a futex at interpreter exit until a native thread's
+        timed wait runs out), so with the tests' `--graceful-timeout 3` a stop took 2.5-3.7 s, most often ended
+        by the master's SIGKILL (14 such stops in tests/test_tasks.py alone); now ~0.6 s. Nothing is lost that
+        a test reads: counters reach Redis every second and a process's gauges expire with it
+        (broker/metrics.py). Raises TimeoutExpired after `wait`."""
+        deadline = time.monotonic() + wait
+        while self.alive() and self.log().count(WEB_WORKER_EXITING) <= exited_before:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.name, wait)
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
 
 
 @dataclass
@@ -142,8 +169,9 @@ class Stack:
         try:
             yield ports
         finally:
-            for proc, port in zip(procs, ports, strict=True):
-                proc.stop()
+            sent = [proc.send(signal.SIGTERM) for proc in procs]  # all at once: the waits overlap
+            for proc, port, exited_before in zip(procs, ports, sent, strict=True):
+                proc.stop(exited_before=exited_before)
                 self.web_ports.remove(port)
 
     def ws_url(self, index: int = 0) -> str:
@@ -175,10 +203,7 @@ class Stack:
 
     def stop(self) -> None:
         """SIGTERM everything at once, then wait (one at a time would add up the grace periods)."""
-        for proc in self.procs:
-            if proc.alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.popen.pid, signal.SIGTERM)
+        sent = {id(proc): proc.send(signal.SIGTERM) for proc in self.procs if proc.alive()}
         for proc in reversed(self.procs):
-            proc.stop()
+            proc.stop(exited_before=sent.get(id(proc)))
         self.procs.clear()
