@@ -13,9 +13,11 @@ peek that sees bytes could not tell the latter from a FIN behind them. A client 
 while waiting (`shutdown(SHUT_WR)`, which no MCP client does) reads as gone. Non-TCP sockets (gunicorn on
 a unix socket) are peeked instead: an empty non-blocking `MSG_PEEK` is EOF.
 
-Under gunicorn's gevent worker the watcher is a greenlet (threading is patched), and one `getsockopt` per
-waiting request every 0.25 s costs ~4 us (measured on the 2-core box, under load: 16 us a second per
-request, 16 ms a second for 1,000 waiting at once): noticed within ~0.25 s of the close, cancelled on the
+Under gunicorn's gevent worker the watcher is a greenlet (threading is patched), one per process for every
+waiting request (`_Poller`; a thread started per waiting request was 2.2 % of the web's samples per
+modern-era call, py-spy), and one `getsockopt` per waiting request every 0.25 s costs ~4 us (measured on
+the 2-core box, under load: 16 us a second per request, 16 ms a second for 1,000 waiting at once): noticed
+within ~0.25 s of the close, cancelled on the
 worker through Redis (`broker.calls.cancel_calls`) from whichever web process holds the request. A request
 answered at once (a listing, a cache hit) starts no watcher.
 """
@@ -27,6 +29,7 @@ import contextlib
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -85,18 +88,64 @@ class DisconnectWatch:
 
     def start(self) -> DisconnectWatch:
         if self._sock is not None:
-            threading.Thread(target=self._run, name="disconnect-watch", daemon=True).start()
+            _poller(self._poll_s).add(self)
         return self
 
     def stop(self) -> None:
         self._stopped.set()
 
-    def _run(self) -> None:
+    def poll(self) -> bool:
+        """Whether this watch is over: stopped, or its client gone (then `on_gone` runs, in a thread of its
+        own: a slow one must not hold up the other watches)."""
+        if self._stopped.is_set():
+            return True
         assert self._sock is not None
-        while not self._stopped.wait(self._poll_s):
-            if peer_gone(self._sock):
-                if not self._stopped.is_set():
-                    self._stopped.set()
-                    with contextlib.suppress(Exception):
-                        self._on_gone()
+        if not peer_gone(self._sock):
+            return False
+        self._stopped.set()
+        threading.Thread(target=self._gone, name="disconnect-gone", daemon=True).start()
+        return True
+
+    def _gone(self) -> None:
+        with contextlib.suppress(Exception):
+            self._on_gone()
+
+
+class _Poller:
+    """One thread polls every watch of a process every `poll_s`; it ends when none is left, and the next
+    watch starts another."""
+
+    def __init__(self, poll_s: float) -> None:
+        self._poll_s = poll_s
+        self._lock = threading.Lock()
+        self._watches: set[DisconnectWatch] = set()
+        self._running = False
+
+    def add(self, watch: DisconnectWatch) -> None:
+        with self._lock:
+            self._watches.add(watch)
+            if self._running:
                 return
+            self._running = True
+        threading.Thread(target=self._run, name="disconnect-watch", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self._poll_s)
+            with self._lock:
+                watches = list(self._watches)
+            over = {watch for watch in watches if watch.poll()}
+            with self._lock:
+                self._watches -= over
+                if not self._watches:
+                    self._running = False
+                    return
+
+
+_pollers: dict[tuple[int, float], _Poller] = {}  # (process, poll_s): a forked process starts its own
+_pollers_lock = threading.Lock()
+
+
+def _poller(poll_s: float) -> _Poller:
+    with _pollers_lock:
+        return _pollers.setdefault((os.getpid(), poll_s), _Poller(poll_s))
