@@ -253,8 +253,13 @@ def run_calls_now(calls: list[Call], worker: str) -> None:
         # every call.
         if len(runnable) == 1:
             await one(runnable[0])
-        else:
-            await asyncio.gather(*(one(call) for call in runnable))
+            return
+        # Every call runs to its end before a failure (storing an outcome) is raised: raised at the first,
+        # the message would be acked or requeued while its other calls still ran.
+        failures = [r for r in await asyncio.gather(*(one(call) for call in runnable), return_exceptions=True)
+                    if isinstance(r, BaseException)]
+        if failures:
+            raise failures[0]
 
     backend_pool().run(all_of_them)
     if unstored:

@@ -4,6 +4,7 @@ import this module."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 from typing import Any
 
@@ -28,6 +29,10 @@ def run_calls(self: Any, calls: list[dict[str, Any]]) -> None:
     acked with calls unanswered; calls answered meanwhile are skipped when it comes back."""
     try:
         run_calls_now([Call.from_message(call) for call in calls], self.request.hostname or "")
+    except concurrent.futures.CancelledError as err:  # the worker stopped under them (`BackendPool.close`)
+        log.warning("message %s: cancelled before all %d call(s) were answered; redelivering it",
+                    self.request.id, len(calls))
+        raise Reject("cancelled by the worker's stop", requeue=True) from err
     except Exception as err:
         if not is_redis_down(err):
             raise

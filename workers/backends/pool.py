@@ -8,6 +8,7 @@ orphaned sessions closed, health pings.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -35,6 +36,8 @@ T = TypeVar("T")
 SessionKey = tuple[str, int, str]  # (server, replica, "" for the shared session | client key | header key)
 MAINTENANCE_TICK_S = 1.0
 CLIENT_CHECK_S = 3.0  # how often the upkeep asks Redis which per_client sessions' clients are gone
+
+RUNNING_WAIT_S = 10.0  # how long `close` waits for calls still running
 
 
 class BackendPool:
@@ -64,6 +67,7 @@ class BackendPool:
         self.listed: set[str] = set()  # servers whose catalog this process has listed (or is listing)
         self._last_check: dict[str, float] = {}
         self._stop = threading.Event()
+        self._running: set[concurrent.futures.Future[Any]] = set()  # messages' calls started by `run`
         threading.Thread(target=self._maintain, name="backend-maintenance", daemon=True).start()
 
     def run(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -74,7 +78,14 @@ class BackendPool:
         against 43-45 for `run_coroutine_threadsafe`, paid once a message. What the portal's call adds is not
         needed here: nobody cancels the future, and the pool is closed after Celery has stopped running
         tasks (a loop stopped under a running call cancels it, and this raises, as the portal would)."""
-        return asyncio.run_coroutine_threadsafe(fn(), self._loop).result()
+        if self._stop.is_set():
+            raise RuntimeError("the backend pool is closed")
+        future = asyncio.run_coroutine_threadsafe(fn(), self._loop)
+        self._running.add(future)
+        try:
+            return future.result()
+        finally:
+            self._running.discard(future)
 
     # ------------------------------------------------------------ which session
     def endpoint_health(self, server: str, replica: int) -> EndpointHealth:
@@ -299,7 +310,11 @@ class BackendPool:
         return bool(self.portal.call(on_loop))
 
     def close(self) -> None:
+        """Stop: calls still running (`run` outside the portal's task group, which would not wait for them)
+        get up to `RUNNING_WAIT_S` to finish and store their outcomes before the loop stops and cancels
+        them; a cancelled one's message is redelivered (`workers.tasks.run_calls`), never acked unanswered."""
         self._stop.set()
+        concurrent.futures.wait(list(self._running), timeout=RUNNING_WAIT_S)
         for session in list(self._sessions.values()):
             session.close()
         self._sessions.clear()
