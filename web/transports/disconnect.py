@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import _socket
 import contextlib
+import logging
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 POLL_S = 0.25
 TCP_ESTABLISHED = 1  # tcpi_state, the first byte of struct tcp_info (linux/tcp.h)
@@ -100,8 +103,8 @@ class DisconnectWatch:
         if self._stopped.is_set():
             return True
         assert self._sock is not None
-        if not peer_gone(self._sock):
-            return False
+        if not peer_gone(self._sock) or self._stopped.is_set():  # stopped meanwhile (a threaded server)
+            return self._stopped.is_set()
         self._stopped.set()
         threading.Thread(target=self._gone, name="disconnect-gone", daemon=True).start()
         return True
@@ -130,16 +133,30 @@ class _Poller:
         threading.Thread(target=self._run, name="disconnect-watch", daemon=True).start()
 
     def _run(self) -> None:
-        while True:
-            time.sleep(self._poll_s)
+        try:
+            while True:
+                time.sleep(self._poll_s)
+                with self._lock:
+                    watches = list(self._watches)
+                over = {watch for watch in watches if self._over(watch)}
+                with self._lock:
+                    self._watches -= over
+                    if not self._watches:
+                        self._running = False
+                        return
+        finally:  # whatever stopped it, the next watch starts another poller
             with self._lock:
-                watches = list(self._watches)
-            over = {watch for watch in watches if watch.poll()}
-            with self._lock:
-                self._watches -= over
-                if not self._watches:
-                    self._running = False
-                    return
+                self._running = False
+
+    @staticmethod
+    def _over(watch: DisconnectWatch) -> bool:
+        """One watch's poll; one that fails (`os.dup` out of descriptors, a thread that cannot start) is
+        dropped, logged, and never stops the others' polling."""
+        try:
+            return watch.poll()
+        except Exception:
+            log.warning("disconnect watch failed; the request is no longer watched", exc_info=True)
+            return True
 
 
 _pollers: dict[tuple[int, float], _Poller] = {}  # (process, poll_s): a forked process starts its own
