@@ -6,19 +6,33 @@ the kernel's table (a client-closed TCP socket stays in TIME_WAIT for a minute).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime
+import ipaddress
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
+import httpcore2
+import httpx2
 import psutil
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from cli.devrun import free_port
 from tests.stack import ROOT
-from workers.backends.keepalive import streamable_http
+from workers.backends.keepalive import TailDrainingTransport, streamable_http
+from workers.backends.socketstream import ProtocolBackend, protocol_transport
 
 CALLS = 30
 
@@ -63,3 +77,142 @@ def test_calls_share_one_connection(http_probe: int, mode: str) -> None:
     closed = closed_connections(http_probe) - before
     # the handshake and the session's end may each cost one; 30 calls used to close 30
     assert closed <= 4, f"{closed} connections closed for {CALLS} calls: responses are not read to their end"
+
+
+async def whoami_over(url: str, transport: TailDrainingTransport, calls: int = 3, pause_s: float = 0.0) -> list[int]:
+    """`calls` whoami over the SDK client on `transport`, `pause_s` between them."""
+    pids = []
+    async with (httpx2.AsyncClient(transport=transport) as http,
+                Client(streamable_http_client(url, http_client=http)) as client):
+        for _ in range(calls):
+            await anyio.sleep(pause_s)
+            pids.append(int((await client.call_tool("whoami", {})).structured_content["pid"]))
+    return pids
+
+
+def test_connections_are_protocol_streams(http_probe: int) -> None:
+    """The worker's pool makes its connections with `ProtocolBackend`, and they carry calls."""
+    transport = protocol_transport()
+    assert isinstance(transport._pool._network_backend, ProtocolBackend)
+    pids = anyio.run(whoami_over, f"http://127.0.0.1:{http_probe}/mcp", TailDrainingTransport(transport))
+    assert len(set(pids)) == 1
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
+    """A server that closes keep-alive connections idle for 1 s (httpcore2 keeps them 5 s): the protocol saw
+    the end, so the pool drops that connection and opens another for the next call, instead of writing
+    into a closed one (which fails the call: "Server disconnected without sending a response")."""
+    with uvicorn_probe("--keep-alive", "1") as port:
+        url = f"http://127.0.0.1:{port}/mcp"
+        pids = anyio.run(whoami_over, url, TailDrainingTransport(), 3, 2.0)
+        assert len(pids) == 3 and len(set(pids)) == 1
+        server_closed = sum(1 for c in psutil.net_connections("tcp")  # the closer's side waits in TIME_WAIT
+                            if c.laddr and c.laddr.port == port and c.status == psutil.CONN_TIME_WAIT)
+        assert server_closed >= 2  # the server did close the idle ones
+
+
+def test_a_read_that_gets_nothing_times_out() -> None:
+    """A read's timeout is a timer that fails its wait (a peer that accepts and never answers)."""
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            stream = await ProtocolBackend().connect_tcp("127.0.0.1", port, timeout=5)
+            await stream.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5)
+            with pytest.raises(httpcore2.ReadTimeout):
+                await stream.read(1024, timeout=0.2)
+            await stream.aclose()
+        finally:
+            server.close()
+
+    asyncio.run(scenario())
+
+
+UVICORN_PROBE = """
+import argparse, sys, uvicorn
+parser = argparse.ArgumentParser()
+for flag in ("--dir", "--port", "--keep-alive", "--cert", "--key"):
+    parser.add_argument(flag)
+args = parser.parse_args()
+sys.path.insert(0, args.dir)
+import probe
+uvicorn.run(probe.server.streamable_http_app(), host="127.0.0.1", port=int(args.port), log_level="warning",
+            timeout_keep_alive=int(args.keep_alive or 5), ssl_certfile=args.cert, ssl_keyfile=args.key)
+"""
+
+
+@contextlib.contextmanager
+def uvicorn_probe(*options: str) -> Iterator[int]:
+    """examples/servers/probe.py's app under uvicorn with `options` (UVICORN_PROBE's flags); yields its port."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", UVICORN_PROBE, "--dir", str(ROOT / "examples" / "servers"),
+                             "--port", str(port), *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not any(c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN
+                      for c in psutil.net_connections("tcp")):
+            assert proc.poll() is None and time.monotonic() < deadline, "the probe did not start"
+            time.sleep(0.1)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_an_https_backend(tmp_path: Path) -> None:
+    """TLS is asyncio's `start_tls` on the connection's protocol: calls to an https backend (its certificate
+    trusted by the context given) work, and one whose certificate is not trusted fails to connect."""
+    cert, key = self_signed(tmp_path)
+    with uvicorn_probe("--cert", str(cert), "--key", str(key)) as port:
+        url = f"https://127.0.0.1:{port}/mcp"
+        trusted = ssl.create_default_context(cafile=str(cert))
+        pids = anyio.run(whoami_over, url, TailDrainingTransport(protocol_transport(verify=trusted)))
+        assert len(pids) == 3 and len(set(pids)) == 1
+        with pytest.raises(Exception) as failed:  # the system's CAs do not know it
+            anyio.run(whoami_over, url, TailDrainingTransport(protocol_transport()), 1)
+        assert "CERTIFICATE_VERIFY_FAILED" in repr(failed.value)
+
+
+def test_a_large_response_is_read_whole() -> None:
+    """Past `READ_HIGH_WATER` unread bytes the socket is not read until reads take them: all arrive, in order."""
+    body = bytes(range(256)) * 8192  # 2 MiB
+
+    async def send_all(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(body)
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> bytes:
+        server = await asyncio.start_server(send_all, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            stream = await ProtocolBackend().connect_tcp("127.0.0.1", port, timeout=5)
+            await asyncio.sleep(0.3)  # let it arrive past the high-water mark while nothing reads
+            got = bytearray()
+            while chunk := await stream.read(64 * 1024, timeout=5):
+                got += chunk
+            await stream.aclose()
+            return bytes(got)
+        finally:
+            server.close()
+
+    assert asyncio.run(scenario()) == body

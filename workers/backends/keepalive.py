@@ -8,11 +8,12 @@ unfinished response and closes the TCP connection: every call opened a new one. 
 worker pipelining `whoami` to a Streamable HTTP backend, 64 in flight): 25% of the worker's CPU was
 spent in `connect_tcp` and its teardown, and the backend paid its own share for every accept.
 
-`TailDrainingTransport` wraps httpx2's transport: a response closed before its end first reads what is
-left of it, for at most `DRAIN_S` and `DRAIN_MAX_BYTES` (a server that keeps the stream open, or sends
-more, only loses the connection, as before), then closes it; a read body ends the response cleanly and
-httpcore returns the connection to the pool. A response closed because its request was cancelled is
-closed at once. The framing stays the SDK's: only how the socket is given back changes.
+`TailDrainingTransport` wraps httpx2's transport (its connections `workers.backends.socketstream`'s): a
+response closed before its end first reads what is left of it, for at most `DRAIN_S` and `DRAIN_MAX_BYTES`
+(a server that keeps the stream open, or sends more, only loses the connection, as before), then closes
+it; a read body ends the response cleanly and httpcore returns the connection to the pool. A response
+closed because its request was cancelled is closed at once. The framing stays the SDK's: only how the
+socket is given back changes.
 
 Measured A/B, before and after alternating, 3 rounds, 3,000 `whoami` calls 64 in flight over WebSocket to a
 handshake-era Streamable HTTP backend (CPU-ms per call, median [range]; the box was shared with other
@@ -33,6 +34,8 @@ import anyio
 import httpx2
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
+
+from workers.backends.socketstream import protocol_transport
 
 DRAIN_S = 0.2  # the terminator follows the last event at once; a stream still open after this is closed
 DRAIN_MAX_BYTES = 64 * 1024
@@ -75,7 +78,7 @@ class TailDrainingTransport(httpx2.AsyncBaseTransport):
     """httpx2's own transport, with every response body wrapped in `_TailDrained`."""
 
     def __init__(self, inner: httpx2.AsyncBaseTransport | None = None) -> None:
-        self._inner = inner or httpx2.AsyncHTTPTransport()
+        self._inner = inner or protocol_transport()
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         response = await self._inner.handle_async_request(request)
