@@ -278,3 +278,58 @@ def test_deleting_the_session_ends_its_open_get_stream(stack: Stack) -> None:
         gone = http.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
                          headers={**ACCEPT, "Mcp-Session-Id": session_id})
         assert gone.status_code == 404
+
+
+def test_a_post_stream_slower_than_its_in_process_wait_loses_and_repeats_nothing(stack: Stack) -> None:
+    """A POST's events are handed over in-process, then read from Redis once none came for a second
+    (`web/transports/post_stream.py`): progress 2 s apart crosses that switch; every event arrives once."""
+    url = f"{stack.http_url()}/mcp"
+    with httpx2.Client(timeout=30) as http:
+        session_id = open_session(http, url)
+        response = http.post(url, json=slow_call("switch", 4.0, 2), headers={**ACCEPT, "Mcp-Session-Id": session_id})
+        events = sse_messages(response.text)
+        messages = [message for _, message in events]
+        assert [m["params"]["progress"] for m in messages if m.get("method") == "notifications/progress"] == [1, 2]
+        assert [m["id"] for m in messages if "id" in m] == ["switch"]
+        ids = [event_id for event_id, _ in events]
+        assert len(ids) == len(set(ids))
+
+
+def test_deleting_the_session_ends_its_open_post_stream(stack: Stack) -> None:
+    url = f"{stack.http_url()}/mcp"
+    with httpx2.Client(timeout=30) as http, httpx2.Client(timeout=30) as other:
+        session_id = open_session(http, url)
+        headers = {**ACCEPT, "Mcp-Session-Id": session_id}
+        with http.stream("POST", url, json=slow_call("long", 20.0, 20), headers=headers) as stream:
+            lines = stream.iter_lines()
+            assert next(lines).startswith("id: ")  # the priming event: the stream is live
+            assert other.delete(url, headers={"Mcp-Session-Id": session_id}).status_code == 200
+            deadline = time.monotonic() + 10  # the call would run 20 s
+            for line in lines:
+                assert time.monotonic() < deadline, f"the stream went on after DELETE: {line!r}"
+                assert '"id":"long"' not in line.replace(" ", ""), "answered after its session was deleted"
+
+
+def test_a_json_only_post_is_answered_with_an_error_when_its_session_ends(stack: Stack) -> None:
+    """A client that accepts only JSON waits on its POST; the session deleted meanwhile ends that wait with
+    an error for its request (it waited up to an hour, then failed with a 500)."""
+    url = f"{stack.http_url()}/mcp"
+    with httpx2.Client(timeout=30) as http, httpx2.Client(timeout=30) as other:
+        session_id = open_session(http, url)
+        answer: dict[str, Any] = {}
+
+        def post() -> None:
+            answer["response"] = http.post(url, json=slow_call("json", 20.0, 2),
+                                           headers={**ACCEPT, "Accept": "application/json",
+                                                    "Mcp-Session-Id": session_id})
+
+        with anyio.from_thread.start_blocking_portal() as portal:
+            waiting = portal.start_task_soon(anyio.to_thread.run_sync, post)
+            time.sleep(1.0)  # the call is running on the worker
+            assert other.delete(url, headers={"Mcp-Session-Id": session_id}).status_code == 200
+            waiting.result(timeout=15)
+        response = answer["response"]
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["id"] == "json" and body["error"]["code"] == -32600
+        assert "session ended" in body["error"]["message"]

@@ -57,7 +57,7 @@ from web.transports.common import (
     sse_event,
     sse_response,
 )
-from web.transports.post_stream import Events, PostStream
+from web.transports.post_stream import LIVE_MAX, Events, PostStream
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,11 @@ class HttpSession:
             entry_id = self.events.append(self.session_id, stream_id, message)  # at once, never held: see
             live = self._live.get(stream_id)  # EventLog.append; then handed to its response on this process
             if live is not None:
-                live.put((entry_id, message))
+                try:
+                    live.put_nowait((entry_id, message))
+                except queue.Full:  # its response reads slowly: it reads on from Redis, which has them all
+                    with self._lock:
+                        self._live.pop(stream_id, None)
         if answered is not None:  # only now, with the answer in its stream: a request is always in one of
             with self._lock:  # the two for a resume with Last-Event-ID (`HandshakeEndpoint._unanswered`)
                 if self._routes.get(answered) == stream_id:
@@ -130,7 +134,7 @@ class HttpSession:
 
     def listen(self, stream_id: str) -> Events:
         """Every event written to `stream_id` from now on, also handed over here (see `PostStream`)."""
-        live: Events = queue.Queue()
+        live: Events = queue.Queue(maxsize=LIVE_MAX)
         with self._lock:
             self._live[stream_id] = live
         return live
@@ -290,16 +294,7 @@ class HandshakeEndpoint:
         return bool(self.services.redis.exists(keys.session(session_id)))
 
     def _json_answers(self, session: HttpSession, answers: set[str], read: JsonPost, stream: PostStream) -> Response:
-        collected: list[dict[str, Any]] = []
-        after, deadline = "0", time.monotonic() + JSON_WAIT_S
-        while answers and time.monotonic() < deadline:
-            for entry_id, message in stream.read(after, 1000):
-                if message is ENDED:
-                    continue
-                after = entry_id
-                if "id" in message and json.dumps(message["id"]) in answers:
-                    answers.discard(json.dumps(message["id"]))
-                    collected.append(message)
+        collected = stream.answers(answers, JSON_WAIT_S)
         batch = isinstance(read.body, list)
         return Response(dumps(collected if batch else collected[0]), mimetype=CONTENT_TYPE_JSON)
 
