@@ -42,13 +42,20 @@ def http_probe() -> Iterator[int]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "servers" / "probe.py"), "--http", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with listening(proc, port, "probe --http"):
+        yield port
+
+
+@contextlib.contextmanager
+def listening(proc: subprocess.Popen[bytes], port: int, what: str) -> Iterator[None]:
+    """Once `proc` listens on `port` (within 30 s); it is killed on the way out."""
     try:
         deadline = time.monotonic() + 30
         while not any(c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN
                       for c in psutil.net_connections("tcp")):
-            assert proc.poll() is None and time.monotonic() < deadline, "probe --http did not start"
+            assert proc.poll() is None and time.monotonic() < deadline, f"{what} did not start"
             time.sleep(0.1)
-        yield port
+        yield
     finally:
         proc.kill()
         proc.wait(10)
@@ -148,16 +155,8 @@ def uvicorn_probe(*options: str) -> Iterator[int]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", UVICORN_PROBE, "--dir", str(ROOT / "examples" / "servers"),
                              "--port", str(port), *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while not any(c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN
-                      for c in psutil.net_connections("tcp")):
-            assert proc.poll() is None and time.monotonic() < deadline, "the probe did not start"
-            time.sleep(0.1)
+    with listening(proc, port, "the probe"):
         yield port
-    finally:
-        proc.kill()
-        proc.wait(10)
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
