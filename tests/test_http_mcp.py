@@ -333,3 +333,23 @@ def test_a_json_only_post_is_answered_with_an_error_when_its_session_ends(stack:
         body = response.json()
         assert body["id"] == "json" and body["error"]["code"] == -32600
         assert "session ended" in body["error"]["message"]
+
+
+def test_a_session_ending_does_not_wait_on_a_response_too_slow_to_read_its_events() -> None:
+    """`HttpSession.end_streams` with a POST's in-process queue full (its reader that far behind) returns at
+    once: that reader goes on from Redis, where the end is marked (a blocking put hung the DELETE)."""
+    import queue
+    import threading
+    from types import SimpleNamespace
+
+    from web.transports.http_handshake import HttpSession
+    from web.transports.post_stream import LIVE_MAX
+
+    full: queue.Queue[Any] = queue.Queue(maxsize=LIVE_MAX)
+    for i in range(LIVE_MAX):
+        full.put_nowait((str(i), {}))
+    session = SimpleNamespace(_lock=threading.Lock(), _live={"p1": full})
+    ending = threading.Thread(target=HttpSession.end_streams, args=(session,), daemon=True)
+    ending.start()
+    ending.join(5)
+    assert not ending.is_alive(), "end_streams waited for a slow reader"

@@ -148,8 +148,9 @@ class HttpSession:
         `EventLog.drop_session` writes)."""
         with self._lock:
             live = list(self._live.values())
-        for events in live:
-            events.put(("", ENDED))
+        for events in live:  # never waits: a full one's reader goes on from Redis, where the end is marked
+            with contextlib.suppress(queue.Full):
+                events.put_nowait(("", ENDED))
 
     def unanswered(self, stream_id: str) -> set[str]:
         """Requests this session routed to `stream_id` whose answers have not been routed yet."""
