@@ -25,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import jsonschema
 import redis
 
 from broker import keys
+from broker.argcheck import ArgumentCheck
 from broker.config import BrokerConfig
 
 VERSION_CHECK_INTERVAL_S = 1.0
@@ -68,25 +68,13 @@ class ToolEntry:
     server: str
     tool: str
     definition: dict[str, Any]
-    _validator: Any = field(default=None, repr=False)
+    _check: ArgumentCheck | None = field(default=None, repr=False)
 
     def argument_errors(self, arguments: dict[str, Any]) -> str | None:
-        """The first way `arguments` break the tool's input schema, or None."""
-        if self._validator is None:
-            schema = self.definition.get("inputSchema") or {"type": "object"}
-            try:
-                cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-                cls.check_schema(schema)
-                self._validator = cls(schema)
-            except jsonschema.SchemaError:
-                self._validator = False  # the backend's schema is broken; let the backend judge
-        if not self._validator:
-            return None
-        error = jsonschema.exceptions.best_match(self._validator.iter_errors(arguments))
-        if error is None:
-            return None
-        where = "/".join(str(p) for p in error.absolute_path)
-        return f"{where}: {error.message}" if where else error.message
+        """The first way `arguments` break the tool's input schema, or None (`broker.argcheck`)."""
+        if self._check is None:
+            self._check = ArgumentCheck(self.definition.get("inputSchema") or {"type": "object"})
+        return self._check.errors(arguments)
 
 
 class CursorError(ValueError):

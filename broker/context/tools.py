@@ -30,8 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import jsonschema
-
+from broker.argcheck import ArgumentCheck
 from broker.context import call_tool, read_result, search_tool
 from broker.context.modes import offers_search
 from broker.context.names import broker_tool_name, short_name
@@ -66,20 +65,14 @@ class BrokerTool:
         return tool
 
     def argument_errors(self, arguments: dict[str, Any]) -> str | None:
-        error = jsonschema.exceptions.best_match(_validator(self.short, self.input_schema).iter_errors(arguments))
-        if error is None:
-            return None
-        where = "/".join(str(p) for p in error.absolute_path)
-        return f"{where}: {error.message}" if where else error.message
+        """The first way `arguments` break `input_schema`, or None (`broker.argcheck`)."""
+        check = _CHECKS.get(self.short)
+        if check is None:
+            check = _CHECKS[self.short] = ArgumentCheck(self.input_schema)
+        return check.errors(arguments)
 
 
-_VALIDATORS: dict[str, jsonschema.protocols.Validator] = {}
-
-
-def _validator(short: str, schema: dict[str, Any]) -> jsonschema.protocols.Validator:
-    if short not in _VALIDATORS:
-        _VALIDATORS[short] = jsonschema.Draft202012Validator(schema)
-    return _VALIDATORS[short]
+_CHECKS: dict[str, ArgumentCheck] = {}
 
 
 BROKER_TOOLS: dict[str, BrokerTool] = {tool.short: tool for tool in (
