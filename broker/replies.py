@@ -17,7 +17,6 @@ not a timeout a minute later. A call that times out while Redis is unreachable s
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -29,7 +28,7 @@ from typing import Any
 import redis
 from mcp_types import INTERNAL_ERROR, REQUEST_TIMEOUT
 
-from broker import keys
+from broker import keys, wire
 from broker.outage import LOST_CODE, LOST_MESSAGE, Epochs, unavailable_error
 from broker.rpc_error import RPCError
 
@@ -151,7 +150,7 @@ class ReplyHub:
 
     def _dispatch(self, data: str) -> None:
         try:
-            message = json.loads(data)
+            message = wire.loads(data, strict=False)
             call_id = message["call_id"]
         except (ValueError, KeyError, TypeError):
             log.warning("reply hub: ignoring malformed message %.200s", data)

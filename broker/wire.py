@@ -47,14 +47,51 @@ _DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite
 # with hooks builds a decoder per call, which doubled the cost of decoding a small message
 
 
-def loads(data: str | bytes | bytearray) -> Any:
+def loads(data: str | bytes | bytearray, strict: bool = True) -> Any:
     """`json.loads` that refuses non-finite numbers (`NonFiniteNumber`, a `ValueError`); like `json.loads`
-    it raises `ValueError` for text that is not JSON and `RecursionError` for nesting too deep to decode."""
+    it raises `ValueError` for text that is not JSON and `RecursionError` for nesting too deep to decode.
+    `strict=False`: plain `json.loads` (for what the broker wrote itself, a worker's message), as fast.
+
+    Most text is read by orjson (`_fast_loads`), which reads what `json` reads the same way; what it
+    refuses or could read otherwise goes to `json` below, which reads it or raises as it always did."""
+    fast = _fast_loads(data)
+    if fast is not _NOT_FAST:
+        return fast
+    if not strict:
+        return json.loads(data)
     if isinstance(data, (bytes, bytearray)):
         data = data.decode(json.detect_encoding(data), "surrogatepass")  # what json.loads does with bytes
     elif data.startswith("\ufeff"):
         raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", data, 0)
     return _DECODER.decode(data)
+
+
+_NOT_FAST = object()
+# every byte to one of three: digits to "0", "[" and "{" to "[", anything else to " " (what `_fast_loads` counts)
+_SHAPE = bytes(48 if 48 <= i <= 57 else 91 if i in (91, 123) else 32 for i in range(256))
+_LONG_DIGITS = b"0" * 19
+_NESTS_BELOW = 256  # '[' and '{' in the text: fewer, and it is nested less deep than `json` can read
+
+
+def _fast_loads(data: str | bytes | bytearray) -> Any:
+    """The value orjson reads from `data`, or `_NOT_FAST` where `json` must read it: orjson refuses it (not
+    JSON, NaN, a number beyond a double, a lone surrogate, a BOM, text that is not UTF-8) or might read it
+    otherwise: a run of 19 digits (an integer beyond 64 bits: orjson makes it a float, `json` an int) or
+    256 brackets or more (`json` stops at Python's recursion limit, orjson at 1,024 levels). Both looks are
+    one pass in C (`bytes.translate`). CPU per read, this path against `json` alone (process time of a loop
+    of 50,000, 3 rounds): a tools/call frame 2.6-2.9 -> 2.2 us, a worker's outcome (0.3 KB) 4.5-4.8 -> 2.7-3.1 us."""
+    if isinstance(data, str):
+        try:
+            data = data.encode("utf-8")
+        except UnicodeEncodeError:
+            return _NOT_FAST
+    shape = data.translate(_SHAPE)
+    if _LONG_DIGITS in shape or shape.count(b"[") >= _NESTS_BELOW:
+        return _NOT_FAST
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return _NOT_FAST
 
 
 def lone_surrogate(value: Any, root: str = "") -> str | None:

@@ -76,3 +76,44 @@ def test_types_json_refuses_are_still_refused() -> None:
     for value in (Point(1), datetime(2026, 1, 1), {1, 2}):
         with pytest.raises(TypeError):
             wire.dumps(value)
+
+
+def _json_reads(text: str | bytes, strict: bool = True) -> object:
+    """What `wire.loads` read before its orjson path: `json` alone (with its non-finite refusal)."""
+    if not strict:
+        return json.loads(text)
+    if isinstance(text, bytes):
+        text = text.decode(json.detect_encoding(text), "surrogatepass")
+    elif text.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return wire._DECODER.decode(text)
+
+
+@pytest.mark.parametrize("text", [
+    '{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"e__echo","arguments":{"t":"héllo ✓"}}}',
+    '{"ints":[0,-0,9223372036854775807,-9223372036854775808,18446744073709551615],"f":[1.5,1e5,-0.0,1E-7,1.5e308]}',
+    '{"big":123456789012345678901234567890,"neg":-99999999999999999999}',  # beyond 64 bits: ints, as json reads
+    '{"s":"0123456789012345678901234"}',  # a long digit run in a string: json reads it (the same value)
+    "[" * 300 + "]" * 300,  # nested past 255: json reads it
+    '{"a":1,"a":2}', ' {"w" : [ true , false , null ] } ', '"\\u0000\\ud83d\\ude00"',
+])
+def test_loads_reads_what_json_reads(text: str) -> None:
+    for strict_ in (True, False):
+        value = wire.loads(text, strict=strict_)
+        assert value == _json_reads(text, strict_) and repr(value) == repr(_json_reads(text, strict_))
+        assert wire.loads(text.encode("utf-8"), strict=strict_) == value
+
+
+@pytest.mark.parametrize("text", ["NaN", '{"a":-Infinity}', '{"a":1e400}', "[1,2", "", '"\\ud800"', "\ufeff{}"])
+def test_loads_refuses_and_reads_as_json_did(text: str) -> None:
+    try:
+        expected: object = _json_reads(text)
+    except ValueError as err:
+        with pytest.raises(type(err), match=None) as raised:
+            wire.loads(text)
+        assert str(raised.value) == str(err)
+    else:  # a lone surrogate's escape: json reads it (`lone_surrogate` refuses it where it matters)
+        assert wire.loads(text) == expected
+    lenient = json.loads(text) if text not in ("[1,2", "", "\ufeff{}") else None
+    if lenient is not None:
+        assert repr(wire.loads(text, strict=False)) == repr(lenient)  # NaN and 1e400 as json reads them
