@@ -233,3 +233,56 @@ def test_the_reply_hub_hands_a_burst_of_answers_over_inside_its_batch(redis_url:
     finally:
         release.set()
         hub.stop()
+
+
+def test_a_loaded_reply_hub_keeps_its_burst_open_for_later_answers(redis_url: str) -> None:
+    """With `hold_at` calls or more waiting, a burst stays open up to `hold_s` for answers published later (its
+    held writes go out once for them all); each answer is handed over as it arrives, never held; and the burst
+    ends as soon as fewer than `hold_at` calls wait (a lone call's burst ends with it, as before)."""
+    import contextlib
+    import threading
+    import uuid
+
+    import redis
+
+    from broker.replies import ReplyHub
+
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    hub = ReplyHub(r)
+    hub.extra_channels = []
+    hub.hold_s, hub.hold_at = 60.0, 2  # far longer than the test: only fewer waiting calls end the burst
+    bursts: list[list[str]] = []
+    current: list[str] = []
+    handled = {call_id: threading.Event() for call_id in (uuid.uuid4().hex for _ in range(4))}
+    call_ids = list(handled)
+    ended = threading.Event()
+
+    @contextlib.contextmanager
+    def burst() -> Iterator[None]:
+        current.clear()
+        yield
+        bursts.append(list(current))
+        ended.set()
+
+    def answered(message: dict) -> None:
+        current.append(message["call_id"])
+        handled[message["call_id"]].set()
+
+    hub.burst = burst
+    hub.start()
+    try:
+        for call_id in call_ids:
+            hub.expect(call_id, answered, None, 30)
+        for call_id in call_ids[:2]:  # one at a time: each is handed over before the next is published
+            r.publish(hub.channel, json.dumps({"call_id": call_id, "result": {}}))
+            assert handled[call_id].wait(20)
+            assert not ended.is_set()  # 3, then 2 calls still wait: the burst stays open
+        r.publish(hub.channel, json.dumps({"call_id": call_ids[2], "result": {}}))
+        assert ended.wait(20)  # one call left waiting, fewer than hold_at: the burst ended with this answer
+        assert bursts == [call_ids[:3]]
+        ended.clear()
+        r.publish(hub.channel, json.dumps({"call_id": call_ids[3], "result": {}}))
+        assert ended.wait(20)
+        assert bursts == [call_ids[:3], call_ids[3:]]
+    finally:
+        hub.stop()
