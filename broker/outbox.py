@@ -54,6 +54,7 @@ class Outbox:
         self._queues: dict[str, deque[dict[str, Any]]] = {}
         self._wakeups: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
+        self._gathering: set[str] = set()  # queues whose sender waits for its message to fill (`_gather`)
         self.messages_sent = 0
         self.calls_sent = 0
 
@@ -61,8 +62,9 @@ class Outbox:
         pending = self._queues.get(queue)
         if pending is None:
             pending = self._start_sender(queue)
-        pending.append(call)
-        self._wakeups[queue].set()
+        pending.append(call)  # (before the look at `_gathering`: a sender that just stopped gathering sees it)
+        if queue not in self._gathering or len(pending) >= self.max_batch:
+            self._wakeups[queue].set()
 
     def _start_sender(self, queue: str) -> deque[dict[str, Any]]:
         with self._lock:
@@ -77,15 +79,21 @@ class Outbox:
             return False
         return self._load(str(pending[0].get("server", ""))) >= self.coalesce_at
 
-    def _gather(self, pending: deque[dict[str, Any]], wakeup: threading.Event) -> None:
-        """The queue is loaded: give more calls `coalesce_wait_s` to join this message."""
+    def _gather(self, queue: str, pending: deque[dict[str, Any]], wakeup: threading.Event) -> None:
+        """The queue is loaded: give more calls `coalesce_wait_s` to join this message. Meanwhile a call put
+        wakes the sender only when it fills the message (`put`): a wake per call (a greenlet switch and a
+        new timeout each, under gevent) was ~2 % of the web's samples over WebSocket at 64 in flight."""
         deadline = time.monotonic() + self.coalesce_wait_s
-        while len(pending) < self.max_batch:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            wakeup.wait(remaining)
-            wakeup.clear()
+        self._gathering.add(queue)
+        try:
+            while len(pending) < self.max_batch:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                wakeup.wait(remaining)
+                wakeup.clear()
+        finally:
+            self._gathering.discard(queue)
 
     def _send_loop(self, queue: str) -> None:
         pending, wakeup = self._queues[queue], self._wakeups[queue]
@@ -94,7 +102,7 @@ class Outbox:
             wakeup.clear()
             while pending:
                 if self._loaded(pending):
-                    self._gather(pending, wakeup)
+                    self._gather(queue, pending, wakeup)
                 chunk = [pending.popleft() for _ in range(min(self.max_batch, len(pending)))]
                 try:
                     self._submit_many(queue, chunk)

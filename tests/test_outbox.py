@@ -4,6 +4,7 @@ moment for more (the policy, with a recording sender; the real path runs in ever
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import redis
@@ -76,3 +77,30 @@ def test_the_reply_hub_counts_the_calls_it_waits_for_per_server() -> None:
     hub.deliver_local({"call_id": "e2", "result": {}})
     hub.deliver_local({"call_id": "t0", "error": {"code": 1, "message": "x"}})
     assert (hub.load("echo"), hub.load("time")) == (1, 0)
+
+
+def test_a_gathering_sender_is_woken_only_by_the_call_that_fills_its_message() -> None:
+    """While a loaded queue's sender waits for its message to fill, a call that does not fill it does not
+    wake the sender (under gevent each wake was a greenlet switch and a new timeout, per call)."""
+    sender = Recorder()
+    box = outbox(sender, load=40, wait_s=30.0)
+    box.put("mcp.echo", call(0))
+    wakeup = box._wakeups["mcp.echo"]
+    sets: list[int] = []
+    original = wakeup.set
+
+    def counted() -> None:
+        sets.append(len(box._queues["mcp.echo"]))
+        original()
+
+    wakeup.set = counted  # type: ignore[method-assign]
+    for _ in range(1000):  # until the sender took the first call and gathers
+        if "mcp.echo" in box._gathering:
+            break
+        time.sleep(0.01)
+    else:
+        raise AssertionError("the sender never gathered")
+    for i in range(1, 4):
+        box.put("mcp.echo", call(i))
+    assert sender.wait_for(4) == [["c0", "c1", "c2", "c3"]]
+    assert sets == [4]  # the fourth call filled it: the one wake
