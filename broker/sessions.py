@@ -122,14 +122,15 @@ class SessionStore:
         session's TTL in case its client was away, now expire after `delivered_ttl_s`. In a burst of the
         reply hub's (`broker.held`), written with the burst's other writes when it ends."""
         if call_ids:
-            in_burst = held.pipeline()
-            pipe = in_burst if in_burst is not None else self._r.pipeline(transaction=False)
-            if not held.hdel(keys.session_calls(session_id), call_ids):  # a burst's: one HDEL per session
-                pipe.hdel(keys.session_calls(session_id), *call_ids)
-            for call_id in call_ids:
-                pipe.expire(keys.result(call_id), self.delivered_ttl_s)
-            if in_burst is None:
-                pipe.execute()
+            results = [keys.result(call_id) for call_id in call_ids]
+            # a burst's: one HDEL per session, one command for all its outcomes' EXPIREs
+            if held.hdel(keys.session_calls(session_id), call_ids) and held.expire(results, self.delivered_ttl_s):
+                return
+            pipe = self._r.pipeline(transaction=False)
+            pipe.hdel(keys.session_calls(session_id), *call_ids)
+            for result in results:
+                pipe.expire(result, self.delivered_ttl_s)
+            pipe.execute()
 
     def route(self, call_ids: list[str], channel: str, ttl_s: int) -> None:
         """A session resumed on this web process: workers publish these calls' progress, events and outcomes

@@ -163,11 +163,20 @@ def test_writes_held_in_a_burst_go_out_together_when_it_ends(redis_url: str) -> 
         assert set(store.pending(sessions[1])) == {calls[1]["call_id"]}
         assert r.xlen(keys.sse_stream(sessions[0], "p1")) == 1  # not held
         held_now = held_pipeline()
-        assert held_now is not None  # the forgets' HDELs join it at the end, one per session (two, not three)
-        assert [args[0] for args, _ in held_now.command_stack] == ["EXPIRE"] * 3
+        assert held_now is not None  # the forgets join it at the end: one HDEL per session (two, not three),
+        assert held_now.command_stack == []  # and one command for the three outcomes' EXPIREs
     assert store.pending(sessions[0]) == {} and store.pending(sessions[1]) == {}
     for call in calls:
         assert 0 < r.ttl(keys.result(call["call_id"])) <= 30
+    sent: list[list[str]] = []
+    with held(r):
+        store.forget(sessions[0], ["a", "b"])
+        store.forget(sessions[1], ["c"])
+        pipe = held_pipeline()
+        assert pipe is not None
+        execute = pipe.execute
+        pipe.execute = lambda: (sent.append([str(args[0]) for args, _ in pipe.command_stack]), execute())[1]
+    assert sent == [["HDEL", "HDEL", "EVAL"]]  # 3 forgets: 2 sessions' HDELs, the 3 EXPIREs in one command
     assert [m for _, m in events.read(sessions[0], "p1", "0", 1)] == [{"jsonrpc": "2.0", "id": 0, "result": {}}]
     assert 0 < r.ttl(keys.sse_stream(sessions[0], "p1")) <= events.ttl_s
     with held(r):  # nothing held: nothing sent

@@ -139,7 +139,7 @@ def build_services(config: BrokerConfig) -> BrokerServices:
     hub.burst = burst
     # loaded (as many calls waiting here as make the outbox coalesce), a burst's held writes wait up to
     # MCP_BROKER_HOLD_MS for the next answers' (`ReplyHub._run`)
-    hub.hold_s = float(os.environ.get("MCP_BROKER_HOLD_MS", "10")) / 1000
+    hub.hold_s = float(os.environ.get("MCP_BROKER_HOLD_MS", "20")) / 1000
     hub.hold_at = int(os.environ.get("MCP_BROKER_COALESCE_AT", "16"))
     hub.observer = observe.web_outcome  # one metrics update and one JSON log line per answered call
     RECORDER.sample("mcp_broker_sessions_open", lambda: {(): float(len(services.connections))})
