@@ -15,6 +15,7 @@ The session knows no transport kind (`workers.backends.transports` opens the end
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -22,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import httpx2
@@ -109,8 +110,9 @@ class BackendSession(HangWatch):
         self._lock = threading.Lock()
         self._cm: AbstractContextManager[Client] | None = None
         self._client: Client | None = None
-        self._slots: anyio.Semaphore | None = None  # created on the loop
+        self._slots: asyncio.Semaphore | None = None  # created on the loop
         self.running: dict[str, anyio.CancelScope] = {}  # call id → its scope (loop thread only)
+        self._cancelled: set[str] = set()  # running calls `cancel` was called for (loop thread only)
         self.channels: dict[str, CallChannel] = {}  # call id → its way back to the client, in start order
         self.generation = 0  # bumped on every (re)start, so a caller knows whether someone already restarted it
         self.restarts = 0
@@ -269,38 +271,41 @@ class BackendSession(HangWatch):
     ) -> Any:
         """Run `fn(client)` within `timeout`, mapping failures to the broker's exception kinds. `slotted`:
         take one of the server's `concurrency` slots (calls do; a health ping must not queue behind them).
-        `record`: an answer marks the backend healthy (a hang probe's does not: calls may still time out)."""
-        if self._slots is None:
-            self._slots = anyio.Semaphore(self.spec.settings.concurrency)
+        `record`: an answer marks the backend healthy (a hang probe's does not: calls may still time out).
+        One cancel scope has the time limit (its deadline) and a client's cancel (`cancel` notes the call):
+        a scope in a `fail_after` were two and a generator; the slots are an asyncio semaphore (anyio's
+        yields to the loop on each free acquire: one more loop turn a call). With tests/test_call_guard.py's
+        stand-in client, 16 calls at a time, min of 7 x 2,000: 28.4 -> 16.8 CPU-us a call (harness included)."""
+        slots = self._slots = self._slots or asyncio.Semaphore(self.spec.settings.concurrency)
         client, generation = None, self.generation
-        phase, started = "slot", time.monotonic()
-        with anyio.CancelScope() as scope:
+        phase, started, by_client = "slot", time.monotonic(), False
+        scope = anyio.CancelScope(deadline=anyio.current_time() + timeout)
+        with scope:
             if call_id is not None:
                 self.running[call_id] = scope
                 if channel is not None:
                     self.channels[call_id] = channel
             try:
                 self.last_used = started
-                with anyio.fail_after(timeout):
-                    async with self._slots if slotted else contextlib.nullcontext():
-                        phase = "start"
-                        client, generation = await self._client_async()
-                        phase, token = "backend", next(self._tokens)
-                        self._in_backend[token] = time.monotonic()
-                        try:
-                            answer = await fn(client)
-                        finally:
-                            self._in_backend.pop(token, None)
+                if slotted:
+                    await slots.acquire()
+                try:
+                    phase = "start"
+                    client, generation = await self._client_async()
+                    phase, token = "backend", next(self._tokens)
+                    self._in_backend[token] = time.monotonic()
+                    try:
+                        answer = await fn(client)
+                    finally:
+                        self._in_backend.pop(token, None)
+                finally:
+                    if slotted:
+                        slots.release()
                 if record:
                     self.health.succeeded()
                 return answer
-            except TimeoutError as err:
-                if phase == "slot":
-                    raise SlotWaitTimeout(self.spec.name, time.monotonic() - started,
-                                          self.spec.settings.concurrency) from err
-                if phase == "backend" and slotted:
-                    await self._timed_out(timeout)
-                raise BackendTimeout(f"server {self.spec.name!r} did not answer within {timeout:g}s") from err
+            except TimeoutError as err:  # a TimeoutError of `fn` itself (the deadline's is below)
+                await self._timeout_in(phase, slotted, timeout, started, err)
             except Unsendable as err:  # this call's own input; nothing was written, the session is fine
                 raise BackendRPCError(INVALID_PARAMS, f"Invalid params: the request cannot be encoded for "
                                       f"server {self.spec.name!r}: {err}",
@@ -320,7 +325,21 @@ class BackendSession(HangWatch):
                 if call_id is not None:
                     self.running.pop(call_id, None)
                     self.channels.pop(call_id, None)
+                    by_client = call_id in self._cancelled
+                    self._cancelled.discard(call_id)
+        if not by_client and scope.cancelled_caught and anyio.current_time() >= scope.deadline:
+            await self._timeout_in(phase, slotted, timeout, started, None)
         raise CallCancelled(call_id)  # the scope was cancelled from outside
+
+    async def _timeout_in(self, phase: str, slotted: bool, timeout: float, started: float,
+                          err: BaseException | None) -> NoReturn:
+        """Time ran out waiting for a slot (the backend was busy, not at fault), or starting the backend, or
+        in it (a health failure, maybe a hang: `HangWatch._timed_out`)."""
+        if phase == "slot":
+            raise SlotWaitTimeout(self.spec.name, time.monotonic() - started, self.spec.settings.concurrency) from err
+        if phase == "backend" and slotted:
+            await self._timed_out(timeout)
+        raise BackendTimeout(f"server {self.spec.name!r} did not answer within {timeout:g}s") from err
 
     async def forward(
         self,
@@ -369,6 +388,7 @@ class BackendSession(HangWatch):
         scope = self.running.get(call_id)
         if scope is None:
             return False
+        self._cancelled.add(call_id)  # told from a time-out by `_guarded`
         scope.cancel()
         return True
     async def list_catalog(self, timeout: float) -> dict[str, Any]:
