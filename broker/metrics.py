@@ -139,6 +139,24 @@ class Recorder:
             row[index] += 1
             row[-1] += seconds
 
+    def record(self, counts: list[tuple[str, Labels]], observations: list[tuple[str, Labels, float]]) -> None:
+        """`inc` (by one) of each of `counts` and `observe` of each of `observations`, under one lock: a worker's
+        message of calls (`observe.worker_outcomes`; three locks a call were ~3.5 us each, bench.observe_cost)."""
+        if self._pid != os.getpid():
+            self._start()
+        rows = [((name, labels), bisect.bisect_left(LATENCY_BUCKETS, seconds), seconds)
+                for name, labels, seconds in observations]
+        width = len(LATENCY_BUCKETS) + 2
+        with self._lock:
+            for key in counts:
+                self._counts[key] = self._counts.get(key, 0.0) + 1.0
+            for key, index, seconds in rows:
+                row = self._hists.get(key)
+                if row is None:
+                    row = self._hists[key] = [0.0] * width
+                row[index] += 1
+                row[-1] += seconds
+
     def level(self, name: str, labels: Labels, delta: float) -> None:
         """Move a gauge of this process (e.g. +1 when a socket opens, -1 when it closes)."""
         if self._pid != os.getpid():

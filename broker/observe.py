@@ -147,6 +147,34 @@ def worker_outcome(call: Call, outcome_message: dict[str, Any], worker: str, wai
     RECORDER.observe("mcp_broker_execution_seconds", (server, tool), exec_s)
     if wait_s is not None:
         RECORDER.observe("mcp_broker_queue_wait_seconds", (server,), wait_s)
+    _worker_line(call, server, tool, outcome, code, worker, wait_s, exec_s)
+
+
+Finished = tuple[Call, dict[str, Any], float | None, float]  # a call, its outcome message, queue wait, exec seconds
+
+
+def worker_outcomes(done: list[Finished], worker: str) -> None:
+    """`worker_outcome` of each of a message's calls, once they have all been answered, in the Celery thread
+    that ran the message: the metrics under one lock, the log lines in one write (`lines_together`); they
+    were one log record, one write and three metric locks a call, on the backend's event loop."""
+    counts: list[tuple[str, tuple[str, ...]]] = []
+    timings: list[tuple[str, tuple[str, ...], float]] = []
+    with lines_together():
+        for call, outcome_message, wait_s, exec_s in done:
+            server, tool = str(call.server), str(call.tool or call.method or "")
+            outcome, code = outcome_of(outcome_message)
+            counts.append(("mcp_broker_executions", (server, tool, outcome)))
+            timings.append(("mcp_broker_execution_seconds", (server, tool), exec_s))
+            if wait_s is not None:
+                timings.append(("mcp_broker_queue_wait_seconds", (server,), wait_s))
+            _worker_line(call, server, tool, outcome, code, worker, wait_s, exec_s)
+    RECORDER.record(counts, timings)
+
+
+def _worker_line(call: Call, server: str, tool: str, outcome: str, code: int | None, worker: str,
+                 wait_s: float | None, exec_s: float) -> None:
+    if not _configured["enabled"]:
+        return
     fields: dict[str, Any] = {"call_id": call.call_id, "session": call.session, "key": call.key,
                               "server": server, "tool": tool, "outcome": outcome, "exec_ms": _ms(exec_s),
                               "queue_ms": None if wait_s is None else _ms(wait_s), "attempts": call.attempts,
