@@ -273,7 +273,7 @@ class HandshakeEndpoint:
                 session.conversation.handle_message(message)
             return self._with_session(empty_response(202), session)
         stream_id = f"p{time.time_ns():x}"
-        stream = PostStream(self.events, session, stream_id, lambda: self._alive(session.session_id))
+        stream = PostStream(self.events, session, stream_id, lambda: self._alive(session))
         for message in requests:
             session.expect(stream_id, message)
         try:
@@ -291,8 +291,11 @@ class HandshakeEndpoint:
             raise
         return self._with_session(response, session)
 
-    def _alive(self, session_id: str) -> bool:
-        return bool(self.services.redis.exists(keys.session(session_id)))
+    @staticmethod
+    def _alive(session: HttpSession) -> bool:
+        """Whether the session is still in Redis. Asked by the event stream too, which runs without Flask's
+        request context (`sse_response`): the session's own services, not the app's."""
+        return bool(session.conversation.services.redis.exists(keys.session(session.session_id)))
 
     def _json_answers(self, session: HttpSession, answers: set[str], read: JsonPost, stream: PostStream) -> Response:
         collected = stream.answers(answers, JSON_WAIT_S)
@@ -306,15 +309,15 @@ class HandshakeEndpoint:
         It opens with a priming event (SEP-1699): an id naming the current position, empty data and a
         `retry:` interval, so a client whose stream is cut before the first real event can still resume
         it with Last-Event-ID, and knows when to try. A POST's own stream is read through `stream`."""
-        session_id = session.session_id
+        session_id, events = session.session_id, session.events  # (no request context here: see sse_response)
         with open_socket("sse"):
             yield f"id: {stream_id}.{after}\nretry: {RETRY_MS}\ndata:\n\n"
             last_sent = time.monotonic()
             while answers is None or answers:
                 block_ms = int(KEEPALIVE_S * 1000)
                 batch = (stream.read(after, block_ms) if stream is not None
-                         else self.events.read(session_id, stream_id, after, block_ms))
-                if not batch and not self._alive(session_id):
+                         else events.read(session_id, stream_id, after, block_ms))
+                if not batch and not self._alive(session):
                     return  # the session ended (deleted or expired) while this stream was quiet
                 for entry_id, message in batch:
                     if message is ENDED:
