@@ -60,6 +60,16 @@ def on_starting(server):
         server.cfg.set("bind", narrowed)
 
 
+def post_worker_init(worker):
+    """`python -m bench.web_cpu --probe` only: MCP_BROKER_WEB_PROBE names where the worker writes its own CPU
+    per layer (bench/web_probe.py). Unset (always, outside that bench), nothing is loaded."""
+    probe = os.environ.get("MCP_BROKER_WEB_PROBE")
+    if probe:
+        from bench.web_probe import start
+
+        start(probe)
+
+
 def when_ready(server):
     where = ", ".join(server.cfg.bind)
     if not _keys:

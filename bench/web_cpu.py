@@ -5,6 +5,7 @@
     python -m bench.web_cpu --ab BASE --b T1 --b T2      # three sides (A, B, C), alternating
     python -m bench.web_cpu --profile DIR                # also py-spy the web: DIR/web-<front>.txt (raw stacks)
     python -m bench.web_cpu --micro                      # per-call costs in this process, alternating
+    python -m bench.web_cpu --probe                      # also the web's own CPU per request by layer (web_probe)
 
 The web process is the tier a Streamable HTTP client feels most (issue 19: 7.5-9.3 CPU-ms of the broker's
 own per call on `/servers/<name>/mcp`, five times the WebSocket path). Each run starts an embedded Redis, a
@@ -38,6 +39,7 @@ METRICS = ("web_cpu_ms_per_call", "worker_cpu_ms_per_call", "redis_cpu_ms_per_ca
            "redis_connections_per_call", "calls_per_message", "calls_per_s")
 NO_REDIS = "redis://127.0.0.1:1/0"  # nothing answers there: `ensure_redis` starts an embedded one
 MODERN = "2026-07-28"
+PROBE_ENV = "MCP_BROKER_WEB_PROBE"  # set by --probe: the web loads bench/web_probe.py (gunicorn.conf.py)
 
 
 @contextlib.contextmanager
@@ -90,6 +92,10 @@ def run_once(tree: Path, calls: int, window: int = 64, fronts: tuple[str, ...] =
                 messages=lambda: stack.queue_messages("pstdio"))
             meter = CommandCount(meter, stack.stack.redis_url)
             spy = sampled([p.pid for p in stack.web_processes()], profile / f"web-{front}.txt" if profile else None)
+            if os.environ.get(PROBE_ENV):
+                from bench.web_probe import probed
+
+                spy = probed(os.environ[PROBE_ENV], spy, front)
             if front == "ws":
                 out[front] = asyncio.run(_measure_ws(stack.ws_url, calls, window, meter, spy))
             else:
@@ -336,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose code runs (default: this one)")
     parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the web: DIR/web-<front>.txt (raw)")
     parser.add_argument("--micro", action="store_true", help="per-call costs in this process (see `micro`)")
+    parser.add_argument("--probe", action="store_true", help="the web's own CPU per request by layer (web_probe)")
     parser.add_argument("--fronts", default=",".join(FRONTS), help=f"comma-separated, of {', '.join(FRONTS)}")
     args = parser.parse_args(argv)
     fronts = tuple(f for f in args.fronts.split(",") if f in FRONTS)
@@ -348,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
+        if args.probe:
+            os.environ[PROBE_ENV] = str(Path(tempfile.mkdtemp(prefix="web-probe-")) / "web")
         result = run_once(args.tree.resolve(), args.calls, fronts=fronts,
                           profile=args.profile.resolve() if args.profile else None)
         if args.json:
