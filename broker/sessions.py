@@ -23,7 +23,7 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
-from broker import held, keys
+from broker import held, keys, wire
 
 DEFAULT_TTL_S = 3600
 DELIVERED_TTL_S = 30  # MCP_BROKER_DELIVERED_TTL_S: how long an outcome stays in Redis once nobody needs it
@@ -93,10 +93,27 @@ class SessionStore:
     def remember(self, calls: list[dict[str, Any]], pipe: Pipeline | None = None) -> None:
         """Record calls in flight for their sessions (before they are sent, so an answer can never
         arrive for a call the session does not know), and stamp on every call how long the worker keeps
-        its outcome (`keep_s`): a session's call for the session's TTL (its client may be away when it
-        ends), any other only briefly (its caller waits for it on this process right now). Given `pipe`,
-        the records are added to it (the send that follows them in it runs after them) and not executed."""
-        by_session: dict[str, dict[str, str]] = {}
+        its outcome (`keep_s`, see `records`). Given `pipe`, the records are added to it (the send that
+        follows them in it runs after them) and not executed."""
+        by_key = self.records(calls)
+        if not by_key:
+            return
+        # one HSET and one EXPIRE per session, not per call: a queue message carries ~10 calls of the same
+        # session (bench.web_cpu, WebSocket: 2.0 -> 0.2 Redis commands per call for the records)
+        given = pipe is not None
+        pipe = pipe if pipe is not None else self._r.pipeline(transaction=False)
+        for key, entries in by_key.items():
+            pipe.hset(key, mapping=entries)
+            pipe.expire(key, self.ttl_s)
+        if not given:
+            pipe.execute()
+
+    def records(self, calls: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+        """What `remember` writes for these calls, by session (`keys.session_calls` -> call id -> entry), for
+        a writer of its own (`web.services.push_calls`: HSET and EXPIRE each, `ttl_s`); and the stamp on every
+        call of how long the worker keeps its outcome (`keep_s`): a session's call for the session's TTL (its
+        client may be away when it ends), any other only briefly (its caller waits for it here right now)."""
+        by_key: dict[str, dict[str, str]] = {}
         for call in calls:
             pending = bool(call.get("session")) and "rid" in call
             call.setdefault("keep_s", self.ttl_s if pending else self.delivered_ttl_s)
@@ -104,18 +121,8 @@ class SessionStore:
                 entry = {"rid": call["rid"], "method": call.get("method", "tools/call"), "server": call["server"]}
                 if call.get("progress_token") is not None:
                     entry["progressToken"] = call["progress_token"]
-                by_session.setdefault(call["session"], {})[call["call_id"]] = json.dumps(entry)
-        if not by_session:
-            return
-        # one HSET and one EXPIRE per session, not per call: a queue message carries ~10 calls of the same
-        # session (bench.web_cpu, WebSocket: 2.0 -> 0.2 Redis commands per call for the records)
-        given = pipe is not None
-        pipe = pipe if pipe is not None else self._r.pipeline(transaction=False)
-        for session_id, entries in by_session.items():
-            pipe.hset(keys.session_calls(session_id), mapping=entries)
-            pipe.expire(keys.session_calls(session_id), self.ttl_s)
-        if not given:
-            pipe.execute()
+                by_key.setdefault(keys.session_calls(call["session"]), {})[call["call_id"]] = wire.dumps(entry)
+        return by_key
 
     def forget(self, session_id: str, call_ids: list[str]) -> None:
         """Answered (or cancelled): the session no longer waits for these, and their outcomes, kept for the
