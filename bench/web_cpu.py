@@ -185,7 +185,7 @@ def micro(rounds: int = 5) -> str:
     session's forget) one round trip each, the forgets held in bursts of 4 as the web does (`broker.held`),
     and the events held too (what 752f870 did), on an embedded Redis,
     and the call log lines of a burst written one record each against together, and a queue message's send
-    (its session record and LPUSH) pipelined against in a MULTI/EXEC (`web.services.push_calls`)."""
+    (its session record and LPUSH) pipelined against in one script (`web.services.push_calls`)."""
     import uuid
 
     import redis
@@ -269,10 +269,10 @@ def micro(rounds: int = 5) -> str:
             pipe.lpush("mcp.bench", run_calls_message("mcp.bench", message(1)))
             pipe.execute()
 
-        sends: dict[str, list[float]] = {"pipeline": [], "MULTI/EXEC": []}
+        sends: dict[str, list[float]] = {"pipeline": [], "script": []}
         for _ in range(rounds):
             sends["pipeline"].append(cpu_us(send_pipelined, 300))
-            sends["MULTI/EXEC"].append(cpu_us(lambda: push_calls(r, sessions, "mcp.bench", message(1)), 300))
+            sends["script"].append(cpu_us(lambda: push_calls(r, sessions, "mcp.bench", message(1)), 300))
             r.delete("mcp.bench", keys.session_calls(session))
         posts = post_stream_reads(events, session, answer, rounds, cpu_us)
     finally:

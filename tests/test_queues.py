@@ -108,7 +108,7 @@ def test_a_worker_runs_the_message_the_web_pushes_itself(stack: Stack) -> None:
 
 
 def test_a_message_of_calls_goes_all_or_nothing_and_a_lost_reply_is_told_it_may_run(redis_url: str) -> None:
-    """web.services.push_calls: the calls' session records and their queue message in one MULTI/EXEC, not
+    """web.services.push_calls: the calls' session records and their queue message in one script, not
     retried. A link refused before anything went out: a plain connection error (its callers: "could not
     enqueue, retry shortly"). One whose reply is lost after the transaction went out (a fault proxy delays
     Redis's replies past the client's timeout): `MaybeSent`, and Redis did run it: records and message
@@ -146,9 +146,43 @@ def test_a_message_of_calls_goes_all_or_nothing_and_a_lost_reply_is_told_it_may_
             assert enqueue_error(MaybeSent()).message == MAYBE_SENT_MESSAGE
             deadline = time.monotonic() + 10
             while not direct.llen(queue):
-                assert time.monotonic() < deadline, "the transaction never ran"
+                assert time.monotonic() < deadline, "the script never ran"
                 time.sleep(0.05)
-            assert direct.hexists(keys.session_calls(session), sent[0]["call_id"])  # both, in one EXEC
+            assert direct.hexists(keys.session_calls(session), sent[0]["call_id"])  # both, in one script
             assert direct.llen(queue) == 1
     finally:
         direct.delete(queue, keys.session_calls(session))
+
+
+def test_a_message_and_its_records_of_several_sessions_go_in_one_command(redis_url: str) -> None:
+    """`push_calls` writes each session's records (HSET + EXPIRE at the store's TTL) and the message in one
+    script: one command for Redis, not MULTI, HSET, EXPIRE, LPUSH and EXEC (five to pack, six replies to
+    parse). A call of no session gets no record and keeps its outcome briefly."""
+    import redis
+
+    from broker.sessions import SessionStore
+    from web.services import push_calls
+
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    store = SessionStore(r, ttl_s=1234, delivered_ttl_s=7)
+    queue, sessions = f"mcp.test-{uuid.uuid4().hex}", [uuid.uuid4().hex, uuid.uuid4().hex]
+    calls = [{"call_id": uuid.uuid4().hex, "session": sessions[i % 2], "rid": i, "server": "echo",
+              "method": "tools/call", "progress_token": "p" if i == 0 else None} for i in range(3)]
+    calls.append({"call_id": uuid.uuid4().hex, "server": "echo", "method": "tools/call"})  # no session
+    stats = lambda: {k: v["calls"] for k, v in r.info("commandstats").items()}  # noqa: E731
+    try:
+        before = stats()
+        push_calls(r, store, queue, calls)
+        after = stats()
+        ran = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+        ran.pop("cmdstat_info", None)
+        assert ran == {"cmdstat_eval": 1, "cmdstat_hset": 2, "cmdstat_expire": 2, "cmdstat_lpush": 1}, ran
+        assert r.llen(queue) == 1
+        assert store.pending(sessions[0]) == {calls[0]["call_id"]: {"rid": 0, "method": "tools/call", "server": "echo",
+                                                                    "progressToken": "p"},
+                                              calls[2]["call_id"]: {"rid": 2, "method": "tools/call", "server": "echo"}}
+        assert list(store.pending(sessions[1])) == [calls[1]["call_id"]]
+        assert all(1200 < r.ttl(keys.session_calls(s)) <= 1234 for s in sessions)
+        assert [c["keep_s"] for c in calls] == [1234, 1234, 1234, 7]
+    finally:
+        r.delete(queue, *(keys.session_calls(s) for s in sessions))
