@@ -53,22 +53,73 @@ end
 """
 
 
+# The lease of a fetched message, in one atomic step: the unacked entry and its index (kombu's), the worker's
+# tag (ours), off the channel's fetch list when it was taken with BLMOVE (ARGV[4]: its raw bytes, or "").
+LEASE = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[1], '')
+if ARGV[4] ~= '' then redis.call('LREM', KEYS[4], 1, ARGV[4]) end
+return 1
+"""
+# The ack: the unacked entry, its index and the worker's tag, in one atomic step.
+ACK = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return 1
+"""
+
+
 class LeasedQoS(kombu_redis.QoS):
+    """kombu's QoS with the lease: written with the unacked entry (`append`), removed with it (`ack`).
+
+    Each is one Lua script (EVALSHA), not a MULTI/EXEC pipeline of 4-6 commands: the same atomicity, one
+    command for redis-py to pack and one reply to parse. And a message taken with BLMOVE is stored in the
+    unacked hash as its fetched bytes (kombu's JSON of `[message, exchange, routing_key]` built around
+    them), not encoded again from the dict they were decoded into. Measured, kombu's consumer alone
+    (BLMOVE, lease, ack; drain_events, a 6-call message, 3,000 a run, 6 runs a side alternating, loaded
+    box): 464 -> 385 CPU-us a message (median; min 388 -> 308)."""
+
+    _lease: Any = None  # the scripts (redis-py `Script`s: EVALSHA, loaded again if Redis lost them)
+    _ack: Any = None
+
+    def _scripts(self, client: Any) -> tuple[Any, Any]:
+        if self._lease is None:
+            self._lease, self._ack = client.register_script(LEASE), client.register_script(ACK)
+        return self._lease, self._ack
+
     def append(self, message: Any, delivery_tag: str) -> None:
         # before the lease is written: a leased tag is never taken for an orphan; `workers.control` makes sure
         # the lease's heartbeat runs before this process holds anything (`workers.node.on_before_hold`)
         hold(delivery_tag)
         delivery = message.delivery_info
+        fetched = getattr(self.channel, "fetched", None)
+        route = f"{dumps(delivery['exchange'])}, {dumps(delivery['routing_key'])}]"
+        if fetched is not None:  # taken with BLMOVE: leased now, so off the channel's fetch list
+            raw = fetched[1]
+            entry = "[" + (raw.decode() if isinstance(raw, bytes) else raw) + ", " + route
+        else:
+            entry = "[" + dumps(message._raw) + ", " + route
+        if self.channel.global_keyprefix:  # kombu's prefixing client: its own commands, in a pipeline
+            self._append_pipelined(message, delivery_tag, entry, fetched)
+        else:
+            with self.channel.conn_or_acquire() as client:
+                lease, _ = self._scripts(client)
+                lease(keys=[self.unacked_index_key, self.unacked_key, keys.worker_tags(node_name()),
+                            fetched[0] if fetched is not None else self.unacked_key],
+                      args=[delivery_tag, time.time(), entry, fetched[1] if fetched is not None else ""],
+                      client=client)
+        virtual.QoS.append(self, message, delivery_tag)
+
+    def _append_pipelined(self, message: Any, delivery_tag: str, entry: str, fetched: tuple[str, bytes] | None) -> None:
         with self.pipe_or_acquire() as pipe:
             pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
-            pipe.hset(self.unacked_key, delivery_tag,
-                      dumps([message._raw, delivery["exchange"], delivery["routing_key"]]))
+            pipe.hset(self.unacked_key, delivery_tag, entry)
             pipe.hset(keys.worker_tags(node_name()), delivery_tag, "")
-            fetched = getattr(self.channel, "fetched", None)
-            if fetched is not None:  # taken with BLMOVE: leased now, so off the channel's fetch list
+            if fetched is not None:
                 pipe.lrem(fetched[0], 1, fetched[1])
             pipe.execute()
-        virtual.QoS.append(self, message, delivery_tag)
 
     def restore_unacked(self, client: Any = None) -> None:
         """kombu puts a channel's held messages back when the channel closes. On a lost connection that
@@ -83,7 +134,17 @@ class LeasedQoS(kombu_redis.QoS):
                         len(self._delivered), err)
 
     def ack(self, delivery_tag: str) -> None:
-        self._settle(delivery_tag, lambda: super(LeasedQoS, self).ack(delivery_tag), "ack")
+        self._settle(delivery_tag, lambda: self._ack_now(delivery_tag), "ack")
+
+    def _ack_now(self, delivery_tag: str) -> None:
+        if self.channel.global_keyprefix:
+            super().ack(delivery_tag)
+            return
+        with self.channel.conn_or_acquire() as client:
+            _, ack = self._scripts(client)
+            ack(keys=[self.unacked_index_key, self.unacked_key, keys.worker_tags(node_name())], args=[delivery_tag],
+                client=client)
+        virtual.QoS.ack(self, delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         self._settle(delivery_tag, lambda: super(LeasedQoS, self).reject(delivery_tag, requeue), "reject")
