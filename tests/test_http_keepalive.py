@@ -32,6 +32,7 @@ from mcp.client.streamable_http import streamable_http_client
 from cli.devrun import free_port
 from tests.stack import ROOT
 from workers.backends.keepalive import TailDrainingTransport, streamable_http
+from workers.backends.pool import LOOP_OPTIONS
 from workers.backends.socketstream import ProtocolBackend, protocol_transport
 
 CALLS = 30
@@ -76,10 +77,12 @@ async def call_many(port: int, mode: str) -> list[int]:
     return pids
 
 
+@pytest.mark.parametrize("loop", [{}, LOOP_OPTIONS], ids=["asyncio", "worker-loop"])
 @pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
-def test_calls_share_one_connection(http_probe: int, mode: str) -> None:
+def test_calls_share_one_connection(http_probe: int, mode: str, loop: dict[str, bool]) -> None:
+    """On asyncio's loop and on the worker's (uvloop: its transports are no `asyncio.Transport` subclasses)."""
     before = closed_connections(http_probe)
-    pids = anyio.run(call_many, http_probe, mode)
+    pids = anyio.run(call_many, http_probe, mode, backend_options=loop)
     assert len(pids) == CALLS and len(set(pids)) == 1
     closed = closed_connections(http_probe) - before
     # the handshake and the session's end may each cost one; 30 calls used to close 30

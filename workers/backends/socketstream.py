@@ -26,7 +26,7 @@ import asyncio
 import socket
 import ssl
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import httpcore2
@@ -53,8 +53,7 @@ class _Reader(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -167,9 +166,8 @@ class ProtocolStream(AsyncNetworkStream):
         except (OSError, ssl.SSLError) as err:
             self._transport.close()
             raise ConnectError(str(err)) from err
-        assert isinstance(transport, asyncio.Transport)
-        self._reader.transport = transport
-        return ProtocolStream(transport, self._reader)
+        self._reader.transport = cast(asyncio.Transport, transport)
+        return ProtocolStream(self._reader.transport, self._reader)
 
     def get_extra_info(self, info: str) -> Any:
         if info == "is_readable":  # idle, yet the peer sent bytes or ended: httpcore2 closes it
@@ -204,8 +202,7 @@ class ProtocolBackend(AsyncNetworkBackend):
         for option in socket_options or ():
             if sock is not None:
                 sock.setsockopt(*option)
-        assert isinstance(transport, asyncio.Transport)
-        return ProtocolStream(transport, reader)
+        return ProtocolStream(cast(asyncio.Transport, transport), reader)
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options: Iterable[SOCKET_OPTION] | None = None) -> AsyncNetworkStream:
@@ -217,8 +214,7 @@ class ProtocolBackend(AsyncNetworkBackend):
             raise ConnectTimeout(str(err)) from err
         except OSError as err:
             raise ConnectError(str(err)) from err
-        assert isinstance(transport, asyncio.Transport)
-        return ProtocolStream(transport, reader)
+        return ProtocolStream(cast(asyncio.Transport, transport), reader)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
