@@ -94,16 +94,20 @@ class BenchStack:
         return total
 
     def queue_messages(self, server: str) -> int:
-        """Celery messages the server's workers have received so far (from their `-l info` logs).
+        """Celery messages the server's workers have run so far (each worker's own count, `celery inspect
+        stats`: its `total` of `mcp.run_calls`; the workers log no line per message).
 
         With calls per message = calls / messages, this shows whether the web's coalescing
         outbox really packs calls together, which is what the workers' per-message cost hinges on.
         """
-        total = 0
-        for path in self.stack.log_dir.glob(f"worker-{server}-*.log"):
-            with contextlib.suppress(OSError), open(path, errors="replace") as log:
-                total += sum(1 for line in log if "mcp.run_calls[" in line and line.rstrip().endswith("received"))
-        return total
+        from celery import Celery
+
+        from workers.dispatch import RUN_CALLS
+
+        probe = Celery("bench-inspect", broker=self.stack.redis_url, set_as_current=False)  # not the app's config
+        stats = probe.control.inspect(timeout=2.0).stats() or {}
+        return sum(int(node_stats.get("total", {}).get(RUN_CALLS, 0)) for node, node_stats in stats.items()
+                   if node.startswith(f"{server}."))
 
     def worker_pids(self, server: str) -> list[int]:
         return [p.popen.pid for p in self.workers.get(server, [])]

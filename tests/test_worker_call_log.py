@@ -69,3 +69,13 @@ def test_a_messages_call_lines_and_metrics_equal_the_one_by_one_ones_in_one_writ
             observe.log.removeHandler(h)
             h.close()
         monkeypatch.setitem(observe._configured, "pid", 0)
+
+
+def test_celery_logs_no_info_line_per_message_in_a_worker() -> None:
+    """Celery's "Task ... received" / "succeeded" lines (one each per message) are off: the call lines say
+    more, for less CPU. Its warnings and errors stay."""
+    import workers.app  # noqa: F401  (sets the levels)
+
+    for name in ("celery.worker.strategy", "celery.app.trace"):
+        assert not logging.getLogger(name).isEnabledFor(logging.INFO)
+        assert logging.getLogger(name).isEnabledFor(logging.WARNING)

@@ -18,10 +18,12 @@ import logging
 
 from celery import Celery
 
-# Celery's "Task ... succeeded" INFO line per message costs the worker CPU at a high call rate and says
-# less than our one JSON line per call (broker.observe). Its "received" line stays: one per queue
-# message, it is how `make bench` counts calls per message.
+# Celery's "Task ... received" and "Task ... succeeded" INFO lines per message cost the worker CPU at a high
+# call rate and say less than our one JSON line per call (broker.observe): py-spy of the worker at 64 in
+# flight had the "received" line (Celery's formatter, caller lookup, a write) at ~4% of its samples, as much
+# as decoding the message. The bench counts messages from the workers' own counts (`celery inspect stats`).
 logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
+logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
 
 app = Celery("mcp_broker", include=["workers.tasks"])
 app.config_from_object("celeryconfig")
