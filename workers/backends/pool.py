@@ -32,6 +32,11 @@ from typing import Any, TypeVar
 
 from anyio.from_thread import start_blocking_portal
 
+try:
+    import sniffio
+except ImportError:  # anyio then asks the running loop itself (no sniffing to save)
+    sniffio = None  # type: ignore[assignment]
+
 from broker.calls import Call
 from broker.config import BrokerConfig, ServerSpec
 from broker.router import ReplicaState, choose_replica, client_key
@@ -49,6 +54,17 @@ CLIENT_CHECK_S = 3.0  # how often the upkeep asks Redis which per_client session
 
 RUNNING_WAIT_S = 10.0  # how long `close` waits for calls still running
 LOOP_OPTIONS = {"use_uvloop": True}  # anyio's asyncio backend on uvloop's loop (see the module's docstring)
+
+
+def _declare_asyncio() -> None:
+    """Tell sniffio, in the loop's thread, that this thread runs asyncio (`sniffio.thread_local`, there for event
+    loops to set). anyio asks it on every primitive (cancel scope, event, memory stream; ~17 times a call, the
+    SDK's and ours) and it sniffed each time: a threading.local and a ContextVar lookup, an import, and
+    asyncio's `current_task` (Python code on 3.11). The loop's thread runs nothing else; anyio's worker
+    threads keep sniffing. Measured: `get_async_backend()` 0.65 -> 0.15 CPU-us (min of 5 x 100,000), 14.7
+    times a stdio call (cProfile of the direct path): ~7 us a call; Python function calls a call 803 -> 760."""
+    if sniffio is not None:
+        sniffio.thread_local.name = "asyncio"
 
 
 class BackendPool:
@@ -69,6 +85,7 @@ class BackendPool:
         self._portal_cm = start_blocking_portal(backend_options=LOOP_OPTIONS, name="mcp-backends")
         self.portal = self._portal_cm.__enter__()  # kept: a collected portal stops its loop
         self._loop: asyncio.AbstractEventLoop = self.portal.call(asyncio.get_running_loop)
+        self.portal.call(_declare_asyncio)
         self._sessions: dict[SessionKey, BackendSession] = {}
         self._health: dict[tuple[str, int], EndpointHealth] = {}
         self._client_replica: dict[tuple[str, str], int] = {}  # (server, client session key) → its replica
