@@ -17,8 +17,8 @@ import uuid
 from typing import Any
 
 from celery.utils.nodenames import anon_nodename
-from kombu.utils.json import dumps as kombu_dumps
 
+from broker import wire
 from workers.app import app
 
 RUN_CALLS = "mcp.run_calls"  # one or more calls of one server (`workers.tasks.run_calls`)
@@ -53,10 +53,13 @@ def run_calls_message(queue: str, calls: list[dict[str, Any]]) -> str:
     own cost ~3 % and ~9 % of the web's CPU at 64 in flight (py-spy), for one message of bytes that
     never change shape. The same fields, values and encoding as Celery 5.7's protocol 2 (task message
     headers, `[args, kwargs, embed]` body in base64, the anonymous exchange's delivery info); a test compares
-    it with what `send_task` writes and has a real worker run it (tests/test_queues.py)."""
+    it with what `send_task` writes and has a real worker run it (tests/test_queues.py). Its JSON is written
+    by `broker.wire.dumps` (orjson), compact where kombu's `json.dumps` puts spaces and escapes non-ASCII: the
+    same values to the worker's JSON reader, and the body of 8 calls in 2.7-4.6 us instead of 28-38 (loops of
+    20,000), ~4 us of the web's CPU per call."""
     task_id = str(uuid.uuid4())
     described = f"<{len(calls)} call(s)>"
-    body = kombu_dumps([[calls], {}, _EMBED])
+    body = wire.dumps([[calls], {}, _EMBED])
     headers = {"lang": "py", "task": RUN_CALLS, "id": task_id, "shadow": None, "eta": None, "expires": None,
                "group": None, "group_index": None, "retries": 0, "timelimit": [None, None], "root_id": task_id,
                "parent_id": None, "argsrepr": described, "kwargsrepr": "{}", "origin": anon_nodename(),
@@ -64,8 +67,8 @@ def run_calls_message(queue: str, calls: list[dict[str, Any]]) -> str:
     properties = {"correlation_id": task_id, "reply_to": app.thread_oid, "argsrepr": described, "kwargsrepr": "{}",
                   "delivery_mode": 2, "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
                   "body_encoding": "base64", "delivery_tag": str(uuid.uuid4())}
-    return kombu_dumps({"body": base64.b64encode(body.encode()).decode(), "content-encoding": "utf-8",
-                        "content-type": "application/json", "headers": headers, "properties": properties})
+    return wire.dumps({"body": base64.b64encode(body.encode()).decode(), "content-encoding": "utf-8",
+                       "content-type": "application/json", "headers": headers, "properties": properties})
 
 
 def request_catalog(server: str, queue: str) -> None:
