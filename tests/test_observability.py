@@ -350,3 +350,35 @@ def test_call_lines_of_a_burst_are_written_together_as_the_same_lines(tmp_path: 
             observe.log.removeHandler(handler)
             handler.close()
         monkeypatch.setitem(observe._configured, "pid", 0)
+
+
+def test_the_metrics_of_a_burst_s_answers_are_recorded_together_at_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reply hub's burst records its answered calls' metrics at its end, under one lock
+    (`observe.web_outcomes_together`); outside a burst, each answer's at once (one lock, not two)."""
+    import os
+
+    from broker import observe
+    from broker.metrics import Recorder
+
+    recorder = Recorder(redis_getter=lambda: None)  # never flushed: its deltas are read here
+    monkeypatch.setattr(recorder, "_start", lambda: None)
+    monkeypatch.setattr(recorder, "_pid", os.getpid())
+    monkeypatch.setattr(observe, "RECORDER", recorder)
+    monkeypatch.setitem(observe._configured, "enabled", False)  # no call lines here
+    records: list[tuple[int, int]] = []
+    record = recorder.record
+    monkeypatch.setattr(recorder, "record", lambda c, o: (records.append((len(c), len(o))), record(c, o))[1])
+    call = {"call_id": "a", "server": "echo", "tool": "echo", "method": "tools/call"}
+    with observe.web_outcomes_together():
+        with observe.web_outcomes_together():  # nested: the outer block records
+            observe.web_outcome(call, {"result": {}}, 0.01)
+        observe.web_outcome(call, {"error": {"code": -32603, "message": "x"}}, 0.02)
+        observe.web_outcome(call, {"result": {"isError": True}}, 0.03)
+        assert records == [] and recorder._counts == {}
+    assert records == [(3, 3)]
+    observe.web_outcome(call, {"result": {}}, 0.04)  # outside a burst: at once
+    assert records == [(3, 3), (1, 1)]
+    assert recorder._counts == {("mcp_broker_calls", ("echo", "echo", "ok")): 2.0,
+                                ("mcp_broker_calls", ("echo", "echo", "error")): 1.0,
+                                ("mcp_broker_calls", ("echo", "echo", "tool_error")): 1.0}
+    assert recorder._hists[("mcp_broker_end_to_end_seconds", ("echo",))][-1] == pytest.approx(0.1)

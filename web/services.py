@@ -153,8 +153,8 @@ def build_services(config: BrokerConfig) -> BrokerServices:
     @contextlib.contextmanager
     def burst() -> Iterator[None]:
         """A burst of answers: their Redis writes (forget, SSE events) in one round trip, their call lines in
-        one write."""
-        with held(r), observe.lines_together():
+        one write, their metrics under one lock."""
+        with held(r), observe.lines_together(), observe.web_outcomes_together():
             yield
 
     hub.burst = burst
