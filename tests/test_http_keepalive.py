@@ -31,7 +31,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from cli.devrun import free_port
 from tests.stack import ROOT
-from workers.backends.keepalive import TailDrainingTransport, streamable_http
+from workers.backends.keepalive import DRAIN_MAX_BYTES, TailDrainingTransport, _TailDrained, streamable_http
 from workers.backends.pool import LOOP_OPTIONS
 from workers.backends.socketstream import ProtocolBackend, protocol_transport
 
@@ -135,6 +135,72 @@ def test_a_read_that_gets_nothing_times_out() -> None:
             await stream.aclose()
         finally:
             server.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_requests_head_and_body_go_out_in_one_write() -> None:
+    """httpcore2 writes a request's head and its body apart; the stream hands them to the transport together
+    (at the next read, or at the loop's next turn if no read comes): one send, one segment for the server."""
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            stream = await ProtocolBackend().connect_tcp("127.0.0.1", port, timeout=5)
+            sent: list[bytes] = []
+            transport = stream._transport  # type: ignore[attr-defined]
+            write = transport.write
+            transport.write = lambda data: (sent.append(data), write(data))
+            await stream.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n", timeout=5)
+            await stream.write(b"{}", timeout=5)
+            assert sent == []
+            with pytest.raises(httpcore2.ReadTimeout):
+                await stream.read(1024, timeout=0.05)
+            assert sent == [b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"]
+            await stream.write(b"more", timeout=5)
+            await asyncio.sleep(0)
+            assert sent[1:] == [b"more"]
+            await stream.aclose()
+        finally:
+            server.close()
+
+    asyncio.run(scenario())
+
+
+class Endless(httpx2.AsyncByteStream):
+    """A response body that never ends, counting what was read of it."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.closed = False
+
+    async def __aiter__(self) -> Iterator[bytes]:  # type: ignore[override]
+        while True:
+            self.reads += 1
+            yield b"x" * 1024
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def test_a_body_closed_early_is_drained_unless_its_request_was_cancelled() -> None:
+    async def scenario() -> None:
+        read_first = Endless()
+        body = _TailDrained(read_first)
+        async for _ in body:
+            break
+        await body.aclose()  # the SDK at its answer: the rest is read (here: up to the bound), then closed
+        assert read_first.reads > DRAIN_MAX_BYTES // 1024 and read_first.closed
+
+        cancelled = Endless()
+        body = _TailDrained(cancelled)
+        with anyio.move_on_after(0.01):  # how the SDK cancels a request's POST: an anyio scope
+            try:
+                await anyio.sleep(10)
+            finally:
+                await body.aclose()
+        assert cancelled.reads == 0 and cancelled.closed
 
     asyncio.run(scenario())
 

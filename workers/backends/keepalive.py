@@ -21,16 +21,21 @@ loads, so absolute values are high): worker 5.58 [4.34-5.62] -> 3.89 [3.35-4.56]
 2.83 [2.31-3.04] -> 2.04 [1.94-2.38] (-28%); a stdio backend unchanged. The modern era's backends answer
 with plain JSON, read to the end already. The SDK's default transport also had httpx's 5 s read timeout
 whenever headers were configured (a client of our own without the SDK's timeouts): the SDK's 30 s / 300 s now.
+
+The drain is asyncio's timeout and the cancellation check the task's own count: anyio's cancel scope
+and its effective-deadline lookup (each a `sniffio` task lookup and the scope's bookkeeping) were ~1.5%
+of the loop thread's samples (py-spy, `bench.worker_cpu --direct`); the body is an iterator of its own,
+not an async generator (one frame less per chunk, one generator less left to the loop's finalizer).
 """
 
 from __future__ import annotations
 
-import math
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio
 import httpx2
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
@@ -42,36 +47,56 @@ DRAIN_MAX_BYTES = 64 * 1024
 
 
 class _TailDrained(httpx2.AsyncByteStream):
-    """A response body that, closed before its end, reads the rest (bounded) so the connection is reusable."""
+    """A response body that, closed before its end, reads the rest (bounded) so the connection is reusable.
+
+    Its own iterator, not an async generator: a generator the SDK leaves suspended (it stops at its answer)
+    is one more for the loop to finalize in a task of its own, and one more frame on every chunk."""
 
     def __init__(self, inner: httpx2.AsyncByteStream) -> None:
         self._inner = inner
         self._chunks: AsyncIterator[bytes] | None = None  # one iterator, shared by the reader and the drain
         self._ended = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[bytes]:  # type: ignore[override]
         if self._chunks is None:
             self._chunks = aiter(self._inner)
-        async for chunk in self._chunks:
-            yield chunk
-        self._ended = True
+        return self
+
+    async def __anext__(self) -> bytes:
+        assert self._chunks is not None
+        try:
+            return await anext(self._chunks)
+        except StopAsyncIteration:
+            self._ended = True
+            raise
 
     async def aclose(self) -> None:
         try:
-            if not self._ended and anyio.current_effective_deadline() != -math.inf:  # not when cancelled
+            if not self._ended and not _cancelling():
                 await self._drain()
         finally:
             await self._inner.aclose()
 
     async def _drain(self) -> None:
+        """The rest of the body, for at most `DRAIN_S` (asyncio's timeout: the loop is asyncio's API, and
+        anyio's cancel scope cost more than the read; a cancellation that comes meanwhile ends the drain,
+        and the connection is closed as it would have been)."""
         chunks = self._chunks if self._chunks is not None else aiter(self._inner)
         read = 0
-        with anyio.move_on_after(DRAIN_S, shield=True):
-            async for chunk in chunks:
-                read += len(chunk)
-                if read > DRAIN_MAX_BYTES:
-                    return
-            self._ended = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DRAIN_S):
+                async for chunk in chunks:
+                    read += len(chunk)
+                    if read > DRAIN_MAX_BYTES:
+                        return
+                self._ended = True
+
+
+def _cancelling() -> bool:
+    """Whether this task is being cancelled (the SDK closes a cancelled request's response: no drain then).
+    anyio's scopes cancel through the asyncio task, whose count says so without anyio's own bookkeeping."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class TailDrainingTransport(httpx2.AsyncBaseTransport):
