@@ -10,6 +10,7 @@ import anyio
 import httpx2
 import pytest
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from websockets.exceptions import InvalidStatus
 
 from tests.stack import Stack
@@ -353,3 +354,39 @@ def test_a_session_ending_does_not_wait_on_a_response_too_slow_to_read_its_event
     ending.start()
     ending.join(5)
     assert not ending.is_alive(), "end_streams waited for a slow reader"
+
+
+
+def client_port(response: httpx2.Response) -> int:
+    """The local port of the connection that carried `response`."""
+    return response.extensions["network_stream"].get_extra_info("client_addr")[1]
+
+
+def test_answers_read_to_their_end_leave_the_connection_to_the_next_call(stack: Stack) -> None:
+    """A handshake POST's SSE answer read to its end (a client that reads each stream through) and the
+    modern era's JSON answers (the SDK client in that mode) leave their kept-alive connection to the next call.
+    (The SDK's handshake client stops reading at its answer's event and so closes each: see `sse_response`.)"""
+    url = f"{stack.http_url()}/servers/echo/mcp"
+    call = {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "k"}}}
+    with httpx2.Client(timeout=30) as http:
+        headers, ports = {**ACCEPT, "Mcp-Session-Id": open_session(http, url)}, set()
+        for i in range(10):
+            answered = http.post(url, json={**call, "id": i}, headers=headers)
+            assert answered.headers["content-type"].startswith("text/event-stream")
+            assert sse_messages(answered.text)[-1][1]["result"]["structuredContent"] == {"result": "k"}
+            ports.add(client_port(answered))
+        assert len(ports) == 1
+
+    async def modern() -> set[int]:
+        used: set[int] = set()
+
+        async def seen(response: httpx2.Response) -> None:
+            used.add(client_port(response))
+
+        async with (httpx2.AsyncClient(timeout=30, event_hooks={"response": [seen]}) as http,
+                    Client(streamable_http_client(url, http_client=http), mode="2026-07-28") as client):
+            for _ in range(10):
+                assert (await client.call_tool("echo", {"text": "k"})).structured_content == {"result": "k"}
+        return used
+
+    assert len(anyio.run(modern)) == 1

@@ -159,7 +159,17 @@ def sse_response(events: Iterator[str]) -> Response:
     contexts again around it, which matched the URL again and ran the teardown hooks a second time, for nothing
     the streams read: per handshake POST, RequestContext push+pop 2 -> 1 and 212 -> 105 own-CPU us (a
     greenlet-aware probe of the web under `bench.web_cpu`'s load, 1,500 calls, box shared: absolute values high;
-    the whole bench's web CPU per call moves within its noise, 3.32 -> 3.41 ms, 3 rounds A/B)."""
+    the whole bench's web CPU per call moves within its noise, 3.32 -> 3.41 ms, 3 rounds A/B).
+
+    The SDK's handshake-era client opens a connection per POST, and no server can change that: it closes a
+    POST's response at its answer's event (`_handle_sse_response`), and httpcore2 hands that event's chunk up
+    before it parses the chunked body's terminator behind it, even from the same read, so the response is
+    unfinished and its connection is closed. Measured on the stack: with TCP_CORK held from the final event
+    until gunicorn's terminator (both arrived in one recv), 20 of 20 POSTs still took a new connection, as
+    without. A final blank line ended by a lone CR would hold httpx2's dispatch to the stream's end, but
+    eventsource-parser (the TypeScript SDK's) never dispatches such an event: lost answers. Clients that read
+    a response to its end keep the connection (tests/test_http_mcp.py), as the worker's own client does
+    (workers/backends/keepalive.py); so does the modern era's SDK client (JSON answers)."""
     return Response(events, mimetype=CONTENT_TYPE_SSE, headers=SSE_HEADERS)
 
 
