@@ -8,7 +8,6 @@ import os
 
 from flask import Flask, Response, jsonify
 from flask_sock import Sock
-from gevent.monkey import is_module_patched
 
 from broker.config import load_config
 from broker.context.env import results_env
@@ -25,7 +24,6 @@ from web.status import register_status
 from web.translator import register_translator
 from web.transports.http import register_http
 from web.transports.ws import SUBPROTOCOL, register_websocket
-from web.transports.ws_select import QuickSelector
 
 MAX_FRAME_BYTES = 4 * 1024 * 1024  # a bigger message is refused with -32600 and the socket stays open
 HARD_FRAME_FACTOR = 4  # a frame this many times bigger closes the socket (1009): it is not read at all
@@ -46,8 +44,6 @@ def create_app() -> Flask:
         "ping_interval": float(os.environ.get("MCP_BROKER_PING_INTERVAL", "25")),
         "max_message_size": max_frame * HARD_FRAME_FACTOR,
     }
-    if is_module_patched("select"):  # under gevent (gunicorn's worker): the reader's quicker selector
-        app.config["SOCK_SERVER_OPTIONS"]["selector_class"] = QuickSelector
     app.config["MAX_CONTENT_LENGTH"] = max_frame  # an HTTP message's body: 413 over it (/v1 sets its own)
     register_errors(app)  # JSON for every error; 503 JSON while Redis is unreachable (/v1 and /mcp map their own)
     keyring = load_keyring()  # a key setting that holds no key stops the start here (KeysConfigError)
