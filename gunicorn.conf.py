@@ -70,6 +70,14 @@ def post_worker_init(worker):
         start(probe)
 
 
+def worker_exit(server, worker):
+    """A worker leaving (a deploy's graceful restart, a max-requests recycle): its reply hub's held writes go out
+    first (`web.services.stop_services`)."""
+    from web.services import stop_services
+
+    stop_services()
+
+
 def when_ready(server):
     where = ", ".join(server.cfg.bind)
     if not _keys:

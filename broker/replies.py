@@ -106,8 +106,15 @@ class ReplyHub:
         if not self._started.wait(10):
             raise redis.ConnectionError("could not subscribe to the reply channel in Redis")
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float = 0.0) -> None:
+        """Stop listening; with `wait_s`, wait that long for the hub to leave its loop, so an open burst's held
+        writes (its sessions' forgets, outcome EXPIREs, call lines) go out before the process exits (a web
+        worker's exit: `web.services.stop_services`). Without them, a session resumed on another process would
+        be handed answers its client already had."""
         self._stopping = True
+        thread = self._thread
+        if wait_s > 0 and thread is not None and thread is not threading.current_thread():
+            thread.join(wait_s)
 
     # ------------------------------------------------------------ API
     def expect(
@@ -253,7 +260,8 @@ class ReplyHub:
                 with contextlib.ExitStack() as held:  # the open burst, if any (closed on leaving, whatever happens)
                     opened = 0.0  # monotonic time the open burst began
                     while not self._stopping:
-                        wait = TICK_S if opened == 0.0 else max(0.0, opened + self.hold_s - time.monotonic())
+                        left = opened + self.hold_s - time.monotonic()  # of the open burst's hold
+                        wait = TICK_S if opened == 0.0 else min(TICK_S, max(0.0, left))  # a stop is seen in TICK_S
                         message = pubsub.get_message(timeout=wait)
                         if message is not None:
                             if opened == 0.0:

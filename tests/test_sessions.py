@@ -295,3 +295,45 @@ def test_a_loaded_reply_hub_keeps_its_burst_open_for_later_answers(redis_url: st
         assert bursts == [call_ids[:3], call_ids[3:]]
     finally:
         hub.stop()
+
+
+def test_a_stopping_reply_hub_sends_its_open_bursts_held_writes_first(redis_url: str) -> None:
+    """A web worker's exit (`web.services.stop_services`, gunicorn's `worker_exit`) stops its reply hub with a
+    wait: a burst held open for later answers ends then, so the held writes of the answers already sent (their
+    sessions' forgets) go out; without them a session resumed elsewhere would get those answers again."""
+    import contextlib
+    import threading
+    import uuid
+
+    import redis
+
+    from broker.replies import ReplyHub
+
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    hub = ReplyHub(r)
+    hub.extra_channels = []
+    hub.hold_s, hub.hold_at = 600.0, 2  # held open far longer than the test, while 2 calls or more wait
+    bursts: list[list[str]] = []
+    current: list[str] = []
+    handled = threading.Event()
+    call_ids = [uuid.uuid4().hex for _ in range(3)]
+
+    @contextlib.contextmanager
+    def burst() -> Iterator[None]:
+        current.clear()
+        yield
+        bursts.append(list(current))
+
+    def answered(message: dict) -> None:
+        current.append(message["call_id"])
+        handled.set()
+
+    hub.burst = burst
+    hub.start()
+    for call_id in call_ids:
+        hub.expect(call_id, answered, None, 30)
+    r.publish(hub.channel, json.dumps({"call_id": call_ids[0], "result": {}}))
+    assert handled.wait(20)
+    assert bursts == []  # two calls still wait: the burst is held open
+    hub.stop(wait_s=10)
+    assert bursts == [call_ids[:1]]  # the stop closed it: its held writes went out before stop returned

@@ -206,6 +206,13 @@ def get_services(config: BrokerConfig | None = None) -> BrokerServices:
     return _services
 
 
+def stop_services(wait_s: float = 2.0) -> None:
+    """At a web worker's exit (gunicorn's `worker_exit`): the reply hub closes its open burst, so the held
+    writes of answers already sent go out (up to `wait_s`; a burst holds them `MCP_BROKER_HOLD_MS` at most)."""
+    if _services is not None and _pid == os.getpid():
+        _services.hub.stop(wait_s)
+
+
 def current_services() -> BrokerServices:
     """The services of the app serving the current request (its config, as the latest reload left it)."""
     return get_services(current_app.config.get("BROKER_CONFIG"))
