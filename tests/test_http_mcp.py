@@ -356,7 +356,6 @@ def test_a_session_ending_does_not_wait_on_a_response_too_slow_to_read_its_event
     assert not ending.is_alive(), "end_streams waited for a slow reader"
 
 
-
 def client_port(response: httpx2.Response) -> int:
     """The local port of the connection that carried `response`."""
     return response.extensions["network_stream"].get_extra_info("client_addr")[1]
