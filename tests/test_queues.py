@@ -188,3 +188,28 @@ def test_a_message_and_its_records_of_several_sessions_go_in_one_command(redis_u
         assert [c["keep_s"] for c in calls] == [1234, 1234, 1234, 7]
     finally:
         r.delete(queue, *(keys.session_calls(s) for s in sessions))
+
+
+def test_a_message_of_thousands_of_calls_of_one_session_is_recorded_whole(redis_url: str) -> None:
+    """`_PUSH` writes a session's records in HSETs of at most `PUSH_HSET_VALUES` values: one `unpack` of all
+    a session's fields and values failed above ~8,000 of them (Lua's C stack, LUAI_MAXCSTACK), i.e. a
+    message of ~4,000 calls of one session (MCP_BROKER_MAX_BATCH has no upper bound)."""
+    import redis
+
+    from broker.sessions import SessionStore
+    from web.services import PUSH_HSET_VALUES, push_calls
+
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    store = SessionStore(r, ttl_s=600)
+    queue, session = f"mcp.test-{uuid.uuid4().hex}", uuid.uuid4().hex
+    count = 5 * PUSH_HSET_VALUES + 7  # 10,014 fields and values: 11 HSETs, the last one of 14
+    calls = [{"call_id": uuid.uuid4().hex, "session": session, "rid": i, "server": "echo", "method": "tools/call"}
+             for i in range(count)]
+    try:
+        push_calls(r, store, queue, calls)
+        assert r.llen(queue) == 1
+        pending = store.pending(session)
+        assert len(pending) == count and pending[calls[-1]["call_id"]]["rid"] == count - 1
+        assert pending[calls[0]["call_id"]] == {"rid": 0, "method": "tools/call", "server": "echo"}
+    finally:
+        r.delete(queue, keys.session_calls(session))

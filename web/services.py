@@ -67,14 +67,19 @@ def enqueue_error(err: Exception) -> RPCError:
 # A queue message and its calls' session records, in one script (atomic as MULTI/EXEC was): KEYS[1] the queue,
 # then each session's calls hash; ARGV[1] the message, ARGV[2] the records' TTL, then per hash its number of
 # fields and their names and values. One command instead of five (MULTI, HSET, EXPIRE, LPUSH, EXEC): five to
-# pack and six replies to parse in redis-py, and four commands fewer for Redis, per message.
-_PUSH = """
+# pack and six replies to parse in redis-py, and four commands fewer for Redis, per message. A session's records
+# go in HSETs of at most PUSH_HSET_VALUES values (an even number: whole pairs): `unpack` of more than ~8,000
+# failed ("too many results to unpack", Lua's LUAI_MAXCSTACK), a message of ~4,000 calls of one session.
+PUSH_HSET_VALUES = 1000
+_PUSH = f"""
 local at = 3
 for i = 2, #KEYS do
-  local n = tonumber(ARGV[at])
-  redis.call('HSET', KEYS[i], unpack(ARGV, at + 1, at + 2 * n))
+  local last = at + 2 * tonumber(ARGV[at])
+  for from = at + 1, last, {PUSH_HSET_VALUES} do
+    redis.call('HSET', KEYS[i], unpack(ARGV, from, math.min(from + {PUSH_HSET_VALUES - 1}, last)))
+  end
   redis.call('EXPIRE', KEYS[i], ARGV[2])
-  at = at + 1 + 2 * n
+  at = last + 1
 end
 return redis.call('LPUSH', KEYS[1], ARGV[1])
 """
