@@ -55,10 +55,12 @@ def configure_call_log(role: str) -> None:
     log.addHandler(handler)
 
 
-def call_line(side: str, fields: dict[str, Any]) -> None:
+def call_line(side: str, fields: dict[str, Any], ts: float | None = None) -> None:
+    """Log a call's line; `ts` (wall clock) when the call was answered, if that was before now."""
     if not _configured["enabled"] or not log.handlers:
         return
-    line = wire.dumps({"ts": round(time.time(), 6), "event": "call", "side": side, **fields}, default=str)
+    line = wire.dumps({"ts": round(time.time() if ts is None else ts, 6), "event": "call", "side": side, **fields},
+                      default=str)
     together = getattr(_together, "lines", None)
     if together is not None:
         together.append(line)
@@ -165,41 +167,59 @@ def web_immediate(server: str, tool: str, outcome: str, seconds: float, session:
 
 
 # ---------------------------------------------------------------- worker side
+Finished = tuple[Call, dict[str, Any], float | None, float, float]
+"""A call, its outcome message, queue wait and exec seconds, and when (wall clock) it was answered."""
+
+
 def worker_outcome(call: Call, outcome_message: dict[str, Any], worker: str, wait_s: float | None,
                    exec_s: float) -> None:
-    """A worker finished a call (or skipped it as cancelled): count, time and log it."""
-    server, tool = str(call.server), str(call.tool or call.method or "")
-    outcome, code = outcome_of(outcome_message)
-    RECORDER.inc("mcp_broker_executions", (server, tool, outcome))
-    RECORDER.observe("mcp_broker_execution_seconds", (server, tool), exec_s)
-    if wait_s is not None:
-        RECORDER.observe("mcp_broker_queue_wait_seconds", (server,), wait_s)
-    _worker_line(call, server, tool, outcome, code, worker, wait_s, exec_s)
-
-
-Finished = tuple[Call, dict[str, Any], float | None, float]  # a call, its outcome message, queue wait, exec seconds
+    """A worker finished a call (or skipped it as cancelled) just now: count, time and log it."""
+    worker_outcomes([(call, outcome_message, wait_s, exec_s, time.time())], worker)
 
 
 def worker_outcomes(done: list[Finished], worker: str) -> None:
-    """`worker_outcome` of each of a message's calls, once they have all been answered, in the Celery thread
-    that ran the message: the metrics under one lock, the log lines in one write (`lines_together`); they
+    """`worker_outcome` of calls answered, in the Celery thread that ran their message: the metrics under one
+    lock, the log lines in one write (`lines_together`), each line's `ts` when its call was answered; they
     were one log record, one write and three metric locks a call, on the backend's event loop."""
     counts: list[tuple[str, tuple[str, ...]]] = []
     timings: list[tuple[str, tuple[str, ...], float]] = []
     with lines_together():
-        for call, outcome_message, wait_s, exec_s in done:
+        for call, outcome_message, wait_s, exec_s, answered_at in done:
             server, tool = str(call.server), str(call.tool or call.method or "")
             outcome, code = outcome_of(outcome_message)
             counts.append(("mcp_broker_executions", (server, tool, outcome)))
             timings.append(("mcp_broker_execution_seconds", (server, tool), exec_s))
             if wait_s is not None:
                 timings.append(("mcp_broker_queue_wait_seconds", (server,), wait_s))
-            _worker_line(call, server, tool, outcome, code, worker, wait_s, exec_s)
+            _worker_line(call, server, tool, outcome, code, worker, wait_s, exec_s, answered_at)
     RECORDER.record(counts, timings)
 
 
+class Answered:
+    """A message's answered calls, added as each is answered (on the backend's loop) and logged and counted
+    by the Celery thread that waits for the message (`flush`), in batches: what was answered since the last
+    flush, each call once. The thread flushes every `BackendPool.run` tick (0.5 s) and at the end, so a slow
+    call delays its siblings' lines and metrics by at most a tick, not up to its timeout, and a worker killed
+    mid-message has logged the calls answered more than a tick before (their redelivery is triaged as done
+    and never logged again). Only the waiting thread flushes: `_flushed` needs no lock."""
+
+    def __init__(self, worker: str) -> None:
+        self.worker = worker
+        self.done: list[Finished] = []
+        self._flushed = 0
+
+    def add(self, call: Call, outcome_message: dict[str, Any], wait_s: float | None, exec_s: float) -> None:
+        self.done.append((call, outcome_message, wait_s, exec_s, time.time()))
+
+    def flush(self) -> None:
+        upto = len(self.done)  # appended to meanwhile (list.append is atomic): what is there now, no more
+        if upto > self._flushed:
+            batch, self._flushed = self.done[self._flushed:upto], upto
+            worker_outcomes(batch, self.worker)
+
+
 def _worker_line(call: Call, server: str, tool: str, outcome: str, code: int | None, worker: str,
-                 wait_s: float | None, exec_s: float) -> None:
+                 wait_s: float | None, exec_s: float, answered_at: float) -> None:
     if not _configured["enabled"]:
         return
     fields: dict[str, Any] = {"call_id": call.call_id, "session": call.session, "key": call.key,
@@ -210,7 +230,7 @@ def _worker_line(call: Call, server: str, tool: str, outcome: str, code: int | N
         fields["batch"] = call.batch
     if code is not None:
         fields["code"] = code
-    call_line("worker", fields)
+    call_line("worker", fields, answered_at)
 
 
 def queue_wait(call: Call, now: float | None = None) -> float | None:
