@@ -265,7 +265,9 @@ def micro(rounds: int = 5) -> str:
 
         def send_pipelined() -> None:  # what 5c516ac sent: the same commands, no MULTI/EXEC
             pipe = r.pipeline(transaction=False)
-            sessions.remember(message(1), pipe)
+            for key, entries in sessions.records(message(1)).items():  # one HSET and one EXPIRE per session
+                pipe.hset(key, mapping=entries)
+                pipe.expire(key, sessions.ttl_s)
             pipe.lpush("mcp.bench", run_calls_message("mcp.bench", message(1)))
             pipe.execute()
 

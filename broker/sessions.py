@@ -21,7 +21,6 @@ import time
 from typing import Any
 
 import redis
-from redis.client import Pipeline
 
 from broker import held, keys, wire
 
@@ -90,27 +89,10 @@ class SessionStore:
         """Use refreshes the TTL; False if the session is gone (expired or deleted): it is not recreated."""
         return self.save(session_id, {})
 
-    def remember(self, calls: list[dict[str, Any]], pipe: Pipeline | None = None) -> None:
-        """Record calls in flight for their sessions (before they are sent, so an answer can never
-        arrive for a call the session does not know), and stamp on every call how long the worker keeps
-        its outcome (`keep_s`, see `records`). Given `pipe`, the records are added to it (the send that
-        follows them in it runs after them) and not executed."""
-        by_key = self.records(calls)
-        if not by_key:
-            return
-        # one HSET and one EXPIRE per session, not per call: a queue message carries ~10 calls of the same
-        # session (bench.web_cpu, WebSocket: 2.0 -> 0.2 Redis commands per call for the records)
-        given = pipe is not None
-        pipe = pipe if pipe is not None else self._r.pipeline(transaction=False)
-        for key, entries in by_key.items():
-            pipe.hset(key, mapping=entries)
-            pipe.expire(key, self.ttl_s)
-        if not given:
-            pipe.execute()
-
     def records(self, calls: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
-        """What `remember` writes for these calls, by session (`keys.session_calls` -> call id -> entry), for
-        a writer of its own (`web.services.push_calls`: HSET and EXPIRE each, `ttl_s`); and the stamp on every
+        """The records of calls in flight for their sessions, by session (`keys.session_calls` -> call id ->
+        entry), which `web.services.push_calls` writes (HSET and EXPIRE each, `ttl_s`) before the calls are
+        sent, so an answer can never arrive for a call the session does not know; and the stamp on every
         call of how long the worker keeps its outcome (`keep_s`): a session's call for the session's TTL (its
         client may be away when it ends), any other only briefly (its caller waits for it here right now)."""
         by_key: dict[str, dict[str, str]] = {}

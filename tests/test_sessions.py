@@ -145,12 +145,14 @@ def test_writes_held_in_a_burst_go_out_together_when_it_ends(redis_url: str) -> 
     from broker.held import held
     from broker.held import pipeline as held_pipeline
     from broker.sessions import SessionStore
+    from web.services import push_calls
 
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     store, events = SessionStore(r, ttl_s=3600, delivered_ttl_s=30), EventLog(r)
     sessions = [uuid.uuid4().hex, uuid.uuid4().hex]
     calls = [{"call_id": uuid.uuid4().hex, "session": sessions[i % 2], "rid": i, "server": "echo"} for i in range(3)]
-    store.remember(calls)
+    queue = f"mcp.test-{uuid.uuid4().hex}"  # the records go with a queue message (`push_calls`): dropped
+    push_calls(r, store, queue, calls)
     for call in calls:
         r.set(keys.result(call["call_id"]), json.dumps({"call_id": call["call_id"], "result": {}}), ex=3600)
     with held(r):
@@ -182,7 +184,8 @@ def test_writes_held_in_a_burst_go_out_together_when_it_ends(redis_url: str) -> 
     with held(r):  # nothing held: nothing sent
         store.forget(sessions[0], [])
     lone = {"call_id": uuid.uuid4().hex, "session": sessions[0], "rid": 9, "server": "echo"}
-    store.remember([lone])
+    push_calls(r, store, queue, [lone])
+    r.delete(queue)
     store.forget(sessions[0], [lone["call_id"]])  # outside a burst: written at once
     assert store.pending(sessions[0]) == {}
     events.append(sessions[0], "p2", {"jsonrpc": "2.0", "id": 1, "result": {}})
