@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
+import redis
 from websockets.exceptions import InvalidStatus
 
+from broker.replies import ReplyHub
 from tests.stack import Stack, free_port
 from tests.wsclient import RawClient
 
@@ -192,46 +197,54 @@ def test_writes_held_in_a_burst_go_out_together_when_it_ends(redis_url: str) -> 
     assert r.xlen(keys.sse_stream(sessions[0], "p2")) == 1
 
 
+class BurstRecorder:
+    """A reply hub's `burst` context (the web's is `broker.held`) that records the call ids handled in each
+    burst (`handled`): `bursts` in order, `ended` set as each ends."""
+
+    def __init__(self) -> None:
+        self.bursts: list[list[str]] = []
+        self.current: list[str] = []
+        self.ended = threading.Event()
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        self.current.clear()
+        yield
+        self.bursts.append(list(self.current))
+        self.ended.set()
+
+    def handled(self, message: dict) -> None:
+        self.current.append(message["call_id"])
+
+
+def recorded_hub(redis_url: str) -> tuple[redis.Redis, ReplyHub, BurstRecorder]:
+    """A reply hub on its own channel only (no other process's broadcasts in its bursts), bursts recorded."""
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    hub = ReplyHub(r)
+    hub.extra_channels = []
+    hub.burst = recorder = BurstRecorder()
+    return r, hub, recorder
+
+
 def test_the_reply_hub_hands_a_burst_of_answers_over_inside_its_batch(redis_url: str) -> None:
     """Outcomes already readable when the hub is in a burst are handed over in that burst, inside one `burst`
     context (the web's `broker.held`), each handler once. Deterministic: the first answer's handler holds
     the burst open until the other 49 are published and in the hub's socket (a PING after the PUBLISHes:
     Redis wrote every pending reply, the subscriber's included, before it reads the next command)."""
-    import contextlib
-    import threading
-    import uuid
-
-    import redis
-
-    from broker.replies import ReplyHub
-
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
-    hub = ReplyHub(r)
-    hub.extra_channels = []  # only its own channel: no other process's broadcasts in its bursts
-    bursts: list[list[str]] = []
-    current: list[str] = []
-    entered, release, done = threading.Event(), threading.Event(), threading.Event()
+    r, hub, recorder = recorded_hub(redis_url)
+    entered, release = threading.Event(), threading.Event()
     call_ids = [uuid.uuid4().hex for _ in range(50)]
 
-    @contextlib.contextmanager
-    def burst() -> Iterator[None]:
-        current.clear()
-        yield
-        bursts.append(list(current))
-        if sum(map(len, bursts)) == len(call_ids):
-            done.set()
-
     def first(message: dict) -> None:
-        current.append(message["call_id"])
+        recorder.handled(message)
         entered.set()
         release.wait(20)
 
-    hub.burst = burst
     hub.start()
     try:
         hub.expect(call_ids[0], first, None, 30)
         for call_id in call_ids[1:]:
-            hub.expect(call_id, lambda m: current.append(m["call_id"]), None, 30)
+            hub.expect(call_id, recorder.handled, None, 30)
         r.publish(hub.channel, json.dumps({"call_id": call_ids[0], "result": {}}))
         assert entered.wait(20)  # the hub is inside the first answer's burst
         pipe = r.pipeline(transaction=False)
@@ -240,8 +253,8 @@ def test_the_reply_hub_hands_a_burst_of_answers_over_inside_its_batch(redis_url:
         pipe.execute()
         r.ping()
         release.set()
-        assert done.wait(20), bursts
-        assert bursts == [call_ids]  # one burst, in order, each once
+        assert recorder.ended.wait(20), recorder.bursts
+        assert recorder.bursts == [call_ids]  # one burst, in order, each once
     finally:
         release.set()
         hub.stop()
@@ -251,36 +264,17 @@ def test_a_loaded_reply_hub_keeps_its_burst_open_for_later_answers(redis_url: st
     """With `hold_at` calls or more waiting, a burst stays open up to `hold_s` for answers published later (its
     held writes go out once for them all); each answer is handed over as it arrives, never held; and the burst
     ends as soon as fewer than `hold_at` calls wait (a lone call's burst ends with it, as before)."""
-    import contextlib
-    import threading
-    import uuid
-
-    import redis
-
-    from broker.replies import ReplyHub
-
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
-    hub = ReplyHub(r)
-    hub.extra_channels = []
+    r, hub, recorder = recorded_hub(redis_url)
     hub.hold_s, hub.hold_at = 60.0, 2  # far longer than the test: only fewer waiting calls end the burst
-    bursts: list[list[str]] = []
-    current: list[str] = []
     handled = {call_id: threading.Event() for call_id in (uuid.uuid4().hex for _ in range(4))}
     call_ids = list(handled)
-    ended = threading.Event()
-
-    @contextlib.contextmanager
-    def burst() -> Iterator[None]:
-        current.clear()
-        yield
-        bursts.append(list(current))
-        ended.set()
+    ended = recorder.ended
+    bursts = recorder.bursts
 
     def answered(message: dict) -> None:
-        current.append(message["call_id"])
+        recorder.handled(message)
         handled[message["call_id"]].set()
 
-    hub.burst = burst
     hub.start()
     try:
         for call_id in call_ids:
@@ -304,34 +298,16 @@ def test_a_stopping_reply_hub_sends_its_open_bursts_held_writes_first(redis_url:
     """A web worker's exit (`web.services.stop_services`, gunicorn's `worker_exit`) stops its reply hub with a
     wait: a burst held open for later answers ends then, so the held writes of the answers already sent (their
     sessions' forgets) go out; without them a session resumed elsewhere would get those answers again."""
-    import contextlib
-    import threading
-    import uuid
-
-    import redis
-
-    from broker.replies import ReplyHub
-
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
-    hub = ReplyHub(r)
-    hub.extra_channels = []
+    r, hub, recorder = recorded_hub(redis_url)
     hub.hold_s, hub.hold_at = 600.0, 2  # held open far longer than the test, while 2 calls or more wait
-    bursts: list[list[str]] = []
-    current: list[str] = []
     handled = threading.Event()
     call_ids = [uuid.uuid4().hex for _ in range(3)]
-
-    @contextlib.contextmanager
-    def burst() -> Iterator[None]:
-        current.clear()
-        yield
-        bursts.append(list(current))
+    bursts = recorder.bursts
 
     def answered(message: dict) -> None:
-        current.append(message["call_id"])
+        recorder.handled(message)
         handled.set()
 
-    hub.burst = burst
     hub.start()
     for call_id in call_ids:
         hub.expect(call_id, answered, None, 30)
