@@ -70,16 +70,28 @@ class CheckedWriteStream:
 
 
 class HeardReadStream:
-    """Messages from the backend; `on_frame()` runs as each one arrives."""
+    """Messages from the backend; `on_frame()` runs as each one arrives. A message `claim` takes (an answer
+    to a call of `workers.backends.fastlane`) never reaches the session; `on_end()` runs once the stream
+    ends or breaks."""
 
-    def __init__(self, inner: Any, on_frame: Callable[[], None]) -> None:
+    def __init__(self, inner: Any, on_frame: Callable[[], None], claim: Callable[[Any], bool] | None = None,
+                 on_end: Callable[[], None] | None = None) -> None:
         self._inner = inner
         self._on_frame = on_frame
+        self._claim = claim
+        self._on_end = on_end
 
     async def receive(self) -> Any:
-        item = await self._inner.receive()
-        self._on_frame()
-        return item
+        while True:
+            try:
+                item = await self._inner.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                if self._on_end is not None:
+                    self._on_end()
+                raise
+            self._on_frame()
+            if self._claim is None or not self._claim(item):
+                return item
 
     def __aiter__(self) -> HeardReadStream:
         return self

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
+import anyio
 from mcp.server.mcpserver import Context, MCPServer
 
 server = MCPServer("probe")
 NAME = {"value": os.environ.get("PROBE_NAME", "probe")}
+CANCELLED: list[float] = []
 
 
 @server.tool()
@@ -35,6 +38,30 @@ def headers(ctx: Context) -> dict[str, str]:
     request = ctx.request_context.request
     found = getattr(request, "headers", None)
     return {k.lower(): v for k, v in found.items()} if found is not None else {}
+
+
+@server.tool()
+def request(ctx: Context) -> dict[str, Any]:
+    """This request as the server saw it: its JSON-RPC id and its `_meta` (without a progress token)."""
+    meta = dict(ctx.request_context.meta or {})
+    return {"id": ctx.request_context.request_id, "meta": {k: v for k, v in meta.items() if k != "progressToken"}}
+
+
+@server.tool()
+async def hold(seconds: float) -> str:
+    """Sleep `seconds`; a client's cancellation ends it early and is remembered (tool `cancelled`)."""
+    try:
+        await anyio.sleep(seconds)
+    except anyio.get_cancelled_exc_class():
+        CANCELLED.append(seconds)
+        raise
+    return "held"
+
+
+@server.tool()
+def cancelled() -> list[float]:
+    """The `seconds` of every `hold` a client cancelled, oldest first."""
+    return list(CANCELLED)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from mcp.shared.exceptions import MCPError
+
 from broker.rpc_error import RPCError
 
 
@@ -47,3 +49,12 @@ class CallCancelled(Exception):
 
 class BackendRPCError(RPCError):
     """The backend answered with a JSON-RPC error: a definite answer, passed to the client as is."""
+
+
+def innermost_reason(err: BaseException) -> str:
+    """The innermost message of an SDK failure (they arrive wrapped in exception groups)."""
+    while isinstance(err, BaseExceptionGroup) and err.exceptions:
+        err = err.exceptions[0]
+    if isinstance(err, MCPError):
+        return err.error.message
+    return f"{type(err).__name__}: {err}"

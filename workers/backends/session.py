@@ -52,7 +52,9 @@ from workers.backends.errors import (
     CallCancelled,
     CallChannel,
     SlotWaitTimeout,
+    innermost_reason,
 )
+from workers.backends.fastlane import TOOLS_CALL, FastLane
 from workers.backends.hangs import HangWatch, liveness_probe
 from workers.backends.health import EndpointHealth
 from workers.backends.listing import list_catalog
@@ -66,15 +68,6 @@ log = logging.getLogger(__name__)
 
 CatalogHook = Callable[[str], None]  # server name: its catalog must be re-listed
 LIST_CHANGED = (ToolListChangedNotification, ResourceListChangedNotification, PromptListChangedNotification)
-
-
-def _reason(err: BaseException) -> str:
-    """The innermost message of an SDK failure (they arrive wrapped in exception groups)."""
-    while isinstance(err, BaseExceptionGroup) and err.exceptions:
-        err = err.exceptions[0]
-    if isinstance(err, MCPError):
-        return err.error.message
-    return f"{type(err).__name__}: {err}"
 
 
 class BackendSession(HangWatch):
@@ -110,6 +103,7 @@ class BackendSession(HangWatch):
         self._lock = threading.Lock()
         self._cm: AbstractContextManager[Client] | None = None
         self._client: Client | None = None
+        self._lane = FastLane()  # the open client's path for plain calls (`workers.backends.fastlane`)
         self._slots: asyncio.Semaphore | None = None  # created on the loop
         self.running: dict[str, anyio.CancelScope] = {}  # call id → its scope (loop thread only)
         self._cancelled: set[str] = set()  # running calls `cancel` was called for (loop thread only)
@@ -154,8 +148,8 @@ class BackendSession(HangWatch):
             v for v in self.extra_headers.values() if len(v) >= 4)  # a client's forwarded token, too
         opened = open_transport(Opening(spec.name, endpoint, self.label, self._base_dir, self._secrets,
                                         self.extra_headers))
-        self._pump = opened.pump
-        return Client(watched(opened.transport, opened.pump, self._starting, self._heard), **options)
+        self._pump, self._lane = opened.pump, FastLane()
+        return Client(watched(opened.transport, opened.pump, self._starting, self._heard, self._lane), **options)
 
     def _starting(self, read_stream: Any) -> None:
         self._start_stream = read_stream
@@ -183,12 +177,13 @@ class BackendSession(HangWatch):
                     watchdog.start()
                     self._client = cm.__enter__()
                     forward_unchecked(self._client)
+                    self._lane.open(self._client)
                 except ConfigError as err:  # a ${VAR} the worker's environment lacks
                     self.health.failed(str(err))
                     raise BackendUnavailable(f"server {self.spec.name!r} cannot start: {err}") from err
                 except Exception as err:  # the backend failed to start or to shake hands
                     words = self._pump.last_words() if self._pump is not None else ""
-                    reason = redact(_reason(err), self._secrets)  # its stderr goes to admins only
+                    reason = redact(innermost_reason(err), self._secrets)  # its stderr goes to admins only
                     if self._start_aborted:
                         reason = f"no answer to the MCP handshake within {self.spec.settings.timeout_s:g}s"
                     where = self.endpoint.describe()
@@ -363,12 +358,15 @@ class BackendSession(HangWatch):
             if channel is not None:
                 channel.progress(value, total, message)
 
-        async def send(client: Client) -> Any:
+        async def send(client: Client) -> dict[str, Any]:
+            if method == TOOLS_CALL and not (progress and channel) and self._lane.serves(client):
+                return await self._lane.call_tool(params, meta or None)  # a plain call: past the SDK session
             CALL_CHANNEL.set(channel)  # this call's, for a backend's own task's questions (`upstream_tasks`)
-            return await forwarded.perform(client, params, meta or None, on_progress if progress and channel else None)
+            return forwarded.dump(await forwarded.perform(client, params, meta or None,
+                                                          on_progress if progress and channel else None))
 
         try:
-            return forwarded.dump(await self._guarded(send, timeout, call_id, channel))
+            return await self._guarded(send, timeout, call_id, channel)
         except forwarded.params_errors as err:
             raise BackendRPCError(INVALID_PARAMS, f"Invalid params for {method}: {err}") from err
 
@@ -384,7 +382,7 @@ class BackendSession(HangWatch):
             raise
 
     def cancel(self, call_id: str) -> bool:
-        """Cancel a running call (loop thread only); the SDK tells the backend."""
+        """Cancel a running call (loop thread only); the SDK (or the fast lane) tells the backend."""
         scope = self.running.get(call_id)
         if scope is None:
             return False

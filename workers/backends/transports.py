@@ -30,6 +30,7 @@ from typing import Any, TextIO
 from mcp import StdioServerParameters, stdio_client
 
 from broker.config import Endpoint, expand_all, redact
+from workers.backends.fastlane import FastLane
 from workers.backends.keepalive import streamable_http
 from workers.streams import CheckedWriteStream, HeardReadStream
 
@@ -168,17 +169,23 @@ def open_transport(opening: Opening) -> Opened:
 
 @asynccontextmanager
 async def watched(transport: AbstractAsyncContextManager[Any], pump: StderrPump | None,
-                  on_streams: Callable[[Any], None], on_frame: Callable[[], None]) -> AsyncIterator[Any]:
+                  on_streams: Callable[[Any], None], on_frame: Callable[[], None],
+                  lane: FastLane) -> AsyncIterator[Any]:
     """A transport whose read stream the session can close from outside: how a handshake that never
     completes (a backend that starts but does not answer) is aborted, with the SDK's own cleanup.
     Its streams are watched (`workers.streams`): each frame read is a sign of life (`on_frame`), and a
-    message that cannot be encoded is refused to its sender instead of killing the transport."""
+    message that cannot be encoded is refused to its sender instead of killing the transport. `lane`
+    (`workers.backends.fastlane`) writes plain calls on the same write stream and takes their answers
+    off the read stream; its waiting calls fail when the transport ends."""
     try:
         async with transport as streams:
             if pump is not None:
                 pump.close_writer()
             on_streams(streams[0])
-            yield (HeardReadStream(streams[0], on_frame), CheckedWriteStream(streams[1]), *streams[2:])
+            write = CheckedWriteStream(streams[1])
+            lane.attach(write)
+            yield (HeardReadStream(streams[0], on_frame, lane.claim, lane.close), write, *streams[2:])
     finally:
+        lane.close()
         if pump is not None:
             pump.close_writer()
