@@ -114,6 +114,10 @@ def run_direct(tree: Path, calls: int, per_message: int = 16) -> dict[str, Any]:
                     "switches_per_call": (_wakeups() - switches) / done,
                     "calls_per_message": float(per_message), "calls_per_s": done / elapsed}
         finally:
+            from broker.metrics import RECORDER
+
+            with contextlib.suppress(Exception):  # the last metrics, while their Redis still runs (not at exit)
+                RECORDER.flush()
             embedded.stop()
     return out
 
