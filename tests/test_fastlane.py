@@ -6,6 +6,7 @@ call fails it as unavailable (retried by the worker), never leaves it waiting.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -21,7 +22,6 @@ import pytest
 from broker.config import parse_config
 from cli.devrun import free_port
 from workers.backends.errors import BackendUnavailable, CallCancelled
-from workers.backends.fastlane import FIRST_ID
 from workers.backends.pool import BackendPool
 
 PROBE = str(Path(__file__).resolve().parent.parent / "examples" / "servers" / "probe.py")
@@ -85,6 +85,13 @@ class Probe:
         else:
             os.kill(pid, signal.SIGKILL)
 
+    def signal(self, pid: int, signum: int) -> None:
+        """Send `signum` to the backend: the worker's stdio child `pid`, or the HTTP server."""
+        os.kill(self.http.pid if self.http is not None else pid, signum)
+
+    def lane_calls(self) -> int:
+        return self.session._lane.calls
+
     def close(self) -> None:
         self.pool.close()
         if self.http is not None:
@@ -115,15 +122,17 @@ def structured(result: dict[str, Any]) -> Any:
 
 
 def test_a_plain_call_takes_the_lane_and_answers_as_the_sdk_session_does(probe: Probe) -> None:
-    plain = forward(probe, "request", {}, meta={"note": "kept"})
+    before = probe.lane_calls()
+    plain = forward(probe, "request", {}, meta={"note": "kept", "gone": None})
+    assert probe.lane_calls() == before + 1  # written by the lane, not by the SDK session
     seen = structured(plain)
-    assert seen["id"] >= FIRST_ID, seen  # the lane's id range: the SDK session never wrote this request
-    assert seen["meta"] == {"note": "kept"}, seen
+    assert seen["meta"] == {"note": "kept"}, seen  # a null in _meta is dropped, as the SDK session drops it
     # a call that asked for progress goes through the SDK session (its notes are matched to it there)
     kept = Kept()
     through_sdk = forward(probe, "request", {}, call_id="c-progress", channel=kept, progress=True,
-                          meta={"note": "kept"})
-    assert structured(through_sdk)["id"] < FIRST_ID, through_sdk
+                          meta={"note": "kept", "gone": None})
+    assert probe.lane_calls() == before + 1, "a progress call took the lane"
+    assert structured(through_sdk)["id"] != seen["id"] and structured(through_sdk)["meta"] == seen["meta"]
     # the same tool's answer, both ways, is the same wire dict (every key, the text content too)
     lane = forward(probe, "env", {"name": "PATH"})
     sdk = forward(probe, "env", {"name": "PATH"}, call_id="c-env", channel=kept, progress=True)
@@ -152,6 +161,32 @@ def test_a_cancelled_lane_call_is_cancelled_in_the_backend(probe: Probe) -> None
     while seconds not in structured(forward(probe, "cancelled", {}))["result"]:
         assert time.monotonic() < deadline, "the backend never heard of the cancellation"
         time.sleep(0.1)
+
+
+def test_a_session_closed_under_a_lane_call_fails_it_at_once() -> None:
+    """A hung backend's session is closed (`restart_hung`, `restart_if`): its waiting plain calls fail as
+    unavailable (retried on a fresh session) as the SDK's own do, not when the transport has shut down (a
+    stopped stdio server takes its 2 s grace and 2 s more after SIGTERM), which is past this call's deadline.
+    (A stdio backend: closing a session to a stopped HTTP server waits on that server.)"""
+    probe = Probe("stdio")
+    pid = structured(forward(probe, "whoami", {}))["pid"]
+    probe.signal(pid, signal.SIGSTOP)
+    try:
+        async def call_while_closed() -> None:
+            async def close_soon() -> None:
+                await asyncio.sleep(0.5)
+                await asyncio.to_thread(probe.session.close)
+
+            closer = asyncio.ensure_future(close_soon())
+            with pytest.raises(BackendUnavailable):
+                await probe.session.forward("tools/call", {"name": "whoami", "arguments": {}}, 3.0)
+            await closer
+
+        probe.pool.run(call_while_closed)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # killed by the close
+            probe.signal(pid, signal.SIGCONT)
+        probe.close()
 
 
 def test_a_backend_that_dies_under_a_lane_call_fails_it_as_unavailable(probe: Probe) -> None:

@@ -71,8 +71,9 @@ class CheckedWriteStream:
 
 class HeardReadStream:
     """Messages from the backend; `on_frame()` runs as each one arrives. A message `claim` takes (an answer
-    to a call of `workers.backends.fastlane`) never reaches the session; `on_end()` runs once the stream
-    ends or breaks."""
+    to a call of `workers.backends.fastlane`) never reaches the session; `on_end()` runs when the stream
+    ends or breaks, and when the session stops reading it (its close: the SDK fails its own waiting calls
+    then, not once the transport has shut down, which takes a stdio server seconds)."""
 
     def __init__(self, inner: Any, on_frame: Callable[[], None], claim: Callable[[Any], bool] | None = None,
                  on_end: Callable[[], None] | None = None) -> None:
@@ -110,6 +111,8 @@ class HeardReadStream:
         return self
 
     async def __aexit__(self, *exc: Any) -> bool | None:
+        if self._on_end is not None:  # the session stopped reading (closed, however): nothing answers now
+            self._on_end()
         return await self._inner.__aexit__(*exc)
 
     def __getattr__(self, name: str) -> Any:  # e.g. `last_context`, which the SDK reads when present

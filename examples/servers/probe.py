@@ -44,7 +44,8 @@ def headers(ctx: Context) -> dict[str, str]:
 def request(ctx: Context) -> dict[str, Any]:
     """This request as the server saw it: its JSON-RPC id and its `_meta` (without a progress token)."""
     meta = dict(ctx.request_context.meta or {})
-    return {"id": ctx.request_context.request_id, "meta": {k: v for k, v in meta.items() if k != "progressToken"}}
+    kept = {k: v for k, v in meta.items() if k not in ("progressToken", "progress_token")}
+    return {"id": ctx.request_context.request_id, "meta": kept}
 
 
 @server.tool()

@@ -11,11 +11,14 @@ on the session's write stream, and its answer is taken off the read stream befor
 (`claim`, from `workers.streams.HeardReadStream`); the session keeps everything else: the handshake, a
 backend's own requests and notifications, pings, progress, every other method.
 
-What the session did for such a call is kept, in the same words: ids from a range the session's own
-counter (from 0) never reaches, below 2**53 (exact in a JavaScript server); a JSON-RPC error raised as the
-SDK's `MCPError`; a transport that ends fails the waiting calls with `CONNECTION_CLOSED`; a call cancelled
-after its request was written tells the backend (`notifications/cancelled`, through the session); and the
-result passes the session's own checks for the negotiated revision before its wire dict is returned.
+What the session did for such a call is kept, in the same words: ids from the session's own counter (one
+sequence: never a collision, and small numbers, which servers that parse an id as a 32-bit integer need);
+`_meta` without its null values; a JSON-RPC error raised as the SDK's `MCPError`; a session that stops
+reading (closed, its transport ended) fails the waiting calls with `CONNECTION_CLOSED` at once, and a lane
+once closed stays closed; a call cancelled after its request was written tells the backend
+(`notifications/cancelled`, through the session); and the result passes the session's own checks for the
+negotiated revision before its wire dict is returned. Where the SDK lacks what the lane takes from it (its
+dispatcher's id counter), the lane stays closed and every call takes the SDK's path.
 
 Modern-era (2026-07-28) sessions stay on the SDK's path: each of their requests carries the era's envelope
 (`_meta`, headers), and there a backend may answer with its own task (`workers.backends.upstream_tasks`).
@@ -24,10 +27,11 @@ Modern-era (2026-07-28) sessions stay on the SDK's path: each of their requests 
 from __future__ import annotations
 
 import asyncio
-import itertools
+from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from mcp.client.session import _later_revision_fields  # the session's own rule (pinned SDK: mcp==2.3.0)
 from mcp.shared.dispatcher import coerce_request_id
 from mcp.shared.exceptions import MCPError
@@ -45,7 +49,6 @@ from mcp_types import (
 from mcp_types import methods as sdk_methods
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-FIRST_ID = 1 << 52
 CANCEL_WRITE_TIMEOUT_S = 5.0  # as the SDK's courtesy cancel (`_ABANDON_WRITE_TIMEOUT`)
 TOOLS_CALL = "tools/call"
 
@@ -65,7 +68,9 @@ class FastLane:
     """The plain-call path of one backend session (one SDK client, one transport)."""
 
     def __init__(self) -> None:
-        self._ids = itertools.count(FIRST_ID)
+        self._next_id: Callable[[], int] | None = None  # the session's own id counter
+        self._ended = False
+        self.calls = 0  # plain calls written on this lane (tests tell the paths apart by it)
         self._waiting: dict[Any, asyncio.Future[Any]] = {}
         self._write: Any = None  # the session's write stream (`workers.streams.CheckedWriteStream`)
         self._session: Any = None  # the SDK `ClientSession` that says a cancellation
@@ -81,7 +86,8 @@ class FastLane:
         """`client` has shaken hands: plain calls take this lane from now on, unless its era is modern."""
         version = client.protocol_version
         self.client, self._session = client, client.session
-        if version in MODERN_PROTOCOL_VERSIONS or self._write is None:
+        self._next_id = getattr(getattr(client.session, "_dispatcher", None), "_allocate_id", None)
+        if version in MODERN_PROTOCOL_VERSIONS or self._write is None or self._next_id is None or self._ended:
             return
         self._version = version
         # what the SDK's handshake stamp puts on every request (a Streamable HTTP transport sends it)
@@ -106,7 +112,7 @@ class FastLane:
 
     def close(self) -> None:
         """The transport ended: every waiting call fails as the SDK's would (`CONNECTION_CLOSED`)."""
-        self._version = None
+        self._version, self._ended = None, True
         waiting, self._waiting = self._waiting, {}
         for waiter in waiting.values():
             if not waiter.done():
@@ -114,17 +120,20 @@ class FastLane:
 
     async def call_tool(self, params: dict[str, Any], meta: dict[str, Any] | None) -> dict[str, Any]:
         """One tools/call (`params`: its `name` and `arguments`); the result's wire dict."""
-        version = self._version
-        if version is None:
+        version, next_id = self._version, self._next_id
+        if version is None or next_id is None:
             raise MCPError(code=CONNECTION_CLOSED, message="Connection closed")
-        request_id = next(self._ids)
+        request_id = next_id()
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = waiter
+        meta = {key: value for key, value in (meta or {}).items() if value is not None}
         out = {"name": params["name"], "arguments": params["arguments"], **({"_meta": meta} if meta else {})}
         written = False
         try:
             request = JSONRPCRequest(jsonrpc="2.0", id=request_id, method=TOOLS_CALL, params=out)
+            await anyio.lowlevel.checkpoint_if_cancelled()  # cancelled before the write: nothing to tell
             written = True  # a write interrupted by cancellation may still have gone out (as the SDK counts it)
+            self.calls += 1
             await self._write.send(SessionMessage(request, metadata=self._metadata))
             answer = await waiter
         except anyio.get_cancelled_exc_class():

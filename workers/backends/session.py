@@ -177,7 +177,7 @@ class BackendSession(HangWatch):
                     watchdog.start()
                     self._client = cm.__enter__()
                     forward_unchecked(self._client)
-                    self._lane.open(self._client)
+                    self._portal.call(self._lane.open, self._client)  # on the loop, as its close
                 except ConfigError as err:  # a ${VAR} the worker's environment lacks
                     self.health.failed(str(err))
                     raise BackendUnavailable(f"server {self.spec.name!r} cannot start: {err}") from err
