@@ -90,9 +90,11 @@ def tasks_stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         stack.stop()
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def webs(tasks_stack: Stack) -> Iterator[tuple[int, int]]:
-    """Web process A (the stack's) and B (another one)."""
+    """Web process A (the stack's) and B (another one), shared by the module's tests: none stops or restarts a
+    web process (the two that do start their own with `extra_webs`). Started per test, B's start and readiness
+    cost 6.5-9.8 s of setup each under load (11 tests); once per module it is one of them."""
     with tasks_stack.extra_webs(WEB_ENV, count=1) as ports:
         tasks_stack.wait_web_ready(ports[0])
         yield tasks_stack.web_ports[0], ports[0]
