@@ -163,12 +163,12 @@ def test_a_cancelled_lane_call_is_cancelled_in_the_backend(probe: Probe) -> None
         time.sleep(0.1)
 
 
-def test_a_session_closed_under_a_lane_call_fails_it_at_once() -> None:
+def test_a_session_closed_under_a_lane_call_fails_it_at_once(probe: Probe) -> None:
     """A hung backend's session is closed (`restart_hung`, `restart_if`): its waiting plain calls fail as
     unavailable (retried on a fresh session) as the SDK's own do, not when the transport has shut down (a
     stopped stdio server takes its 2 s grace and 2 s more after SIGTERM), which is past this call's deadline.
-    (A stdio backend: closing a session to a stopped HTTP server waits on that server.)"""
-    probe = Probe("stdio")
+    The close itself ends too: a stopped HTTP server never answers the session's DELETE, which waited the
+    client's 300 s between reads (`workers.backends.keepalive.TERMINATE_TIMEOUT_S`)."""
     pid = structured(forward(probe, "whoami", {}))["pid"]
     probe.signal(pid, signal.SIGSTOP)
     try:
@@ -184,9 +184,9 @@ def test_a_session_closed_under_a_lane_call_fails_it_at_once() -> None:
 
         probe.pool.run(call_while_closed)
     finally:
-        with contextlib.suppress(ProcessLookupError):  # killed by the close
+        with contextlib.suppress(ProcessLookupError):  # a stdio backend: killed by the close
             probe.signal(pid, signal.SIGCONT)
-        probe.close()
+    assert structured(forward(probe, "whoami", {}))["pid"] != pid or probe.kind == "http"  # a fresh session
 
 
 def test_a_backend_that_dies_under_a_lane_call_fails_it_as_unavailable(probe: Probe) -> None:

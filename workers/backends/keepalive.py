@@ -44,6 +44,7 @@ from workers.backends.socketstream import protocol_transport
 
 DRAIN_S = 0.2  # the terminator follows the last event at once; a stream still open after this is closed
 DRAIN_MAX_BYTES = 64 * 1024
+TERMINATE_TIMEOUT_S = 5.0  # a session's DELETE at close (`TailDrainingTransport`): a live server answers in ms
 
 
 class _TailDrained(httpx2.AsyncByteStream):
@@ -100,12 +101,20 @@ def _cancelling() -> bool:
 
 
 class TailDrainingTransport(httpx2.AsyncBaseTransport):
-    """httpx2's own transport, with every response body wrapped in `_TailDrained`."""
+    """httpx2's own transport, with every response body wrapped in `_TailDrained`.
+
+    A DELETE (the SDK ends its session with one when the transport closes) gets `TERMINATE_TIMEOUT_S` at
+    each step instead of the client's 300 s between reads: a hung server (stopped, deadlocked) accepts the
+    connection and never answers, and the session's close (a restart of that hung backend, the worker's
+    stop) waited those 300 s in its thread. The SDK logs a failed termination and closes anyway."""
 
     def __init__(self, inner: httpx2.AsyncBaseTransport | None = None) -> None:
         self._inner = inner or protocol_transport()
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if request.method == "DELETE":
+            request.extensions = {**request.extensions, "timeout": dict.fromkeys(
+                ("connect", "read", "write", "pool"), TERMINATE_TIMEOUT_S)}
         response = await self._inner.handle_async_request(request)
         if isinstance(response.stream, httpx2.AsyncByteStream):
             response.stream = _TailDrained(response.stream)
