@@ -49,8 +49,10 @@ from mcp_types import (
 from mcp_types import methods as sdk_methods
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from broker.calls import TOOLS_CALL
+from workers.backends.methods import dump
+
 CANCEL_WRITE_TIMEOUT_S = 5.0  # as the SDK's courtesy cancel (`_ABANDON_WRITE_TIMEOUT`)
-TOOLS_CALL = "tools/call"
 
 
 def settled(raw: dict[str, Any], version: str) -> dict[str, Any]:
@@ -60,8 +62,7 @@ def settled(raw: dict[str, Any], version: str) -> dict[str, Any]:
     foreign = _later_revision_fields(TOOLS_CALL, version)
     if not foreign.isdisjoint(raw):
         raw = {key: value for key, value in raw.items() if key not in foreign}
-    model = CallToolResult.model_validate(raw, by_name=False)
-    return model.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return dump(CallToolResult.model_validate(raw, by_name=False))
 
 
 class FastLane:

@@ -42,6 +42,7 @@ from mcp_types import (
 )
 
 from broker import keys, observe
+from broker.calls import TOOLS_CALL
 from broker.config import ConfigError, ServerSpec, redact, secret_values
 from broker.redisconn import get_redis
 from broker.writelane import write_lane
@@ -54,7 +55,7 @@ from workers.backends.errors import (
     SlotWaitTimeout,
     innermost_reason,
 )
-from workers.backends.fastlane import TOOLS_CALL, FastLane
+from workers.backends.fastlane import FastLane
 from workers.backends.hangs import HangWatch, liveness_probe
 from workers.backends.health import EndpointHealth
 from workers.backends.listing import list_catalog
